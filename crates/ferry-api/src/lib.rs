@@ -1,1 +1,27 @@
-//! ferry-api
+//! Ferry's wire types and HTTP clients.
+//!
+//! Everything that crosses a process boundary lives here: the VM spec (what the operator asks
+//! for), the agent's and server's resources, migration records and progress, the event log,
+//! and the one [`ApiError`] type that every endpoint returns on failure (mapped to an HTTP
+//! status with a machine-readable code and a human reason).
+//!
+//! The crate has no I/O except the thin [`client`] module, so the server and agent cores can
+//! be tested without HTTP.
+
+pub mod client;
+pub mod error;
+pub mod host;
+pub mod migration;
+pub mod names;
+pub mod spec;
+pub mod vm;
+
+pub use error::{ApiError, ErrorBody, ErrorCode};
+pub use host::*;
+pub use migration::*;
+pub use names::validate_name;
+pub use spec::*;
+pub use vm::*;
+
+/// Header a client sets to say who asks (recorded in the event log).
+pub const ACTOR_HEADER: &str = "x-ferry-actor";

@@ -1,1 +1,29 @@
-//! ferry-migration
+//! The migration state machine and the arithmetic of progress, as pure functions.
+//!
+//! This crate knows nothing about QEMU, HTTP or SQLite: the server feeds it what it observes
+//! and persists what it returns. That keeps every decision testable on its own.
+//!
+//! ```text
+//!            prepare ok              source migration started
+//!  Pending ─────────────▶ Preparing ─────────────────────────▶ Transferring
+//!     │                      │                                     │ source reports completed
+//!     │                      │                                     ▼
+//!     │                      │                               SwitchingOver
+//!     │                      │                                     │ destination runs, VM record
+//!     │                      │                                     ▼ points at the destination
+//!     │                      │                                 Completed
+//!     │ failure/cancel       │ failure/cancel                      │
+//!     └──────────────────────┴──────────────┬──────────────────────┘ (failure only before the
+//!                                           ▼                         destination runs)
+//!                                      RollingBack ──▶ Failed | Cancelled
+//! ```
+//!
+//! The one rule the diagram encodes: until the destination runs, every way out leads through
+//! `RollingBack`, which leaves the VM running on the source and tears the destination down.
+//! After the destination runs (`Completed`), the source is gone and there is no way back.
+
+pub mod phase;
+pub mod progress;
+
+pub use phase::{Phase, PhaseEvent, TransitionError};
+pub use progress::{MigrationProgress, MigrationReport};

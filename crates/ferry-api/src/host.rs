@@ -1,0 +1,71 @@
+//! Hosts: what an agent reports about itself, and the server's view of it.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::Accel;
+
+/// What an agent knows about its host. Sent with every heartbeat.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HostInventory {
+    pub agent_version: String,
+    pub cpus: u32,
+    pub cpu_model_name: String,
+    pub memory_total_mib: u64,
+    pub memory_available_mib: u64,
+    /// `qemu-system-x86_64 --version`, e.g. "10.0.2".
+    pub qemu_version: String,
+    /// What `accel = auto` resolves to on this host, and why.
+    pub accel: Accel,
+    pub accel_reason: String,
+    /// Machine-type aliases and what they resolve to (q35 -> pc-q35-10.0), plus every
+    /// concrete machine type this QEMU offers.
+    pub machine_aliases: Vec<(String, String)>,
+    pub machine_types: Vec<String>,
+    pub vms_running: u32,
+    pub vm_memory_mib: u64,
+}
+
+/// An agent introducing itself (and then heartbeating) to the server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostRegistration {
+    pub name: String,
+    /// Where the server reaches the agent's API, e.g. http://10.0.0.5:7701.
+    pub url: String,
+    /// The address the host receives migration streams on (the migration network).
+    pub migration_address: String,
+    pub inventory: HostInventory,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HostState {
+    /// Heartbeats arrive.
+    Connected,
+    /// No heartbeat for longer than the server's timeout.
+    Disconnected,
+}
+
+impl std::fmt::Display for HostState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            HostState::Connected => "connected",
+            HostState::Disconnected => "disconnected",
+        })
+    }
+}
+
+/// The server's record of a host.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Host {
+    pub name: String,
+    pub url: String,
+    pub migration_address: String,
+    pub state: HostState,
+    pub registered_at: DateTime<Utc>,
+    pub last_seen: DateTime<Utc>,
+    pub inventory: HostInventory,
+    /// VMs the server places on this host.
+    pub vms: u32,
+}

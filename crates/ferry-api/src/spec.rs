@@ -1,0 +1,315 @@
+//! The VM spec: what an operator asks for. The agent turns it into a QEMU command line
+//! deterministically, so the same spec gives the same device layout on every host (a
+//! migration needs the destination's devices to match the source's exactly).
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{validate_name, ApiError};
+
+/// Version of the persisted/serialized spec layout. Bump on incompatible change.
+pub const SPEC_VERSION: u32 = 1;
+
+/// Smallest and largest memory a VM may ask for, in MiB.
+pub const MIN_MEMORY_MIB: u64 = 64;
+pub const MAX_MEMORY_MIB: u64 = 1024 * 1024;
+pub const MAX_VCPUS: u32 = 256;
+
+/// How QEMU executes guest code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    /// KVM when a probe guest really runs under it on this host, TCG otherwise.
+    #[default]
+    Auto,
+    /// Hardware virtualization; refused on hosts where KVM does not work.
+    Kvm,
+    /// QEMU's software emulation (slow, but runs anywhere).
+    Tcg,
+}
+
+impl std::fmt::Display for Accel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Accel::Auto => "auto",
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        })
+    }
+}
+
+impl std::str::FromStr for Accel {
+    type Err = ApiError;
+    fn from_str(s: &str) -> Result<Self, ApiError> {
+        match s {
+            "auto" => Ok(Accel::Auto),
+            "kvm" => Ok(Accel::Kvm),
+            "tcg" => Ok(Accel::Tcg),
+            other => Err(ApiError::bad_request(format!(
+                "unknown accel '{other}'; use auto, kvm or tcg"
+            ))),
+        }
+    }
+}
+
+/// What the VM boots.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Boot {
+    /// A guest image from the agent's image cache (built by `ferry image build`), direct
+    /// kernel boot. Each host resolves the name in its own cache, so specs carry no host paths.
+    Image { image: String, cmdline: String },
+    /// A kernel and initrd at absolute paths that exist on every host the VM may run on.
+    Kernel {
+        kernel: PathBuf,
+        #[serde(default)]
+        initrd: Option<PathBuf>,
+        #[serde(default)]
+        cmdline: String,
+    },
+}
+
+/// A VM as the operator describes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmSpec {
+    pub name: String,
+    #[serde(default = "default_vcpus")]
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    pub boot: Boot,
+    #[serde(default)]
+    pub accel: Accel,
+    /// QEMU machine type. An alias such as `q35` is resolved by the first agent that runs the
+    /// VM to the concrete versioned type (`pc-q35-10.0`), which then stays fixed for life:
+    /// the alias points elsewhere on a newer QEMU, and migration needs the same machine.
+    #[serde(default = "default_machine")]
+    pub machine: String,
+    /// QEMU CPU model. `qemu64` runs everywhere (TCG and KVM); `host` only between identical CPUs.
+    #[serde(default = "default_cpu_model")]
+    pub cpu_model: String,
+}
+
+fn default_vcpus() -> u32 {
+    1
+}
+pub fn default_machine() -> String {
+    "q35".to_string()
+}
+pub fn default_cpu_model() -> String {
+    "qemu64".to_string()
+}
+
+impl VmSpec {
+    /// Checks everything that can be checked without a host. Errors name the field.
+    pub fn validate(&self) -> Result<(), ApiError> {
+        validate_name("VM name", &self.name)?;
+        if self.vcpus == 0 || self.vcpus > MAX_VCPUS {
+            return Err(ApiError::bad_request(format!(
+                "vcpus is {}; it must be between 1 and {MAX_VCPUS}",
+                self.vcpus
+            )));
+        }
+        if !(MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&self.memory_mib) {
+            return Err(ApiError::bad_request(format!(
+                "memory_mib is {}; it must be between {MIN_MEMORY_MIB} and {MAX_MEMORY_MIB}",
+                self.memory_mib
+            )));
+        }
+        validate_token("machine", &self.machine)?;
+        validate_token("cpu_model", &self.cpu_model)?;
+        match &self.boot {
+            Boot::Image { image, cmdline } => {
+                validate_name("image name", image)?;
+                validate_cmdline(cmdline)?;
+            }
+            Boot::Kernel {
+                kernel,
+                initrd,
+                cmdline,
+            } => {
+                validate_abs_path("boot.kernel", kernel)?;
+                if let Some(initrd) = initrd {
+                    validate_abs_path("boot.initrd", initrd)?;
+                }
+                validate_cmdline(cmdline)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Parses and validates a spec from JSON, with the reason on failure.
+    pub fn from_json(text: &str) -> Result<VmSpec, ApiError> {
+        let spec: VmSpec = serde_json::from_str(text)
+            .map_err(|e| ApiError::bad_request(format!("invalid VM spec: {e}")))?;
+        spec.validate()?;
+        Ok(spec)
+    }
+}
+
+/// Machine types and CPU models become QEMU option values; a comma would inject options.
+fn validate_token(field: &str, value: &str) -> Result<(), ApiError> {
+    let ok = !value.is_empty()
+        && value.len() <= 64
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "{field} '{value}' is not a valid QEMU name (letters, digits, '-', '_', '.', at most 64)"
+        )))
+    }
+}
+
+fn validate_cmdline(cmdline: &str) -> Result<(), ApiError> {
+    if cmdline.len() > 2048 {
+        return Err(ApiError::bad_request(format!(
+            "boot.cmdline is {} bytes; the limit is 2048",
+            cmdline.len()
+        )));
+    }
+    if cmdline.chars().any(|c| c.is_control()) {
+        return Err(ApiError::bad_request(
+            "boot.cmdline contains control characters",
+        ));
+    }
+    Ok(())
+}
+
+fn validate_abs_path(field: &str, path: &std::path::Path) -> Result<(), ApiError> {
+    let text = path.to_string_lossy();
+    if !path.is_absolute() {
+        return Err(ApiError::bad_request(format!(
+            "{field} '{text}' must be an absolute path"
+        )));
+    }
+    if path
+        .components()
+        .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        return Err(ApiError::bad_request(format!(
+            "{field} '{text}' must not contain '..'"
+        )));
+    }
+    if text.contains(',') {
+        // QEMU option syntax: a comma would start a new option.
+        return Err(ApiError::bad_request(format!(
+            "{field} '{text}' must not contain ','"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> VmSpec {
+        VmSpec {
+            name: "web1".into(),
+            vcpus: 1,
+            memory_mib: 512,
+            boot: Boot::Image {
+                image: "test-guest".into(),
+                cmdline: "console=ttyS0".into(),
+            },
+            accel: Accel::Tcg,
+            machine: "q35".into(),
+            cpu_model: "qemu64".into(),
+        }
+    }
+
+    #[test]
+    fn a_good_spec_validates_and_round_trips() {
+        let s = spec();
+        s.validate().unwrap();
+        let json = serde_json::to_string(&s).unwrap();
+        assert_eq!(VmSpec::from_json(&json).unwrap(), s);
+    }
+
+    #[test]
+    fn defaults_fill_optional_fields() {
+        let s = VmSpec::from_json(
+            r#"{"name":"a","memory_mib":256,"boot":{"type":"image","image":"test-guest","cmdline":""}}"#,
+        )
+        .unwrap();
+        assert_eq!(s.vcpus, 1);
+        assert_eq!(s.accel, Accel::Auto);
+        assert_eq!(s.machine, "q35");
+        assert_eq!(s.cpu_model, "qemu64");
+    }
+
+    #[test]
+    fn malformed_specs_are_refused_with_the_field_named() {
+        let cases: Vec<(VmSpec, &str)> = vec![
+            (
+                VmSpec {
+                    name: "../x".into(),
+                    ..spec()
+                },
+                "VM name",
+            ),
+            (VmSpec { vcpus: 0, ..spec() }, "vcpus"),
+            (
+                VmSpec {
+                    memory_mib: 1,
+                    ..spec()
+                },
+                "memory_mib",
+            ),
+            (
+                VmSpec {
+                    machine: "q35,accel=kvm".into(),
+                    ..spec()
+                },
+                "machine",
+            ),
+            (
+                VmSpec {
+                    cpu_model: "".into(),
+                    ..spec()
+                },
+                "cpu_model",
+            ),
+            (
+                VmSpec {
+                    boot: Boot::Kernel {
+                        kernel: "vmlinuz".into(),
+                        initrd: None,
+                        cmdline: String::new(),
+                    },
+                    ..spec()
+                },
+                "absolute",
+            ),
+            (
+                VmSpec {
+                    boot: Boot::Kernel {
+                        kernel: "/a/../b".into(),
+                        initrd: None,
+                        cmdline: String::new(),
+                    },
+                    ..spec()
+                },
+                "..",
+            ),
+        ];
+        for (s, needle) in cases {
+            let err = s.validate().unwrap_err();
+            assert!(err.message.contains(needle), "{needle}: {}", err.message);
+        }
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_json_are_refused() {
+        assert!(VmSpec::from_json("{").is_err());
+        let err = VmSpec::from_json(
+            r#"{"name":"a","memory_mib":256,"boot":{"type":"image","image":"t","cmdline":""},"disk":"/etc/passwd"}"#,
+        )
+        .unwrap_err();
+        assert!(err.message.contains("unknown field"), "{}", err.message);
+    }
+}

@@ -1,0 +1,220 @@
+//! Migration phases and the only transitions allowed between them.
+
+use serde::{Deserialize, Serialize};
+
+/// Where a migration is. Persisted by the server after every transition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Accepted, nothing touched yet.
+    Pending,
+    /// The destination starts QEMU with the same devices, waiting for the incoming stream.
+    Preparing,
+    /// The source sends RAM (pass after pass) and then device state.
+    Transferring,
+    /// The source finished sending; the destination must be seen running before the
+    /// source is shut down.
+    SwitchingOver,
+    /// The VM runs on the destination; the source QEMU is gone.
+    Completed,
+    /// Something failed (or the operator cancelled) before the destination ran: the source
+    /// is being resumed and the destination torn down.
+    RollingBack,
+    /// Rolled back after a failure; the VM runs on the source.
+    Failed,
+    /// Rolled back on the operator's request; the VM runs on the source.
+    Cancelled,
+}
+
+impl Phase {
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Phase::Completed | Phase::Failed | Phase::Cancelled)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Pending => "pending",
+            Phase::Preparing => "preparing",
+            Phase::Transferring => "transferring",
+            Phase::SwitchingOver => "switching_over",
+            Phase::Completed => "completed",
+            Phase::RollingBack => "rolling_back",
+            Phase::Failed => "failed",
+            Phase::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Phase> {
+        ALL_PHASES.iter().copied().find(|p| p.as_str() == text)
+    }
+}
+
+pub const ALL_PHASES: [Phase; 8] = [
+    Phase::Pending,
+    Phase::Preparing,
+    Phase::Transferring,
+    Phase::SwitchingOver,
+    Phase::Completed,
+    Phase::RollingBack,
+    Phase::Failed,
+    Phase::Cancelled,
+];
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What happened, as observed by the orchestrator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PhaseEvent {
+    /// The orchestrator begins preparing the destination.
+    Start,
+    /// The destination QEMU listens for the incoming stream.
+    DestinationReady,
+    /// The source QEMU reports the stream completed (it is paused, `postmigrate`).
+    SourceCompleted,
+    /// The destination QEMU is seen running.
+    DestinationRunning,
+    /// Any failure (agent error, QEMU error, timeout, lost host).
+    Failure,
+    /// The operator asked to cancel.
+    CancelRequested,
+    /// Rollback finished: source running, destination torn down.
+    RolledBack { cancelled: bool },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("a migration in phase '{from}' cannot take event {event:?}")]
+pub struct TransitionError {
+    pub from: Phase,
+    pub event: PhaseEvent,
+}
+
+impl Phase {
+    /// The transition function. Anything not listed is refused, so a bug in the
+    /// orchestrator shows up as an error instead of a VM on two hosts.
+    pub fn next(self, event: PhaseEvent) -> Result<Phase, TransitionError> {
+        use Phase::*;
+        use PhaseEvent::*;
+        let next = match (self, event) {
+            (Pending, Start) => Preparing,
+            (Preparing, DestinationReady) => Transferring,
+            (Transferring, SourceCompleted) => SwitchingOver,
+            (SwitchingOver, DestinationRunning) => Completed,
+            // Until the destination runs, every failure or cancel rolls back.
+            (Pending | Preparing | Transferring | SwitchingOver, Failure | CancelRequested) => {
+                RollingBack
+            }
+            (RollingBack, RolledBack { cancelled: false }) => Failed,
+            (RollingBack, RolledBack { cancelled: true }) => Cancelled,
+            // A second failure while rolling back keeps rolling back.
+            (RollingBack, Failure | CancelRequested) => RollingBack,
+            (from, event) => return Err(TransitionError { from, event }),
+        };
+        Ok(next)
+    }
+
+    /// Whether the VM's record still points at the source in this phase. Only `Completed`
+    /// moves it: this is the control-plane half of "a VM runs on exactly one host".
+    pub fn vm_on_source(self) -> bool {
+        self != Phase::Completed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn the_happy_path_reaches_completed() {
+        let mut p = Phase::Pending;
+        for e in [
+            PhaseEvent::Start,
+            PhaseEvent::DestinationReady,
+            PhaseEvent::SourceCompleted,
+            PhaseEvent::DestinationRunning,
+        ] {
+            p = p.next(e).unwrap();
+        }
+        assert_eq!(p, Phase::Completed);
+    }
+
+    #[test]
+    fn failure_before_the_destination_runs_rolls_back() {
+        for p in [
+            Phase::Pending,
+            Phase::Preparing,
+            Phase::Transferring,
+            Phase::SwitchingOver,
+        ] {
+            assert_eq!(p.next(PhaseEvent::Failure).unwrap(), Phase::RollingBack);
+        }
+        assert_eq!(
+            Phase::RollingBack
+                .next(PhaseEvent::RolledBack { cancelled: false })
+                .unwrap(),
+            Phase::Failed
+        );
+        assert_eq!(
+            Phase::RollingBack
+                .next(PhaseEvent::RolledBack { cancelled: true })
+                .unwrap(),
+            Phase::Cancelled
+        );
+    }
+
+    #[test]
+    fn completed_cannot_be_rolled_back() {
+        assert!(Phase::Completed.next(PhaseEvent::Failure).is_err());
+        assert!(Phase::Completed.next(PhaseEvent::CancelRequested).is_err());
+    }
+
+    #[test]
+    fn phase_names_round_trip() {
+        for p in ALL_PHASES {
+            assert_eq!(Phase::parse(p.as_str()), Some(p));
+            let json = serde_json::to_string(&p).unwrap();
+            assert_eq!(json, format!("\"{}\"", p.as_str()));
+        }
+    }
+
+    fn any_event() -> impl Strategy<Value = PhaseEvent> {
+        prop_oneof![
+            Just(PhaseEvent::Start),
+            Just(PhaseEvent::DestinationReady),
+            Just(PhaseEvent::SourceCompleted),
+            Just(PhaseEvent::DestinationRunning),
+            Just(PhaseEvent::Failure),
+            Just(PhaseEvent::CancelRequested),
+            any::<bool>().prop_map(|cancelled| PhaseEvent::RolledBack { cancelled }),
+        ]
+    }
+
+    proptest! {
+        /// Whatever the orchestrator observes, in any order: terminal phases never change,
+        /// and `Completed` is only reached through `SwitchingOver` (the destination was seen
+        /// running), never from a rollback.
+        #[test]
+        fn no_event_sequence_breaks_the_invariants(events in proptest::collection::vec(any_event(), 0..40)) {
+            let mut p = Phase::Pending;
+            for e in events {
+                match p.next(e) {
+                    Ok(n) => {
+                        prop_assert!(!p.is_terminal(), "terminal {p} moved to {n}");
+                        if n == Phase::Completed {
+                            prop_assert_eq!(p, Phase::SwitchingOver);
+                        }
+                        if matches!(n, Phase::Failed | Phase::Cancelled) {
+                            prop_assert_eq!(p, Phase::RollingBack);
+                        }
+                        p = n;
+                    }
+                    Err(err) => prop_assert_eq!(err.from, p),
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,138 @@
+//! Progress of a running migration and the report of a finished one.
+
+use serde::{Deserialize, Serialize};
+
+/// A snapshot of a running migration, as the source QEMU reports it (`query-migrate`),
+/// normalised to bytes and milliseconds.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MigrationProgress {
+    /// QEMU's own migration status: setup, active, device, completed, failed, ...
+    pub qemu_status: String,
+    /// Milliseconds since the source started sending.
+    pub elapsed_ms: u64,
+    /// Guest RAM size in bytes.
+    pub ram_total_bytes: u64,
+    /// Bytes put on the wire so far (RAM pages and headers).
+    pub transferred_bytes: u64,
+    /// RAM still to send in this pass.
+    pub remaining_bytes: u64,
+    /// How fast the guest dirties memory, bytes per second (QEMU measures it per pass).
+    pub dirty_rate_bytes_per_s: u64,
+    /// Achieved throughput, bytes per second.
+    pub bandwidth_bytes_per_s: u64,
+    /// Completed dirty-bitmap syncs: pass 1 is the bulk copy, each later pass re-sends
+    /// pages the guest dirtied meanwhile.
+    pub passes: u64,
+    /// QEMU's prediction of the pause if it switched over now, in ms.
+    pub expected_downtime_ms: Option<u64>,
+}
+
+impl MigrationProgress {
+    /// Fraction of the work done, 0.0..=1.0, for progress bars. During later passes the
+    /// remaining bytes are small, so the bar sits near the end while the passes count up.
+    pub fn fraction_done(&self) -> f64 {
+        if self.ram_total_bytes == 0 {
+            return 0.0;
+        }
+        let remaining = self.remaining_bytes.min(self.ram_total_bytes) as f64;
+        (1.0 - remaining / self.ram_total_bytes as f64).clamp(0.0, 1.0)
+    }
+
+    /// Whether `self` is a newer pass than `earlier` (a pass boundary worth an event).
+    pub fn started_new_pass(&self, earlier: Option<&MigrationProgress>) -> bool {
+        match earlier {
+            None => self.passes > 0,
+            Some(e) => self.passes > e.passes,
+        }
+    }
+}
+
+/// The figures of a finished migration.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MigrationReport {
+    /// From the operator's request to the destination running, ms (includes preparing
+    /// the destination and the checks).
+    pub total_time_ms: u64,
+    /// QEMU's own time from start of sending to completion, ms.
+    pub transfer_time_ms: u64,
+    /// The guest's pause at switch-over as QEMU measured it, ms.
+    pub downtime_ms: u64,
+    /// Bytes sent over the migration stream.
+    pub bytes_sent: u64,
+    /// Guest RAM size.
+    pub ram_total_bytes: u64,
+    /// Passes over memory (dirty-bitmap syncs).
+    pub passes: u64,
+    /// Average throughput of the stream, bytes per second.
+    pub average_bandwidth_bytes_per_s: u64,
+}
+
+impl MigrationReport {
+    /// Builds the report from the source's final progress and the orchestrator's clock.
+    pub fn from_final(progress: &MigrationProgress, downtime_ms: u64, total_time_ms: u64) -> Self {
+        let secs = progress.elapsed_ms as f64 / 1000.0;
+        let avg = if secs > 0.0 {
+            (progress.transferred_bytes as f64 / secs) as u64
+        } else {
+            0
+        };
+        MigrationReport {
+            total_time_ms,
+            transfer_time_ms: progress.elapsed_ms,
+            downtime_ms,
+            bytes_sent: progress.transferred_bytes,
+            ram_total_bytes: progress.ram_total_bytes,
+            passes: progress.passes,
+            average_bandwidth_bytes_per_s: avg,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fraction_done_is_bounded() {
+        let mut p = MigrationProgress {
+            ram_total_bytes: 100,
+            remaining_bytes: 25,
+            ..Default::default()
+        };
+        assert!((p.fraction_done() - 0.75).abs() < 1e-9);
+        p.remaining_bytes = 500; // QEMU can briefly report more than total during setup
+        assert_eq!(p.fraction_done(), 0.0);
+        p.ram_total_bytes = 0;
+        assert_eq!(p.fraction_done(), 0.0);
+    }
+
+    #[test]
+    fn new_pass_is_detected_once() {
+        let a = MigrationProgress {
+            passes: 1,
+            ..Default::default()
+        };
+        let b = MigrationProgress {
+            passes: 2,
+            ..Default::default()
+        };
+        assert!(a.started_new_pass(None));
+        assert!(b.started_new_pass(Some(&a)));
+        assert!(!b.started_new_pass(Some(&b)));
+    }
+
+    #[test]
+    fn report_average_bandwidth() {
+        let p = MigrationProgress {
+            elapsed_ms: 2000,
+            transferred_bytes: 200 << 20,
+            ram_total_bytes: 256 << 20,
+            passes: 3,
+            ..Default::default()
+        };
+        let r = MigrationReport::from_final(&p, 40, 2500);
+        assert_eq!(r.average_bandwidth_bytes_per_s, 100 << 20);
+        assert_eq!(r.passes, 3);
+        assert_eq!(r.downtime_ms, 40);
+    }
+}
