@@ -1,1 +1,30 @@
-//! ferry-guest
+//! Ferry's guest workload and its console protocol.
+//!
+//! The `ferry-guest` binary runs inside the test VM (started by the initramfs `/init` that
+//! `ferry-image` builds). It fills `ferry.mem_mib` MiB with self-verifying pages, rewrites them
+//! at `ferry.rate_mib` MiB/s and re-verifies all of them continuously, printing one status line
+//! per second on the serial console. A migration that loses or corrupts a page shows up as a
+//! `MISMATCH` line and a non-zero `mismatches=` count.
+//!
+//! The library holds the pure parts, testable on the host and used by the host side to read the
+//! console:
+//! - [`pattern`]: fill and verify one page;
+//! - [`config`]: parse the kernel command line;
+//! - [`status`]: the console line formats and parsers ([`status::StatusLine`],
+//!   [`status::last_status`], [`status::ConsoleSummary`], ...);
+//! - [`workload`]: the fill / rewrite / verify loop itself.
+//!
+//! The crate has no dependencies so the binary links statically:
+//!
+//! ```text
+//! RUSTFLAGS="-C target-feature=+crt-static" \
+//!   cargo build -p ferry-guest --release --target x86_64-unknown-linux-gnu
+//! ```
+
+pub mod config;
+pub mod pattern;
+pub mod status;
+pub mod workload;
+
+pub use config::Config;
+pub use status::{last_status, mismatch_line_count, ConsoleSummary, ReadyLine, StatusLine};

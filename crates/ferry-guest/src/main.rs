@@ -1,1 +1,98 @@
-fn main() {}
+//! `ferry-guest`: the memory integrity workload run by the test VM's `/init`.
+//!
+//! Usage: `ferry-guest [--cmdline PATH] [--ticks N]`
+//! - `--cmdline PATH`: read settings from PATH instead of `/proc/cmdline` (for tests);
+//! - `--ticks N`: exit 0 after N status lines instead of running forever.
+//!
+//! Exit status: 0 after `--ticks`, 2 for bad settings or arguments, 3 when the memory area
+//! cannot be allocated. All diagnostics go to stdout, which is the serial console in the VM.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use ferry_guest::status::PREFIX;
+use ferry_guest::workload::{run, RunOptions};
+use ferry_guest::Config;
+
+const DEFAULT_CMDLINE: &str = "/proc/cmdline";
+
+struct Args {
+    cmdline: String,
+    ticks: Option<u64>,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        cmdline: DEFAULT_CMDLINE.to_string(),
+        ticks: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--cmdline" => {
+                args.cmdline = it.next().ok_or("--cmdline needs a file path")?;
+            }
+            "--ticks" => {
+                let v = it.next().ok_or("--ticks needs a number")?;
+                let n = v
+                    .parse()
+                    .map_err(|_| format!("--ticks: {v:?} is not a whole number"))?;
+                args.ticks = Some(n);
+            }
+            "-h" | "--help" => {
+                return Err("usage: ferry-guest [--cmdline PATH] [--ticks N]".to_string())
+            }
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    Ok(args)
+}
+
+fn say(line: std::fmt::Arguments<'_>) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{PREFIX} {line}");
+    let _ = out.flush();
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            say(format_args!("error {e}"));
+            return ExitCode::from(2);
+        }
+    };
+    let text = match std::fs::read_to_string(&args.cmdline) {
+        Ok(t) => t,
+        Err(e) => {
+            say(format_args!("error cannot read {}: {e}", args.cmdline));
+            return ExitCode::from(2);
+        }
+    };
+    let cfg = match Config::parse(&text) {
+        Ok(c) => c,
+        Err(errors) => {
+            let mut out = std::io::stdout().lock();
+            for e in errors {
+                let _ = writeln!(out, "{e}");
+            }
+            let _ = out.flush();
+            return ExitCode::from(2);
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    match run(
+        &cfg,
+        &mut out,
+        &RunOptions {
+            max_ticks: args.ticks,
+        },
+    ) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            drop(out);
+            say(format_args!("error {e}"));
+            ExitCode::from(3)
+        }
+    }
+}
