@@ -1,0 +1,230 @@
+//! The VM spec as a QEMU command line: a pure function.
+//!
+//! Migration needs the destination's device model to match the source's exactly (the
+//! device state stream is laid out by device and bus address). So everything that shapes the
+//! guest's hardware comes from the spec alone — machine type (already resolved to a
+//! concrete version), CPU model, vCPUs, memory, devices in a fixed order — and everything
+//! host-specific (socket, console and pid paths) is kept to host-side options that the
+//! guest cannot see. `-nodefaults` removes QEMU's implicit devices so nothing depends on
+//! QEMU's build defaults.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use ferry_api::{Accel, VmSpec};
+
+/// The boot files as this host resolved them (image cache or absolute paths).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedBoot {
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    pub cmdline: String,
+}
+
+/// Host-side paths of one QEMU instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimePaths {
+    pub qmp_socket: PathBuf,
+    pub console_log: PathBuf,
+    pub pidfile: PathBuf,
+}
+
+/// Builds QEMU's arguments. `machine` must already be the concrete machine type, `accel`
+/// the resolved one (never Auto). `incoming` starts QEMU waiting for a migration stream
+/// (`-incoming defer`: the agent picks the listen address over QMP afterwards).
+pub fn build_args(
+    spec: &VmSpec,
+    boot: &ResolvedBoot,
+    accel: Accel,
+    paths: &RuntimePaths,
+    incoming: bool,
+) -> Vec<OsString> {
+    let mut a: Vec<OsString> = Vec::new();
+    let mut push = |s: &str| a.push(OsString::from(s));
+    push("-name");
+    push(&format!("guest={},debug-threads=on", spec.name));
+    push("-machine");
+    push(&spec.machine);
+    push("-accel");
+    push(match accel {
+        Accel::Kvm => "kvm",
+        Accel::Tcg | Accel::Auto => "tcg",
+    });
+    push("-cpu");
+    push(&spec.cpu_model);
+    push("-smp");
+    push(&spec.vcpus.to_string());
+    push("-m");
+    push(&format!("size={}M", spec.memory_mib));
+    push("-nodefaults");
+    push("-no-user-config");
+    push("-display");
+    push("none");
+    push("-msg");
+    push("timestamp=on");
+    // The serial console goes to a file the agent reads (the guest workload reports there).
+    push("-chardev");
+    push(&format!(
+        "file,id=console0,path={}",
+        qemu_path(&paths.console_log)
+    ));
+    push("-serial");
+    push("chardev:console0");
+    push("-qmp");
+    push(&format!(
+        "unix:{},server=on,wait=off",
+        qemu_path(&paths.qmp_socket)
+    ));
+    push("-pidfile");
+    a.push(paths.pidfile.clone().into_os_string());
+    a.push("-kernel".into());
+    a.push(boot.kernel.clone().into_os_string());
+    if let Some(initrd) = &boot.initrd {
+        a.push("-initrd".into());
+        a.push(initrd.clone().into_os_string());
+    }
+    a.push("-append".into());
+    a.push(boot.cmdline.clone().into());
+    if incoming {
+        a.push("-incoming".into());
+        a.push("defer".into());
+    }
+    a
+}
+
+/// A path inside a QEMU option value: commas are escaped by doubling.
+fn qemu_path(p: &std::path::Path) -> String {
+    p.to_string_lossy().replace(',', ",,")
+}
+
+/// The arguments that define the guest's hardware (everything but host-side paths), for
+/// comparing two command lines in tests and checks.
+pub fn guest_visible_args(args: &[OsString]) -> Vec<String> {
+    let host_side = [
+        "-chardev",
+        "-qmp",
+        "-pidfile",
+        "-kernel",
+        "-initrd",
+        "-incoming",
+    ];
+    let mut out = Vec::new();
+    let mut skip_next = false;
+    for arg in args {
+        let s = arg.to_string_lossy().into_owned();
+        if skip_next {
+            skip_next = false;
+            continue;
+        }
+        if host_side.contains(&s.as_str()) {
+            skip_next = true;
+            continue;
+        }
+        out.push(s);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_api::Boot;
+
+    fn spec() -> VmSpec {
+        VmSpec {
+            name: "web1".into(),
+            vcpus: 2,
+            memory_mib: 512,
+            boot: Boot::Image {
+                image: "test-guest".into(),
+                cmdline: "console=ttyS0".into(),
+            },
+            accel: Accel::Auto,
+            machine: "pc-q35-10.0".into(),
+            cpu_model: "qemu64".into(),
+        }
+    }
+
+    fn boot(dir: &str) -> ResolvedBoot {
+        ResolvedBoot {
+            kernel: format!("{dir}/vmlinuz").into(),
+            initrd: Some(format!("{dir}/initrd.img").into()),
+            cmdline: "console=ttyS0".into(),
+        }
+    }
+
+    fn paths(dir: &str) -> RuntimePaths {
+        RuntimePaths {
+            qmp_socket: format!("{dir}/qmp.sock").into(),
+            console_log: format!("{dir}/console.log").into(),
+            pidfile: format!("{dir}/qemu.pid").into(),
+        }
+    }
+
+    fn strings(args: &[OsString]) -> Vec<String> {
+        args.iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn same_spec_gives_the_same_guest_on_every_host() {
+        let a = build_args(&spec(), &boot("/a/img"), Accel::Tcg, &paths("/a/vm"), false);
+        let b = build_args(&spec(), &boot("/b/img"), Accel::Tcg, &paths("/b/vm"), true);
+        assert_eq!(guest_visible_args(&a), guest_visible_args(&b));
+        assert_ne!(a, b, "host-side paths do differ");
+    }
+
+    #[test]
+    fn incoming_waits_for_a_deferred_stream() {
+        let args = strings(&build_args(
+            &spec(),
+            &boot("/i"),
+            Accel::Tcg,
+            &paths("/v"),
+            true,
+        ));
+        let pos = args.iter().position(|a| a == "-incoming").unwrap();
+        assert_eq!(args[pos + 1], "defer");
+        let args = strings(&build_args(
+            &spec(),
+            &boot("/i"),
+            Accel::Tcg,
+            &paths("/v"),
+            false,
+        ));
+        assert!(!args.contains(&"-incoming".to_string()));
+    }
+
+    #[test]
+    fn the_spec_shapes_the_hardware() {
+        let args = strings(&build_args(
+            &spec(),
+            &boot("/i"),
+            Accel::Kvm,
+            &paths("/v"),
+            false,
+        ));
+        let joined = args.join(" ");
+        for needle in [
+            "-machine pc-q35-10.0",
+            "-accel kvm",
+            "-cpu qemu64",
+            "-smp 2",
+            "-m size=512M",
+            "-nodefaults",
+        ] {
+            assert!(joined.contains(needle), "missing {needle} in {joined}");
+        }
+    }
+
+    #[test]
+    fn commas_in_host_paths_are_escaped() {
+        let p = RuntimePaths {
+            qmp_socket: "/x,y/qmp.sock".into(),
+            ..paths("/v")
+        };
+        let args = strings(&build_args(&spec(), &boot("/i"), Accel::Tcg, &p, false));
+        assert!(args.contains(&"unix:/x,,y/qmp.sock,server=on,wait=off".to_string()));
+    }
+}
