@@ -1,1 +1,68 @@
-//! ferry-agent
+//! The Ferry agent: the one process per host that owns the truth of what runs there.
+//!
+//! It launches one QEMU per VM from a [`ferry_api::VmSpec`], drives it over QMP, supervises
+//! it, keeps each VM's spec in its state directory so a restarted agent adopts the QEMUs it
+//! left running, reports its host's inventory to the server, and plays either side of a
+//! migration: the destination starts an identical QEMU waiting for the stream, the source
+//! sends to it.
+//!
+//! Layout: [`config`] (validated settings), [`runtime`] (one VM's QEMU and QMP), [`host`]
+//! (the set of VMs and the operations on them), [`api`] (HTTP routes, thin), [`heartbeat`]
+//! (registration with the server), [`inventory`] (what the host offers).
+
+pub mod api;
+pub mod config;
+pub mod heartbeat;
+pub mod host;
+pub mod inventory;
+pub mod persist;
+pub mod runtime;
+
+pub use config::AgentConfig;
+pub use host::Agent;
+
+use std::sync::Arc;
+
+/// Runs the agent until SIGTERM/SIGINT. VMs keep running when the agent stops.
+pub async fn run(config: AgentConfig) -> Result<(), String> {
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| format!("cannot read the bound address: {e}"))?;
+    let agent = Arc::new(Agent::start(config, bound).await?);
+    if let Some(file) = &agent.config.ready_file {
+        write_ready_file(file, &bound.to_string())?;
+    }
+    tracing::info!(host = %agent.config.name, %bound, "agent listening");
+    let hb = tokio::spawn(heartbeat::run(agent.clone()));
+    let app = api::router(agent.clone());
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .map_err(|e| format!("HTTP server failed: {e}"));
+    hb.abort();
+    tracing::info!(host = %agent.config.name, "agent stopped; VMs keep running");
+    served
+}
+
+/// Writes `text` atomically, so a watcher never reads half a file.
+pub fn write_ready_file(path: &std::path::Path, text: &str) -> Result<(), String> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text)
+        .and_then(|_| std::fs::rename(&tmp, path))
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

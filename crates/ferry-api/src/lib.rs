@@ -11,6 +11,8 @@
 pub mod client;
 pub mod error;
 pub mod host;
+#[cfg(feature = "server")]
+pub mod http;
 pub mod migration;
 pub mod names;
 pub mod spec;

@@ -1,0 +1,136 @@
+//! The agent's HTTP API. Each route parses, calls [`Agent`], and serializes: no logic here.
+//!
+//! ```text
+//! GET    /v1/health                         liveness + host name
+//! GET    /v1/inventory                      HostInventory
+//! GET    /v1/vms                            [VmRuntime]
+//! POST   /v1/vms                            LaunchRequest -> VmRuntime
+//! GET    /v1/vms/{name}                     VmRuntime
+//! POST   /v1/vms/{name}/stop                VmRuntime (QEMU ended, VM forgotten here)
+//! DELETE /v1/vms/{name}                     kill if running, forget (idempotent)
+//! GET    /v1/vms/{name}/console?bytes=N     ConsoleTail
+//! POST   /v1/vms/{name}/incoming            IncomingRequest -> IncomingResponse (destination)
+//! POST   /v1/vms/{name}/migration           OutgoingRequest -> AgentMigrationStatus (source)
+//! GET    /v1/vms/{name}/migration           AgentMigrationStatus
+//! POST   /v1/vms/{name}/migration/cancel    VmRuntime (source resumes)
+//! POST   /v1/vms/{name}/migration/handover  source QEMU shut down after completion
+//! ```
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use ferry_api::http::{not_found, ApiJson, Failure};
+use ferry_api::{
+    AgentMigrationStatus, ApiError, ConsoleTail, HostInventory, IncomingRequest, IncomingResponse,
+    LaunchRequest, OutgoingRequest, VmRuntime,
+};
+use serde::Deserialize;
+
+use crate::host::Agent;
+
+type Shared = State<Arc<Agent>>;
+type Answer<T> = Result<Json<T>, Failure>;
+
+pub fn router(agent: Arc<Agent>) -> Router {
+    Router::new()
+        .route("/v1/health", get(health))
+        .route("/v1/inventory", get(inventory))
+        .route("/v1/vms", get(list).post(launch))
+        .route("/v1/vms/{name}", get(show).delete(remove))
+        .route("/v1/vms/{name}/stop", post(stop))
+        .route("/v1/vms/{name}/console", get(console))
+        .route("/v1/vms/{name}/incoming", post(incoming))
+        .route(
+            "/v1/vms/{name}/migration",
+            get(migration_status).post(outgoing),
+        )
+        .route("/v1/vms/{name}/migration/cancel", post(cancel))
+        .route("/v1/vms/{name}/migration/handover", post(handover))
+        .fallback(not_found)
+        .with_state(agent)
+}
+
+async fn health(State(a): Shared) -> Json<serde_json::Value> {
+    Json(
+        serde_json::json!({"status": "ok", "host": a.config.name, "version": env!("CARGO_PKG_VERSION")}),
+    )
+}
+
+async fn inventory(State(a): Shared) -> Json<HostInventory> {
+    Json(a.inventory().await)
+}
+
+async fn list(State(a): Shared) -> Json<Vec<VmRuntime>> {
+    Json(a.list().await)
+}
+
+async fn launch(State(a): Shared, ApiJson(req): ApiJson<LaunchRequest>) -> Answer<VmRuntime> {
+    Ok(Json(a.launch(&req.spec).await?))
+}
+
+async fn show(State(a): Shared, Path(name): Path<String>) -> Answer<VmRuntime> {
+    Ok(Json(a.get(&name).await?))
+}
+
+async fn stop(State(a): Shared, Path(name): Path<String>) -> Answer<VmRuntime> {
+    Ok(Json(a.stop(&name).await?))
+}
+
+async fn remove(State(a): Shared, Path(name): Path<String>) -> Answer<serde_json::Value> {
+    a.remove(&name).await?;
+    Ok(Json(serde_json::json!({"removed": name})))
+}
+
+#[derive(Deserialize)]
+struct ConsoleParams {
+    bytes: Option<u64>,
+}
+
+async fn console(
+    State(a): Shared,
+    Path(name): Path<String>,
+    Query(q): Query<ConsoleParams>,
+) -> Answer<ConsoleTail> {
+    Ok(Json(a.console(&name, q.bytes.unwrap_or(64 * 1024)).await?))
+}
+
+async fn incoming(
+    State(a): Shared,
+    Path(name): Path<String>,
+    ApiJson(req): ApiJson<IncomingRequest>,
+) -> Answer<IncomingResponse> {
+    if req.spec.name != name {
+        return Err(ApiError::bad_request(format!(
+            "URL names VM '{name}' but the spec names '{}'",
+            req.spec.name
+        ))
+        .into());
+    }
+    Ok(Json(a.prepare_incoming(&req).await?))
+}
+
+async fn outgoing(
+    State(a): Shared,
+    Path(name): Path<String>,
+    ApiJson(req): ApiJson<OutgoingRequest>,
+) -> Answer<AgentMigrationStatus> {
+    Ok(Json(a.start_outgoing(&name, &req).await?))
+}
+
+async fn migration_status(
+    State(a): Shared,
+    Path(name): Path<String>,
+) -> Answer<AgentMigrationStatus> {
+    Ok(Json(a.migration_status(&name).await?))
+}
+
+async fn cancel(State(a): Shared, Path(name): Path<String>) -> Answer<VmRuntime> {
+    Ok(Json(a.cancel_outgoing(&name).await?))
+}
+
+async fn handover(State(a): Shared, Path(name): Path<String>) -> Answer<serde_json::Value> {
+    a.hand_over(&name).await?;
+    Ok(Json(serde_json::json!({"handed_over": name})))
+}

@@ -1,0 +1,45 @@
+//! Registration with the server: the agent introduces itself and then repeats it as a
+//! heartbeat carrying fresh inventory. The server marks a host disconnected when the
+//! heartbeats stop.
+
+use std::sync::Arc;
+
+use ferry_api::client::ServerClient;
+use ferry_api::HostRegistration;
+
+use crate::host::Agent;
+
+pub async fn run(agent: Arc<Agent>) {
+    let Some(server) = agent.config.server_url.clone() else {
+        return;
+    };
+    let client = match ServerClient::new(&server) {
+        Ok(c) => c.with_actor(format!("agent:{}", agent.config.name)),
+        Err(e) => {
+            tracing::error!("cannot use server URL {server}: {e}");
+            return;
+        }
+    };
+    let mut failing = false;
+    loop {
+        let reg = HostRegistration {
+            name: agent.config.name.clone(),
+            url: agent.url.clone(),
+            migration_address: agent.config.migration_address.to_string(),
+            inventory: agent.inventory().await,
+        };
+        match client.register_host(&reg).await {
+            Ok(_) if failing => {
+                tracing::info!(%server, "registered with the server again");
+                failing = false;
+            }
+            Ok(_) => {}
+            Err(e) if !failing => {
+                tracing::warn!(%server, "cannot register with the server (will keep trying): {e}");
+                failing = true;
+            }
+            Err(_) => {}
+        }
+        tokio::time::sleep(agent.config.heartbeat).await;
+    }
+}

@@ -1,0 +1,401 @@
+//! The agent's core: the VMs on this host and what can be done to them. HTTP-free, so the
+//! routes in [`crate::api`] stay thin.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use ferry_api::{
+    validate_name, AgentMigrationStatus, ApiError, Boot, ConsoleTail, HostInventory,
+    IncomingRequest, IncomingResponse, OutgoingRequest, VmRuntime, VmSpec,
+};
+use ferry_qemu::accel::{boot_probe, host_facts, resolve_requested, BootProbe};
+use ferry_qemu::{decide_accel, AccelDecision, QemuBinary, ResolvedBoot};
+use tokio::sync::Mutex;
+
+use crate::config::AgentConfig;
+use crate::persist::{PersistedVm, Role};
+use crate::runtime::{Migratable, QemuVm};
+
+/// The line the test guest's init prints once it reaches user space (the accel probe waits
+/// for it).
+pub const GUEST_BOOT_MARKER: &str = "FERRY-GUEST boot";
+pub const PROBE_IMAGE: &str = "test-guest";
+
+pub struct Agent {
+    pub config: AgentConfig,
+    /// The URL the server reaches this agent at.
+    pub url: String,
+    qemu: QemuBinary,
+    accel: RwLock<AccelDecision>,
+    vms: Mutex<HashMap<String, Arc<QemuVm>>>,
+}
+
+impl Agent {
+    /// Checks QEMU, adopts VMs left running by an earlier agent, decides the accelerator.
+    pub async fn start(config: AgentConfig, bound: SocketAddr) -> Result<Agent, String> {
+        config.validate()?;
+        let qemu = QemuBinary::detect(&config.qemu).map_err(|e| e.to_string())?;
+        tracing::info!(qemu = %qemu.version, "QEMU checked");
+        std::fs::create_dir_all(config.vms_dir())
+            .map_err(|e| format!("cannot create {}: {e}", config.vms_dir().display()))?;
+        let url = config
+            .advertise_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{bound}"));
+        let facts = host_facts();
+        let accel = decide_accel(&facts);
+        let agent = Agent {
+            url,
+            qemu,
+            accel: RwLock::new(accel),
+            vms: Mutex::new(HashMap::new()),
+            config,
+        };
+        agent.adopt_running().await;
+        if facts.dev_kvm_present && facts.cpu_virt_flag {
+            agent.probe_kvm(facts).await;
+        }
+        let decision = agent.accel_decision();
+        tracing::info!(accel = %decision.accel, reason = %decision.reason, "accelerator decided");
+        Ok(agent)
+    }
+
+    /// Boots the test guest under KVM; KVM is used for `auto` only if it reaches user space.
+    async fn probe_kvm(&self, mut facts: ferry_qemu::AccelFacts) {
+        let dir = self.config.image_dir.join(PROBE_IMAGE);
+        let (kernel, initrd) = (dir.join("vmlinuz"), dir.join("initrd.img"));
+        facts.boot_probe = Some(if kernel.exists() && initrd.exists() {
+            boot_probe(
+                &self.qemu.path,
+                &kernel,
+                &initrd,
+                GUEST_BOOT_MARKER,
+                Duration::from_secs(60),
+            )
+            .await
+        } else {
+            BootProbe::NoImage
+        });
+        if let Ok(mut a) = self.accel.write() {
+            *a = decide_accel(&facts);
+        }
+    }
+
+    pub fn accel_decision(&self) -> AccelDecision {
+        self.accel
+            .read()
+            .map(|a| a.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    async fn adopt_running(&self) {
+        let Ok(entries) = std::fs::read_dir(self.config.vms_dir()) else {
+            return;
+        };
+        let mut vms = self.vms.lock().await;
+        for entry in entries.flatten() {
+            let dir = entry.path();
+            if !dir.is_dir() {
+                continue;
+            }
+            match QemuVm::adopt(dir.clone()).await {
+                Ok(Some(vm)) => {
+                    tracing::info!(vm = %vm.name, pid = vm.pid(), "adopted running QEMU");
+                    vms.insert(vm.name.clone(), vm);
+                }
+                Ok(None) => {
+                    tracing::info!(dir = %dir.display(), "VM record without a running QEMU; removed");
+                    let _ = std::fs::remove_dir_all(&dir);
+                }
+                Err(e) => tracing::warn!(dir = %dir.display(), "cannot adopt VM: {e}"),
+            }
+        }
+    }
+
+    pub async fn inventory(&self) -> HostInventory {
+        let mut inv = crate::inventory::base_inventory();
+        let accel = self.accel_decision();
+        inv.qemu_version = self.qemu.version.to_string();
+        inv.accel = accel.accel;
+        inv.accel_reason = accel.reason;
+        inv.machine_aliases = self.qemu.machines.aliases.clone();
+        inv.machine_types = self.qemu.machines.types.clone();
+        let vms = self.vms.lock().await;
+        for vm in vms.values().filter(|v| v.is_running_process()) {
+            inv.vms_running += 1;
+            inv.vm_memory_mib += vm.record().spec.memory_mib;
+        }
+        inv
+    }
+
+    async fn find(&self, name: &str) -> Result<Arc<QemuVm>, ApiError> {
+        validate_name("VM name", name)?;
+        self.vms.lock().await.get(name).cloned().ok_or_else(|| {
+            ApiError::not_found(format!("no VM named '{name}' on host {}", self.config.name))
+        })
+    }
+
+    pub async fn list(&self) -> Vec<VmRuntime> {
+        let vms: Vec<Arc<QemuVm>> = self.vms.lock().await.values().cloned().collect();
+        let mut out = Vec::with_capacity(vms.len());
+        for vm in vms {
+            out.push(vm.runtime().await);
+        }
+        out.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
+        out
+    }
+
+    pub async fn get(&self, name: &str) -> Result<VmRuntime, ApiError> {
+        Ok(self.find(name).await?.runtime().await)
+    }
+
+    /// Resolves what the spec leaves to the host: the machine alias (fixed from now on)
+    /// and the boot files.
+    fn resolve(&self, spec: &VmSpec) -> Result<(VmSpec, ResolvedBoot), ApiError> {
+        spec.validate()?;
+        let mut spec = spec.clone();
+        spec.machine = self
+            .qemu
+            .machines
+            .resolve(&spec.machine, &self.qemu.version.to_string())
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let boot = match &spec.boot {
+            Boot::Image { image, cmdline } => {
+                let dir = self.config.image_dir.join(image);
+                let (kernel, initrd) = (dir.join("vmlinuz"), dir.join("initrd.img"));
+                if !kernel.is_file() || !initrd.is_file() {
+                    return Err(ApiError::bad_request(format!(
+                        "image '{image}' is not built on host {} (looked in {}); run `ferry image build` there",
+                        self.config.name,
+                        dir.display()
+                    )));
+                }
+                ResolvedBoot {
+                    kernel,
+                    initrd: Some(initrd),
+                    cmdline: cmdline.clone(),
+                }
+            }
+            Boot::Kernel {
+                kernel,
+                initrd,
+                cmdline,
+            } => {
+                for f in std::iter::once(kernel).chain(initrd.iter()) {
+                    if !f.is_file() {
+                        return Err(ApiError::bad_request(format!(
+                            "boot file {} does not exist on host {}",
+                            f.display(),
+                            self.config.name
+                        )));
+                    }
+                }
+                ResolvedBoot {
+                    kernel: kernel.clone(),
+                    initrd: initrd.clone(),
+                    cmdline: cmdline.clone(),
+                }
+            }
+        };
+        Ok((spec, boot))
+    }
+
+    fn vm_dir(&self, name: &str) -> PathBuf {
+        self.config.vms_dir().join(name)
+    }
+
+    /// Takes the name for a new QEMU. A record of a QEMU that already exited is replaced.
+    async fn reserve(
+        &self,
+        name: &str,
+    ) -> Result<tokio::sync::MutexGuard<'_, HashMap<String, Arc<QemuVm>>>, ApiError> {
+        let mut vms = self.vms.lock().await;
+        if let Some(existing) = vms.get(name) {
+            if existing.is_running_process() {
+                return Err(ApiError::conflict(format!(
+                    "a VM named '{name}' already runs on host {}",
+                    self.config.name
+                )));
+            }
+            vms.remove(name);
+        }
+        Ok(vms)
+    }
+
+    async fn launch_inner(&self, spec: &VmSpec, role: Role) -> Result<Arc<QemuVm>, ApiError> {
+        let (spec, boot) = self.resolve(spec)?;
+        let accel =
+            resolve_requested(spec.accel, &self.accel_decision()).map_err(ApiError::bad_request)?;
+        let mut vms = self.reserve(&spec.name).await?;
+        let dir = self.vm_dir(&spec.name);
+        let record = PersistedVm::new(spec.clone(), accel, role);
+        let launched = QemuVm::launch(
+            &self.qemu.path,
+            record,
+            &boot,
+            dir.clone(),
+            role == Role::Incoming,
+        )
+        .await;
+        match launched {
+            Ok(vm) => {
+                vms.insert(spec.name.clone(), vm.clone());
+                Ok(vm)
+            }
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                Err(e)
+            }
+        }
+    }
+
+    /// Boots a VM.
+    pub async fn launch(&self, spec: &VmSpec) -> Result<VmRuntime, ApiError> {
+        let vm = self.launch_inner(spec, Role::Normal).await?;
+        tracing::info!(vm = %vm.name, "VM launched");
+        Ok(vm.runtime().await)
+    }
+
+    /// Stops a VM's QEMU and forgets it (its spec lives on at the server).
+    pub async fn stop(&self, name: &str) -> Result<VmRuntime, ApiError> {
+        let vm = self.find(name).await?;
+        let _op = vm.op_lock.lock().await;
+        if vm.role() == Role::Outgoing {
+            return Err(ApiError::conflict(format!(
+                "VM '{name}' is migrating away; cancel the migration first"
+            )));
+        }
+        vm.kill().await;
+        let rt = vm.runtime().await;
+        self.forget(name).await;
+        Ok(rt)
+    }
+
+    /// Kills any QEMU of this VM and removes its directory. Idempotent: used for rollback.
+    pub async fn remove(&self, name: &str) -> Result<(), ApiError> {
+        validate_name("VM name", name)?;
+        let vm = self.vms.lock().await.get(name).cloned();
+        if let Some(vm) = vm {
+            let _op = vm.op_lock.lock().await;
+            vm.kill().await;
+        }
+        self.forget(name).await;
+        Ok(())
+    }
+
+    async fn forget(&self, name: &str) {
+        self.vms.lock().await.remove(name);
+        let _ = std::fs::remove_dir_all(self.vm_dir(name));
+    }
+
+    pub async fn console(&self, name: &str, bytes: u64) -> Result<ConsoleTail, ApiError> {
+        let vm = self.find(name).await?;
+        read_tail(&vm.paths.console_log, bytes.clamp(1, 4 << 20))
+    }
+
+    /// Destination: start an identical QEMU waiting for the stream.
+    pub async fn prepare_incoming(
+        &self,
+        req: &IncomingRequest,
+    ) -> Result<IncomingResponse, ApiError> {
+        let listen: std::net::IpAddr = req.listen_address.parse().map_err(|_| {
+            ApiError::bad_request(format!(
+                "listen address '{}' is not an IP address",
+                req.listen_address
+            ))
+        })?;
+        let vm = self.launch_inner(&req.spec, Role::Incoming).await?;
+        match vm.listen_incoming(listen).await {
+            Ok(uri) => {
+                tracing::info!(vm = %vm.name, %uri, "waiting for incoming migration");
+                Ok(IncomingResponse { uri })
+            }
+            Err(e) => {
+                let _ = self.remove(&vm.name).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Source: start sending the VM.
+    pub async fn start_outgoing(
+        &self,
+        name: &str,
+        req: &OutgoingRequest,
+    ) -> Result<AgentMigrationStatus, ApiError> {
+        let vm = self.find(name).await?;
+        let _op = vm.op_lock.lock().await;
+        if !vm.is_running_process() {
+            return Err(ApiError::conflict(format!(
+                "VM '{name}' is not running on host {}",
+                self.config.name
+            )));
+        }
+        if vm.role() != Role::Normal {
+            return Err(ApiError::conflict(format!(
+                "VM '{name}' is already migrating"
+            )));
+        }
+        vm.send(req).await?;
+        tracing::info!(vm = %name, uri = %req.uri, "outgoing migration started");
+        vm.migration_status().await
+    }
+
+    pub async fn migration_status(&self, name: &str) -> Result<AgentMigrationStatus, ApiError> {
+        self.find(name).await?.migration_status().await
+    }
+
+    /// Source: cancel and keep running here.
+    pub async fn cancel_outgoing(&self, name: &str) -> Result<VmRuntime, ApiError> {
+        let vm = self.find(name).await?;
+        let _op = vm.op_lock.lock().await;
+        vm.cancel_outgoing().await?;
+        tracing::info!(vm = %name, "outgoing migration cancelled; VM runs here");
+        Ok(vm.runtime().await)
+    }
+
+    /// Source: the destination runs, so this QEMU (paused in `postmigrate`) goes away.
+    /// Refused unless QEMU itself reports the migration completed: the only state in which
+    /// shutting the source down cannot lose the VM.
+    pub async fn hand_over(&self, name: &str) -> Result<(), ApiError> {
+        let vm = self.find(name).await?;
+        let _op = vm.op_lock.lock().await;
+        let status = vm.migration_status().await?;
+        if !status.is_completed() {
+            return Err(ApiError::conflict(format!(
+                "VM '{name}': migration is '{}', not completed; refusing to shut the source down",
+                status.progress.qemu_status
+            )));
+        }
+        vm.kill().await;
+        drop(_op);
+        self.forget(name).await;
+        tracing::info!(vm = %name, "handed over; source QEMU shut down");
+        Ok(())
+    }
+}
+
+/// The last `bytes` of a file, as lossy UTF-8, and its size.
+pub fn read_tail(path: &std::path::Path, bytes: u64) -> Result<ConsoleTail, ApiError> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path)
+        .map_err(|e| ApiError::internal(format!("cannot open {}: {e}", path.display())))?;
+    let total = f
+        .metadata()
+        .map_err(|e| ApiError::internal(format!("cannot stat {}: {e}", path.display())))?
+        .len();
+    let start = total.saturating_sub(bytes);
+    f.seek(SeekFrom::Start(start))
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let mut buf = Vec::new();
+    f.take(bytes)
+        .read_to_end(&mut buf)
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok(ConsoleTail {
+        total_bytes: total,
+        text: String::from_utf8_lossy(&buf).into_owned(),
+    })
+}

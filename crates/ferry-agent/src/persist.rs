@@ -1,0 +1,136 @@
+//! What the agent keeps on disk per VM, so a restarted agent adopts running QEMUs.
+//!
+//! `<state>/vms/<name>/vm.json` holds a [`PersistedVm`]. The struct is versioned and the
+//! version is checked on load: an agent never guesses at a layout it does not know.
+
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use ferry_api::{Accel, VmSpec};
+use serde::{Deserialize, Serialize};
+
+pub const PERSIST_VERSION: u32 = 1;
+
+/// Which part the QEMU plays. Decides what the agent does when it finds it again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// An ordinary running (or paused) VM.
+    Normal,
+    /// A destination QEMU waiting for or receiving a stream.
+    Incoming,
+    /// A source QEMU sending itself away.
+    Outgoing,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PersistedVm {
+    pub version: u32,
+    pub spec: VmSpec,
+    pub accel: Accel,
+    pub role: Role,
+    pub started_at: DateTime<Utc>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PersistError {
+    #[error("cannot read {path}: {reason}")]
+    Read { path: PathBuf, reason: String },
+    #[error("{path} has layout version {found}; this agent reads version {PERSIST_VERSION}")]
+    Version { path: PathBuf, found: u32 },
+    #[error("cannot write {path}: {reason}")]
+    Write { path: PathBuf, reason: String },
+}
+
+impl PersistedVm {
+    pub fn new(spec: VmSpec, accel: Accel, role: Role) -> PersistedVm {
+        PersistedVm {
+            version: PERSIST_VERSION,
+            spec,
+            accel,
+            role,
+            started_at: Utc::now(),
+        }
+    }
+
+    pub fn load(path: &Path) -> Result<PersistedVm, PersistError> {
+        let read_err = |reason: String| PersistError::Read {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| read_err(e.to_string()))?;
+        let value: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| read_err(e.to_string()))?;
+        let found = value.get("version").and_then(|v| v.as_u64()).unwrap_or(0) as u32;
+        if found != PERSIST_VERSION {
+            return Err(PersistError::Version {
+                path: path.to_path_buf(),
+                found,
+            });
+        }
+        let vm: PersistedVm = serde_json::from_value(value).map_err(|e| read_err(e.to_string()))?;
+        vm.spec
+            .validate()
+            .map_err(|e| read_err(format!("invalid spec: {}", e.message)))?;
+        Ok(vm)
+    }
+
+    /// Writes atomically (temp file + rename): a crash leaves the old or the new record.
+    pub fn save(&self, path: &Path) -> Result<(), PersistError> {
+        let write_err = |reason: String| PersistError::Write {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let text = serde_json::to_string_pretty(self).map_err(|e| write_err(e.to_string()))?;
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, text).map_err(|e| write_err(e.to_string()))?;
+        std::fs::rename(&tmp, path).map_err(|e| write_err(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_api::Boot;
+
+    fn record() -> PersistedVm {
+        PersistedVm::new(
+            VmSpec {
+                name: "web1".into(),
+                vcpus: 1,
+                memory_mib: 256,
+                boot: Boot::Image {
+                    image: "test-guest".into(),
+                    cmdline: String::new(),
+                },
+                accel: Accel::Auto,
+                machine: "pc-q35-10.0".into(),
+                cpu_model: "qemu64".into(),
+            },
+            Accel::Tcg,
+            Role::Normal,
+        )
+    }
+
+    #[test]
+    fn round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vm.json");
+        let r = record();
+        r.save(&path).unwrap();
+        assert_eq!(PersistedVm::load(&path).unwrap(), r);
+    }
+
+    #[test]
+    fn refuses_unknown_versions_and_garbage() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vm.json");
+        let mut v = serde_json::to_value(record()).unwrap();
+        v["version"] = 99.into();
+        std::fs::write(&path, v.to_string()).unwrap();
+        let err = PersistedVm::load(&path).unwrap_err().to_string();
+        assert!(err.contains("version 99"), "{err}");
+        std::fs::write(&path, "{not json").unwrap();
+        assert!(PersistedVm::load(&path).is_err());
+    }
+}

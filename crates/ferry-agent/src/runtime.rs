@@ -1,0 +1,486 @@
+//! One VM's QEMU process, its QMP connection and its supervisor.
+//!
+//! Capabilities are small traits ([`Pausable`], [`Migratable`]) so the host logic names
+//! what it needs from a VM rather than reaching into QEMU.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ferry_api::{
+    AgentMigrationStatus, ApiError, MigrationProgress, OutgoingRequest, VmRuntime, VmState,
+};
+use ferry_qemu::{build_args, QemuProcess, ResolvedBoot, RuntimePaths};
+use ferry_qmp::{MigrationParameters, MigrationStatus, QmpClient, RunState};
+use tokio::sync::watch;
+
+use crate::persist::{PersistedVm, Role};
+
+/// How long QEMU gets to open its QMP socket after start.
+const QMP_CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Pausing and resuming the guest's vCPUs.
+#[allow(async_fn_in_trait)]
+pub trait Pausable {
+    async fn pause(&self) -> Result<(), ApiError>;
+    async fn resume(&self) -> Result<(), ApiError>;
+}
+
+/// Either side of a live migration.
+#[allow(async_fn_in_trait)]
+pub trait Migratable {
+    /// Destination: listen for the stream on `address` (a free port is chosen); returns the
+    /// URI the source must send to.
+    async fn listen_incoming(&self, address: IpAddr) -> Result<String, ApiError>;
+    /// Source: start sending.
+    async fn send(&self, req: &OutgoingRequest) -> Result<(), ApiError>;
+    /// Either side: where the migration is.
+    async fn migration_status(&self) -> Result<AgentMigrationStatus, ApiError>;
+    /// Source: stop sending and make sure the guest runs here.
+    async fn cancel_outgoing(&self) -> Result<(), ApiError>;
+}
+
+/// A VM's QEMU as this agent runs it.
+pub struct QemuVm {
+    pub name: String,
+    pub dir: PathBuf,
+    pub paths: RuntimePaths,
+    record: Mutex<PersistedVm>,
+    pid: u32,
+    qmp: QmpClient,
+    stop_requested: AtomicBool,
+    /// None while QEMU runs; the reason once it exited.
+    exit: watch::Receiver<Option<String>>,
+    /// Serializes state-changing operations on this VM (migrate, cancel, stop).
+    pub op_lock: tokio::sync::Mutex<()>,
+}
+
+fn paths_in(dir: &Path) -> RuntimePaths {
+    RuntimePaths {
+        qmp_socket: dir.join("qmp.sock"),
+        console_log: dir.join("console.log"),
+        pidfile: dir.join("qemu.pid"),
+    }
+}
+
+fn record_path(dir: &Path) -> PathBuf {
+    dir.join("vm.json")
+}
+
+fn internal(what: &str) -> impl Fn(String) -> ApiError + '_ {
+    move |reason| ApiError::internal(format!("{what}: {reason}"))
+}
+
+impl QemuVm {
+    /// Starts QEMU for `record` in `dir` and connects to it. `incoming`: wait for a stream.
+    pub async fn launch(
+        qemu: &Path,
+        record: PersistedVm,
+        boot: &ResolvedBoot,
+        dir: PathBuf,
+        incoming: bool,
+    ) -> Result<Arc<QemuVm>, ApiError> {
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| internal("cannot create the VM directory")(e.to_string()))?;
+        let paths = paths_in(&dir);
+        for stale in [&paths.qmp_socket, &paths.pidfile] {
+            let _ = std::fs::remove_file(stale);
+        }
+        // A new QEMU instance gets a fresh console: readers look for this instance's lines.
+        std::fs::write(&paths.console_log, b"")
+            .map_err(|e| internal("cannot create the console log")(e.to_string()))?;
+        record
+            .save(&record_path(&dir))
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        let args = build_args(&record.spec, boot, record.accel, &paths, incoming);
+        let log = dir.join("qemu.log");
+        let mut process =
+            QemuProcess::spawn(qemu, &args, &log).map_err(|e| ApiError::internal(e.to_string()))?;
+        tracing::info!(vm = %record.spec.name, pid = process.pid, incoming, "QEMU started");
+        let qmp = match QmpClient::connect_with_retry(&paths.qmp_socket, QMP_CONNECT_TIMEOUT).await
+        {
+            Ok(q) => q,
+            Err(e) => {
+                process.kill();
+                if let Some(child) = process.child.as_mut() {
+                    let _ = child.wait().await;
+                }
+                return Err(ApiError::internal(format!(
+                    "QEMU did not come up: {e}; QEMU said: {}",
+                    log_tail(&log)
+                )));
+            }
+        };
+        Ok(Self::supervise(record, dir, paths, process, qmp))
+    }
+
+    /// Adopts a QEMU left running by an earlier agent, from its directory.
+    pub async fn adopt(dir: PathBuf) -> Result<Option<Arc<QemuVm>>, String> {
+        let record = PersistedVm::load(&record_path(&dir)).map_err(|e| e.to_string())?;
+        let paths = paths_in(&dir);
+        let Some(pid) = ferry_qemu::process::read_pidfile(&paths.pidfile) else {
+            return Ok(None);
+        };
+        let Some(process) = QemuProcess::adopt(pid, &paths.qmp_socket) else {
+            return Ok(None);
+        };
+        let qmp = QmpClient::connect_with_retry(&paths.qmp_socket, Duration::from_secs(5))
+            .await
+            .map_err(|e| format!("QEMU pid {pid} runs but its QMP does not answer: {e}"))?;
+        Ok(Some(Self::supervise(record, dir, paths, process, qmp)))
+    }
+
+    fn supervise(
+        record: PersistedVm,
+        dir: PathBuf,
+        paths: RuntimePaths,
+        mut process: QemuProcess,
+        qmp: QmpClient,
+    ) -> Arc<QemuVm> {
+        let (exit_tx, exit_rx) = watch::channel(None);
+        let vm = Arc::new(QemuVm {
+            name: record.spec.name.clone(),
+            dir: dir.clone(),
+            paths,
+            record: Mutex::new(record),
+            pid: process.pid,
+            qmp: qmp.clone(),
+            stop_requested: AtomicBool::new(false),
+            exit: exit_rx,
+            op_lock: tokio::sync::Mutex::new(()),
+        });
+        let name = vm.name.clone();
+        let log = dir.join("qemu.log");
+        tokio::spawn(async move {
+            let status = match process.child.as_mut() {
+                Some(child) => match child.wait().await {
+                    Ok(s) => s.to_string(),
+                    Err(e) => format!("unknown ({e})"),
+                },
+                None => {
+                    // Adopted: not our child, so watch QMP and the pid instead.
+                    qmp.closed().await;
+                    while process.is_alive() {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    "exited".to_string()
+                }
+            };
+            let tail = log_tail(&log);
+            let reason = if tail.is_empty() {
+                format!("QEMU {status}")
+            } else {
+                format!("QEMU {status}: {tail}")
+            };
+            tracing::info!(vm = %name, %reason, "QEMU exited");
+            let _ = exit_tx.send(Some(reason));
+        });
+        vm
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    pub fn record(&self) -> PersistedVm {
+        self.record
+            .lock()
+            .map(|r| r.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    pub fn role(&self) -> Role {
+        self.record().role
+    }
+
+    pub fn set_role(&self, role: Role) -> Result<(), ApiError> {
+        let mut rec = self.record.lock().unwrap_or_else(|p| p.into_inner());
+        rec.role = role;
+        rec.save(&record_path(&self.dir))
+            .map_err(|e| ApiError::internal(e.to_string()))
+    }
+
+    /// Why QEMU exited, once it did.
+    pub fn exit_reason(&self) -> Option<String> {
+        self.exit.borrow().clone()
+    }
+
+    pub fn is_running_process(&self) -> bool {
+        self.exit_reason().is_none()
+    }
+
+    /// Kills QEMU and waits until it is gone (a few seconds at most).
+    pub async fn kill(&self) {
+        self.stop_requested.store(true, Ordering::SeqCst);
+        if self.exit_reason().is_some() {
+            return;
+        }
+        // Ask nicely first: `quit` returns at once and QEMU exits cleanly.
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.qmp.quit()).await;
+        let mut rx = self.exit.clone();
+        let exited = tokio::time::timeout(Duration::from_secs(3), rx.wait_for(|e| e.is_some()))
+            .await
+            .is_ok();
+        if !exited {
+            QemuProcess {
+                pid: self.pid,
+                child: None,
+            }
+            .kill();
+            let _ =
+                tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|e| e.is_some())).await;
+        }
+    }
+
+    /// The VM as the API shows it.
+    pub async fn runtime(&self) -> VmRuntime {
+        let rec = self.record();
+        let exit = self.exit_reason();
+        let (state, qemu_status) = match &exit {
+            Some(_) if self.stop_requested.load(Ordering::SeqCst) => (VmState::Stopped, None),
+            Some(_) => (VmState::Crashed, None),
+            None => {
+                match tokio::time::timeout(Duration::from_secs(5), self.qmp.query_status()).await {
+                    Ok(Ok(s)) => {
+                        let state = derive_state(rec.role, &s.status);
+                        if rec.role == Role::Incoming && s.status == RunState::Running {
+                            // The stream completed and the guest runs here now.
+                            let _ = self.set_role(Role::Normal);
+                        }
+                        (state, Some(s.status.to_string()))
+                    }
+                    _ => (VmState::Starting, None),
+                }
+            }
+        };
+        VmRuntime {
+            spec: rec.spec,
+            state,
+            qemu_status,
+            pid: exit.is_none().then_some(self.pid),
+            accel: rec.accel,
+            started_at: rec.started_at,
+            exit_reason: exit,
+        }
+    }
+}
+
+/// The API state from the agent's role and QEMU's run state.
+pub fn derive_state(role: Role, status: &RunState) -> VmState {
+    match (role, status) {
+        (_, RunState::Running) => VmState::Running,
+        (Role::Incoming, _) => VmState::Incoming,
+        (_, RunState::PostMigrate) => VmState::MigratedAway,
+        (_, RunState::Prelaunch | RunState::InMigrate) => VmState::Starting,
+        (_, RunState::Shutdown) => VmState::Stopped,
+        _ => VmState::Paused,
+    }
+}
+
+impl Pausable for QemuVm {
+    async fn pause(&self) -> Result<(), ApiError> {
+        self.qmp.stop().await.map_err(|e| qmp_err("stop", e))
+    }
+    async fn resume(&self) -> Result<(), ApiError> {
+        self.qmp.cont().await.map_err(|e| qmp_err("cont", e))
+    }
+}
+
+impl Migratable for QemuVm {
+    async fn listen_incoming(&self, address: IpAddr) -> Result<String, ApiError> {
+        self.qmp
+            .migrate_set_capabilities(&[("events", true)])
+            .await
+            .map_err(|e| qmp_err("migrate-set-capabilities", e))?;
+        let host = match address {
+            IpAddr::V4(a) => a.to_string(),
+            IpAddr::V6(a) => format!("[{a}]"),
+        };
+        self.qmp
+            .migrate_incoming(&format!("tcp:{host}:0"))
+            .await
+            .map_err(|e| qmp_err("migrate-incoming", e))?;
+        let info = self
+            .qmp
+            .query_migrate()
+            .await
+            .map_err(|e| qmp_err("query-migrate", e))?;
+        let port = info.listening_port().ok_or_else(|| {
+            ApiError::internal("QEMU listens for the migration but did not say on which port")
+        })?;
+        Ok(format!("tcp:{host}:{port}"))
+    }
+
+    async fn send(&self, req: &OutgoingRequest) -> Result<(), ApiError> {
+        self.qmp
+            .migrate_set_capabilities(&[("events", true)])
+            .await
+            .map_err(|e| qmp_err("migrate-set-capabilities", e))?;
+        let params = MigrationParameters {
+            // QEMU's default cap (128 MiB/s) would throttle every migration; 0 is not
+            // "unlimited" for max-bandwidth, so a very large value is.
+            max_bandwidth: Some(if req.max_bandwidth_bytes == 0 {
+                u64::MAX >> 8
+            } else {
+                req.max_bandwidth_bytes
+            }),
+            downtime_limit: Some(req.downtime_limit_ms),
+            ..Default::default()
+        };
+        self.qmp
+            .migrate_set_parameters(&params)
+            .await
+            .map_err(|e| qmp_err("migrate-set-parameters", e))?;
+        self.set_role(Role::Outgoing)?;
+        if let Err(e) = self.qmp.migrate(&req.uri, false).await {
+            let _ = self.set_role(Role::Normal);
+            return Err(qmp_err("migrate", e));
+        }
+        Ok(())
+    }
+
+    async fn migration_status(&self) -> Result<AgentMigrationStatus, ApiError> {
+        let info = self
+            .qmp
+            .query_migrate()
+            .await
+            .map_err(|e| qmp_err("query-migrate", e))?;
+        Ok(to_agent_status(&info))
+    }
+
+    async fn cancel_outgoing(&self) -> Result<(), ApiError> {
+        // Cancelling a finished migration is a no-op for QEMU; ignore "not active" errors.
+        let _ = self.qmp.migrate_cancel().await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let info = self
+                .qmp
+                .query_migrate()
+                .await
+                .map_err(|e| qmp_err("query-migrate", e))?;
+            let settled = !matches!(
+                info.status,
+                Some(
+                    MigrationStatus::Active
+                        | MigrationStatus::Setup
+                        | MigrationStatus::Cancelling
+                        | MigrationStatus::Device
+                        | MigrationStatus::PreSwitchover
+                )
+            );
+            if settled || tokio::time::Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let status = self
+            .qmp
+            .query_status()
+            .await
+            .map_err(|e| qmp_err("query-status", e))?;
+        if !status.running {
+            // QEMU resumes the source itself when a pre-copy fails; this covers the cases
+            // where it was left paused (cancelled at switch-over, or completed and rolled back).
+            self.resume().await?;
+        }
+        self.set_role(Role::Normal)
+    }
+}
+
+pub fn to_agent_status(info: &ferry_qmp::MigrationInfo) -> AgentMigrationStatus {
+    let ram = info.ram.clone().unwrap_or_default();
+    let page = if ram.page_size == 0 {
+        4096
+    } else {
+        ram.page_size
+    };
+    let status = info
+        .status
+        .as_ref()
+        .map(|s| s.to_string())
+        .unwrap_or_else(|| "none".to_string());
+    AgentMigrationStatus {
+        progress: MigrationProgress {
+            qemu_status: status.clone(),
+            elapsed_ms: info.total_time.unwrap_or(0),
+            ram_total_bytes: ram.total,
+            transferred_bytes: ram.transferred,
+            remaining_bytes: ram.remaining,
+            dirty_rate_bytes_per_s: ram.dirty_pages_rate.saturating_mul(page),
+            bandwidth_bytes_per_s: (ram.mbps * 1_000_000.0 / 8.0) as u64,
+            passes: ram.dirty_sync_count,
+            expected_downtime_ms: info.expected_downtime,
+        },
+        downtime_ms: info.downtime,
+        error: info.error_desc.clone(),
+    }
+}
+
+fn qmp_err(command: &str, e: ferry_qmp::QmpError) -> ApiError {
+    if e.is_disconnected() {
+        ApiError::conflict(format!("{command}: QEMU is not running ({e})"))
+    } else {
+        ApiError::internal(format!("{command}: {e}"))
+    }
+}
+
+/// The last meaningful lines QEMU wrote to its log, for error messages.
+pub fn log_tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let start = lines.len().saturating_sub(3);
+    lines[start..].join(" | ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_follows_role_and_run_state() {
+        assert_eq!(
+            derive_state(Role::Normal, &RunState::Running),
+            VmState::Running
+        );
+        assert_eq!(
+            derive_state(Role::Incoming, &RunState::InMigrate),
+            VmState::Incoming
+        );
+        assert_eq!(
+            derive_state(Role::Incoming, &RunState::Running),
+            VmState::Running
+        );
+        assert_eq!(
+            derive_state(Role::Outgoing, &RunState::PostMigrate),
+            VmState::MigratedAway
+        );
+        assert_eq!(
+            derive_state(Role::Outgoing, &RunState::FinishMigrate),
+            VmState::Paused
+        );
+        assert_eq!(
+            derive_state(Role::Normal, &RunState::Paused),
+            VmState::Paused
+        );
+    }
+
+    #[test]
+    fn agent_status_normalises_qemu_units() {
+        let info: ferry_qmp::MigrationInfo = serde_json::from_value(serde_json::json!({
+            "status": "active",
+            "total-time": 1500,
+            "expected-downtime": 30,
+            "ram": {"transferred": 1000, "remaining": 500, "total": 4096, "dirty-pages-rate": 10,
+                    "mbps": 80.0, "dirty-sync-count": 2, "page-size": 4096}
+        }))
+        .unwrap();
+        let s = to_agent_status(&info);
+        assert_eq!(s.progress.qemu_status, "active");
+        assert_eq!(s.progress.dirty_rate_bytes_per_s, 40960);
+        assert_eq!(s.progress.bandwidth_bytes_per_s, 10_000_000);
+        assert_eq!(s.progress.passes, 2);
+        assert_eq!(s.progress.expected_downtime_ms, Some(30));
+    }
+}
