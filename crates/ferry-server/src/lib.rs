@@ -1,1 +1,52 @@
-//! ferry-server
+//! The Ferry server: the control plane.
+//!
+//! It owns desired state and history: hosts (registered by their agents), VMs and where
+//! each runs, migrations as persisted state machines, and the append-only event log — all
+//! in SQLite ([`store`]). Requests enter as [`core::Action`]s (one enum between the HTTP
+//! front in [`api`] and the core, so the core is testable without HTTP); every
+//! state-changing action is logged with its actor and outcome. Each migration runs as a
+//! task in [`orchestrator`], which drives the two agents and persists every phase.
+
+pub mod api;
+pub mod core;
+pub mod orchestrator;
+pub mod store;
+
+pub use crate::core::{Action, ActionOutcome, Server, ServerConfig};
+
+use std::sync::Arc;
+
+/// Runs the server until SIGTERM/SIGINT.
+pub async fn run(config: ServerConfig) -> Result<(), String> {
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| format!("cannot read the bound address: {e}"))?;
+    let server = Arc::new(Server::open(config.clone()).map_err(|e| e.to_string())?);
+    orchestrator::resume_unfinished(server.clone());
+    if let Some(file) = &config.ready_file {
+        let tmp = file.with_extension("tmp");
+        std::fs::write(&tmp, bound.to_string())
+            .and_then(|_| std::fs::rename(&tmp, file))
+            .map_err(|e| format!("cannot write {}: {e}", file.display()))?;
+    }
+    tracing::info!(%bound, data = %config.data_dir.display(), "server listening");
+    axum::serve(listener, api::router(server))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .map_err(|e| format!("HTTP server failed: {e}"))
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

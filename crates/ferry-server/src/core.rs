@@ -1,0 +1,476 @@
+//! The server core: actions in, outcomes out, every change in the event log.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use ferry_api::client::AgentClient;
+use ferry_api::*;
+use uuid::Uuid;
+
+use crate::store::{NewEvent, Store, StoreError, StoredHost};
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// A host with no heartbeat for this long is disconnected.
+    pub host_timeout: Duration,
+    /// How often a running migration is polled.
+    pub poll_interval: Duration,
+    pub ready_file: Option<PathBuf>,
+}
+
+/// Every request that changes state. The HTTP layer builds these; tests can too.
+#[derive(Debug, Clone)]
+pub enum Action {
+    RegisterHost(HostRegistration),
+    CreateVm(CreateVmRequest),
+    StopVm(String),
+    StartVm(String),
+    DeleteVm(String),
+    StartMigration(MigrateRequest),
+    CancelMigration(Uuid),
+}
+
+#[derive(Debug, Clone)]
+pub enum ActionOutcome {
+    Host(Host),
+    Vm(Vm),
+    Migration(Migration),
+    Deleted(String),
+}
+
+pub struct Server {
+    pub config: ServerConfig,
+    pub store: Store,
+    /// Cancel requests for running migrations, read by their orchestrator tasks.
+    pub(crate) cancels: std::sync::Mutex<std::collections::HashSet<Uuid>>,
+}
+
+impl Server {
+    pub fn open(config: ServerConfig) -> Result<Server, StoreError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| StoreError::Open {
+            path: config.data_dir.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        let store = Store::open(&config.data_dir.join("ferry.db"))?;
+        Ok(Server {
+            config,
+            store,
+            cancels: Default::default(),
+        })
+    }
+
+    pub fn event(&self, e: NewEvent) {
+        if let Err(err) = self.store.append_event(&e) {
+            tracing::error!("cannot append to the event log: {err}");
+        }
+    }
+
+    /// Handles one action and logs it (heartbeats only when something changed).
+    pub async fn handle(
+        self: &Arc<Self>,
+        actor: &str,
+        action: Action,
+    ) -> Result<ActionOutcome, ApiError> {
+        let (kind, vm, host, migration) = describe(&action);
+        let quiet = matches!(action, Action::RegisterHost(_));
+        let result = self.dispatch(actor, action).await;
+        let log = match &result {
+            Ok(_) if quiet => None,
+            Ok(outcome) => Some((Outcome::Ok, summary(outcome))),
+            Err(e) => Some((Outcome::Error, e.message.clone())),
+        };
+        if let Some((outcome, message)) = log {
+            let migration = migration.or(match &result {
+                Ok(ActionOutcome::Migration(m)) => Some(m.id),
+                _ => None,
+            });
+            self.event(NewEvent {
+                actor: actor.to_string(),
+                kind: kind.to_string(),
+                vm,
+                host,
+                migration,
+                outcome: Some(outcome),
+                message,
+                data: serde_json::Value::Null,
+            });
+        }
+        result
+    }
+
+    async fn dispatch(
+        self: &Arc<Self>,
+        actor: &str,
+        action: Action,
+    ) -> Result<ActionOutcome, ApiError> {
+        match action {
+            Action::RegisterHost(reg) => self.register_host(actor, reg).map(ActionOutcome::Host),
+            Action::CreateVm(req) => self.create_vm(req).await.map(ActionOutcome::Vm),
+            Action::StopVm(name) => self.stop_vm(&name).await.map(ActionOutcome::Vm),
+            Action::StartVm(name) => self.start_vm(&name).await.map(ActionOutcome::Vm),
+            Action::DeleteVm(name) => self.delete_vm(&name).await.map(ActionOutcome::Deleted),
+            Action::StartMigration(req) => self
+                .start_migration(req)
+                .await
+                .map(ActionOutcome::Migration),
+            Action::CancelMigration(id) => self.cancel_migration(id).map(ActionOutcome::Migration),
+        }
+    }
+
+    // ---- hosts --------------------------------------------------------------------------
+
+    fn host_view(&self, h: StoredHost) -> Host {
+        let age = Utc::now().signed_duration_since(h.last_seen);
+        let connected = age
+            .to_std()
+            .map(|a| a <= self.config.host_timeout)
+            .unwrap_or(true);
+        Host {
+            name: h.name,
+            url: h.url,
+            migration_address: h.migration_address,
+            state: if connected {
+                HostState::Connected
+            } else {
+                HostState::Disconnected
+            },
+            registered_at: h.registered_at,
+            last_seen: h.last_seen,
+            inventory: h.inventory,
+            vms: h.vms,
+        }
+    }
+
+    pub fn hosts(&self) -> Result<Vec<Host>, ApiError> {
+        Ok(self
+            .store
+            .hosts()?
+            .into_iter()
+            .map(|h| self.host_view(h))
+            .collect())
+    }
+
+    pub fn host(&self, name: &str) -> Result<Host, ApiError> {
+        validate_name("host name", name)?;
+        self.store
+            .host(name)?
+            .map(|h| self.host_view(h))
+            .ok_or_else(|| {
+                ApiError::not_found(format!("no host named '{name}' (see `ferry host list`)"))
+            })
+    }
+
+    fn register_host(&self, actor: &str, reg: HostRegistration) -> Result<Host, ApiError> {
+        validate_name("host name", &reg.name)?;
+        if !(reg.url.starts_with("http://") || reg.url.starts_with("https://")) {
+            return Err(ApiError::bad_request(format!(
+                "host URL '{}' must be http:// or https://",
+                reg.url
+            )));
+        }
+        if reg.migration_address.parse::<std::net::IpAddr>().is_err() {
+            return Err(ApiError::bad_request(format!(
+                "migration address '{}' is not an IP address",
+                reg.migration_address
+            )));
+        }
+        let was_connected = self
+            .store
+            .host(&reg.name)?
+            .map(|h| self.host_view(h).state == HostState::Connected);
+        self.store.upsert_host(&reg, Utc::now())?;
+        let message = match was_connected {
+            None => Some(format!(
+                "host {} registered ({}, migration address {})",
+                reg.name, reg.url, reg.migration_address
+            )),
+            Some(false) => Some(format!("host {} reconnected", reg.name)),
+            Some(true) => None,
+        };
+        if let Some(message) = message {
+            self.event(NewEvent {
+                actor: actor.to_string(),
+                kind: "host.register".into(),
+                host: Some(reg.name.clone()),
+                outcome: Some(Outcome::Ok),
+                message,
+                data: serde_json::json!({
+                    "qemu": reg.inventory.qemu_version, "accel": reg.inventory.accel,
+                    "cpus": reg.inventory.cpus, "memory_mib": reg.inventory.memory_total_mib,
+                }),
+                ..Default::default()
+            });
+        }
+        self.host(&reg.name)
+    }
+
+    /// A client for a connected host's agent, or a clear refusal.
+    pub fn agent(&self, host: &str) -> Result<(Host, AgentClient), ApiError> {
+        let h = self.host(host)?;
+        if h.state != HostState::Connected {
+            return Err(ApiError::unavailable(format!(
+                "host {host} is disconnected (last heartbeat {})",
+                h.last_seen
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            )));
+        }
+        let client = AgentClient::new(&h.url).map_err(|e| ApiError::internal(e.to_string()))?;
+        Ok((h, client))
+    }
+
+    // ---- VMs ----------------------------------------------------------------------------
+
+    pub fn find_vm(&self, name: &str) -> Result<Vm, ApiError> {
+        validate_name("VM name", name)?;
+        self.store.vm(name)?.ok_or_else(|| {
+            ApiError::not_found(format!("no VM named '{name}' (see `ferry vm list`)"))
+        })
+    }
+
+    pub fn vms(&self) -> Result<Vec<Vm>, ApiError> {
+        Ok(self.store.vms()?)
+    }
+
+    /// A VM with live details from its host's agent (absent if the agent does not answer).
+    pub async fn vm_live(&self, name: &str) -> Result<Vm, ApiError> {
+        let mut vm = self.find_vm(name)?;
+        if let Ok((_, agent)) = self.agent(&vm.host) {
+            vm.runtime = agent.vm(name).await.ok();
+        }
+        Ok(vm)
+    }
+
+    async fn create_vm(&self, req: CreateVmRequest) -> Result<Vm, ApiError> {
+        req.spec.validate()?;
+        if self.store.vm(&req.spec.name)?.is_some() {
+            return Err(ApiError::conflict(format!(
+                "a VM named '{}' already exists",
+                req.spec.name
+            )));
+        }
+        let (_, agent) = self.agent(&req.host)?;
+        let runtime = agent
+            .launch(&req.spec)
+            .await
+            .map_err(|e| e.into_api_error(&format!("host {} could not start the VM", req.host)))?;
+        let now = Utc::now();
+        let vm = Vm {
+            // The agent resolved the machine alias; that concrete type is the VM's for life.
+            spec: runtime.spec.clone(),
+            host: req.host.clone(),
+            state: runtime.state,
+            migration: None,
+            created_at: now,
+            updated_at: now,
+            runtime: Some(runtime),
+        };
+        if !self.store.insert_vm(&vm)? {
+            // Lost a race with a concurrent create of the same name: undo ours.
+            let _ = agent.remove(&vm.spec.name).await;
+            return Err(ApiError::conflict(format!(
+                "a VM named '{}' already exists",
+                vm.spec.name
+            )));
+        }
+        Ok(vm)
+    }
+
+    fn refuse_if_migrating(&self, vm: &Vm) -> Result<(), ApiError> {
+        match vm.migration {
+            Some(id) => Err(ApiError::conflict(format!(
+                "VM '{}' is migrating (migration {id}); wait for it or cancel it",
+                vm.spec.name
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    async fn stop_vm(&self, name: &str) -> Result<Vm, ApiError> {
+        let vm = self.find_vm(name)?;
+        self.refuse_if_migrating(&vm)?;
+        let (_, agent) = self.agent(&vm.host)?;
+        match agent.stop(name).await {
+            Ok(_) => {}
+            // Already gone on the host (crashed, or host restarted): stopped is the truth.
+            Err(ferry_api::client::ClientError::Api(e)) if e.code == ErrorCode::NotFound => {}
+            Err(e) => {
+                return Err(e.into_api_error(&format!("host {} could not stop the VM", vm.host)))
+            }
+        }
+        self.store.set_vm_state(name, VmState::Stopped)?;
+        self.find_vm(name)
+    }
+
+    async fn start_vm(&self, name: &str) -> Result<Vm, ApiError> {
+        let vm = self.find_vm(name)?;
+        self.refuse_if_migrating(&vm)?;
+        if matches!(
+            vm.state,
+            VmState::Running | VmState::Paused | VmState::Starting
+        ) {
+            return Err(ApiError::conflict(format!(
+                "VM '{name}' is already {} on {}",
+                vm.state, vm.host
+            )));
+        }
+        let (_, agent) = self.agent(&vm.host)?;
+        let rt = agent
+            .launch(&vm.spec)
+            .await
+            .map_err(|e| e.into_api_error(&format!("host {} could not start the VM", vm.host)))?;
+        self.store.set_vm_state(name, rt.state)?;
+        self.vm_live(name).await
+    }
+
+    async fn delete_vm(&self, name: &str) -> Result<String, ApiError> {
+        let vm = self.find_vm(name)?;
+        self.refuse_if_migrating(&vm)?;
+        if matches!(
+            vm.state,
+            VmState::Running | VmState::Paused | VmState::Starting
+        ) {
+            return Err(ApiError::conflict(format!(
+                "VM '{name}' is {}; stop it first",
+                vm.state
+            )));
+        }
+        if let Ok((_, agent)) = self.agent(&vm.host) {
+            let _ = agent.remove(name).await;
+        }
+        self.store.delete_vm(name)?;
+        Ok(name.to_string())
+    }
+
+    // ---- migrations ---------------------------------------------------------------------
+
+    pub fn migration(&self, id: Uuid) -> Result<Migration, ApiError> {
+        self.store
+            .migration(id)?
+            .ok_or_else(|| ApiError::not_found(format!("no migration with id {id}")))
+    }
+
+    async fn start_migration(self: &Arc<Self>, req: MigrateRequest) -> Result<Migration, ApiError> {
+        req.options.validate()?;
+        let vm = self.find_vm(&req.vm)?;
+        validate_name("host name", &req.to)?;
+        let dest = self.host(&req.to)?;
+        if dest.name == vm.host {
+            return Err(ApiError::bad_request(format!(
+                "VM '{}' already runs on {}; choose another destination",
+                vm.spec.name, vm.host
+            )));
+        }
+        self.refuse_if_migrating(&vm)?;
+        if dest.state != HostState::Connected {
+            return Err(ApiError::unavailable(format!(
+                "destination host {} is disconnected",
+                dest.name
+            )));
+        }
+        let (_, source) = self.agent(&vm.host)?;
+        let rt = source
+            .vm(&vm.spec.name)
+            .await
+            .map_err(|e| e.into_api_error(&format!("source host {}", vm.host)))?;
+        if rt.state != VmState::Running {
+            return Err(ApiError::conflict(format!(
+                "VM '{}' is {} on {}; only a running VM can be live-migrated",
+                vm.spec.name, rt.state, vm.host
+            )));
+        }
+        let now = Utc::now();
+        let m = Migration {
+            id: Uuid::new_v4(),
+            vm: vm.spec.name.clone(),
+            source: vm.host.clone(),
+            destination: dest.name.clone(),
+            phase: Phase::Pending,
+            options: req.options.clone(),
+            stream_uri: None,
+            progress: None,
+            report: None,
+            error: None,
+            created_at: now,
+            updated_at: now,
+            finished_at: None,
+        };
+        if !self.store.begin_migration(&m)? {
+            return Err(ApiError::conflict(format!(
+                "VM '{}' is already migrating",
+                vm.spec.name
+            )));
+        }
+        crate::orchestrator::spawn(self.clone(), m.clone());
+        Ok(m)
+    }
+
+    fn cancel_migration(&self, id: Uuid) -> Result<Migration, ApiError> {
+        let m = self.migration(id)?;
+        if m.phase.is_terminal() {
+            return Err(ApiError::conflict(format!(
+                "migration {id} already ended ({})",
+                m.phase
+            )));
+        }
+        if matches!(m.phase, Phase::SwitchingOver) {
+            return Err(ApiError::conflict(format!(
+                "migration {id} is switching over; it can no longer be cancelled"
+            )));
+        }
+        self.cancels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id);
+        Ok(m)
+    }
+
+    pub(crate) fn cancel_requested(&self, id: Uuid) -> bool {
+        self.cancels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&id)
+    }
+
+    pub fn events(&self, q: &EventQuery) -> Result<Vec<Event>, ApiError> {
+        Ok(self.store.events(q)?)
+    }
+}
+
+fn describe(action: &Action) -> (&'static str, Option<String>, Option<String>, Option<Uuid>) {
+    match action {
+        Action::RegisterHost(r) => ("host.register", None, Some(r.name.clone()), None),
+        Action::CreateVm(r) => (
+            "vm.create",
+            Some(r.spec.name.clone()),
+            Some(r.host.clone()),
+            None,
+        ),
+        Action::StopVm(n) => ("vm.stop", Some(n.clone()), None, None),
+        Action::StartVm(n) => ("vm.start", Some(n.clone()), None, None),
+        Action::DeleteVm(n) => ("vm.delete", Some(n.clone()), None, None),
+        Action::StartMigration(r) => (
+            "migration.request",
+            Some(r.vm.clone()),
+            Some(r.to.clone()),
+            None,
+        ),
+        Action::CancelMigration(id) => ("migration.cancel", None, None, Some(*id)),
+    }
+}
+
+fn summary(outcome: &ActionOutcome) -> String {
+    match outcome {
+        ActionOutcome::Host(h) => format!("host {} registered", h.name),
+        ActionOutcome::Vm(v) => format!("VM {} is {} on {}", v.spec.name, v.state, v.host),
+        ActionOutcome::Migration(m) => format!(
+            "migration {} of VM {} from {} to {}: {}",
+            m.id, m.vm, m.source, m.destination, m.phase
+        ),
+        ActionOutcome::Deleted(n) => format!("VM {n} deleted"),
+    }
+}

@@ -1,0 +1,521 @@
+//! Runs one migration across two agents as a persisted state machine
+//! (see [`ferry_migration::phase`] for the diagram).
+//!
+//! Ordering rules that keep a VM on exactly one host:
+//! - the VM record moves to the destination only once the destination's QEMU is seen
+//!   running (`SwitchingOver` → `Completed`, one SQLite transaction);
+//! - the source QEMU is shut down only after that, and its agent refuses unless QEMU itself
+//!   reports the stream completed;
+//! - a rollback first removes the destination QEMU, then resumes the source, so two copies
+//!   never run at once.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use ferry_api::client::AgentClient;
+use ferry_api::*;
+use tracing::Instrument;
+
+use crate::core::Server;
+use crate::store::NewEvent;
+
+/// Rollback after the source completed: destination must be confirmed gone first.
+const SWITCH_WAIT: Duration = Duration::from_secs(30);
+/// How long an agent may fail to answer in a row before the migration is abandoned.
+const AGENT_SILENCE_LIMIT: Duration = Duration::from_secs(15);
+
+pub fn spawn(server: Arc<Server>, m: Migration) {
+    let span = tracing::info_span!("migration", id = %m.id, vm = %m.vm);
+    tokio::spawn(Run::new(server, m).drive().instrument(span));
+}
+
+/// After a server restart: finish or roll back what was in flight.
+pub fn resume_unfinished(server: Arc<Server>) {
+    let unfinished = match server.store.unfinished_migrations() {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::error!("cannot read unfinished migrations: {e}");
+            return;
+        }
+    };
+    for m in unfinished {
+        let span = tracing::info_span!("migration", id = %m.id, vm = %m.vm);
+        let server = server.clone();
+        tokio::spawn(
+            async move {
+                tracing::warn!(phase = %m.phase, "resuming a migration the server was running when it stopped");
+                Run::new(server, m).recover().await
+            }
+            .instrument(span),
+        );
+    }
+}
+
+struct Run {
+    server: Arc<Server>,
+    m: Migration,
+    started: Instant,
+    /// Whether the source was told to send (so a rollback must cancel it).
+    outgoing_started: bool,
+}
+
+/// Why a step failed, and whether the operator asked for it.
+struct Abort {
+    reason: String,
+    cancelled: bool,
+}
+
+impl Abort {
+    fn fail(reason: impl Into<String>) -> Abort {
+        Abort {
+            reason: reason.into(),
+            cancelled: false,
+        }
+    }
+}
+
+impl Run {
+    fn new(server: Arc<Server>, m: Migration) -> Run {
+        Run {
+            server,
+            m,
+            started: Instant::now(),
+            outgoing_started: false,
+        }
+    }
+
+    fn agent(&self, host: &str) -> Result<AgentClient, Abort> {
+        // A disconnected host still gets a try: heartbeats may lag while the host is busy.
+        let h = self.server.host(host).map_err(|e| Abort::fail(e.message))?;
+        AgentClient::new(&h.url).map_err(|e| Abort::fail(e.to_string()))
+    }
+
+    fn event(&self, kind: &str, outcome: Outcome, message: String, data: serde_json::Value) {
+        self.server.event(NewEvent {
+            actor: "server".into(),
+            kind: kind.into(),
+            vm: Some(self.m.vm.clone()),
+            host: None,
+            migration: Some(self.m.id),
+            outcome: Some(outcome),
+            message,
+            data,
+        });
+    }
+
+    /// Moves to the next phase (refusing transitions the state machine forbids), persists
+    /// it and logs it.
+    fn advance(&mut self, ev: PhaseEvent, message: String, data: serde_json::Value) {
+        match self.m.phase.next(ev) {
+            Ok(next) => {
+                let from = self.m.phase;
+                self.m.phase = next;
+                self.m.updated_at = Utc::now();
+                if next.is_terminal() {
+                    self.m.finished_at = Some(self.m.updated_at);
+                }
+                self.persist();
+                tracing::info!(%from, to = %next, "{message}");
+                let outcome = match next {
+                    Phase::Failed => Outcome::Error,
+                    Phase::Completed | Phase::Cancelled => Outcome::Ok,
+                    _ => Outcome::Info,
+                };
+                self.event("migration.phase", outcome, message, data);
+            }
+            Err(e) => tracing::error!("state machine refused a transition: {e}"),
+        }
+    }
+
+    fn persist(&self) {
+        if let Err(e) = self.server.store.save_migration(&self.m) {
+            tracing::error!("cannot persist migration: {e}");
+        }
+    }
+
+    async fn drive(mut self) {
+        let outcome = self.transfer().await;
+        match outcome {
+            Ok(()) => self.switch_over().await,
+            Err(abort) => self.roll_back(abort).await,
+        }
+        self.server
+            .cancels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.m.id);
+    }
+
+    /// Preparing and Transferring: until the source reports the stream completed.
+    async fn transfer(&mut self) -> Result<(), Abort> {
+        let vm = self
+            .server
+            .find_vm(&self.m.vm)
+            .map_err(|e| Abort::fail(e.message))?;
+        let source = self.agent(&self.m.source)?;
+        let dest_host = self
+            .server
+            .host(&self.m.destination)
+            .map_err(|e| Abort::fail(e.message))?;
+        let dest = self.agent(&self.m.destination)?;
+        self.advance(
+            PhaseEvent::Start,
+            format!(
+                "preparing {} to receive VM {}",
+                self.m.destination, self.m.vm
+            ),
+            serde_json::json!({"source": self.m.source, "destination": self.m.destination}),
+        );
+        let incoming = dest
+            .prepare_incoming(&IncomingRequest {
+                spec: vm.spec.clone(),
+                listen_address: dest_host.migration_address.clone(),
+            })
+            .await
+            .map_err(|e| {
+                Abort::fail(format!(
+                    "destination {} could not prepare: {e}",
+                    self.m.destination
+                ))
+            })?;
+        self.check_cancel()?;
+        self.m.stream_uri = Some(incoming.uri.clone());
+        self.advance(
+            PhaseEvent::DestinationReady,
+            format!("destination listens on {}; sending memory and device state", incoming.uri),
+            serde_json::json!({"stream_uri": incoming.uri, "migration_address": dest_host.migration_address}),
+        );
+        let opts = &self.m.options;
+        let req = OutgoingRequest {
+            uri: incoming.uri.clone(),
+            max_bandwidth_bytes: opts.max_bandwidth_mib.map(|m| m << 20).unwrap_or(0),
+            downtime_limit_ms: opts.downtime_limit_ms.unwrap_or(DEFAULT_DOWNTIME_LIMIT_MS),
+        };
+        self.outgoing_started = true;
+        source.start_outgoing(&self.m.vm, &req).await.map_err(|e| {
+            Abort::fail(format!(
+                "source {} could not start sending: {e}",
+                self.m.source
+            ))
+        })?;
+        self.follow(&source).await
+    }
+
+    /// Polls the source until QEMU reports completed (Ok) or failed (Err).
+    async fn follow(&mut self, source: &AgentClient) -> Result<(), Abort> {
+        let poll = self.server.config.poll_interval;
+        let progress_timeout = Duration::from_secs(
+            self.m
+                .options
+                .progress_timeout_s
+                .unwrap_or(DEFAULT_PROGRESS_TIMEOUT_S),
+        );
+        let mut last_ok = Instant::now();
+        let mut last_progress = (0u64, Instant::now());
+        loop {
+            self.check_cancel()?;
+            let status = match source.migration_status(&self.m.vm).await {
+                Ok(s) => {
+                    last_ok = Instant::now();
+                    s
+                }
+                Err(e) if last_ok.elapsed() > AGENT_SILENCE_LIMIT => {
+                    return Err(Abort::fail(format!(
+                        "source {} stopped answering: {e}",
+                        self.m.source
+                    )));
+                }
+                Err(_) => {
+                    tokio::time::sleep(poll).await;
+                    continue;
+                }
+            };
+            let p = status.progress.clone();
+            if p.started_new_pass(self.m.progress.as_ref()) {
+                self.event(
+                    "migration.pass",
+                    Outcome::Info,
+                    format!(
+                        "pass {}: {} MiB sent, {} MiB remaining, dirty rate {} MiB/s, {} MiB/s",
+                        p.passes,
+                        p.transferred_bytes >> 20,
+                        p.remaining_bytes >> 20,
+                        p.dirty_rate_bytes_per_s >> 20,
+                        p.bandwidth_bytes_per_s >> 20
+                    ),
+                    serde_json::to_value(&p).unwrap_or_default(),
+                );
+            }
+            if p.transferred_bytes > last_progress.0 {
+                last_progress = (p.transferred_bytes, Instant::now());
+            }
+            self.m.progress = Some(p.clone());
+            self.m.updated_at = Utc::now();
+            self.persist();
+            if status.is_completed() {
+                let downtime = status.downtime_ms.unwrap_or(0);
+                let report = MigrationReport::from_final(
+                    &p,
+                    downtime,
+                    self.started.elapsed().as_millis() as u64,
+                );
+                self.m.report = Some(report);
+                return Ok(());
+            }
+            if status.is_failed() {
+                return Err(Abort::fail(format!(
+                    "QEMU reports the migration {}: {}",
+                    p.qemu_status,
+                    status.error.unwrap_or_else(|| "no reason given".into())
+                )));
+            }
+            if last_progress.1.elapsed() > progress_timeout {
+                return Err(Abort::fail(format!(
+                    "no progress for {}s (progress timeout)",
+                    progress_timeout.as_secs()
+                )));
+            }
+            tokio::time::sleep(poll).await;
+        }
+    }
+
+    fn check_cancel(&self) -> Result<(), Abort> {
+        if self.server.cancel_requested(self.m.id) {
+            Err(Abort {
+                reason: "cancelled by the operator".into(),
+                cancelled: true,
+            })
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The source completed: the destination must be seen running before anything else.
+    async fn switch_over(&mut self) {
+        self.advance(
+            PhaseEvent::SourceCompleted,
+            "source finished sending; waiting for the destination to run".into(),
+            serde_json::to_value(&self.m.report).unwrap_or_default(),
+        );
+        let dest = match self.agent(&self.m.destination) {
+            Ok(d) => d,
+            Err(a) => return self.roll_back_after_switch(a.reason).await,
+        };
+        let deadline = Instant::now() + SWITCH_WAIT;
+        let running = loop {
+            match dest.vm(&self.m.vm).await {
+                Ok(rt) if rt.state == VmState::Running => break Ok(()),
+                Ok(rt) if matches!(rt.state, VmState::Crashed | VmState::Stopped) => {
+                    break Err(format!(
+                        "destination QEMU exited: {}",
+                        rt.exit_reason.unwrap_or_default()
+                    ))
+                }
+                Ok(rt) if Instant::now() > deadline => {
+                    break Err(format!(
+                        "destination did not start running (it is {})",
+                        rt.state
+                    ))
+                }
+                Err(e) if Instant::now() > deadline => {
+                    break Err(format!("destination does not answer: {e}"))
+                }
+                _ => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        };
+        if let Err(reason) = running {
+            return self.roll_back_after_switch(reason).await;
+        }
+        // The destination runs: the switch is committed. From here the source only goes away.
+        if let Some(r) = self.m.report.as_mut() {
+            r.total_time_ms = self.started.elapsed().as_millis() as u64;
+        }
+        let r = self.m.report.clone().unwrap_or_default();
+        self.advance(
+            PhaseEvent::DestinationRunning,
+            format!(
+                "VM {} runs on {}: {:.1}s total, {} ms downtime, {} MiB sent in {} passes",
+                self.m.vm,
+                self.m.destination,
+                r.total_time_ms as f64 / 1000.0,
+                r.downtime_ms,
+                r.bytes_sent >> 20,
+                r.passes
+            ),
+            serde_json::to_value(&r).unwrap_or_default(),
+        );
+        self.retire_source().await;
+    }
+
+    /// Shuts the source QEMU down (paused in `postmigrate` since the switch). A failure
+    /// here leaves a paused, harmless QEMU behind: logged, retried, never rolled back.
+    async fn retire_source(&self) {
+        let Ok(source) = self.agent(&self.m.source) else {
+            return;
+        };
+        for attempt in 1..=5 {
+            match source.hand_over(&self.m.vm).await {
+                Ok(_) => {
+                    self.event(
+                        "migration.source_retired",
+                        Outcome::Ok,
+                        format!("source QEMU on {} shut down", self.m.source),
+                        serde_json::Value::Null,
+                    );
+                    return;
+                }
+                Err(e) if attempt == 5 => {
+                    self.event(
+                        "migration.source_retired",
+                        Outcome::Error,
+                        format!(
+                            "source QEMU on {} was not shut down: {e}; it stays paused",
+                            self.m.source
+                        ),
+                        serde_json::Value::Null,
+                    );
+                }
+                Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+            }
+        }
+    }
+
+    /// Before the source completed: remove the destination, then resume the source.
+    async fn roll_back(&mut self, abort: Abort) {
+        let Abort { reason, cancelled } = abort;
+        self.m.error = Some(reason.clone());
+        let ev = if cancelled {
+            PhaseEvent::CancelRequested
+        } else {
+            PhaseEvent::Failure
+        };
+        self.advance(
+            ev,
+            format!("rolling back: {reason}"),
+            serde_json::Value::Null,
+        );
+        let mut notes = Vec::new();
+        if let Ok(dest) = self.agent(&self.m.destination) {
+            if let Err(e) = dest.remove(&self.m.vm).await {
+                notes.push(format!("destination clean-up failed: {e}"));
+            }
+        }
+        if self.outgoing_started {
+            match self.agent(&self.m.source) {
+                Ok(source) => {
+                    if let Err(e) = source.cancel_outgoing(&self.m.vm).await {
+                        notes.push(format!("source could not be resumed: {e}"));
+                    }
+                }
+                Err(a) => notes.push(a.reason),
+            }
+        }
+        self.finish_rollback(cancelled, &reason, notes).await;
+    }
+
+    /// After the source completed but the destination did not run: the destination must be
+    /// confirmed gone before the source may resume, or the VM could run twice.
+    async fn roll_back_after_switch(&mut self, reason: String) {
+        self.m.error = Some(reason.clone());
+        self.advance(
+            PhaseEvent::Failure,
+            format!("rolling back after switch-over: {reason}"),
+            serde_json::Value::Null,
+        );
+        let dest_gone = match self.agent(&self.m.destination) {
+            Ok(dest) => dest.remove(&self.m.vm).await.is_ok(),
+            Err(_) => false,
+        };
+        let mut notes = Vec::new();
+        if dest_gone {
+            match self.agent(&self.m.source) {
+                Ok(source) => {
+                    if let Err(e) = source.cancel_outgoing(&self.m.vm).await {
+                        notes.push(format!("source could not be resumed: {e}"));
+                    }
+                }
+                Err(a) => notes.push(a.reason),
+            }
+        } else {
+            notes.push(format!(
+                "the destination {} could not be confirmed stopped, so the VM stays paused on {} \
+                 (never two copies); check {} and resume it on {}",
+                self.m.destination, self.m.source, self.m.destination, self.m.source
+            ));
+        }
+        self.finish_rollback(false, &reason, notes).await;
+    }
+
+    async fn finish_rollback(&mut self, cancelled: bool, reason: &str, notes: Vec<String>) {
+        // Whatever happened, say where the VM is now.
+        let source_state = match self.agent(&self.m.source) {
+            Ok(s) => s.vm(&self.m.vm).await.map(|rt| rt.state).ok(),
+            Err(_) => None,
+        };
+        if let Some(state) = source_state {
+            let _ = self.server.store.set_vm_state(&self.m.vm, state);
+        }
+        let mut error = reason.to_string();
+        for n in &notes {
+            error.push_str("; ");
+            error.push_str(n);
+        }
+        self.m.error = Some(error.clone());
+        let where_now = match source_state {
+            Some(s) => format!("VM {} is {} on {}", self.m.vm, s, self.m.source),
+            None => format!("VM {} state on {} unknown", self.m.vm, self.m.source),
+        };
+        self.advance(
+            PhaseEvent::RolledBack { cancelled },
+            format!(
+                "{}: {error}; {where_now}",
+                if cancelled { "cancelled" } else { "failed" }
+            ),
+            serde_json::json!({"source_state": source_state}),
+        );
+    }
+
+    /// A migration found unfinished at server start.
+    async fn recover(mut self) {
+        if self.m.phase == Phase::Pending {
+            // Nothing was touched yet.
+            return self
+                .roll_back(Abort::fail(
+                    "the server restarted before the migration began",
+                ))
+                .await;
+        }
+        let completed = match self.agent(&self.m.source) {
+            Ok(s) => s
+                .migration_status(&self.m.vm)
+                .await
+                .map(|st| st.is_completed())
+                .unwrap_or(false),
+            Err(_) => false,
+        };
+        match self.m.phase {
+            Phase::RollingBack => {
+                self.outgoing_started = true;
+                self.roll_back(Abort::fail(
+                    self.m
+                        .error
+                        .clone()
+                        .unwrap_or_else(|| "server restarted".into()),
+                ))
+                .await
+            }
+            Phase::Preparing | Phase::Transferring | Phase::SwitchingOver if completed => {
+                // The stream finished while the server was away: run the switch-over check
+                // (re-entered from Transferring so the state machine sees SourceCompleted).
+                self.m.phase = Phase::Transferring;
+                self.switch_over().await
+            }
+            _ => {
+                self.outgoing_started = true;
+                self.roll_back(Abort::fail("the server restarted during the migration"))
+                    .await
+            }
+        }
+    }
+}
