@@ -146,12 +146,13 @@ impl Workload {
         self.filled == self.pages
     }
 
-    /// Expected generation of page `index` (0 = not written yet).
+    /// Expected generation of page `index` (0 = not written yet). Panics if `index` is out of
+    /// range.
     pub fn generation(&self, index: u64) -> u64 {
         self.gens[index as usize]
     }
 
-    /// Words of page `index`; mutable so tests can inject faults.
+    /// Words of page `index`; mutable so tests can inject faults. Panics if out of range.
     pub fn page_mut(&mut self, index: u64) -> &mut [u64] {
         let start = index as usize * PAGE_WORDS;
         &mut self.mem[start..start + PAGE_WORDS]

@@ -273,3 +273,39 @@ fn install(new: &Path, dest: &Path, old: &Path) -> Result<PathBuf, ImageError> {
         .map_err(|e| ImageError::io(format!("moving the new image to {}", dest.display()), e))?;
     Ok(dest.to_path_buf())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn install_replaces_an_existing_image_whole() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dest = tmp.path().join("test-guest");
+        let work = tempfile::tempdir_in(tmp.path()).unwrap();
+        for (dir, content) in [(&dest, "old"), (&work.path().join("out"), "new")] {
+            fs::create_dir(dir).unwrap();
+            fs::write(dir.join(KERNEL_FILE), content).unwrap();
+        }
+        fs::write(dest.join("stale-extra-file"), "x").unwrap();
+        install(&work.path().join("out"), &dest, &work.path().join("old")).unwrap();
+        assert_eq!(fs::read_to_string(dest.join(KERNEL_FILE)).unwrap(), "new");
+        assert!(!dest.join("stale-extra-file").exists());
+        drop(work);
+        let left: Vec<_> = fs::read_dir(tmp.path()).unwrap().collect();
+        assert_eq!(left.len(), 1, "only the image remains: {left:?}");
+    }
+
+    #[test]
+    fn lock_is_exclusive_and_reentrant_after_release() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut said = Vec::new();
+        let first = lock(tmp.path(), "img", &mut |m| said.push(m.to_string())).unwrap();
+        // A second, independent open of the lock file cannot take it while `first` holds it.
+        let f = File::open(tmp.path().join(".img.lock")).unwrap();
+        assert!(Flock::lock(f, FlockArg::LockExclusiveNonblock).is_err());
+        drop(first);
+        let _again = lock(tmp.path(), "img", &mut |m| said.push(m.to_string())).unwrap();
+        assert!(said.is_empty(), "no waiting expected: {said:?}");
+    }
+}
