@@ -1,1 +1,69 @@
-fn main() {}
+//! `ferry`: thin entry point. Parse, dispatch, map the outcome to an exit status.
+
+mod bench;
+mod cli;
+mod cmd_cluster;
+mod cmd_daemons;
+mod cmd_image;
+mod cmd_migrate;
+mod demo;
+mod exit;
+mod output;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command};
+use crate::exit::{CliResult, Exit};
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_tracing(&cli.command);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ferry: error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::from(Exit::Failed as u8);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::from(Exit::Success as u8),
+        Err(e) => {
+            eprintln!("ferry: error: {}", e.message);
+            std::process::ExitCode::from(e.exit as u8)
+        }
+    }
+}
+
+/// Daemons log at info; client commands only warn, so their output stays clean.
+fn init_tracing(cmd: &Command) {
+    let default = match cmd {
+        Command::Server(_) | Command::Agent(_) => "info",
+        _ => "warn",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::env::var_os("NO_COLOR").is_none())
+        .try_init();
+}
+
+async fn run(cli: Cli) -> CliResult {
+    let server = cli.server.clone();
+    match cli.command {
+        Command::Server(a) => cmd_daemons::server(a).await,
+        Command::Agent(a) => cmd_daemons::agent(a, &server).await,
+        Command::Host(c) => cmd_cluster::host(&server, c).await,
+        Command::Vm(cli::VmCmd::Migrate(a)) => cmd_migrate::migrate(&server, a).await,
+        Command::Vm(c) => cmd_cluster::vm(&server, c).await,
+        Command::Migration(c) => cmd_migrate::migration(&server, c).await,
+        Command::Events(a) => cmd_cluster::events(&server, a).await,
+        Command::Image(cli::ImageCmd::Build(a)) => cmd_image::build(a).await,
+        Command::Demo(a) => demo::run(a).await,
+        Command::Bench(cli::BenchCmd::Migrate(a)) => bench::migrate(a).await,
+    }
+}

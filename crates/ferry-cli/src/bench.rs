@@ -1,0 +1,216 @@
+//! `ferry bench migrate`: one guest, several dirty rates, migrated over loopback through the
+//! whole stack (CLI API -> server -> agents -> QEMU). Prints a table and writes a result file
+//! with the machine it ran on. Figures, not assertions: timing lives here, not in tests.
+
+use std::time::Duration;
+
+use ferry_api::*;
+use ferry_lab::{
+    ensure_test_image, test_vm_spec, verdict_after, wait_ready, Lab, LabConfig, Observer,
+};
+use serde::Serialize;
+
+use crate::cli::BenchMigrateArgs;
+use crate::cmd_migrate::follow;
+use crate::exit::{CliError, CliResult};
+use crate::output::{bytes, millis, print_json, print_table};
+
+#[derive(Serialize)]
+struct Row {
+    dirty_rate_mib_s: f64,
+    completed: bool,
+    total_time_ms: u64,
+    transfer_time_ms: u64,
+    downtime_ms: u64,
+    bytes_sent: u64,
+    passes: u64,
+    guest_mismatches: Option<u64>,
+    guest_ok: bool,
+    error: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Machine {
+    cpu: String,
+    cpus: u32,
+    memory_mib: u64,
+    qemu: String,
+    accel: String,
+    kernel: String,
+}
+
+#[derive(Serialize)]
+struct Results {
+    benchmark: &'static str,
+    date: String,
+    machine: Machine,
+    guest_memory_mib: u64,
+    workload_mib: u64,
+    link: &'static str,
+    rows: Vec<Row>,
+}
+
+pub async fn migrate(a: BenchMigrateArgs) -> CliResult {
+    if a.rates.iter().any(|r| !(r.is_finite() && *r >= 0.0)) {
+        return Err(CliError::refused("--rates must be numbers >= 0"));
+    }
+    eprintln!("bench: preparing the test guest image");
+    let image_dir =
+        tokio::task::spawn_blocking(|| ensure_test_image(&mut |s: &str| eprintln!("  {s}")))
+            .await
+            .map_err(|e| CliError::failed(e.to_string()))?
+            .map_err(CliError::failed)?;
+    let exe = std::env::current_exe().map_err(|e| CliError::failed(e.to_string()))?;
+    let mut cfg = LabConfig::new(exe, &["a", "b"]);
+    cfg.image_dir = Some(image_dir);
+    let lab = Lab::start(cfg)
+        .await
+        .map_err(|e| CliError::failed(e.to_string()))?;
+    let c = lab.client();
+    let hosts = c.hosts().await?;
+    let inv = hosts
+        .first()
+        .map(|h| h.inventory.clone())
+        .unwrap_or_default();
+
+    let mut rows = Vec::new();
+    for (i, rate) in a.rates.iter().enumerate() {
+        let vm = format!("bench{i}");
+        eprintln!(
+            "bench: {vm}: {} MiB guest, workload {} MiB at {rate} MiB/s",
+            a.memory, a.workload_mem
+        );
+        let spec = test_vm_spec(&vm, a.memory, a.workload_mem, *rate);
+        c.create_vm(&CreateVmRequest {
+            host: "a".into(),
+            spec,
+        })
+        .await?;
+        wait_ready(&c, &vm, Duration::from_secs(600))
+            .await
+            .map_err(CliError::failed)?;
+        // Let the dirty rate settle before measuring.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let before = Observer {
+            client: &c,
+            vm: &vm,
+        }
+        .last_status()
+        .await
+        .map_err(CliError::failed)?
+        .ok_or_else(|| CliError::failed("no guest status"))?;
+        let m = c
+            .migrate(&MigrateRequest {
+                vm: vm.clone(),
+                to: "b".into(),
+                options: Default::default(),
+            })
+            .await?;
+        let m = follow(&c, &m, true).await?;
+        let r = m.report.clone().unwrap_or_default();
+        let verdict = if m.phase == Phase::Completed {
+            verdict_after(&c, &vm, &before, Duration::from_secs(300))
+                .await
+                .ok()
+        } else {
+            None
+        };
+        rows.push(Row {
+            dirty_rate_mib_s: *rate,
+            completed: m.phase == Phase::Completed,
+            total_time_ms: r.total_time_ms,
+            transfer_time_ms: r.transfer_time_ms,
+            downtime_ms: r.downtime_ms,
+            bytes_sent: r.bytes_sent,
+            passes: r.passes,
+            guest_mismatches: verdict.as_ref().map(|v| v.mismatches),
+            guest_ok: verdict.as_ref().is_some_and(|v| v.ok()),
+            error: m.error.clone(),
+        });
+        let _ = c.stop_vm(&vm).await;
+        let _ = c.delete_vm(&vm).await;
+    }
+    drop(lab);
+
+    let results = Results {
+        benchmark: "migrate-loopback",
+        date: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        machine: Machine {
+            cpu: inv.cpu_model_name.clone(),
+            cpus: inv.cpus,
+            memory_mib: inv.memory_total_mib,
+            qemu: inv.qemu_version.clone(),
+            accel: inv.accel.to_string(),
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .unwrap_or_default()
+                .trim()
+                .to_string(),
+        },
+        guest_memory_mib: a.memory,
+        workload_mib: a.workload_mem,
+        link: "loopback (127.0.0.1), no bandwidth cap",
+        rows,
+    };
+    std::fs::create_dir_all(&a.out)
+        .map_err(|e| CliError::failed(format!("cannot create {}: {e}", a.out.display())))?;
+    let file = a.out.join("migrate-loopback.json");
+    let text =
+        serde_json::to_string_pretty(&results).map_err(|e| CliError::failed(e.to_string()))?;
+    std::fs::write(&file, text + "\n")
+        .map_err(|e| CliError::failed(format!("cannot write {}: {e}", file.display())))?;
+    if a.json.json {
+        print_json(&results)?;
+    } else {
+        let rows: Vec<Vec<String>> = results
+            .rows
+            .iter()
+            .map(|r| {
+                vec![
+                    format!("{}", r.dirty_rate_mib_s),
+                    if r.completed {
+                        "yes".into()
+                    } else {
+                        "NO".into()
+                    },
+                    millis(r.total_time_ms),
+                    millis(r.downtime_ms),
+                    bytes(r.bytes_sent),
+                    r.passes.to_string(),
+                    r.guest_mismatches
+                        .map(|m| m.to_string())
+                        .unwrap_or_else(|| "-".into()),
+                ]
+            })
+            .collect();
+        println!(
+            "{} MiB guest ({} MiB workload), {} on {} x {}, QEMU {} ({})",
+            a.memory,
+            a.workload_mem,
+            results.link,
+            results.machine.cpus,
+            results.machine.cpu,
+            results.machine.qemu,
+            results.machine.accel
+        );
+        print_table(
+            &[
+                "DIRTY MiB/s",
+                "DONE",
+                "TOTAL",
+                "DOWNTIME",
+                "SENT",
+                "PASSES",
+                "MISMATCHES",
+            ],
+            &rows,
+        );
+        println!("results written to {}", file.display());
+    }
+    if results.rows.iter().all(|r| r.completed && r.guest_ok) {
+        Ok(())
+    } else {
+        Err(CliError::failed(
+            "some runs did not complete cleanly (see the table)",
+        ))
+    }
+}

@@ -1,0 +1,350 @@
+//! Command-line options. Parsed by clap, then turned into validated configs by the commands.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7700";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "ferry",
+    version,
+    about = "Live-migrate running KVM/QEMU virtual machines between hosts",
+    long_about = "Live-migrate running KVM/QEMU virtual machines between hosts.\n\n\
+        A `ferry server` (control plane) drives one `ferry agent` per host. Operators and scripts \
+        use the other subcommands, which talk to the server over HTTP.",
+    after_help = "Examples:\n  \
+        ferry demo                                  # a server, two agents, a VM moved A -> B -> A\n  \
+        ferry host list\n  \
+        ferry vm create web1 --host a --memory 512\n  \
+        ferry vm migrate web1 --to b\n  \
+        ferry events --vm web1 --json\n\n\
+        Exit status: 0 success, 1 the operation failed, 2 bad input or refused request, \
+        3 the server could not be reached."
+)]
+pub struct Cli {
+    /// The Ferry server's URL.
+    #[arg(long, global = true, env = "FERRY_SERVER", default_value = DEFAULT_SERVER)]
+    pub server: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the control-plane server.
+    Server(ServerArgs),
+    /// Run the per-host agent.
+    Agent(AgentArgs),
+    /// Registered hosts.
+    #[command(subcommand)]
+    Host(HostCmd),
+    /// Virtual machines.
+    #[command(subcommand)]
+    Vm(VmCmd),
+    /// Migrations (started with `ferry vm migrate`).
+    #[command(subcommand)]
+    Migration(MigrationCmd),
+    /// The event log: who asked what, when, with what outcome.
+    Events(EventsArgs),
+    /// Guest images.
+    #[command(subcommand)]
+    Image(ImageCmd),
+    /// Start a server and two agents on loopback, boot the test guest on A, migrate it
+    /// A -> B -> A while it dirties memory, and print the reports and the guest's verdict.
+    Demo(DemoArgs),
+    /// Benchmarks (print tables, write result files).
+    #[command(subcommand)]
+    Bench(BenchCmd),
+}
+
+#[derive(Args, Debug)]
+#[command(
+    after_help = "Example:\n  ferry server --listen 0.0.0.0:7700 --data-dir /var/lib/ferry/server"
+)]
+pub struct ServerArgs {
+    /// Address to serve the API on (port 0 picks a free port; see --ready-file).
+    #[arg(long, default_value = "127.0.0.1:7700")]
+    pub listen: SocketAddr,
+    /// Where the SQLite database lives.
+    #[arg(long, default_value = "/var/lib/ferry/server")]
+    pub data_dir: PathBuf,
+    /// A host whose agent has not reported for this long is disconnected (ms).
+    #[arg(long, default_value_t = 10_000)]
+    pub host_timeout_ms: u64,
+    /// How often running migrations are polled (ms).
+    #[arg(long, default_value_t = 250)]
+    pub poll_ms: u64,
+    /// Write the bound address to this file once listening.
+    #[arg(long)]
+    pub ready_file: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+#[command(
+    after_help = "Example:\n  ferry agent --name a --server http://10.0.0.1:7700 --listen 10.0.0.5:7701 \\\n      --migration-address 10.1.0.5"
+)]
+pub struct AgentArgs {
+    /// This host's name in the cluster.
+    #[arg(long)]
+    pub name: String,
+    /// Address to serve the agent API on (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:7701")]
+    pub listen: SocketAddr,
+    /// URL the server uses to reach this agent (default: http://<bound address>).
+    #[arg(long)]
+    pub advertise_url: Option<String>,
+    /// Where VM records, QMP sockets and consoles live.
+    #[arg(long, default_value = "/var/lib/ferry/agent")]
+    pub state_dir: PathBuf,
+    /// Guest image cache (default: $FERRY_CACHE_DIR/images, /var/cache/ferry/images as root).
+    #[arg(long)]
+    pub image_dir: Option<PathBuf>,
+    /// QEMU binary.
+    #[arg(long, default_value = "qemu-system-x86_64")]
+    pub qemu: PathBuf,
+    /// This host's address on the migration network; incoming streams listen there.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub migration_address: IpAddr,
+    /// Heartbeat interval (ms).
+    #[arg(long, default_value_t = 2_000)]
+    pub heartbeat_ms: u64,
+    /// Run without registering with the server (`--server` is ignored).
+    #[arg(long)]
+    pub standalone: bool,
+    /// Write the bound address to this file once listening.
+    #[arg(long)]
+    pub ready_file: Option<PathBuf>,
+}
+
+#[derive(Args, Debug, Default, Clone, Copy)]
+pub struct JsonFlag {
+    /// Print JSON (for scripts) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum HostCmd {
+    /// List hosts with their state, QEMU, accelerator and load.
+    List(JsonFlag),
+    /// Show one host's inventory.
+    Show {
+        name: String,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum VmCmd {
+    /// Create and boot a VM on a host.
+    #[command(after_help = "Examples:\n  \
+        ferry vm create web1 --host a                       # the test guest, 512 MiB\n  \
+        ferry vm create web1 --host a --workload-rate 50    # guest dirties 50 MiB/s\n  \
+        ferry vm create db1 --host b --spec db1.json        # a full VM spec")]
+    Create(VmCreateArgs),
+    /// List VMs and where they run.
+    List(JsonFlag),
+    /// Show a VM, with live details from its host.
+    Show {
+        name: String,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Stop a VM (its QEMU ends; the VM stays defined).
+    Stop {
+        name: String,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Boot a stopped VM again on its host.
+    Start {
+        name: String,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Delete a stopped VM.
+    Delete { name: String },
+    /// Print the tail of a VM's serial console.
+    Console {
+        name: String,
+        /// How many bytes from the end.
+        #[arg(long, default_value_t = 4096)]
+        bytes: u64,
+    },
+    /// Live-migrate a running VM to another host.
+    #[command(after_help = "Examples:\n  \
+        ferry vm migrate web1 --to b\n  \
+        ferry vm migrate web1 --to b --max-bandwidth 100 --json\n  \
+        ferry vm migrate web1 --to b --no-wait            # print the id and return")]
+    Migrate(MigrateArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct VmCreateArgs {
+    pub name: String,
+    /// Host to boot it on.
+    #[arg(long)]
+    pub host: String,
+    /// A JSON VM spec file; the options below are then not allowed.
+    #[arg(long, conflicts_with_all = ["memory", "vcpus", "image", "kernel", "workload_mem", "workload_rate", "cmdline"])]
+    pub spec: Option<PathBuf>,
+    /// Guest memory, MiB.
+    #[arg(long, default_value_t = 512)]
+    pub memory: u64,
+    #[arg(long, default_value_t = 1)]
+    pub vcpus: u32,
+    /// Boot an image from the hosts' image cache.
+    #[arg(long, default_value = "test-guest")]
+    pub image: Option<String>,
+    /// Boot this kernel (absolute path on every host) instead of an image.
+    #[arg(long, conflicts_with = "image")]
+    pub kernel: Option<PathBuf>,
+    #[arg(long, requires = "kernel")]
+    pub initrd: Option<PathBuf>,
+    /// Test guest: MiB of memory its workload fills and verifies.
+    #[arg(long)]
+    pub workload_mem: Option<u64>,
+    /// Test guest: MiB/s its workload rewrites.
+    #[arg(long)]
+    pub workload_rate: Option<f64>,
+    /// Kernel command line (replaces the test guest's).
+    #[arg(long)]
+    pub cmdline: Option<String>,
+    /// auto, kvm or tcg.
+    #[arg(long, default_value = "auto")]
+    pub accel: String,
+    #[arg(long, default_value = "q35")]
+    pub machine: String,
+    #[arg(long, default_value = "qemu64")]
+    pub cpu: String,
+    #[command(flatten)]
+    pub json: JsonFlag,
+}
+
+#[derive(Args, Debug)]
+pub struct MigrateArgs {
+    pub name: String,
+    /// Destination host.
+    #[arg(long)]
+    pub to: String,
+    /// Cap the migration stream, MiB/s.
+    #[arg(long, value_name = "MIB_S")]
+    pub max_bandwidth: Option<u64>,
+    /// Longest acceptable switch-over pause, ms.
+    #[arg(long, value_name = "MS")]
+    pub downtime_limit: Option<u64>,
+    /// Give up when no progress is made for this long, s.
+    #[arg(long, value_name = "S")]
+    pub progress_timeout: Option<u64>,
+    /// Return once the migration is accepted, without following it.
+    #[arg(long)]
+    pub no_wait: bool,
+    #[command(flatten)]
+    pub json: JsonFlag,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum MigrationCmd {
+    /// Recent migrations, newest first.
+    List(JsonFlag),
+    /// One migration with its progress or report.
+    Show {
+        id: String,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Cancel a running migration (the VM keeps running on its source).
+    Cancel { id: String },
+}
+
+#[derive(Args, Debug)]
+#[command(
+    after_help = "Examples:\n  ferry events --vm web1\n  ferry events --kind migration --limit 50 --json\n  ferry events --follow"
+)]
+pub struct EventsArgs {
+    #[arg(long)]
+    pub vm: Option<String>,
+    #[arg(long)]
+    pub migration: Option<String>,
+    /// Event kind or kind prefix (e.g. `migration`, `vm.create`).
+    #[arg(long)]
+    pub kind: Option<String>,
+    #[arg(long, default_value_t = 50)]
+    pub limit: u32,
+    /// Keep printing new events.
+    #[arg(long)]
+    pub follow: bool,
+    #[command(flatten)]
+    pub json: JsonFlag,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ImageCmd {
+    /// Build the test guest (Debian cloud kernel, busybox, Ferry's guest workload).
+    #[command(
+        after_help = "Example:\n  ferry image build            # into /var/cache/ferry/images/test-guest as root"
+    )]
+    Build(ImageBuildArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ImageBuildArgs {
+    /// Image cache directory.
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    /// The statically linked ferry-guest binary (default: found next to ferry or in target/).
+    #[arg(long)]
+    pub guest_bin: Option<PathBuf>,
+    /// Rebuild even if the image is up to date.
+    #[arg(long)]
+    pub force: bool,
+    #[command(flatten)]
+    pub json: JsonFlag,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct DemoArgs {
+    /// Guest memory, MiB.
+    #[arg(long, default_value_t = 512)]
+    pub memory: u64,
+    /// MiB the guest workload fills and verifies.
+    #[arg(long, default_value_t = 256)]
+    pub workload_mem: u64,
+    /// MiB/s the guest workload rewrites during the migrations.
+    #[arg(long, default_value_t = 20.0)]
+    pub workload_rate: f64,
+    /// Keep the lab directory (daemon logs) afterwards.
+    #[arg(long)]
+    pub keep: bool,
+    #[command(flatten)]
+    pub json: JsonFlag,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCmd {
+    /// Migrate one guest over loopback at several guest dirty rates; print a table and
+    /// write bench/results/migrate-loopback.json.
+    Migrate(BenchMigrateArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchMigrateArgs {
+    /// Guest memory, MiB.
+    #[arg(long, default_value_t = 1024)]
+    pub memory: u64,
+    /// MiB the guest workload fills.
+    #[arg(long, default_value_t = 768)]
+    pub workload_mem: u64,
+    /// Guest dirty rates to run, MiB/s.
+    #[arg(long, value_delimiter = ',', default_values_t = vec![0.0, 10.0, 50.0])]
+    pub rates: Vec<f64>,
+    /// Where to write the result file.
+    #[arg(long, default_value = "bench/results")]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub json: JsonFlag,
+}

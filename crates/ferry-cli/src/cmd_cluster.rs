@@ -1,0 +1,337 @@
+//! `ferry host ...`, `ferry vm ...` (but migrate) and `ferry events`.
+
+use std::time::Duration;
+
+use ferry_api::client::ServerClient;
+use ferry_api::*;
+
+use crate::cli::{EventsArgs, HostCmd, VmCmd, VmCreateArgs};
+use crate::exit::{CliError, CliResult};
+use crate::output::{ago, bytes, print_json, print_table};
+
+/// A client that tells the server who is asking (recorded in the event log).
+pub fn client(server: &str) -> Result<ServerClient, CliError> {
+    let user = std::env::var("SUDO_USER")
+        .or_else(|_| std::env::var("USER"))
+        .unwrap_or_else(|_| "unknown".into());
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    Ok(ServerClient::new(server)?.with_actor(format!("cli:{user}@{host}")))
+}
+
+pub async fn host(server: &str, cmd: HostCmd) -> CliResult {
+    let c = client(server)?;
+    match cmd {
+        HostCmd::List(j) => {
+            let hosts = c.hosts().await?;
+            if j.json {
+                return print_json(&hosts);
+            }
+            let rows: Vec<Vec<String>> = hosts
+                .iter()
+                .map(|h| {
+                    vec![
+                        h.name.clone(),
+                        h.state.to_string(),
+                        h.inventory.qemu_version.clone(),
+                        h.inventory.accel.to_string(),
+                        h.inventory.cpus.to_string(),
+                        format!(
+                            "{} / {}",
+                            bytes(h.inventory.memory_available_mib << 20),
+                            bytes(h.inventory.memory_total_mib << 20)
+                        ),
+                        h.vms.to_string(),
+                        h.migration_address.clone(),
+                        ago(h.last_seen),
+                    ]
+                })
+                .collect();
+            print_table(
+                &[
+                    "HOST",
+                    "STATE",
+                    "QEMU",
+                    "ACCEL",
+                    "CPUS",
+                    "MEM FREE/TOTAL",
+                    "VMS",
+                    "MIGRATION ADDR",
+                    "SEEN",
+                ],
+                &rows,
+            );
+            Ok(())
+        }
+        HostCmd::Show { name, json } => {
+            let h = c.host(&name).await?;
+            if json.json {
+                return print_json(&h);
+            }
+            println!("host            {}", h.name);
+            println!("state           {}", h.state);
+            println!("agent           {}", h.url);
+            println!("migration addr  {}", h.migration_address);
+            println!("qemu            {}", h.inventory.qemu_version);
+            println!(
+                "accel           {} ({})",
+                h.inventory.accel, h.inventory.accel_reason
+            );
+            println!(
+                "cpus            {} x {}",
+                h.inventory.cpus, h.inventory.cpu_model_name
+            );
+            println!(
+                "memory          {} free of {}",
+                bytes(h.inventory.memory_available_mib << 20),
+                bytes(h.inventory.memory_total_mib << 20)
+            );
+            println!(
+                "vms             {} ({} running here)",
+                h.vms, h.inventory.vms_running
+            );
+            println!("last seen       {}", ago(h.last_seen));
+            Ok(())
+        }
+    }
+}
+
+pub async fn vm(server: &str, cmd: VmCmd) -> CliResult {
+    let c = client(server)?;
+    match cmd {
+        VmCmd::Create(a) => {
+            let json = a.json.json;
+            let req = CreateVmRequest {
+                host: a.host.clone(),
+                spec: spec_from_args(&a)?,
+            };
+            let vm = c.create_vm(&req).await?;
+            if json {
+                return print_json(&vm);
+            }
+            println!(
+                "VM {} created on {}: {} (machine {}, {} vCPU, {})",
+                vm.spec.name,
+                vm.host,
+                vm.state,
+                vm.spec.machine,
+                vm.spec.vcpus,
+                bytes(vm.spec.memory_mib << 20)
+            );
+            Ok(())
+        }
+        VmCmd::List(j) => {
+            let vms = c.vms().await?;
+            if j.json {
+                return print_json(&vms);
+            }
+            let rows: Vec<Vec<String>> = vms
+                .iter()
+                .map(|v| {
+                    vec![
+                        v.spec.name.clone(),
+                        v.host.clone(),
+                        v.state.to_string(),
+                        v.spec.vcpus.to_string(),
+                        bytes(v.spec.memory_mib << 20),
+                        v.spec.machine.clone(),
+                        v.migration
+                            .map(|m| m.to_string())
+                            .unwrap_or_else(|| "-".into()),
+                    ]
+                })
+                .collect();
+            print_table(
+                &[
+                    "VM",
+                    "HOST",
+                    "STATE",
+                    "VCPUS",
+                    "MEMORY",
+                    "MACHINE",
+                    "MIGRATION",
+                ],
+                &rows,
+            );
+            Ok(())
+        }
+        VmCmd::Show { name, json } => {
+            let v = c.vm(&name).await?;
+            if json.json {
+                return print_json(&v);
+            }
+            println!("vm          {}", v.spec.name);
+            println!("host        {}", v.host);
+            println!("state       {}", v.state);
+            println!("vcpus       {}", v.spec.vcpus);
+            println!("memory      {}", bytes(v.spec.memory_mib << 20));
+            println!("machine     {}", v.spec.machine);
+            println!("cpu model   {}", v.spec.cpu_model);
+            if let Some(m) = v.migration {
+                println!("migrating   {m}");
+            }
+            match &v.runtime {
+                Some(rt) => {
+                    println!(
+                        "qemu        {} (pid {})",
+                        rt.qemu_status.as_deref().unwrap_or("-"),
+                        rt.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into())
+                    );
+                    println!("accel       {}", rt.accel);
+                    if let Some(r) = &rt.exit_reason {
+                        println!("exit        {r}");
+                    }
+                }
+                None => println!("runtime     (host {} did not answer)", v.host),
+            }
+            Ok(())
+        }
+        VmCmd::Stop { name, json } => {
+            let v = c.stop_vm(&name).await?;
+            if json.json {
+                return print_json(&v);
+            }
+            println!("VM {} stopped on {}", v.spec.name, v.host);
+            Ok(())
+        }
+        VmCmd::Start { name, json } => {
+            let v = c.start_vm(&name).await?;
+            if json.json {
+                return print_json(&v);
+            }
+            println!("VM {} is {} on {}", v.spec.name, v.state, v.host);
+            Ok(())
+        }
+        VmCmd::Delete { name } => {
+            c.delete_vm(&name).await?;
+            println!("VM {name} deleted");
+            Ok(())
+        }
+        VmCmd::Console { name, bytes } => {
+            let t = c.console(&name, bytes).await?;
+            print!("{}", t.text);
+            Ok(())
+        }
+        VmCmd::Migrate(_) => unreachable!("dispatched in main"),
+    }
+}
+
+/// Builds the VM spec from the options (or reads `--spec`). Validated by the server too,
+/// but checked here first so a typo fails before any request.
+fn spec_from_args(a: &VmCreateArgs) -> Result<VmSpec, CliError> {
+    if let Some(path) = &a.spec {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| CliError::refused(format!("cannot read {}: {e}", path.display())))?;
+        let spec = VmSpec::from_json(&text).map_err(|e| CliError::refused(e.message))?;
+        if spec.name != a.name {
+            return Err(CliError::refused(format!(
+                "the spec file names VM '{}' but the command names '{}'",
+                spec.name, a.name
+            )));
+        }
+        return Ok(spec);
+    }
+    let workload_mem = a
+        .workload_mem
+        .unwrap_or(ferry_guest::config::DEFAULT_MEM_MIB.min(a.memory / 2));
+    if workload_mem + 128 > a.memory && a.cmdline.is_none() && a.kernel.is_none() {
+        return Err(CliError::refused(format!(
+            "--workload-mem {workload_mem} MiB leaves too little for the guest kernel in {} MiB; \
+             keep it at least 128 MiB below --memory",
+            a.memory
+        )));
+    }
+    let rate = a
+        .workload_rate
+        .unwrap_or(ferry_guest::config::DEFAULT_RATE_MIB);
+    if !(rate.is_finite() && rate >= 0.0) {
+        return Err(CliError::refused(format!(
+            "--workload-rate {rate} must be a number >= 0"
+        )));
+    }
+    let cmdline = a
+        .cmdline
+        .clone()
+        .unwrap_or_else(|| ferry_image::kernel_cmdline(workload_mem, rate));
+    let boot = match &a.kernel {
+        Some(k) => Boot::Kernel {
+            kernel: k.clone(),
+            initrd: a.initrd.clone(),
+            cmdline,
+        },
+        None => Boot::Image {
+            image: a
+                .image
+                .clone()
+                .unwrap_or_else(|| ferry_image::DEFAULT_IMAGE_NAME.into()),
+            cmdline,
+        },
+    };
+    let spec = VmSpec {
+        name: a.name.clone(),
+        vcpus: a.vcpus,
+        memory_mib: a.memory,
+        boot,
+        accel: a
+            .accel
+            .parse()
+            .map_err(|e: ApiError| CliError::refused(e.message))?,
+        machine: a.machine.clone(),
+        cpu_model: a.cpu.clone(),
+    };
+    spec.validate().map_err(|e| CliError::refused(e.message))?;
+    Ok(spec)
+}
+
+pub async fn events(server: &str, a: EventsArgs) -> CliResult {
+    let c = client(server)?;
+    let migration = a
+        .migration
+        .as_deref()
+        .map(|m| {
+            uuid::Uuid::parse_str(m)
+                .map_err(|_| CliError::refused(format!("'{m}' is not a migration id")))
+        })
+        .transpose()?;
+    let mut q = EventQuery {
+        vm: a.vm,
+        migration,
+        kind: a.kind,
+        after: None,
+        limit: Some(a.limit),
+    };
+    loop {
+        let events = c.events(&q).await?;
+        if let Some(last) = events.last() {
+            q.after = Some(last.id);
+        }
+        if a.json.json {
+            if a.follow {
+                for e in &events {
+                    // One JSON document per line when following, so a script can stream it.
+                    println!("{}", serde_json::to_string(e).unwrap_or_default());
+                }
+            } else {
+                print_json(&events)?;
+            }
+        } else {
+            for e in &events {
+                println!(
+                    "{} #{:<5} {:<6} {:<24} {:<18} {}",
+                    e.at.format("%Y-%m-%d %H:%M:%S%.3f"),
+                    e.id,
+                    e.outcome.as_str(),
+                    e.kind,
+                    e.actor,
+                    e.message
+                );
+            }
+        }
+        if !a.follow {
+            return Ok(());
+        }
+        q.limit = Some(1000);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}

@@ -1,0 +1,48 @@
+//! `ferry server` and `ferry agent`: options into validated configs, then run.
+
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::cli::{AgentArgs, ServerArgs};
+use crate::exit::{CliError, CliResult};
+
+pub async fn server(a: ServerArgs) -> CliResult {
+    let data_dir = absolute(&a.data_dir)?;
+    let config = ferry_server::ServerConfig {
+        listen: a.listen,
+        data_dir,
+        host_timeout: Duration::from_millis(a.host_timeout_ms.max(100)),
+        poll_interval: Duration::from_millis(a.poll_ms.clamp(20, 10_000)),
+        ready_file: a.ready_file,
+    };
+    ferry_server::run(config).await.map_err(CliError::failed)
+}
+
+pub async fn agent(a: AgentArgs, server_url: &str) -> CliResult {
+    let config = ferry_agent::AgentConfig {
+        name: a.name,
+        listen: a.listen,
+        advertise_url: a.advertise_url,
+        server_url: (!a.standalone).then(|| server_url.to_string()),
+        state_dir: absolute(&a.state_dir)?,
+        image_dir: match a.image_dir {
+            Some(d) => absolute(&d)?,
+            None => ferry_image::default_cache_dir(),
+        },
+        qemu: a.qemu,
+        migration_address: a.migration_address,
+        heartbeat: Duration::from_millis(a.heartbeat_ms.clamp(100, 60_000)),
+        ready_file: a.ready_file,
+    };
+    config.validate().map_err(CliError::refused)?;
+    ferry_agent::run(config).await.map_err(CliError::failed)
+}
+
+fn absolute(p: &std::path::Path) -> Result<std::path::PathBuf, CliError> {
+    if p.is_absolute() {
+        return Ok(p.to_path_buf());
+    }
+    let cwd = std::env::current_dir().context("cannot read the current directory")?;
+    Ok(cwd.join(p))
+}

@@ -1,0 +1,198 @@
+//! `ferry vm migrate` (with a live progress bar and a final report) and `ferry migration ...`.
+
+use std::time::Duration;
+
+use ferry_api::client::ServerClient;
+use ferry_api::*;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::cli::{MigrateArgs, MigrationCmd};
+use crate::cmd_cluster::client;
+use crate::exit::{CliError, CliResult};
+use crate::output::{bytes, millis, print_json, print_table, rate};
+
+pub async fn migrate(server: &str, a: MigrateArgs) -> CliResult {
+    let c = client(server)?;
+    let req = MigrateRequest {
+        vm: a.name.clone(),
+        to: a.to.clone(),
+        options: MigrationOptions {
+            max_bandwidth_mib: a.max_bandwidth,
+            downtime_limit_ms: a.downtime_limit,
+            progress_timeout_s: a.progress_timeout,
+        },
+    };
+    req.options
+        .validate()
+        .map_err(|e| CliError::refused(e.message))?;
+    let m = c.migrate(&req).await?;
+    if a.no_wait {
+        if a.json.json {
+            return print_json(&m);
+        }
+        println!(
+            "migration {} of VM {} from {} to {} started",
+            m.id, m.vm, m.source, m.destination
+        );
+        return Ok(());
+    }
+    let done = follow(&c, &m, !a.json.json).await?;
+    if a.json.json {
+        print_json(&done)?;
+    } else {
+        print_report(&done);
+    }
+    if done.phase == Phase::Completed {
+        Ok(())
+    } else {
+        Err(CliError::failed(format!(
+            "migration {} {}: {}",
+            done.id,
+            done.phase,
+            done.error.as_deref().unwrap_or("no reason recorded")
+        )))
+    }
+}
+
+/// Polls the migration until it ends, drawing a progress bar on stderr when asked.
+pub async fn follow(c: &ServerClient, m: &Migration, bar: bool) -> Result<Migration, CliError> {
+    let pb = if bar {
+        ProgressBar::new(1000)
+    } else {
+        ProgressBar::hidden()
+    };
+    pb.set_style(
+        ProgressStyle::with_template("{spinner} {prefix:<13} [{bar:30}] {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    pb.enable_steady_tick(Duration::from_millis(120));
+    let mut failures = 0;
+    loop {
+        let cur = match c.migration(m.id).await {
+            Ok(cur) => {
+                failures = 0;
+                cur
+            }
+            // The server may be restarting; the migration is its business, keep asking.
+            Err(e) if failures < 20 => {
+                failures += 1;
+                pb.set_message(format!("(server not answering: {e})"));
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        pb.set_prefix(cur.phase.to_string());
+        if let Some(p) = &cur.progress {
+            pb.set_position((p.fraction_done() * 1000.0) as u64);
+            pb.set_message(format!(
+                "{} / {}  {}  dirty {}  pass {}",
+                bytes(p.transferred_bytes),
+                bytes(p.ram_total_bytes),
+                rate(p.bandwidth_bytes_per_s),
+                rate(p.dirty_rate_bytes_per_s),
+                p.passes
+            ));
+        }
+        if cur.phase.is_terminal() {
+            if cur.phase == Phase::Completed {
+                pb.set_position(1000);
+            }
+            pb.finish_and_clear();
+            return Ok(cur);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+pub fn print_report(m: &Migration) {
+    println!(
+        "migration {}  VM {}  {} -> {}  {}",
+        m.id, m.vm, m.source, m.destination, m.phase
+    );
+    if let Some(r) = &m.report {
+        println!("  total time     {}", millis(r.total_time_ms));
+        println!("  transfer time  {}", millis(r.transfer_time_ms));
+        println!("  downtime       {}", millis(r.downtime_ms));
+        println!(
+            "  bytes sent     {} (guest RAM {})",
+            bytes(r.bytes_sent),
+            bytes(r.ram_total_bytes)
+        );
+        println!("  passes         {}", r.passes);
+        println!("  avg bandwidth  {}", rate(r.average_bandwidth_bytes_per_s));
+    }
+    if let Some(uri) = &m.stream_uri {
+        println!("  stream         {uri}");
+    }
+    if let Some(e) = &m.error {
+        println!("  reason         {e}");
+    }
+}
+
+pub async fn migration(server: &str, cmd: MigrationCmd) -> CliResult {
+    let c = client(server)?;
+    let parse = |id: &str| {
+        uuid::Uuid::parse_str(id)
+            .map_err(|_| CliError::refused(format!("'{id}' is not a migration id")))
+    };
+    match cmd {
+        MigrationCmd::List(j) => {
+            let list = c.migrations().await?;
+            if j.json {
+                return print_json(&list);
+            }
+            let rows: Vec<Vec<String>> = list
+                .iter()
+                .map(|m| {
+                    vec![
+                        m.id.to_string(),
+                        m.vm.clone(),
+                        format!("{} -> {}", m.source, m.destination),
+                        m.phase.to_string(),
+                        m.report
+                            .as_ref()
+                            .map(|r| millis(r.total_time_ms))
+                            .unwrap_or_else(|| "-".into()),
+                        m.report
+                            .as_ref()
+                            .map(|r| millis(r.downtime_ms))
+                            .unwrap_or_else(|| "-".into()),
+                        m.created_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+                    ]
+                })
+                .collect();
+            print_table(
+                &["ID", "VM", "ROUTE", "PHASE", "TOTAL", "DOWNTIME", "STARTED"],
+                &rows,
+            );
+            Ok(())
+        }
+        MigrationCmd::Show { id, json } => {
+            let m = c.migration(parse(&id)?).await?;
+            if json.json {
+                return print_json(&m);
+            }
+            print_report(&m);
+            if let (Some(p), false) = (&m.progress, m.phase.is_terminal()) {
+                println!(
+                    "  progress       {} sent, {} remaining, pass {}, dirty {}",
+                    bytes(p.transferred_bytes),
+                    bytes(p.remaining_bytes),
+                    p.passes,
+                    rate(p.dirty_rate_bytes_per_s)
+                );
+            }
+            Ok(())
+        }
+        MigrationCmd::Cancel { id } => {
+            let m = c.cancel_migration(parse(&id)?).await?;
+            println!(
+                "cancel requested for migration {}; the VM stays on {}",
+                m.id, m.source
+            );
+            Ok(())
+        }
+    }
+}

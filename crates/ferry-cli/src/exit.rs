@@ -1,0 +1,68 @@
+//! Exit statuses, one per class of failure, so scripts can tell them apart.
+
+use ferry_api::client::ClientError;
+use ferry_api::ErrorCode;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    Success = 0,
+    /// The operation ran and failed (a migration failed, the demo's verdict is bad).
+    Failed = 1,
+    /// Bad input, or the server refused the request (unknown name, conflict).
+    Refused = 2,
+    /// The server (or an agent) could not be reached.
+    Unreachable = 3,
+}
+
+/// An error with the exit status it should produce.
+#[derive(Debug)]
+pub struct CliError {
+    pub exit: Exit,
+    pub message: String,
+}
+
+impl CliError {
+    pub fn failed(message: impl Into<String>) -> CliError {
+        CliError {
+            exit: Exit::Failed,
+            message: message.into(),
+        }
+    }
+    pub fn refused(message: impl Into<String>) -> CliError {
+        CliError {
+            exit: Exit::Refused,
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for CliError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl From<ClientError> for CliError {
+    fn from(e: ClientError) -> CliError {
+        let exit = match &e {
+            ClientError::Unreachable { .. } => Exit::Unreachable,
+            ClientError::Api(api) => match api.code {
+                ErrorCode::BadRequest | ErrorCode::NotFound | ErrorCode::Conflict => Exit::Refused,
+                ErrorCode::Unavailable | ErrorCode::Upstream | ErrorCode::Internal => Exit::Failed,
+            },
+            ClientError::Decode { .. } => Exit::Failed,
+        };
+        CliError {
+            exit,
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<anyhow::Error> for CliError {
+    fn from(e: anyhow::Error) -> CliError {
+        CliError::failed(format!("{e:#}"))
+    }
+}
+
+pub type CliResult = Result<(), CliError>;

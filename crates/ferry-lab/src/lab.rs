@@ -1,0 +1,286 @@
+//! Starting and stopping the daemons.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ferry_api::client::ServerClient;
+use ferry_api::HostState;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    #[error("{what} did not start: {reason}")]
+    Start { what: String, reason: String },
+    #[error("{0}")]
+    Io(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct LabConfig {
+    /// The `ferry` binary to run daemons from.
+    pub ferry_bin: PathBuf,
+    pub hosts: Vec<String>,
+    /// The guest image cache the agents use (None: their default).
+    pub image_dir: Option<PathBuf>,
+    /// Keep the lab directory (logs) after shutdown, for debugging.
+    pub keep: bool,
+    /// Extra `RUST_LOG` for the daemons.
+    pub log_filter: String,
+}
+
+impl LabConfig {
+    pub fn new(ferry_bin: PathBuf, hosts: &[&str]) -> LabConfig {
+        LabConfig {
+            ferry_bin,
+            hosts: hosts.iter().map(|h| h.to_string()).collect(),
+            image_dir: None,
+            keep: false,
+            log_filter: "info".into(),
+        }
+    }
+}
+
+struct Daemon {
+    name: String,
+    child: Child,
+}
+
+pub struct AgentInfo {
+    pub name: String,
+    pub url: String,
+    pub state_dir: PathBuf,
+}
+
+pub struct Lab {
+    dir: Option<tempfile::TempDir>,
+    path: PathBuf,
+    daemons: Vec<Daemon>,
+    pub server_url: String,
+    pub agents: Vec<AgentInfo>,
+    keep: bool,
+}
+
+impl Lab {
+    /// Starts the server, then the agents, and waits until every host is connected.
+    pub async fn start(cfg: LabConfig) -> Result<Lab, LabError> {
+        let dir = tempfile::Builder::new()
+            .prefix("ferry-lab-")
+            .tempdir()
+            .map_err(|e| LabError::Io(format!("cannot create a lab directory: {e}")))?;
+        let path = dir.path().to_path_buf();
+        let mut lab = Lab {
+            dir: Some(dir),
+            path: path.clone(),
+            daemons: Vec::new(),
+            server_url: String::new(),
+            agents: Vec::new(),
+            keep: cfg.keep,
+        };
+        let server_ready = path.join("server.addr");
+        let mut args: Vec<String> = vec![
+            "server".into(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--data-dir".into(),
+            path.join("server").display().to_string(),
+            "--ready-file".into(),
+            server_ready.display().to_string(),
+            "--host-timeout-ms".into(),
+            "5000".into(),
+        ];
+        lab.spawn(&cfg, "server", &args)?;
+        let addr = lab.wait_ready_file("server", &server_ready).await?;
+        lab.server_url = format!("http://{addr}");
+        for host in &cfg.hosts {
+            let state = path.join(host);
+            let ready = path.join(format!("{host}.addr"));
+            args = vec![
+                "agent".into(),
+                "--name".into(),
+                host.clone(),
+                "--listen".into(),
+                "127.0.0.1:0".into(),
+                "--server".into(),
+                lab.server_url.clone(),
+                "--state-dir".into(),
+                state.display().to_string(),
+                "--migration-address".into(),
+                "127.0.0.1".into(),
+                "--heartbeat-ms".into(),
+                "500".into(),
+                "--ready-file".into(),
+                ready.display().to_string(),
+            ];
+            if let Some(img) = &cfg.image_dir {
+                args.push("--image-dir".into());
+                args.push(img.display().to_string());
+            }
+            lab.spawn(&cfg, &format!("agent-{host}"), &args)?;
+            let addr = lab
+                .wait_ready_file(&format!("agent {host}"), &ready)
+                .await?;
+            lab.agents.push(AgentInfo {
+                name: host.clone(),
+                url: format!("http://{addr}"),
+                state_dir: state,
+            });
+        }
+        lab.wait_connected(&cfg.hosts).await?;
+        Ok(lab)
+    }
+
+    fn spawn(&mut self, cfg: &LabConfig, name: &str, args: &[String]) -> Result<(), LabError> {
+        let log = std::fs::File::create(self.path.join(format!("{name}.log")))
+            .map_err(|e| LabError::Io(format!("cannot create the {name} log: {e}")))?;
+        let err = log.try_clone().map_err(|e| LabError::Io(e.to_string()))?;
+        let child = Command::new(&cfg.ferry_bin)
+            .args(args)
+            .env("RUST_LOG", &cfg.log_filter)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            .spawn()
+            .map_err(|e| LabError::Start {
+                what: name.into(),
+                reason: format!("{}: {e}", cfg.ferry_bin.display()),
+            })?;
+        self.daemons.push(Daemon {
+            name: name.into(),
+            child,
+        });
+        Ok(())
+    }
+
+    async fn wait_ready_file(&mut self, what: &str, file: &Path) -> Result<String, LabError> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(text) = std::fs::read_to_string(file) {
+                return Ok(text.trim().to_string());
+            }
+            let exited = self
+                .daemons
+                .last_mut()
+                .and_then(|d| Some((d.name.clone(), d.child.try_wait().ok()??)));
+            if let Some((name, status)) = exited {
+                return Err(LabError::Start {
+                    what: what.into(),
+                    reason: format!("exited with {status}: {}", self.log_tail(&name)),
+                });
+            }
+            if Instant::now() > deadline {
+                return Err(LabError::Start {
+                    what: what.into(),
+                    reason: "not ready within 30 s".into(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn wait_connected(&self, hosts: &[String]) -> Result<(), LabError> {
+        let client = self.client();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(list) = client.hosts().await {
+                let up = hosts.iter().all(|h| {
+                    list.iter()
+                        .any(|x| &x.name == h && x.state == HostState::Connected)
+                });
+                if up {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(LabError::Start {
+                    what: "agents".into(),
+                    reason: "did not register with the server within 30 s".into(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub fn client(&self) -> ServerClient {
+        ServerClient::new(&self.server_url)
+            .expect("the lab's own URL is valid")
+            .with_actor("lab")
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.path
+    }
+
+    /// The pid of the QEMU running `vm` on `host`, from its pidfile.
+    pub fn qemu_pid(&self, host: &str, vm: &str) -> Option<u32> {
+        let pidfile = self.path.join(host).join("vms").join(vm).join("qemu.pid");
+        let pid = ferry_qemu::process::read_pidfile(&pidfile)?;
+        ferry_qemu::process::pid_runs_with(pid, &self.path).then_some(pid)
+    }
+
+    /// QEMU processes of the lab still running on `host`.
+    pub fn qemus_on(&self, host: &str) -> Vec<u32> {
+        ferry_qemu::process::qemu_pids_under(&self.path.join(host))
+            .into_iter()
+            .map(|(pid, _)| pid)
+            .collect()
+    }
+
+    /// SIGKILLs the QEMU of `vm` on `host` (failure injection).
+    pub fn kill_qemu(&self, host: &str, vm: &str) -> bool {
+        match self.qemu_pid(host, vm) {
+            Some(pid) => kill(Pid::from_raw(pid as i32), Signal::SIGKILL).is_ok(),
+            None => false,
+        }
+    }
+
+    pub fn log_tail(&self, name: &str) -> String {
+        let text =
+            std::fs::read_to_string(self.path.join(format!("{name}.log"))).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(15)..].join("\n")
+    }
+
+    /// Stops everything the lab started. Called by `Drop` too; idempotent.
+    pub fn shutdown(&mut self) {
+        for d in self.daemons.iter() {
+            let _ = kill(Pid::from_raw(d.child.id() as i32), Signal::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for d in self.daemons.iter_mut() {
+            loop {
+                match d.child.try_wait() {
+                    Ok(Some(_)) | Err(_) => break,
+                    Ok(None) if Instant::now() > deadline => {
+                        let _ = d.child.kill();
+                        let _ = d.child.wait();
+                        break;
+                    }
+                    Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        }
+        self.daemons.clear();
+        // Agents leave VMs running by design (an agent restart must not kill VMs); a lab
+        // owns its VMs, so it ends them.
+        for (pid, _) in ferry_qemu::process::qemu_pids_under(&self.path) {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        }
+        if self.keep {
+            if let Some(dir) = self.dir.take() {
+                let kept = dir.keep();
+                eprintln!("lab directory kept: {}", kept.display());
+            }
+        } else if let Some(dir) = self.dir.take() {
+            let _ = dir.close();
+        }
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
