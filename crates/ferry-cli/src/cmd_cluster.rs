@@ -235,13 +235,6 @@ fn spec_from_args(a: &VmCreateArgs) -> Result<VmSpec, CliError> {
     let workload_mem = a
         .workload_mem
         .unwrap_or(ferry_guest::config::DEFAULT_MEM_MIB.min(a.memory / 2));
-    if workload_mem + 128 > a.memory && a.cmdline.is_none() && a.kernel.is_none() {
-        return Err(CliError::refused(format!(
-            "--workload-mem {workload_mem} MiB leaves too little for the guest kernel in {} MiB; \
-             keep it at least 128 MiB below --memory",
-            a.memory
-        )));
-    }
     let rate = a
         .workload_rate
         .unwrap_or(ferry_guest::config::DEFAULT_RATE_MIB);
@@ -281,6 +274,13 @@ fn spec_from_args(a: &VmCreateArgs) -> Result<VmSpec, CliError> {
         cpu_model: a.cpu.clone(),
     };
     spec.validate().map_err(|e| CliError::refused(e.message))?;
+    if workload_mem + 128 > a.memory && a.cmdline.is_none() && a.kernel.is_none() {
+        return Err(CliError::refused(format!(
+            "--workload-mem {workload_mem} MiB leaves too little for the guest kernel in {} MiB; \
+             keep it at least 128 MiB below --memory",
+            a.memory
+        )));
+    }
     Ok(spec)
 }
 

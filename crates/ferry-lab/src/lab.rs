@@ -44,6 +44,7 @@ impl LabConfig {
 
 struct Daemon {
     name: String,
+    args: Vec<String>,
     child: Child,
 }
 
@@ -149,6 +150,7 @@ impl Lab {
             })?;
         self.daemons.push(Daemon {
             name: name.into(),
+            args: args.to_vec(),
             child,
         });
         Ok(())
@@ -201,6 +203,30 @@ impl Lab {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Stops host `host`'s agent (SIGTERM) and starts it again with the same settings; its
+    /// VMs keep running meanwhile. Returns once the new agent answers.
+    pub async fn restart_agent(&mut self, cfg: &LabConfig, host: &str) -> Result<(), LabError> {
+        let name = format!("agent-{host}");
+        let idx = self
+            .daemons
+            .iter()
+            .position(|d| d.name == name)
+            .ok_or_else(|| LabError::Io(format!("no agent {host} in this lab")))?;
+        let mut old = self.daemons.remove(idx);
+        let _ = kill(Pid::from_raw(old.child.id() as i32), Signal::SIGTERM);
+        let _ = old.child.wait();
+        let ready = self.path.join(format!("{host}.addr"));
+        let _ = std::fs::remove_file(&ready);
+        self.spawn(cfg, &format!("{name}-restarted"), &old.args)?;
+        let addr = self
+            .wait_ready_file(&format!("agent {host}"), &ready)
+            .await?;
+        if let Some(a) = self.agents.iter_mut().find(|a| a.name == host) {
+            a.url = format!("http://{addr}");
+        }
+        Ok(())
     }
 
     pub fn client(&self) -> ServerClient {

@@ -1,0 +1,170 @@
+//! Bad input gets a clear error, a distinct exit status, and changes nothing.
+
+mod common;
+
+use common::*;
+use ferry_api::*;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_requests_are_refused_with_reasons_and_change_nothing() {
+    let (lab, _) = start_lab(&["a", "b"]).await;
+    boot_guest(&lab, "web1", "a", 32, 1.0).await;
+    let c = lab.client();
+    let events_before = c
+        .events(&EventQuery {
+            limit: Some(10_000),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["vm", "migrate", "nosuchvm", "--to", "b"],
+            "no VM named 'nosuchvm'",
+        ),
+        (
+            &["vm", "migrate", "web1", "--to", "nosuchhost"],
+            "no host named 'nosuchhost'",
+        ),
+        (&["vm", "migrate", "web1", "--to", "a"], "already runs on a"),
+        (
+            &["vm", "migrate", "../etc", "--to", "b"],
+            "must start with a lowercase letter",
+        ),
+        (
+            &[
+                "vm",
+                "migrate",
+                "web1",
+                "--to",
+                "b",
+                "--downtime-limit",
+                "0",
+            ],
+            "downtime_limit_ms",
+        ),
+        (&["vm", "create", "web1", "--host", "a"], "already exists"),
+        (
+            &["vm", "create", "x", "--host", "a", "--memory", "1"],
+            "memory_mib",
+        ),
+        (
+            &["vm", "create", "x", "--host", "nosuchhost"],
+            "no host named 'nosuchhost'",
+        ),
+        (&["vm", "stop", "nosuchvm"], "no VM named"),
+        (&["migration", "show", "not-a-uuid"], "not a migration id"),
+    ];
+    for (args, needle) in cases {
+        let out = ferry(&lab, args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert!(
+            err.contains(needle),
+            "{args:?}: expected '{needle}' in: {err}"
+        );
+        assert_eq!(err.trim().lines().count(), 1, "one-line reason: {err}");
+    }
+
+    // Malformed specs from a file.
+    let dir = tempfile::tempdir().unwrap();
+    for (text, needle) in [
+        ("{not json", "invalid VM spec"),
+        (
+            r#"{"name":"x","memory_mib":256,"boot":{"type":"image","image":"test-guest","cmdline":""},"disk":"/etc/passwd"}"#,
+            "unknown field",
+        ),
+        (
+            r#"{"name":"x","memory_mib":256,"vcpus":0,"boot":{"type":"image","image":"test-guest","cmdline":""}}"#,
+            "vcpus",
+        ),
+        (
+            r#"{"name":"x","memory_mib":256,"boot":{"type":"kernel","kernel":"relative/vmlinuz"}}"#,
+            "absolute",
+        ),
+        (
+            r#"{"name":"x","memory_mib":256,"machine":"q35,accel=kvm","boot":{"type":"image","image":"test-guest","cmdline":""}}"#,
+            "machine",
+        ),
+    ] {
+        let f = dir.path().join("spec.json");
+        std::fs::write(&f, text).unwrap();
+        let out = ferry(
+            &lab,
+            &[
+                "vm",
+                "create",
+                "x",
+                "--host",
+                "a",
+                "--spec",
+                f.to_str().unwrap(),
+            ],
+        );
+        assert_eq!(out.status.code(), Some(2), "{text}: {}", stderr(&out));
+        assert!(stderr(&out).contains(needle), "{text}: {}", stderr(&out));
+    }
+
+    // The API itself refuses malformed bodies with the documented error shape (bypassing
+    // the CLI's own checks).
+    let http = reqwest::Client::new();
+    for body in [
+        "{",
+        r#"{"host":"a","spec":{"name":"x","memory_mib":1,"boot":{"type":"image","image":"t","cmdline":""}}}"#,
+    ] {
+        let resp = http
+            .post(format!("{}/v1/vms", lab.server_url))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 400, "{body}");
+        let err: ErrorBody = resp.json().await.unwrap();
+        assert_eq!(err.error.code, ErrorCode::BadRequest);
+    }
+    let resp = http
+        .get(format!("{}/v1/nope", lab.server_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 404);
+
+    // Nothing changed: one VM on a, still running, no migration, no QEMU on b.
+    let vms = c.vms().await.unwrap();
+    assert_eq!(vms.len(), 1);
+    assert_eq!(
+        (vms[0].host.as_str(), vms[0].state, vms[0].migration),
+        ("a", VmState::Running, None)
+    );
+    assert!(c.migrations().await.unwrap().is_empty());
+    assert!(lab.qemus_on("b").is_empty());
+    // Refused state-changing requests are logged as errors, with who asked.
+    let events = c
+        .events(&EventQuery {
+            limit: Some(10_000),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let new: Vec<&Event> = events
+        .iter()
+        .filter(|e| e.id > events_before.last().map(|e| e.id).unwrap_or(0))
+        .collect();
+    assert!(
+        new.iter().any(|e| e.kind == "migration.request"
+            && e.outcome == Outcome::Error
+            && e.message.contains("already runs on a")
+            && e.actor.starts_with("cli:")),
+        "{new:?}"
+    );
+
+    // An unreachable server is its own exit status.
+    let out = std::process::Command::new(ferry_bin())
+        .args(["--server", "http://127.0.0.1:9", "host", "list"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("cannot reach"), "{}", stderr(&out));
+}

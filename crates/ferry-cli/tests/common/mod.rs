@@ -1,0 +1,63 @@
+//! Shared setup for the end-to-end tests: a lab of real daemons (this build's `ferry`
+//! binary), real QEMU 10 under TCG, the real test guest.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::Output;
+use std::time::Duration;
+
+use ferry_api::*;
+use ferry_lab::{ensure_test_image, test_vm_spec, wait_ready, Lab, LabConfig};
+
+pub fn ferry_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_ferry"))
+}
+
+pub fn lab_config(hosts: &[&str]) -> LabConfig {
+    let image_dir = ensure_test_image(&mut |_| {}).unwrap_or_else(|e| {
+        panic!("the test guest image is needed: {e}\n(build the static guest first: scripts/test.sh does)")
+    });
+    let mut cfg = LabConfig::new(ferry_bin(), hosts);
+    cfg.image_dir = Some(image_dir);
+    cfg.keep = std::env::var_os("FERRY_KEEP_LAB").is_some();
+    cfg
+}
+
+pub async fn start_lab(hosts: &[&str]) -> (Lab, LabConfig) {
+    let cfg = lab_config(hosts);
+    let lab = Lab::start(cfg.clone()).await.expect("lab starts");
+    (lab, cfg)
+}
+
+/// Runs the `ferry` CLI against the lab's server.
+pub fn ferry(lab: &Lab, args: &[&str]) -> Output {
+    std::process::Command::new(ferry_bin())
+        .args(args)
+        .env("FERRY_SERVER", &lab.server_url)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("ferry runs")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Boots the test guest on `host` and waits until its workload is ready.
+pub async fn boot_guest(lab: &Lab, name: &str, host: &str, workload_mib: u64, rate: f64) {
+    let c = lab.client();
+    c.create_vm(&CreateVmRequest {
+        host: host.into(),
+        spec: test_vm_spec(name, 512, workload_mib, rate),
+    })
+    .await
+    .expect("VM created");
+    wait_ready(&c, name, Duration::from_secs(240))
+        .await
+        .expect("guest ready");
+}
