@@ -173,7 +173,7 @@ impl Agent {
                         dir.display()
                     )));
                 }
-                ResolvedBoot {
+                ResolvedBoot::Kernel {
                     kernel,
                     initrd: Some(initrd),
                     cmdline: cmdline.clone(),
@@ -193,10 +193,23 @@ impl Agent {
                         )));
                     }
                 }
-                ResolvedBoot {
+                ResolvedBoot::Kernel {
                     kernel: kernel.clone(),
                     initrd: initrd.clone(),
                     cmdline: cmdline.clone(),
+                }
+            }
+            Boot::Disk { path, format } => {
+                if !path.is_file() {
+                    return Err(ApiError::bad_request(format!(
+                        "boot disk {} does not exist on host {}",
+                        path.display(),
+                        self.config.name
+                    )));
+                }
+                ResolvedBoot::Disk {
+                    path: path.clone(),
+                    format: *format,
                 }
             }
         };

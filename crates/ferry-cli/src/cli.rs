@@ -190,7 +190,7 @@ pub struct VmCreateArgs {
     #[arg(long)]
     pub host: String,
     /// A JSON VM spec file; the options below are then not allowed.
-    #[arg(long, conflicts_with_all = ["memory", "vcpus", "image", "kernel", "workload_mem", "workload_rate", "cmdline"])]
+    #[arg(long, conflicts_with_all = ["memory", "vcpus", "image", "kernel", "disk", "workload_mem", "workload_rate", "cmdline"])]
     pub spec: Option<PathBuf>,
     /// Guest memory, MiB.
     #[arg(long, default_value_t = 512)]
@@ -205,6 +205,12 @@ pub struct VmCreateArgs {
     pub kernel: Option<PathBuf>,
     #[arg(long, requires = "kernel")]
     pub initrd: Option<PathBuf>,
+    /// Boot this disk image (absolute path on every host, i.e. shared storage) instead.
+    #[arg(long, conflicts_with_all = ["image", "kernel", "cmdline", "workload_mem", "workload_rate"])]
+    pub disk: Option<PathBuf>,
+    /// Format of --disk: qcow2 or raw (never probed).
+    #[arg(long, default_value = "qcow2", requires = "disk")]
+    pub disk_format: String,
     /// Test guest: MiB of memory its workload fills and verifies.
     #[arg(long)]
     pub workload_mem: Option<u64>,

@@ -247,13 +247,25 @@ fn spec_from_args(a: &VmCreateArgs) -> Result<VmSpec, CliError> {
         .cmdline
         .clone()
         .unwrap_or_else(|| ferry_image::kernel_cmdline(workload_mem, rate));
-    let boot = match &a.kernel {
-        Some(k) => Boot::Kernel {
+    let boot = match (&a.kernel, &a.disk) {
+        (_, Some(path)) => Boot::Disk {
+            path: path.clone(),
+            format: match a.disk_format.as_str() {
+                "qcow2" => DiskFormat::Qcow2,
+                "raw" => DiskFormat::Raw,
+                other => {
+                    return Err(CliError::refused(format!(
+                        "--disk-format '{other}' is not supported; use qcow2 or raw"
+                    )))
+                }
+            },
+        },
+        (Some(k), None) => Boot::Kernel {
             kernel: k.clone(),
             initrd: a.initrd.clone(),
             cmdline,
         },
-        None => Boot::Image {
+        (None, None) => Boot::Image {
             image: a
                 .image
                 .clone()
@@ -274,7 +286,8 @@ fn spec_from_args(a: &VmCreateArgs) -> Result<VmSpec, CliError> {
         cpu_model: a.cpu.clone(),
     };
     spec.validate().map_err(|e| CliError::refused(e.message))?;
-    if workload_mem + 128 > a.memory && a.cmdline.is_none() && a.kernel.is_none() {
+    let test_guest = matches!(spec.boot, Boot::Image { .. }) && a.cmdline.is_none();
+    if test_guest && workload_mem + 128 > a.memory {
         return Err(CliError::refused(format!(
             "--workload-mem {workload_mem} MiB leaves too little for the guest kernel in {} MiB; \
              keep it at least 128 MiB below --memory",

@@ -182,3 +182,76 @@ async fn a_restarted_agent_adopts_its_running_vm() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(lab.qemus_on("a").is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_vm_boots_from_a_disk_image_given_by_path() {
+    let (lab, _) = start_lab(&["a", "b"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("boot,disk.qcow2");
+    let made = std::process::Command::new("qemu-img")
+        .args(["create", "-f", "qcow2"])
+        .arg(&disk)
+        .arg("64M")
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let out = ferry(
+        &lab,
+        &[
+            "vm",
+            "create",
+            "disk1",
+            "--host",
+            "a",
+            "--memory",
+            "128",
+            "--disk",
+            disk.to_str().unwrap(),
+            "--json",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let vm: Vm = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(
+        vm.spec.boot,
+        Boot::Disk {
+            path: disk.clone(),
+            format: DiskFormat::Qcow2
+        }
+    );
+    assert_eq!(vm.state, VmState::Running);
+    // QEMU really opened that image: its command line names it, and it holds it open.
+    let pid = lab.qemu_pid("a", "disk1").expect("QEMU runs");
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap();
+    let open = fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path())
+            .map(|p| p == disk)
+            .unwrap_or(false)
+    });
+    assert!(open, "QEMU holds the boot disk open");
+
+    // A disk that is not there is refused with the reason, and nothing is created.
+    let out = ferry(
+        &lab,
+        &[
+            "vm",
+            "create",
+            "disk2",
+            "--host",
+            "a",
+            "--disk",
+            "/nonexistent/d.qcow2",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("does not exist on host a"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(lab.client().vm("disk2").await.is_err());
+}

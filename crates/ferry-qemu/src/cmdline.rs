@@ -11,14 +11,19 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-use ferry_api::{Accel, VmSpec};
+use ferry_api::{Accel, DiskFormat, VmSpec};
 
-/// The boot files as this host resolved them (image cache or absolute paths).
+/// What this host boots the VM from (image cache or absolute paths).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ResolvedBoot {
-    pub kernel: PathBuf,
-    pub initrd: Option<PathBuf>,
-    pub cmdline: String,
+pub enum ResolvedBoot {
+    /// Direct kernel boot.
+    Kernel {
+        kernel: PathBuf,
+        initrd: Option<PathBuf>,
+        cmdline: String,
+    },
+    /// Firmware boot from a disk image.
+    Disk { path: PathBuf, format: DiskFormat },
 }
 
 /// Host-side paths of one QEMU instance.
@@ -77,14 +82,39 @@ pub fn build_args(
     ));
     push("-pidfile");
     a.push(paths.pidfile.clone().into_os_string());
-    a.push("-kernel".into());
-    a.push(boot.kernel.clone().into_os_string());
-    if let Some(initrd) = &boot.initrd {
-        a.push("-initrd".into());
-        a.push(initrd.clone().into_os_string());
+    match boot {
+        ResolvedBoot::Kernel {
+            kernel,
+            initrd,
+            cmdline,
+        } => {
+            a.push("-kernel".into());
+            a.push(kernel.clone().into_os_string());
+            if let Some(initrd) = initrd {
+                a.push("-initrd".into());
+                a.push(initrd.clone().into_os_string());
+            }
+            a.push("-append".into());
+            a.push(cmdline.clone().into());
+        }
+        ResolvedBoot::Disk { path, format } => {
+            // JSON -blockdev: a path is a JSON string, so no character in it can start a
+            // new option. The node names and the device id are fixed, so the block layout is
+            // the same on every host (the device state stream refers to them).
+            let file = serde_json::json!({
+                "driver": "file", "filename": path, "node-name": "boot-file",
+            });
+            let fmt = serde_json::json!({
+                "driver": format.as_str(), "file": "boot-file", "node-name": "boot-disk",
+            });
+            for v in [file, fmt] {
+                a.push("-blockdev".into());
+                a.push(v.to_string().into());
+            }
+            a.push("-device".into());
+            a.push("virtio-blk-pci,drive=boot-disk,id=boot-disk0,bootindex=0".into());
+        }
     }
-    a.push("-append".into());
-    a.push(boot.cmdline.clone().into());
     if incoming {
         a.push("-incoming".into());
         a.push("defer".into());
@@ -146,11 +176,29 @@ mod tests {
     }
 
     fn boot(dir: &str) -> ResolvedBoot {
-        ResolvedBoot {
+        ResolvedBoot::Kernel {
             kernel: format!("{dir}/vmlinuz").into(),
             initrd: Some(format!("{dir}/initrd.img").into()),
             cmdline: "console=ttyS0".into(),
         }
+    }
+
+    #[test]
+    fn a_disk_path_cannot_inject_options() {
+        let disk = ResolvedBoot::Disk {
+            path: "/srv/a,b\",driver=raw.qcow2".into(),
+            format: DiskFormat::Qcow2,
+        };
+        let args = strings(&build_args(&spec(), &disk, Accel::Tcg, &paths("/v"), false));
+        let file: serde_json::Value =
+            serde_json::from_str(&args[args.iter().position(|a| a == "-blockdev").unwrap() + 1])
+                .unwrap();
+        assert_eq!(file["filename"], "/srv/a,b\",driver=raw.qcow2");
+        assert_eq!(file["driver"], "file");
+        assert!(args
+            .iter()
+            .any(|a| a == "virtio-blk-pci,drive=boot-disk,id=boot-disk0,bootindex=0"));
+        assert!(!args.contains(&"-kernel".to_string()));
     }
 
     fn paths(dir: &str) -> RuntimePaths {
