@@ -145,7 +145,7 @@ pub enum VmCmd {
         ferry vm create web1 --host a                       # the test guest, 512 MiB\n  \
         ferry vm create web1 --host a --workload-rate 50    # guest dirties 50 MiB/s\n  \
         ferry vm create db1 --host b --spec db1.json        # a full VM spec")]
-    Create(VmCreateArgs),
+    Create(Box<VmCreateArgs>),
     /// List VMs and where they run.
     List(JsonFlag),
     /// Show a VM, with live details from its host.
