@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use ferry_api::client::ServerClient;
-use ferry_api::HostRegistration;
+use ferry_api::{HostRegistration, ReportedVm};
 
 use crate::host::Agent;
 
@@ -27,6 +27,15 @@ pub async fn run(agent: Arc<Agent>) {
             url: agent.url.clone(),
             migration_address: agent.config.migration_address.to_string(),
             inventory: agent.inventory().await,
+            vms: agent
+                .list()
+                .await
+                .into_iter()
+                .map(|rt| ReportedVm {
+                    name: rt.spec.name,
+                    state: rt.state,
+                })
+                .collect(),
         };
         match client.register_host(&reg).await {
             Ok(_) if failing => {

@@ -36,6 +36,17 @@ pub struct HostRegistration {
     /// The address the host receives migration streams on (the migration network).
     pub migration_address: String,
     pub inventory: HostInventory,
+    /// What runs on the host right now: the agent owns this truth, and the server
+    /// reconciles its records with it.
+    #[serde(default)]
+    pub vms: Vec<ReportedVm>,
+}
+
+/// One VM in a heartbeat.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReportedVm {
+    pub name: String,
+    pub state: crate::VmState,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -255,3 +255,43 @@ async fn a_vm_boots_from_a_disk_image_given_by_path() {
     );
     assert!(lab.client().vm("disk2").await.is_err());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_vm_whose_qemu_dies_is_reported_crashed_and_can_be_started_again() {
+    let (lab, _) = start_lab(&["a", "b"]).await;
+    boot_guest(&lab, "crashy", "a", 32, 1.0).await;
+    assert!(lab.kill_qemu("a", "crashy"));
+    let c = lab.client();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let vm = c.vm("crashy").await.unwrap();
+        if vm.state == VmState::Crashed {
+            let rt = vm.runtime.expect("the agent still describes it");
+            assert!(
+                rt.exit_reason.unwrap_or_default().contains("signal"),
+                "exit reason names the kill"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "never reported crashed: {vm:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let ev = c
+        .events(&EventQuery {
+            vm: Some("crashy".into()),
+            kind: Some("vm.state".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(
+        ev.iter()
+            .any(|e| e.outcome == Outcome::Error && e.message.contains("crashed")),
+        "{ev:?}"
+    );
+    let out = ferry(&lab, &["vm", "start", "crashy", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let vm: Vm = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(vm.state, VmState::Running);
+    assert_eq!(lab.qemus_on("a").len(), 1);
+}

@@ -192,6 +192,7 @@ impl Server {
             Some(false) => Some(format!("host {} reconnected", reg.name)),
             Some(true) => None,
         };
+        self.reconcile_vms(actor, &reg)?;
         if let Some(message) = message {
             self.event(NewEvent {
                 actor: actor.to_string(),
@@ -207,6 +208,64 @@ impl Server {
             });
         }
         self.host(&reg.name)
+    }
+
+    /// Brings the records of the VMs placed on a host in line with what its agent reports.
+    /// VMs in a migration belong to the orchestrator, and records touched in the last few
+    /// seconds are left alone (a heartbeat may have been taken before that change).
+    fn reconcile_vms(&self, actor: &str, reg: &HostRegistration) -> Result<(), ApiError> {
+        let settle = chrono::Duration::seconds(5);
+        for vm in self.store.vms()? {
+            if vm.host != reg.name || vm.migration.is_some() || Utc::now() - vm.updated_at < settle
+            {
+                continue;
+            }
+            let reported = reg
+                .vms
+                .iter()
+                .find(|r| r.name == vm.spec.name)
+                .map(|r| r.state);
+            let now = match reported {
+                Some(
+                    s @ (VmState::Running | VmState::Paused | VmState::Stopped | VmState::Crashed),
+                ) => s,
+                Some(_) => continue, // transient (starting, incoming, migrated away)
+                None if matches!(
+                    vm.state,
+                    VmState::Running | VmState::Paused | VmState::Starting
+                ) =>
+                {
+                    VmState::Crashed
+                }
+                None => continue,
+            };
+            if now != vm.state {
+                self.store.set_vm_state(&vm.spec.name, now)?;
+                let how = if reported.is_none() {
+                    " (its host no longer runs it)"
+                } else {
+                    ""
+                };
+                self.event(NewEvent {
+                    actor: actor.to_string(),
+                    kind: "vm.state".into(),
+                    vm: Some(vm.spec.name.clone()),
+                    host: Some(reg.name.clone()),
+                    outcome: Some(if now == VmState::Crashed {
+                        Outcome::Error
+                    } else {
+                        Outcome::Info
+                    }),
+                    message: format!(
+                        "VM {} is {now} on {} (was {}){how}",
+                        vm.spec.name, reg.name, vm.state
+                    ),
+                    data: serde_json::Value::Null,
+                    ..Default::default()
+                });
+            }
+        }
+        Ok(())
     }
 
     /// A client for a connected host's agent, or a clear refusal.
