@@ -33,36 +33,16 @@ pub async fn run(config: AgentConfig) -> Result<(), String> {
         .map_err(|e| format!("cannot read the bound address: {e}"))?;
     let agent = Arc::new(Agent::start(config, bound).await?);
     if let Some(file) = &agent.config.ready_file {
-        write_ready_file(file, &bound.to_string())?;
+        ferry_api::http::write_ready_file(file, &bound.to_string())?;
     }
     tracing::info!(host = %agent.config.name, %bound, "agent listening");
     let hb = tokio::spawn(heartbeat::run(agent.clone()));
     let app = api::router(agent.clone());
     let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(ferry_api::http::shutdown_signal())
         .await
         .map_err(|e| format!("HTTP server failed: {e}"));
     hb.abort();
     tracing::info!(host = %agent.config.name, "agent stopped; VMs keep running");
     served
-}
-
-/// Writes `text` atomically, so a watcher never reads half a file.
-pub fn write_ready_file(path: &std::path::Path, text: &str) -> Result<(), String> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text)
-        .and_then(|_| std::fs::rename(&tmp, path))
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))
-}
-
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut term) = signal(SignalKind::terminate()) else {
-        let _ = tokio::signal::ctrl_c().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
 }

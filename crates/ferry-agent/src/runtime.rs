@@ -319,13 +319,9 @@ impl Migratable for QemuVm {
             .await
             .map_err(|e| qmp_err("migrate-set-capabilities", e))?;
         let params = MigrationParameters {
-            // QEMU's default cap (128 MiB/s) would throttle every migration; 0 is not
-            // "unlimited" for max-bandwidth, so a very large value is.
-            max_bandwidth: Some(if req.max_bandwidth_bytes == 0 {
-                u64::MAX >> 8
-            } else {
-                req.max_bandwidth_bytes
-            }),
+            // QEMU's default cap is 128 MiB/s, which would throttle every migration on a
+            // fast link; 0 disables QEMU's rate limit (RATE_LIMIT_DISABLED).
+            max_bandwidth: Some(req.max_bandwidth_bytes),
             downtime_limit: Some(req.downtime_limit_ms),
             ..Default::default()
         };

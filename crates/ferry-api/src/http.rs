@@ -54,3 +54,24 @@ fn rejection_text(r: &JsonRejection) -> String {
 pub async fn not_found() -> Failure {
     Failure(ApiError::not_found("no such API endpoint"))
 }
+
+/// Writes `text` (a daemon's bound address) atomically, so a watcher never reads half a file.
+pub fn write_ready_file(path: &std::path::Path, text: &str) -> Result<(), String> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text)
+        .and_then(|_| std::fs::rename(&tmp, path))
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+/// Resolves on SIGTERM or SIGINT: the daemons' graceful-shutdown trigger.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -27,6 +27,11 @@ pub enum VmState {
 }
 
 impl VmState {
+    /// A QEMU is (about to be) running the guest: starting, running or paused.
+    pub fn is_active(self) -> bool {
+        matches!(self, VmState::Starting | VmState::Running | VmState::Paused)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             VmState::Starting => "starting",

@@ -368,10 +368,7 @@ impl Server {
     async fn start_vm(&self, name: &str) -> Result<Vm, ApiError> {
         let vm = self.find_vm(name)?;
         self.refuse_if_migrating(&vm)?;
-        if matches!(
-            vm.state,
-            VmState::Running | VmState::Paused | VmState::Starting
-        ) {
+        if vm.state.is_active() {
             return Err(ApiError::conflict(format!(
                 "VM '{name}' is already {} on {}",
                 vm.state, vm.host
@@ -389,10 +386,7 @@ impl Server {
     async fn delete_vm(&self, name: &str) -> Result<String, ApiError> {
         let vm = self.find_vm(name)?;
         self.refuse_if_migrating(&vm)?;
-        if matches!(
-            vm.state,
-            VmState::Running | VmState::Paused | VmState::Starting
-        ) {
+        if vm.state.is_active() {
             return Err(ApiError::conflict(format!(
                 "VM '{name}' is {}; stop it first",
                 vm.state

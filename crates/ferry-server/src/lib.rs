@@ -27,26 +27,11 @@ pub async fn run(config: ServerConfig) -> Result<(), String> {
     let server = Arc::new(Server::open(config.clone()).map_err(|e| e.to_string())?);
     orchestrator::resume_unfinished(server.clone());
     if let Some(file) = &config.ready_file {
-        let tmp = file.with_extension("tmp");
-        std::fs::write(&tmp, bound.to_string())
-            .and_then(|_| std::fs::rename(&tmp, file))
-            .map_err(|e| format!("cannot write {}: {e}", file.display()))?;
+        ferry_api::http::write_ready_file(file, &bound.to_string())?;
     }
     tracing::info!(%bound, data = %config.data_dir.display(), "server listening");
     axum::serve(listener, api::router(server))
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(ferry_api::http::shutdown_signal())
         .await
         .map_err(|e| format!("HTTP server failed: {e}"))
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut term) = signal(SignalKind::terminate()) else {
-        let _ = tokio::signal::ctrl_c().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
 }
