@@ -14,6 +14,7 @@
 //! GET    /v1/vms/{name}/migration           AgentMigrationStatus
 //! POST   /v1/vms/{name}/migration/cancel    VmRuntime (source resumes)
 //! POST   /v1/vms/{name}/migration/handover  source QEMU shut down after completion
+//! POST   /v1/vms/{name}/announce            QEMU self-announce (RARP from every NIC)
 //! ```
 
 use std::sync::Arc;
@@ -48,6 +49,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
         )
         .route("/v1/vms/{name}/migration/cancel", post(cancel))
         .route("/v1/vms/{name}/migration/handover", post(handover))
+        .route("/v1/vms/{name}/announce", post(announce))
         .fallback(not_found)
         .with_state(agent)
 }
@@ -133,4 +135,9 @@ async fn cancel(State(a): Shared, Path(name): Path<String>) -> Answer<VmRuntime>
 async fn handover(State(a): Shared, Path(name): Path<String>) -> Answer<serde_json::Value> {
     a.hand_over(&name).await?;
     Ok(Json(serde_json::json!({"handed_over": name})))
+}
+
+async fn announce(State(a): Shared, Path(name): Path<String>) -> Answer<serde_json::Value> {
+    a.announce(&name).await?;
+    Ok(Json(serde_json::json!({"announced": name})))
 }

@@ -23,6 +23,13 @@ pub struct AgentConfig {
     pub qemu: PathBuf,
     /// Address on the migration network that incoming streams listen on.
     pub migration_address: IpAddr,
+    /// The address other hosts use to reach `migration_address` (differs behind NAT or a
+    /// relay); None: the same.
+    pub migration_advertise: Option<IpAddr>,
+    /// Fixed port for incoming streams (for firewalls and relays); 0: any free port.
+    pub migration_port: u16,
+    /// Network name -> host bridge that VMs' NICs on that network attach to.
+    pub networks: std::collections::BTreeMap<String, String>,
     pub heartbeat: Duration,
     /// Written with the bound API address once listening (for scripts and tests).
     pub ready_file: Option<PathBuf>,
@@ -49,6 +56,10 @@ impl AgentConfig {
         if self.migration_address.is_unspecified() {
             return Err("migration address must be a concrete address on the migration network, not 0.0.0.0".into());
         }
+        for (net, bridge) in &self.networks {
+            validate_name("network name", net).map_err(|e| e.message)?;
+            crate::net::validate_ifname(bridge).map_err(|e| format!("network {net}: {e}"))?;
+        }
         if let Some(url) = &self.server_url {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 return Err(format!(
@@ -57,6 +68,11 @@ impl AgentConfig {
             }
         }
         Ok(())
+    }
+
+    /// The migration address peers connect to.
+    pub fn advertised_migration_address(&self) -> IpAddr {
+        self.migration_advertise.unwrap_or(self.migration_address)
     }
 
     pub fn vms_dir(&self) -> PathBuf {

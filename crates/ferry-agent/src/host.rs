@@ -123,6 +123,7 @@ impl Agent {
         inv.accel_reason = accel.reason;
         inv.machine_aliases = self.qemu.machines.aliases.clone();
         inv.machine_types = self.qemu.machines.types.clone();
+        inv.networks = self.config.networks.keys().cloned().collect();
         let vms = self.vms.lock().await;
         for vm in vms.values().filter(|v| v.is_running_process()) {
             inv.vms_running += 1;
@@ -242,13 +243,16 @@ impl Agent {
         let (spec, boot) = self.resolve(spec)?;
         let accel =
             resolve_requested(spec.accel, &self.accel_decision()).map_err(ApiError::bad_request)?;
+        let bridges = self.bridges_for(&spec)?;
         let mut vms = self.reserve(&spec.name).await?;
         let dir = self.vm_dir(&spec.name);
+        let taps = self.create_taps(&spec.name, &bridges)?;
         let record = PersistedVm::new(spec.clone(), accel, role);
         let launched = QemuVm::launch(
             &self.qemu.path,
             record,
             &boot,
+            &taps,
             dir.clone(),
             role == Role::Incoming,
         )
@@ -259,10 +263,51 @@ impl Agent {
                 Ok(vm)
             }
             Err(e) => {
+                taps.iter().for_each(|t| crate::net::delete_tap(t.as_str()));
                 let _ = std::fs::remove_dir_all(&dir);
                 Err(e)
             }
         }
+    }
+
+    /// The host bridge of each of the spec's NICs, or a refusal naming the missing network.
+    fn bridges_for(&self, spec: &VmSpec) -> Result<Vec<String>, ApiError> {
+        spec.nics
+            .iter()
+            .map(|nic| {
+                self.config
+                    .networks
+                    .get(&nic.network)
+                    .cloned()
+                    .ok_or_else(|| {
+                        let known: Vec<&str> =
+                            self.config.networks.keys().map(|k| k.as_str()).collect();
+                        ApiError::bad_request(format!(
+                            "host {} has no network '{}' (it has: {})",
+                            self.config.name,
+                            nic.network,
+                            if known.is_empty() {
+                                "none".to_string()
+                            } else {
+                                known.join(", ")
+                            }
+                        ))
+                    })
+            })
+            .collect()
+    }
+
+    fn create_taps(&self, vm: &str, bridges: &[String]) -> Result<Vec<String>, ApiError> {
+        let mut taps: Vec<String> = Vec::new();
+        for (i, bridge) in bridges.iter().enumerate() {
+            let tap = crate::net::tap_name(&self.config.name, vm, i);
+            if let Err(e) = crate::net::create_tap(&tap, bridge) {
+                taps.iter().for_each(|t| crate::net::delete_tap(t.as_str()));
+                return Err(e);
+            }
+            taps.push(tap);
+        }
+        Ok(taps)
     }
 
     /// Boots a VM.
@@ -302,6 +347,16 @@ impl Agent {
     async fn forget(&self, name: &str) {
         self.vms.lock().await.remove(name);
         let _ = std::fs::remove_dir_all(self.vm_dir(name));
+        for i in 0..ferry_api::MAX_NICS {
+            crate::net::delete_tap(&crate::net::tap_name(&self.config.name, name, i));
+        }
+    }
+
+    /// Makes the network learn where the VM's MACs are now (QEMU's self-announce: RARP
+    /// broadcasts from each NIC). QEMU does this by itself after an incoming migration; the
+    /// server asks once more when it sees the destination running.
+    pub async fn announce(&self, name: &str) -> Result<(), ApiError> {
+        self.find(name).await?.announce().await
     }
 
     pub async fn console(&self, name: &str, bytes: u64) -> Result<ConsoleTail, ApiError> {
@@ -309,22 +364,26 @@ impl Agent {
         read_tail(&vm.paths.console_log, bytes.clamp(1, 4 << 20))
     }
 
-    /// Destination: start an identical QEMU waiting for the stream.
+    /// Destination: start an identical QEMU waiting for the stream on this host's migration
+    /// address (never the management address).
     pub async fn prepare_incoming(
         &self,
         req: &IncomingRequest,
     ) -> Result<IncomingResponse, ApiError> {
-        let listen: std::net::IpAddr = req.listen_address.parse().map_err(|_| {
-            ApiError::bad_request(format!(
-                "listen address '{}' is not an IP address",
-                req.listen_address
-            ))
-        })?;
         let vm = self.launch_inner(&req.spec, Role::Incoming).await?;
-        match vm.listen_incoming(listen).await {
-            Ok(uri) => {
-                tracing::info!(vm = %vm.name, %uri, "waiting for incoming migration");
-                Ok(IncomingResponse { uri })
+        let listening = vm
+            .listen_incoming(self.config.migration_address, self.config.migration_port)
+            .await;
+        match listening {
+            Ok(port) => {
+                let listen = std::net::SocketAddr::new(self.config.migration_address, port);
+                let advertised =
+                    std::net::SocketAddr::new(self.config.advertised_migration_address(), port);
+                tracing::info!(vm = %vm.name, %listen, %advertised, "waiting for incoming migration");
+                Ok(IncomingResponse {
+                    listen: listen.to_string(),
+                    advertised: advertised.to_string(),
+                })
             }
             Err(e) => {
                 let _ = self.remove(&vm.name).await;

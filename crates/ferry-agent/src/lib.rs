@@ -15,6 +15,7 @@ pub mod config;
 pub mod heartbeat;
 pub mod host;
 pub mod inventory;
+pub mod net;
 pub mod persist;
 pub mod runtime;
 

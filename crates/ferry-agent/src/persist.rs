@@ -106,6 +106,7 @@ mod tests {
                 accel: Accel::Auto,
                 machine: "pc-q35-10.0".into(),
                 cpu_model: "qemu64".into(),
+                nics: vec![],
             },
             Accel::Tcg,
             Role::Normal,

@@ -31,9 +31,9 @@ pub trait Pausable {
 /// Either side of a live migration.
 #[allow(async_fn_in_trait)]
 pub trait Migratable {
-    /// Destination: listen for the stream on `address` (a free port is chosen); returns the
-    /// URI the source must send to.
-    async fn listen_incoming(&self, address: IpAddr) -> Result<String, ApiError>;
+    /// Destination: listen for the stream on `address`:`port` (0: QEMU picks a free port);
+    /// returns the port it listens on.
+    async fn listen_incoming(&self, address: IpAddr, port: u16) -> Result<u16, ApiError>;
     /// Source: start sending.
     async fn send(&self, req: &OutgoingRequest) -> Result<(), ApiError>;
     /// Either side: where the migration is.
@@ -79,6 +79,7 @@ impl QemuVm {
         qemu: &Path,
         record: PersistedVm,
         boot: &ResolvedBoot,
+        taps: &[String],
         dir: PathBuf,
         incoming: bool,
     ) -> Result<Arc<QemuVm>, ApiError> {
@@ -94,7 +95,7 @@ impl QemuVm {
         record
             .save(&record_path(&dir))
             .map_err(|e| ApiError::internal(e.to_string()))?;
-        let args = build_args(&record.spec, boot, record.accel, &paths, incoming);
+        let args = build_args(&record.spec, boot, record.accel, &paths, taps, incoming);
         let log = dir.join("qemu.log");
         let mut process =
             QemuProcess::spawn(qemu, &args, &log).map_err(|e| ApiError::internal(e.to_string()))?;
@@ -234,6 +235,14 @@ impl QemuVm {
         }
     }
 
+    /// QEMU's self-announce with its configured timing (RARP from every NIC).
+    pub async fn announce(&self) -> Result<(), ApiError> {
+        self.qmp
+            .announce_self(None)
+            .await
+            .map_err(|e| qmp_err("announce-self", e))
+    }
+
     /// The VM as the API shows it.
     pub async fn runtime(&self) -> VmRuntime {
         let rec = self.record();
@@ -289,7 +298,7 @@ impl Pausable for QemuVm {
 }
 
 impl Migratable for QemuVm {
-    async fn listen_incoming(&self, address: IpAddr) -> Result<String, ApiError> {
+    async fn listen_incoming(&self, address: IpAddr, port: u16) -> Result<u16, ApiError> {
         self.qmp
             .migrate_set_capabilities(&[("events", true)])
             .await
@@ -299,7 +308,7 @@ impl Migratable for QemuVm {
             IpAddr::V6(a) => format!("[{a}]"),
         };
         self.qmp
-            .migrate_incoming(&format!("tcp:{host}:0"))
+            .migrate_incoming(&format!("tcp:{host}:{port}"))
             .await
             .map_err(|e| qmp_err("migrate-incoming", e))?;
         let info = self
@@ -307,10 +316,9 @@ impl Migratable for QemuVm {
             .query_migrate()
             .await
             .map_err(|e| qmp_err("query-migrate", e))?;
-        let port = info.listening_port().ok_or_else(|| {
+        info.listening_port().ok_or_else(|| {
             ApiError::internal("QEMU listens for the migration but did not say on which port")
-        })?;
-        Ok(format!("tcp:{host}:{port}"))
+        })
     }
 
     async fn send(&self, req: &OutgoingRequest) -> Result<(), ApiError> {

@@ -317,6 +317,13 @@ impl AgentClient {
             .post(&format!("/v1/vms/{}/migration/cancel", seg(name)), &())
             .await
     }
+    /// Makes the VM's NICs announce their MACs (after a switch-over).
+    pub async fn announce(&self, name: &str) -> Result<serde_json::Value, ClientError> {
+        self.http
+            .post(&format!("/v1/vms/{}/announce", seg(name)), &())
+            .await
+    }
+
     /// Source: the destination runs; shut this QEMU down and forget the VM.
     pub async fn hand_over(&self, name: &str) -> Result<serde_json::Value, ClientError> {
         self.http

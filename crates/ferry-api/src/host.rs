@@ -22,6 +22,9 @@ pub struct HostInventory {
     /// concrete machine type this QEMU offers.
     pub machine_aliases: Vec<(String, String)>,
     pub machine_types: Vec<String>,
+    /// Networks (by name) this host's VMs can attach to.
+    #[serde(default)]
+    pub networks: Vec<String>,
     pub vms_running: u32,
     pub vm_memory_mib: u64,
 }

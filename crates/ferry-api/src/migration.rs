@@ -76,6 +76,9 @@ pub struct Migration {
     pub options: MigrationOptions,
     /// Where the stream went (`tcp:ADDR:PORT` on the destination's migration address).
     pub stream_uri: Option<String>,
+    /// The migration-network endpoints used.
+    #[serde(default)]
+    pub addresses: Option<MigrationAddresses>,
     pub progress: Option<MigrationProgress>,
     pub report: Option<MigrationReport>,
     /// Why it failed or was cancelled.
@@ -87,18 +90,31 @@ pub struct Migration {
 
 // ---- agent-level steps ------------------------------------------------------------------
 
-/// Destination: start QEMU for `spec` waiting for an incoming stream on `listen_address`.
+/// Destination: start QEMU for `spec` waiting for an incoming stream on the host's
+/// migration address.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IncomingRequest {
     pub spec: VmSpec,
-    pub listen_address: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct IncomingResponse {
-    /// Where the source must send, e.g. `tcp:10.1.0.2:49152`.
-    pub uri: String,
+    /// Where QEMU listens, `ADDR:PORT` on the destination's migration network.
+    pub listen: String,
+    /// Where the source must connect (differs from `listen` behind NAT or a relay).
+    pub advertised: String,
+}
+
+/// The network endpoints a migration used.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MigrationAddresses {
+    /// The source host's migration-network address.
+    pub source: String,
+    /// Where the destination QEMU listened.
+    pub destination_listen: String,
+    /// Where the source connected.
+    pub destination_advertised: String,
 }
 
 /// Source: send the VM to `uri`.

@@ -116,6 +116,62 @@ pub struct VmSpec {
     /// QEMU CPU model. `qemu64` runs everywhere (TCG and KVM); `host` only between identical CPUs.
     #[serde(default = "default_cpu_model")]
     pub cpu_model: String,
+    /// Network interfaces, in guest order (the first is the guest's eth0).
+    #[serde(default)]
+    pub nics: Vec<NicSpec>,
+}
+
+/// Most NICs a VM may have.
+pub const MAX_NICS: usize = 8;
+
+/// A virtio-net interface on a named network. Each host maps network names to its own
+/// bridges, so the spec carries no host details.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NicSpec {
+    pub network: String,
+    /// `52:54:00:xx:xx:xx`-style unicast MAC. Ferry assigns a stable one when absent
+    /// (see [`stable_mac`]); it never changes for the life of the VM, on any host.
+    #[serde(default)]
+    pub mac: Option<String>,
+}
+
+/// The MAC Ferry assigns to NIC `index` of VM `vm`: QEMU's 52:54:00 prefix and three bytes
+/// of a hash of the name and index, so re-creating a VM of the same name gives the same MAC.
+pub fn stable_mac(vm: &str, index: usize) -> String {
+    // FNV-1a: tiny, stable across Rust versions (unlike std's DefaultHasher).
+    let mut h: u32 = 0x811c_9dc5;
+    for b in vm
+        .bytes()
+        .chain(std::iter::once(0))
+        .chain((index as u32).to_le_bytes())
+    {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    let [_, a, b, c] = h.to_be_bytes();
+    format!("52:54:00:{a:02x}:{b:02x}:{c:02x}")
+}
+
+/// Checks a MAC: six two-digit hex groups, unicast.
+pub fn validate_mac(mac: &str) -> Result<(), ApiError> {
+    let parts: Vec<&str> = mac.split(':').collect();
+    let hex_ok = parts.len() == 6
+        && parts
+            .iter()
+            .all(|p| p.len() == 2 && p.chars().all(|c| c.is_ascii_hexdigit()));
+    if !hex_ok {
+        return Err(ApiError::bad_request(format!(
+            "MAC '{mac}' is not of the form 52:54:00:12:34:56"
+        )));
+    }
+    let first = u8::from_str_radix(parts[0], 16).unwrap_or(1);
+    if first & 1 == 1 {
+        return Err(ApiError::bad_request(format!(
+            "MAC '{mac}' is a multicast address; a NIC needs a unicast one"
+        )));
+    }
+    Ok(())
 }
 
 fn default_vcpus() -> u32 {
@@ -145,6 +201,22 @@ impl VmSpec {
             )));
         }
         validate_token("machine", &self.machine)?;
+        if self.nics.len() > MAX_NICS {
+            return Err(ApiError::bad_request(format!(
+                "{} NICs asked for; at most {MAX_NICS}",
+                self.nics.len()
+            )));
+        }
+        let mut macs = std::collections::HashSet::new();
+        for nic in &self.nics {
+            validate_name("network name", &nic.network)?;
+            if let Some(mac) = &nic.mac {
+                validate_mac(mac)?;
+                if !macs.insert(mac.to_ascii_lowercase()) {
+                    return Err(ApiError::bad_request(format!("MAC {mac} is used twice")));
+                }
+            }
+        }
         validate_token("cpu_model", &self.cpu_model)?;
         match &self.boot {
             Boot::Image { image, cmdline } => {
@@ -166,6 +238,17 @@ impl VmSpec {
             Boot::Disk { path, .. } => validate_abs_path("boot.path", path, true)?,
         }
         Ok(())
+    }
+
+    /// Fills in what Ferry assigns: a stable MAC for every NIC without one. Done once, when
+    /// the VM is created; the result is stored and used on every host.
+    pub fn assign_defaults(&mut self) {
+        let name = self.name.clone();
+        for (i, nic) in self.nics.iter_mut().enumerate() {
+            if nic.mac.is_none() {
+                nic.mac = Some(stable_mac(&name, i));
+            }
+        }
     }
 
     /// Parses and validates a spec from JSON, with the reason on failure.
@@ -248,7 +331,56 @@ mod tests {
             accel: Accel::Tcg,
             machine: "q35".into(),
             cpu_model: "qemu64".into(),
+            nics: vec![],
         }
+    }
+
+    #[test]
+    fn nics_get_stable_distinct_macs_and_bad_macs_are_refused() {
+        let mut s = VmSpec {
+            nics: vec![
+                NicSpec {
+                    network: "vmnet".into(),
+                    mac: None,
+                },
+                NicSpec {
+                    network: "storage".into(),
+                    mac: None,
+                },
+            ],
+            ..spec()
+        };
+        s.assign_defaults();
+        let macs: Vec<String> = s.nics.iter().map(|n| n.mac.clone().unwrap()).collect();
+        assert_eq!(macs[0], stable_mac("web1", 0));
+        assert_ne!(macs[0], macs[1]);
+        assert!(macs[0].starts_with("52:54:00:"));
+        s.validate().unwrap();
+        for bad in ["52:54:00:12:34", "zz:54:00:12:34:56", "01:00:5e:00:00:01"] {
+            let s = VmSpec {
+                nics: vec![NicSpec {
+                    network: "vmnet".into(),
+                    mac: Some(bad.into()),
+                }],
+                ..spec()
+            };
+            assert!(s.validate().is_err(), "{bad}");
+        }
+        let dup = Some("52:54:00:aa:bb:cc".to_string());
+        let s = VmSpec {
+            nics: vec![
+                NicSpec {
+                    network: "a".into(),
+                    mac: dup.clone(),
+                },
+                NicSpec {
+                    network: "b".into(),
+                    mac: dup,
+                },
+            ],
+            ..spec()
+        };
+        assert!(s.validate().unwrap_err().message.contains("twice"));
     }
 
     #[test]

@@ -108,6 +108,16 @@ pub struct AgentArgs {
     /// This host's address on the migration network; incoming streams listen there.
     #[arg(long, default_value = "127.0.0.1")]
     pub migration_address: IpAddr,
+    /// Address other hosts use to reach --migration-address (NAT, relay); default: the same.
+    #[arg(long)]
+    pub migration_advertise: Option<IpAddr>,
+    /// Fixed port for incoming migration streams (0: any free port).
+    #[arg(long, default_value_t = 0)]
+    pub migration_port: u16,
+    /// A network VMs can attach to, and the host bridge it maps to (repeatable),
+    /// e.g. --network vmnet=br-vm.
+    #[arg(long = "network", value_name = "NAME=BRIDGE")]
+    pub networks: Vec<String>,
     /// Heartbeat interval (ms).
     #[arg(long, default_value_t = 2_000)]
     pub heartbeat_ms: u64,
@@ -190,7 +200,7 @@ pub struct VmCreateArgs {
     #[arg(long)]
     pub host: String,
     /// A JSON VM spec file; the options below are then not allowed.
-    #[arg(long, conflicts_with_all = ["memory", "vcpus", "image", "kernel", "disk", "workload_mem", "workload_rate", "cmdline"])]
+    #[arg(long, conflicts_with_all = ["memory", "vcpus", "image", "kernel", "disk", "workload_mem", "workload_rate", "cmdline", "nics", "guest_ip"])]
     pub spec: Option<PathBuf>,
     /// Guest memory, MiB.
     #[arg(long, default_value_t = 512)]
@@ -220,6 +230,13 @@ pub struct VmCreateArgs {
     /// Kernel command line (replaces the test guest's).
     #[arg(long)]
     pub cmdline: Option<String>,
+    /// A NIC on a network, optionally with its MAC (repeatable; the first is eth0):
+    /// --nic vmnet or --nic vmnet=52:54:00:12:34:56. Ferry assigns a stable MAC if none.
+    #[arg(long = "nic", value_name = "NETWORK[=MAC]")]
+    pub nics: Vec<String>,
+    /// Test guest: its IPv4 address on the first NIC, e.g. 172.30.1.100/24.
+    #[arg(long, requires = "nics")]
+    pub guest_ip: Option<String>,
     /// auto, kvm or tcg.
     #[arg(long, default_value = "auto")]
     pub accel: String,

@@ -284,6 +284,20 @@ fn spec_from_args(a: &VmCreateArgs) -> Result<VmSpec, CliError> {
             .map_err(|e: ApiError| CliError::refused(e.message))?,
         machine: a.machine.clone(),
         cpu_model: a.cpu.clone(),
+        nics: a
+            .nics
+            .iter()
+            .map(|n| match n.split_once('=') {
+                Some((network, mac)) => NicSpec {
+                    network: network.into(),
+                    mac: Some(mac.into()),
+                },
+                None => NicSpec {
+                    network: n.clone(),
+                    mac: None,
+                },
+            })
+            .collect(),
     };
     spec.validate().map_err(|e| CliError::refused(e.message))?;
     let test_guest = matches!(spec.boot, Boot::Image { .. }) && a.cmdline.is_none();

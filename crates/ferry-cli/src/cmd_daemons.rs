@@ -32,6 +32,9 @@ pub async fn agent(a: AgentArgs, server_url: &str) -> CliResult {
         },
         qemu: a.qemu,
         migration_address: a.migration_address,
+        migration_advertise: a.migration_advertise,
+        migration_port: a.migration_port,
+        networks: parse_networks(&a.networks)?,
         heartbeat: Duration::from_millis(a.heartbeat_ms.clamp(100, 60_000)),
         ready_file: a.ready_file,
     };
@@ -45,4 +48,24 @@ fn absolute(p: &std::path::Path) -> Result<std::path::PathBuf, CliError> {
     }
     let cwd = std::env::current_dir().context("cannot read the current directory")?;
     Ok(cwd.join(p))
+}
+
+/// `NAME=BRIDGE` pairs into a map; a name given twice is an error.
+fn parse_networks(
+    items: &[String],
+) -> Result<std::collections::BTreeMap<String, String>, CliError> {
+    let mut map = std::collections::BTreeMap::new();
+    for item in items {
+        let (name, bridge) = item.split_once('=').ok_or_else(|| {
+            CliError::refused(format!(
+                "--network '{item}' must be NAME=BRIDGE, e.g. vmnet=br-vm"
+            ))
+        })?;
+        if map.insert(name.to_string(), bridge.to_string()).is_some() {
+            return Err(CliError::refused(format!(
+                "--network {name} is given twice"
+            )));
+        }
+    }
+    Ok(map)
 }

@@ -126,6 +126,12 @@ pub fn print_report(m: &Migration) {
     if let Some(uri) = &m.stream_uri {
         println!("  stream         {uri}");
     }
+    if let Some(a) = &m.addresses {
+        println!(
+            "  migration net  {} -> {} (destination listens on {})",
+            a.source, a.destination_advertised, a.destination_listen
+        );
+    }
     if let Some(e) = &m.error {
         println!("  reason         {e}");
     }

@@ -35,13 +35,15 @@ pub struct RuntimePaths {
 }
 
 /// Builds QEMU's arguments. `machine` must already be the concrete machine type, `accel`
-/// the resolved one (never Auto). `incoming` starts QEMU waiting for a migration stream
-/// (`-incoming defer`: the agent picks the listen address over QMP afterwards).
+/// the resolved one (never Auto). `taps` holds the host tap device of each of the spec's
+/// NICs, in order. `incoming` starts QEMU waiting for a migration stream (`-incoming
+/// defer`: the agent picks the listen address over QMP afterwards).
 pub fn build_args(
     spec: &VmSpec,
     boot: &ResolvedBoot,
     accel: Accel,
     paths: &RuntimePaths,
+    taps: &[String],
     incoming: bool,
 ) -> Vec<OsString> {
     let mut a: Vec<OsString> = Vec::new();
@@ -115,6 +117,19 @@ pub fn build_args(
             a.push("virtio-blk-pci,drive=boot-disk,id=boot-disk0,bootindex=0".into());
         }
     }
+    // NICs: the tap is host-side (-netdev); the device, its MAC and id are what the guest
+    // sees and must match on every host. The MAC comes from the spec, assigned once.
+    for (i, nic) in spec.nics.iter().enumerate() {
+        let Some(tap) = taps.get(i) else { break };
+        let mac = nic
+            .mac
+            .clone()
+            .unwrap_or_else(|| ferry_api::stable_mac(&spec.name, i));
+        a.push("-netdev".into());
+        a.push(format!("tap,id=net{i},ifname={tap},script=no,downscript=no").into());
+        a.push("-device".into());
+        a.push(format!("virtio-net-pci,netdev=net{i},mac={mac},id=nic{i}").into());
+    }
     if incoming {
         a.push("-incoming".into());
         a.push("defer".into());
@@ -137,6 +152,8 @@ pub fn guest_visible_args(args: &[OsString]) -> Vec<String> {
         "-kernel",
         "-initrd",
         "-incoming",
+        "-blockdev",
+        "-netdev",
     ];
     let mut out = Vec::new();
     let mut skip_next = false;
@@ -160,6 +177,10 @@ mod tests {
     use super::*;
     use ferry_api::Boot;
 
+    fn taps(host: &str) -> Vec<String> {
+        vec![format!("tap-{host}0")]
+    }
+
     fn spec() -> VmSpec {
         VmSpec {
             name: "web1".into(),
@@ -172,6 +193,10 @@ mod tests {
             accel: Accel::Auto,
             machine: "pc-q35-10.0".into(),
             cpu_model: "qemu64".into(),
+            nics: vec![ferry_api::NicSpec {
+                network: "vmnet".into(),
+                mac: Some("52:54:00:aa:bb:cc".into()),
+            }],
         }
     }
 
@@ -189,7 +214,14 @@ mod tests {
             path: "/srv/a,b\",driver=raw.qcow2".into(),
             format: DiskFormat::Qcow2,
         };
-        let args = strings(&build_args(&spec(), &disk, Accel::Tcg, &paths("/v"), false));
+        let args = strings(&build_args(
+            &spec(),
+            &disk,
+            Accel::Tcg,
+            &paths("/v"),
+            &[],
+            false,
+        ));
         let file: serde_json::Value =
             serde_json::from_str(&args[args.iter().position(|a| a == "-blockdev").unwrap() + 1])
                 .unwrap();
@@ -217,10 +249,40 @@ mod tests {
 
     #[test]
     fn same_spec_gives_the_same_guest_on_every_host() {
-        let a = build_args(&spec(), &boot("/a/img"), Accel::Tcg, &paths("/a/vm"), false);
-        let b = build_args(&spec(), &boot("/b/img"), Accel::Tcg, &paths("/b/vm"), true);
+        let a = build_args(
+            &spec(),
+            &boot("/a/img"),
+            Accel::Tcg,
+            &paths("/a/vm"),
+            &taps("a"),
+            false,
+        );
+        let b = build_args(
+            &spec(),
+            &boot("/b/img"),
+            Accel::Tcg,
+            &paths("/b/vm"),
+            &taps("b"),
+            true,
+        );
         assert_eq!(guest_visible_args(&a), guest_visible_args(&b));
         assert_ne!(a, b, "host-side paths do differ");
+    }
+
+    #[test]
+    fn nics_keep_their_mac_and_id_and_take_the_host_tap() {
+        let args = strings(&build_args(
+            &spec(),
+            &boot("/i"),
+            Accel::Tcg,
+            &paths("/v"),
+            &taps("a"),
+            false,
+        ));
+        assert!(args.contains(&"tap,id=net0,ifname=tap-a0,script=no,downscript=no".to_string()));
+        assert!(
+            args.contains(&"virtio-net-pci,netdev=net0,mac=52:54:00:aa:bb:cc,id=nic0".to_string())
+        );
     }
 
     #[test]
@@ -230,6 +292,7 @@ mod tests {
             &boot("/i"),
             Accel::Tcg,
             &paths("/v"),
+            &[],
             true,
         ));
         let pos = args.iter().position(|a| a == "-incoming").unwrap();
@@ -239,6 +302,7 @@ mod tests {
             &boot("/i"),
             Accel::Tcg,
             &paths("/v"),
+            &[],
             false,
         ));
         assert!(!args.contains(&"-incoming".to_string()));
@@ -251,6 +315,7 @@ mod tests {
             &boot("/i"),
             Accel::Kvm,
             &paths("/v"),
+            &[],
             false,
         ));
         let joined = args.join(" ");
@@ -272,7 +337,14 @@ mod tests {
             qmp_socket: "/x,y/qmp.sock".into(),
             ..paths("/v")
         };
-        let args = strings(&build_args(&spec(), &boot("/i"), Accel::Tcg, &p, false));
+        let args = strings(&build_args(
+            &spec(),
+            &boot("/i"),
+            Accel::Tcg,
+            &p,
+            &[],
+            false,
+        ));
         assert!(args.contains(&"unix:/x,,y/qmp.sock,server=on,wait=off".to_string()));
     }
 }

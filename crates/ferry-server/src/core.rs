@@ -304,8 +304,9 @@ impl Server {
         Ok(vm)
     }
 
-    async fn create_vm(&self, req: CreateVmRequest) -> Result<Vm, ApiError> {
+    async fn create_vm(&self, mut req: CreateVmRequest) -> Result<Vm, ApiError> {
         req.spec.validate()?;
+        req.spec.assign_defaults();
         if self.store.vm(&req.spec.name)?.is_some() {
             return Err(ApiError::conflict(format!(
                 "a VM named '{}' already exists",
@@ -445,6 +446,7 @@ impl Server {
             phase: Phase::Pending,
             options: req.options.clone(),
             stream_uri: None,
+            addresses: None,
             progress: None,
             report: None,
             error: None,

@@ -154,9 +154,9 @@ impl Run {
             .find_vm(&self.m.vm)
             .map_err(|e| Abort::fail(e.message))?;
         let source = self.agent(&self.m.source)?;
-        let dest_host = self
+        let source_host = self
             .server
-            .host(&self.m.destination)
+            .host(&self.m.source)
             .map_err(|e| Abort::fail(e.message))?;
         let dest = self.agent(&self.m.destination)?;
         self.advance(
@@ -170,7 +170,6 @@ impl Run {
         let incoming = dest
             .prepare_incoming(&IncomingRequest {
                 spec: vm.spec.clone(),
-                listen_address: dest_host.migration_address.clone(),
             })
             .await
             .map_err(|e| {
@@ -180,15 +179,24 @@ impl Run {
                 ))
             })?;
         self.check_cancel()?;
-        self.m.stream_uri = Some(incoming.uri.clone());
+        let uri = format!("tcp:{}", incoming.advertised);
+        self.m.stream_uri = Some(uri.clone());
+        self.m.addresses = Some(MigrationAddresses {
+            source: source_host.migration_address.clone(),
+            destination_listen: incoming.listen.clone(),
+            destination_advertised: incoming.advertised.clone(),
+        });
         self.advance(
             PhaseEvent::DestinationReady,
-            format!("destination listens on {}; sending memory and device state", incoming.uri),
-            serde_json::json!({"stream_uri": incoming.uri, "migration_address": dest_host.migration_address}),
+            format!(
+                "destination listens on {} (migration network); source {} sends to {}",
+                incoming.listen, source_host.migration_address, incoming.advertised
+            ),
+            serde_json::to_value(&self.m.addresses).unwrap_or_default(),
         );
         let opts = &self.m.options;
         let req = OutgoingRequest {
-            uri: incoming.uri.clone(),
+            uri,
             max_bandwidth_bytes: opts.max_bandwidth_mib.map(|m| m << 20).unwrap_or(0),
             downtime_limit_ms: opts.downtime_limit_ms.unwrap_or(DEFAULT_DOWNTIME_LIMIT_MS),
         };
@@ -326,6 +334,13 @@ impl Run {
         };
         if let Err(reason) = running {
             return self.roll_back_after_switch(reason).await;
+        }
+        // QEMU announced the MACs when it resumed; once more now, so switches that missed
+        // the first rounds learn the new port.
+        if !vm_nics_empty(&self.server, &self.m.vm) {
+            if let Err(e) = dest.announce(&self.m.vm).await {
+                tracing::warn!("announce after switch-over failed: {e}");
+            }
         }
         // The destination runs: the switch is committed. From here the source only goes away.
         if let Some(r) = self.m.report.as_mut() {
@@ -518,4 +533,11 @@ impl Run {
             }
         }
     }
+}
+
+fn vm_nics_empty(server: &Server, vm: &str) -> bool {
+    server
+        .find_vm(vm)
+        .map(|v| v.spec.nics.is_empty())
+        .unwrap_or(true)
 }

@@ -12,7 +12,14 @@ use ferry_api::*;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use uuid::Uuid;
 
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
+
+/// Upgrades from each older schema version to the next, in order. Index i upgrades
+/// version i+1 to i+2.
+const UPGRADES: &[&str] = &[
+    // 1 -> 2: the network endpoints a migration used.
+    "ALTER TABLE migrations ADD COLUMN addresses TEXT;",
+];
 
 const SCHEMA: &str = r#"
 CREATE TABLE hosts (
@@ -40,6 +47,7 @@ CREATE TABLE migrations (
     phase TEXT NOT NULL,
     options TEXT NOT NULL,
     stream_uri TEXT,
+    addresses TEXT,
     progress TEXT,
     report TEXT,
     error TEXT,
@@ -141,6 +149,17 @@ impl Store {
                 conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
             }
             SCHEMA_VERSION => {}
+            older if (1..SCHEMA_VERSION).contains(&older) => {
+                for (i, sql) in UPGRADES.iter().enumerate().skip(older as usize - 1) {
+                    conn.execute_batch(sql)?;
+                    conn.pragma_update(None, "user_version", i as i64 + 2)?;
+                }
+                tracing::info!(
+                    from = older,
+                    to = SCHEMA_VERSION,
+                    "database schema upgraded"
+                );
+            }
             found => {
                 return Err(StoreError::Version {
                     path: path.display().to_string(),
@@ -287,7 +306,7 @@ impl Store {
         let tx = conn.transaction()?;
         tx.execute(
             "UPDATE migrations SET phase = ?2, stream_uri = ?3, progress = ?4, report = ?5, error = ?6,
-                 updated_at = ?7, finished_at = ?8 WHERE id = ?1",
+                 updated_at = ?7, finished_at = ?8, addresses = ?9 WHERE id = ?1",
             params![
                 m.id.to_string(),
                 m.phase.as_str(),
@@ -297,6 +316,7 @@ impl Store {
                 m.error,
                 ts(&m.updated_at),
                 m.finished_at.as_ref().map(ts),
+                m.addresses.as_ref().map(json).transpose()?,
             ],
         )?;
         if m.phase == Phase::Completed {
@@ -448,7 +468,7 @@ fn vm_row(r: &Row) -> rusqlite::Result<R<Vm>> {
 
 const MIGRATION_SELECT: &str =
     "SELECT id, vm, source, destination, phase, options, stream_uri, progress,
-    report, error, created_at, updated_at, finished_at FROM migrations";
+    report, error, created_at, updated_at, finished_at, addresses FROM migrations";
 
 fn migration_row(r: &Row) -> rusqlite::Result<R<Migration>> {
     let id: String = r.get(0)?;
@@ -459,6 +479,7 @@ fn migration_row(r: &Row) -> rusqlite::Result<R<Migration>> {
     let created: String = r.get(10)?;
     let updated: String = r.get(11)?;
     let finished: Option<String> = r.get(12)?;
+    let addresses: Option<String> = r.get(13)?;
     let (vm, source, destination): (String, String, String) = (r.get(1)?, r.get(2)?, r.get(3)?);
     let stream_uri: Option<String> = r.get(6)?;
     let error: Option<String> = r.get(9)?;
@@ -478,6 +499,7 @@ fn migration_row(r: &Row) -> rusqlite::Result<R<Migration>> {
             created_at: parse_ts(&created)?,
             updated_at: parse_ts(&updated)?,
             finished_at: finished.as_deref().map(parse_ts).transpose()?,
+            addresses: addresses.as_deref().map(from_json).transpose()?,
         })
     })())
 }

@@ -18,6 +18,7 @@ fn vm(name: &str, host: &str) -> Vm {
             accel: Accel::Tcg,
             machine: "pc-q35-10.0".into(),
             cpu_model: "qemu64".into(),
+            nics: vec![],
         },
         host: host.into(),
         state: VmState::Running,
@@ -37,6 +38,7 @@ fn migration(vm: &str, from: &str, to: &str) -> Migration {
         phase: Phase::Pending,
         options: MigrationOptions::default(),
         stream_uri: None,
+        addresses: None,
         progress: None,
         report: None,
         error: None,
@@ -122,4 +124,45 @@ fn a_database_from_an_unknown_schema_version_is_refused() {
     drop(conn);
     let err = Store::open(&path).err().expect("must refuse").to_string();
     assert!(err.contains("schema version 42"), "{err}");
+}
+
+#[test]
+fn a_version_1_database_is_upgraded_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ferry.db");
+    {
+        // The version 1 layout of the migrations table, with a row in it.
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE hosts (name TEXT PRIMARY KEY, url TEXT NOT NULL, migration_address TEXT NOT NULL,
+                registered_at TEXT NOT NULL, last_seen TEXT NOT NULL, inventory TEXT NOT NULL);
+             CREATE TABLE vms (name TEXT PRIMARY KEY, spec TEXT NOT NULL, host TEXT NOT NULL, state TEXT NOT NULL,
+                migration TEXT, created_at TEXT NOT NULL, updated_at TEXT NOT NULL);
+             CREATE TABLE migrations (id TEXT PRIMARY KEY, vm TEXT NOT NULL, source TEXT NOT NULL,
+                destination TEXT NOT NULL, phase TEXT NOT NULL, options TEXT NOT NULL, stream_uri TEXT,
+                progress TEXT, report TEXT, error TEXT, created_at TEXT NOT NULL, updated_at TEXT NOT NULL,
+                finished_at TEXT);
+             CREATE TABLE events (id INTEGER PRIMARY KEY AUTOINCREMENT, at TEXT NOT NULL, actor TEXT NOT NULL,
+                kind TEXT NOT NULL, vm TEXT, host TEXT, migration TEXT, outcome TEXT NOT NULL,
+                message TEXT NOT NULL, data TEXT NOT NULL);
+             INSERT INTO migrations VALUES ('6f9619ff-8b86-d011-b42d-00c04fc964ff', 'web1', 'a', 'b', 'completed',
+                '{}', 'tcp:127.0.0.1:1', NULL, NULL, NULL, '2026-01-01T00:00:00.000Z',
+                '2026-01-01T00:00:00.000Z', NULL);
+             PRAGMA user_version = 1;",
+        )
+        .unwrap();
+    }
+    let store = Store::open(&path).unwrap();
+    let id = Uuid::parse_str("6f9619ff-8b86-d011-b42d-00c04fc964ff").unwrap();
+    let m = store
+        .migration(id)
+        .unwrap()
+        .expect("old row still readable");
+    assert_eq!((m.phase, m.addresses), (Phase::Completed, None));
+    drop(store);
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let v: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(v, ferry_server::store::SCHEMA_VERSION);
 }
