@@ -25,7 +25,7 @@ pub async fn run(agent: Arc<Agent>) {
         let reg = HostRegistration {
             name: agent.config.name.clone(),
             url: agent.url.clone(),
-            migration_address: agent.config.migration_address.to_string(),
+            migration_address: agent.config.advertised_migration_address().to_string(),
             inventory: agent.inventory().await,
             vms: agent
                 .list()

@@ -3,11 +3,26 @@
 //! The guest has no other channel for configuration: the host puts `ferry.<key>=<value>` words
 //! on the kernel command line (see `ferry_image::kernel_cmdline`) and the workload reads
 //! `/proc/cmdline`. Parsing is generic: every `ferry.*` word is collected, the known keys are
-//! validated, and unknown keys are kept in [`Config::extra`] for later features (network, disk)
+//! validated, and unknown keys are kept in [`Config::extra`] for later features (disk, ...)
 //! instead of being rejected, so an older guest binary still boots with a newer host.
+//!
+//! Known keys:
+//!
+//! | key | value | default |
+//! |-----|-------|---------|
+//! | `ferry.mem_mib` | MiB of memory to fill and check, 1..=1048576 | 256 |
+//! | `ferry.rate_mib` | MiB/s rewritten, finite, >= 0 | 10 |
+//! | `ferry.ip` | `ADDR/PREFIX` of `eth0`, IPv4 unicast, prefix 1..=32 | none: no networking |
+//! | `ferry.gw` | IPv4 default gateway, inside `ferry.ip`'s subnet (needs `ferry.ip`) | none |
+//! | `ferry.port` | TCP port of the echo service, 0 disables it | 7000 |
+//!
+//! `ferry.ip` and `ferry.gw` are applied by `/init` (busybox `ip`) before the workload starts;
+//! the workload validates them too so that a bad value shows up as a `config-error` line.
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::net::Ipv4Addr;
+use std::str::FromStr;
 
 /// Default size of the checked memory area.
 pub const DEFAULT_MEM_MIB: u64 = 256;
@@ -15,8 +30,91 @@ pub const DEFAULT_MEM_MIB: u64 = 256;
 pub const DEFAULT_RATE_MIB: f64 = 10.0;
 /// Largest accepted `ferry.mem_mib` (1 TiB): keeps byte counts far from overflow.
 pub const MAX_MEM_MIB: u64 = 1 << 20;
+/// Default port of the TCP service (see [`crate::service`]).
+pub const DEFAULT_PORT: u16 = 7000;
 /// Prefix of the words this crate reads.
 pub const KEY_PREFIX: &str = "ferry.";
+
+/// An IPv4 interface address with its prefix length, as in `172.30.5.100/24`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Ipv4Cidr {
+    /// The interface's own address.
+    pub addr: Ipv4Addr,
+    /// Prefix length, 1..=32.
+    pub prefix: u8,
+}
+
+impl Ipv4Cidr {
+    /// Network mask of the prefix, e.g. `255.255.255.0` for `/24`.
+    pub fn netmask(&self) -> Ipv4Addr {
+        Ipv4Addr::from(mask_bits(self.prefix))
+    }
+
+    /// True if `other` is in this address's subnet.
+    pub fn contains(&self, other: Ipv4Addr) -> bool {
+        let m = mask_bits(self.prefix);
+        u32::from(self.addr) & m == u32::from(other) & m
+    }
+}
+
+fn mask_bits(prefix: u8) -> u32 {
+    match prefix {
+        0 => 0,
+        p => u32::MAX << (32 - u32::from(p.min(32))),
+    }
+}
+
+impl fmt::Display for Ipv4Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+impl FromStr for Ipv4Cidr {
+    type Err = String;
+
+    /// Parses `A.B.C.D/P`: a unicast address (not 0.0.0.0, loopback, multicast, broadcast or
+    /// reserved), decimal octets without leading zeros (busybox would read `010` as octal), and
+    /// a prefix of 1..=32 that leaves the address a host of its subnet (not the network or
+    /// broadcast address, except for /31 and /32).
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (addr, prefix) = s
+            .split_once('/')
+            .ok_or("expected ADDR/PREFIX, e.g. 172.30.5.100/24")?;
+        let addr = parse_unicast(addr)?;
+        let prefix: u8 = match prefix.parse() {
+            Ok(p) if (1..=32).contains(&p) && !prefix.starts_with(['0', '+']) => p,
+            _ => return Err(format!("prefix {prefix:?} must be a whole number 1..=32")),
+        };
+        let cidr = Ipv4Cidr { addr, prefix };
+        if prefix <= 30 {
+            let host = u32::from(addr) & !mask_bits(prefix);
+            if host == 0 || host == !mask_bits(prefix) {
+                return Err(format!(
+                    "{addr} is the network or broadcast address of its /{prefix} subnet"
+                ));
+            }
+        }
+        Ok(cidr)
+    }
+}
+
+/// Parses a dotted-quad IPv4 unicast address.
+fn parse_unicast(s: &str) -> Result<Ipv4Addr, String> {
+    // std's parser already refuses leading zeros, signs and anything but four decimal octets.
+    let addr: Ipv4Addr = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not an IPv4 address like 172.30.5.100"))?;
+    if addr.is_unspecified()
+        || addr.is_loopback()
+        || addr.is_multicast()
+        || addr.is_broadcast()
+        || addr.octets()[0] >= 240
+    {
+        return Err(format!("{addr} is not a unicast address"));
+    }
+    Ok(addr)
+}
 
 /// Workload settings.
 #[derive(Debug, Clone, PartialEq)]
@@ -25,6 +123,12 @@ pub struct Config {
     pub mem_mib: u64,
     /// `ferry.rate_mib`: MiB per second rewritten; `0` fills once and then only verifies.
     pub rate_mib: f64,
+    /// `ferry.ip`: address of `eth0`; `None` means the guest has no network.
+    pub ip: Option<Ipv4Cidr>,
+    /// `ferry.gw`: default gateway.
+    pub gw: Option<Ipv4Addr>,
+    /// `ferry.port`: TCP service port, `0` = no service. Only used when [`Config::ip`] is set.
+    pub port: u16,
     /// Every other `ferry.*` word, keyed without the `ferry.` prefix (a bare word has value "").
     pub extra: BTreeMap<String, String>,
 }
@@ -34,6 +138,9 @@ impl Default for Config {
         Config {
             mem_mib: DEFAULT_MEM_MIB,
             rate_mib: DEFAULT_RATE_MIB,
+            ip: None,
+            gw: None,
+            port: DEFAULT_PORT,
             extra: BTreeMap::new(),
         }
     }
@@ -72,6 +179,7 @@ impl Config {
     pub fn parse(cmdline: &str) -> Result<Config, Vec<ConfigError>> {
         let mut cfg = Config::default();
         let mut errors = Vec::new();
+        let mut gw_word = None;
         for (key, value) in words(cmdline) {
             let Some(name) = key.strip_prefix(KEY_PREFIX) else {
                 continue;
@@ -86,9 +194,40 @@ impl Config {
                     Ok(v) => cfg.rate_mib = v,
                     Err(reason) => errors.push(error(key, value, reason)),
                 },
+                "ip" => match value.parse::<Ipv4Cidr>() {
+                    Ok(v) => cfg.ip = Some(v),
+                    Err(reason) => errors.push(error(key, value, reason)),
+                },
+                "gw" => match parse_unicast(value) {
+                    Ok(v) => {
+                        gw_word = Some((key, value));
+                        cfg.gw = Some(v);
+                    }
+                    Err(reason) => errors.push(error(key, value, reason)),
+                },
+                "port" => match parse_port(value) {
+                    Ok(v) => cfg.port = v,
+                    Err(reason) => errors.push(error(key, value, reason)),
+                },
                 _ => {
                     cfg.extra.insert(name.to_string(), value.to_string());
                 }
+            }
+        }
+        // Checked once all words are read: ferry.ip may come after ferry.gw.
+        if let (Some((key, value)), Some(gw)) = (gw_word, cfg.gw) {
+            let reason = match cfg.ip {
+                None => Some("needs ferry.ip (a gateway without an address is never used)".into()),
+                Some(ip) if ip.addr == gw => Some(format!("is the guest's own address {ip}")),
+                Some(ip) if !ip.contains(gw) => Some(format!(
+                    "{gw} is outside the guest's subnet {}/{} (ferry.ip={ip})",
+                    Ipv4Addr::from(u32::from(ip.addr) & u32::from(ip.netmask())),
+                    ip.prefix
+                )),
+                Some(_) => None,
+            };
+            if let Some(reason) = reason {
+                errors.push(error(key, value, reason));
             }
         }
         if errors.is_empty() {
@@ -101,6 +240,11 @@ impl Config {
     /// Value of an unknown (not yet interpreted) `ferry.<name>` key.
     pub fn get(&self, name: &str) -> Option<&str> {
         self.extra.get(name).map(String::as_str)
+    }
+
+    /// The port the TCP service should listen on: `None` without networking or with port 0.
+    pub fn service_port(&self) -> Option<u16> {
+        (self.ip.is_some() && self.port != 0).then_some(self.port)
     }
 
     /// Number of 4 KiB pages in the checked area.
@@ -135,6 +279,13 @@ fn parse_rate_mib(value: &str) -> Result<f64, String> {
         return Err("must be a finite number >= 0 (0 = fill once, then only verify)".to_string());
     }
     Ok(v)
+}
+
+fn parse_port(value: &str) -> Result<u16, String> {
+    match value.parse::<u16>() {
+        Ok(p) if !value.starts_with('+') => Ok(p),
+        _ => Err("expected a TCP port number 0..=65535 (0 disables the service)".to_string()),
+    }
 }
 
 /// Splits a command line into `(key, value)` words the way the kernel does: whitespace
@@ -240,6 +391,97 @@ mod tests {
         ] {
             assert!(Config::parse(bad).is_err(), "{bad} should be refused");
         }
+    }
+
+    #[test]
+    fn network_settings() {
+        let c = Config::parse("console=ttyS0 ferry.mem_mib=8").unwrap();
+        assert_eq!((c.ip, c.gw, c.port), (None, None, DEFAULT_PORT));
+        assert_eq!(c.service_port(), None, "no address, no service");
+
+        let c =
+            Config::parse("ferry.ip=172.30.5.100/24 ferry.gw=172.30.5.1 ferry.port=7001").unwrap();
+        let ip = c.ip.unwrap();
+        assert_eq!(ip.addr, Ipv4Addr::new(172, 30, 5, 100));
+        assert_eq!(ip.prefix, 24);
+        assert_eq!(ip.to_string(), "172.30.5.100/24");
+        assert_eq!(ip.netmask(), Ipv4Addr::new(255, 255, 255, 0));
+        assert_eq!(c.gw, Some(Ipv4Addr::new(172, 30, 5, 1)));
+        assert_eq!(c.service_port(), Some(7001));
+        assert!(c.extra.is_empty());
+
+        // Order does not matter; default port; port 0 disables the service.
+        let c = Config::parse("ferry.gw=10.0.2.2 ferry.ip=10.0.2.15/24").unwrap();
+        assert_eq!(c.service_port(), Some(7000));
+        let c = Config::parse("ferry.ip=10.0.2.15/24 ferry.port=0").unwrap();
+        assert_eq!(c.service_port(), None);
+        // Quoted words, as the kernel allows.
+        let c = Config::parse("\"ferry.ip=10.1.2.3/32\" ferry.port=\"65535\"").unwrap();
+        assert_eq!(c.ip.map(|i| i.prefix), Some(32));
+        assert_eq!(c.port, 65535);
+        for good in [
+            "10.0.0.1/8",
+            "192.168.1.254/24",
+            "10.0.0.0/31",
+            "10.0.0.1/31",
+            "1.2.3.4/1",
+        ] {
+            assert!(good.parse::<Ipv4Cidr>().is_ok(), "{good}");
+        }
+    }
+
+    #[test]
+    fn bad_network_settings_are_reported() {
+        for bad in [
+            "ferry.ip=",
+            "ferry.ip=10.0.2.15",
+            "ferry.ip=10.0.2.15/",
+            "ferry.ip=10.0.2.15/0",
+            "ferry.ip=10.0.2.15/33",
+            "ferry.ip=10.0.2.15/024",
+            "ferry.ip=10.0.2.15/+24",
+            "ferry.ip=10.0.2/24",
+            "ferry.ip=10.0.2.256/24",
+            "ferry.ip=010.0.2.15/24",
+            "ferry.ip=10.0.2.15/24/1",
+            "ferry.ip=host/24",
+            "ferry.ip=::1/128",
+            "ferry.ip=0.0.0.0/8",
+            "ferry.ip=127.0.0.1/8",
+            "ferry.ip=224.0.0.1/4",
+            "ferry.ip=255.255.255.255/32",
+            "ferry.ip=240.0.0.1/8",
+            "ferry.ip=10.0.2.0/24",
+            "ferry.ip=10.0.2.255/24",
+            "ferry.ip=10.0.2.15/24 ferry.gw=",
+            "ferry.ip=10.0.2.15/24 ferry.gw=10.0.3.1",
+            "ferry.ip=10.0.2.15/24 ferry.gw=10.0.2.15",
+            "ferry.ip=10.0.2.15/24 ferry.gw=10.0.2.2/24",
+            "ferry.ip=10.0.2.15/24 ferry.gw=224.0.0.1",
+            "ferry.gw=10.0.2.2",
+            "ferry.ip=10.0.2.15/24 ferry.port=65536",
+            "ferry.ip=10.0.2.15/24 ferry.port=-1",
+            "ferry.ip=10.0.2.15/24 ferry.port=+80",
+            "ferry.ip=10.0.2.15/24 ferry.port=http",
+            "ferry.ip=10.0.2.15/24 ferry.port=",
+        ] {
+            let errs = Config::parse(bad).expect_err(bad);
+            assert_eq!(errs.len(), 1, "{bad}: {errs:?}");
+        }
+        let errs = Config::parse("ferry.ip=10.0.2.15/24 ferry.gw=10.0.3.1").unwrap_err();
+        assert_eq!(
+            errs[0].to_string(),
+            "FERRY-GUEST config-error key=ferry.gw value=\"10.0.3.1\" reason=10.0.3.1 is \
+             outside the guest's subnet 10.0.2.0/24 (ferry.ip=10.0.2.15/24)"
+        );
+        let errs = Config::parse("ferry.ip=10.0.2.15").unwrap_err();
+        assert!(errs[0].to_string().contains("key=ferry.ip"), "{errs:?}");
+        assert!(errs[0].reason.contains("ADDR/PREFIX"), "{errs:?}");
+        let errs = Config::parse("ferry.gw=10.0.2.2").unwrap_err();
+        assert!(errs[0].reason.contains("needs ferry.ip"), "{errs:?}");
+        // A bad address and a gateway: both words are reported (the gateway lacks an address).
+        let errs = Config::parse("ferry.ip=x ferry.gw=10.0.2.2").unwrap_err();
+        assert_eq!(errs.len(), 2, "{errs:?}");
     }
 
     #[test]

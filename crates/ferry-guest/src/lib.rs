@@ -4,7 +4,9 @@
 //! `ferry-image` builds). It fills `ferry.mem_mib` MiB with self-verifying pages, rewrites them
 //! at `ferry.rate_mib` MiB/s and re-verifies all of them continuously, printing one status line
 //! per second on the serial console. A migration that loses or corrupts a page shows up as a
-//! `MISMATCH` line and a non-zero `mismatches=` count.
+//! `MISMATCH` line and a non-zero `mismatches=` count. When the guest has an address
+//! (`ferry.ip`, configured by `/init`), it also serves a small TCP protocol on `ferry.port`
+//! (default 7000) so tests can hold connections into the VM across a migration.
 //!
 //! The library holds the pure parts, testable on the host and used by the host side to read the
 //! console:
@@ -12,7 +14,8 @@
 //! - [`config`]: parse the kernel command line;
 //! - [`status`]: the console line formats and parsers ([`status::StatusLine`],
 //!   [`status::last_status`], [`status::ConsoleSummary`], ...);
-//! - [`workload`]: the fill / rewrite / verify loop itself.
+//! - [`workload`]: the fill / rewrite / verify loop itself;
+//! - [`service`]: the TCP service (token echo with the workload's counters).
 //!
 //! The crate has no dependencies so the binary links statically:
 //!
@@ -23,8 +26,11 @@
 
 pub mod config;
 pub mod pattern;
+pub mod service;
 pub mod status;
 pub mod workload;
 
-pub use config::Config;
-pub use status::{last_status, mismatch_line_count, ConsoleSummary, ReadyLine, StatusLine};
+pub use config::{Config, Ipv4Cidr};
+pub use status::{
+    last_status, mismatch_line_count, ConsoleSummary, NetLine, ReadyLine, StatusLine, TcpLine,
+};

@@ -6,11 +6,16 @@
 //!
 //! Exit status: 0 after `--ticks`, 2 for bad settings or arguments, 3 when the memory area
 //! cannot be allocated. All diagnostics go to stdout, which is the serial console in the VM.
+//!
+//! With `ferry.ip` set (networking configured by `/init`) and `ferry.port` not 0, the TCP
+//! service (`ferry_guest::service`) listens on `0.0.0.0:<port>` before the workload starts.
 
 use std::io::Write;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
 
-use ferry_guest::status::PREFIX;
+use ferry_guest::service::Service;
+use ferry_guest::status::{TcpLine, PREFIX};
 use ferry_guest::workload::{run, RunOptions};
 use ferry_guest::Config;
 
@@ -54,6 +59,12 @@ fn say(line: std::fmt::Arguments<'_>) {
     let _ = out.flush();
 }
 
+fn say_line(line: &dyn std::fmt::Display) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
 fn main() -> ExitCode {
     let args = match parse_args() {
         Ok(a) => a,
@@ -80,14 +91,29 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let opts = RunOptions {
+        max_ticks: args.ticks,
+        ..RunOptions::default()
+    };
+    // Kept alive for as long as the workload runs.
+    let _service = cfg.service_port().and_then(|port| {
+        let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
+        match Service::bind(addr, opts.counters.clone()) {
+            Ok(s) => {
+                say_line(&TcpLine::Listening { port });
+                Some(s)
+            }
+            // The memory workload is still worth running; the host sees the error line.
+            Err(e) => {
+                say_line(&TcpLine::Error {
+                    reason: format!("cannot listen on {addr}: {e}"),
+                });
+                None
+            }
+        }
+    });
     let mut out = std::io::stdout().lock();
-    match run(
-        &cfg,
-        &mut out,
-        &RunOptions {
-            max_ticks: args.ticks,
-        },
-    ) {
+    match run(&cfg, &mut out, &opts) {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
             drop(out);

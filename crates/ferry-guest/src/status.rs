@@ -4,6 +4,8 @@
 //!
 //! ```text
 //! FERRY-GUEST boot kernel=6.1.0-56-cloud-amd64                       (from /init)
+//! FERRY-GUEST net ip=172.30.5.100/24 mac=52:54:00:12:34:56           (from /init, ferry.ip set)
+//! FERRY-GUEST tcp port=7000                                           (ferry.ip set, port != 0)
 //! FERRY-GUEST start mem_mib=64 rate_mib=5 pages=16384
 //! FERRY-GUEST tick=1 written=9000 verified=0 mismatches=0 mem_mib=64 rate_mib=5
 //! FERRY-GUEST ready mem_mib=64 rate_mib=5
@@ -16,6 +18,13 @@
 //! filled (then `verified` stays 0); `ready` is printed once, when the fill is complete, before
 //! the next status line. Parsers here only look at complete lines (ending in `\n`), because a
 //! console read may stop in the middle of a number.
+//!
+//! Network lines (see [`NetLine`], [`TcpLine`]) appear only when `ferry.ip` is on the kernel
+//! command line. Instead of `net ip=...`, `/init` prints `FERRY-GUEST net error=<reason>` when
+//! it could not configure `eth0`, with reason one of `no-eth0`, `bad-ip`, `bad-gw`,
+//! `link-failed`, `addr-failed`, `route-failed` (the workload then still starts, and reports
+//! a bad `ferry.ip`/`ferry.gw` as a `config-error`). `FERRY-GUEST tcp error=<reason>` means
+//! the TCP service could not listen; the memory workload runs anyway.
 
 use std::fmt;
 
@@ -148,6 +157,96 @@ impl ReadyLine {
     }
 }
 
+/// The `net` line `/init` prints after configuring `eth0` from `ferry.ip` / `ferry.gw`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NetLine {
+    /// `FERRY-GUEST net ip=<addr>/<prefix> mac=<mac>`: `eth0` is up with that address.
+    Up {
+        /// `ADDR/PREFIX` as configured, e.g. `10.0.2.15/24`.
+        ip: String,
+        /// MAC address of `eth0`, lower-case, e.g. `52:54:00:12:34:56`.
+        mac: String,
+    },
+    /// `FERRY-GUEST net error=<reason>`: networking was asked for but is not configured.
+    Error {
+        /// Why, e.g. `no-eth0`.
+        reason: String,
+    },
+}
+
+impl fmt::Display for NetLine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NetLine::Up { ip, mac } => write!(f, "{PREFIX} net ip={ip} mac={mac}"),
+            NetLine::Error { reason } => write!(f, "{PREFIX} net error={reason}"),
+        }
+    }
+}
+
+impl NetLine {
+    /// Parses a `net` line; unknown keys are ignored.
+    pub fn parse(line: &str) -> Option<NetLine> {
+        let p = payload(line)?.strip_prefix("net ")?;
+        if let Some(reason) = p.strip_prefix("error=") {
+            return Some(NetLine::Error {
+                reason: reason.to_string(),
+            });
+        }
+        let (mut ip, mut mac) = (None, None);
+        for (k, v) in pairs(p)? {
+            match k {
+                "ip" => ip = Some(v.to_string()),
+                "mac" => mac = Some(v.to_string()),
+                _ => {}
+            }
+        }
+        Some(NetLine::Up { ip: ip?, mac: mac? })
+    }
+}
+
+/// The line the workload prints about its TCP service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TcpLine {
+    /// `FERRY-GUEST tcp port=<n>`: listening on `0.0.0.0:<n>`.
+    Listening {
+        /// The port.
+        port: u16,
+    },
+    /// `FERRY-GUEST tcp error=<reason>`: the service could not start.
+    Error {
+        /// Why (free text).
+        reason: String,
+    },
+}
+
+impl fmt::Display for TcpLine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TcpLine::Listening { port } => write!(f, "{PREFIX} tcp port={port}"),
+            TcpLine::Error { reason } => write!(f, "{PREFIX} tcp error={reason}"),
+        }
+    }
+}
+
+impl TcpLine {
+    /// Parses a `tcp` line; unknown keys are ignored.
+    pub fn parse(line: &str) -> Option<TcpLine> {
+        let p = payload(line)?.strip_prefix("tcp ")?;
+        if let Some(reason) = p.strip_prefix("error=") {
+            return Some(TcpLine::Error {
+                reason: reason.to_string(),
+            });
+        }
+        let port = pairs(p)?
+            .into_iter()
+            .find(|(k, _)| *k == "port")?
+            .1
+            .parse()
+            .ok()?;
+        Some(TcpLine::Listening { port })
+    }
+}
+
 /// Complete lines of console text: a trailing fragment without `\n` is left out, since it may
 /// be a line still being printed.
 pub fn complete_lines(text: &str) -> impl Iterator<Item = &str> {
@@ -190,6 +289,16 @@ pub struct ConsoleSummary {
     pub mismatch_lines: usize,
     /// Exit status of the workload, if `/init` reported that it exited.
     pub exited: Option<i32>,
+    /// `eth0`'s `ADDR/PREFIX` from the last `net ip=...` line.
+    pub net_ip: Option<String>,
+    /// `eth0`'s MAC from the last `net ip=...` line.
+    pub net_mac: Option<String>,
+    /// Reason from a `net error=...` line, if that was the last `net` line.
+    pub net_error: Option<String>,
+    /// Port from the last `tcp port=...` line.
+    pub tcp_port: Option<u16>,
+    /// Reason from a `tcp error=...` line, if that was the last `tcp` line.
+    pub tcp_error: Option<String>,
 }
 
 impl ConsoleSummary {
@@ -209,6 +318,16 @@ impl ConsoleSummary {
                 s.status_lines_after_ready = 0;
             } else if line.contains(MISMATCH_PREFIX) {
                 s.mismatch_lines += 1;
+            } else if let Some(n) = NetLine::parse(line) {
+                (s.net_ip, s.net_mac, s.net_error) = match n {
+                    NetLine::Up { ip, mac } => (Some(ip), Some(mac), None),
+                    NetLine::Error { reason } => (None, None, Some(reason)),
+                };
+            } else if let Some(t) = TcpLine::parse(line) {
+                (s.tcp_port, s.tcp_error) = match t {
+                    TcpLine::Listening { port } => (Some(port), None),
+                    TcpLine::Error { reason } => (None, Some(reason)),
+                };
             } else if let Some(p) = payload(line) {
                 if let Some(k) = p.strip_prefix("boot kernel=") {
                     s.boot_kernel = Some(k.to_string());
@@ -310,6 +429,59 @@ FERRY-GUEST tick=4 written=900 verified=900 mismatches=1 mem_mib=1 rate_mi";
         assert_eq!(s.mismatch_lines, 1);
         assert_eq!(s.exited, Some(1));
         assert_eq!(last_status("no status here\n"), None);
+        assert_eq!((s.net_ip, s.net_mac, s.tcp_port), (None, None, None));
+    }
+
+    #[test]
+    fn net_and_tcp_lines() {
+        let up = NetLine::Up {
+            ip: "10.0.2.15/24".into(),
+            mac: "52:54:00:12:34:56".into(),
+        };
+        assert_eq!(
+            up.to_string(),
+            "FERRY-GUEST net ip=10.0.2.15/24 mac=52:54:00:12:34:56"
+        );
+        assert_eq!(NetLine::parse(&format!("\r{up}\r")), Some(up));
+        assert_eq!(
+            NetLine::parse("FERRY-GUEST net error=no-eth0"),
+            Some(NetLine::Error {
+                reason: "no-eth0".into()
+            })
+        );
+        assert_eq!(NetLine::parse("FERRY-GUEST net ip=10.0.2.15/24"), None);
+        assert_eq!(NetLine::parse("FERRY-GUEST network ip=1 mac=2"), None);
+        let t = TcpLine::Listening { port: 7000 };
+        assert_eq!(t.to_string(), "FERRY-GUEST tcp port=7000");
+        assert_eq!(TcpLine::parse(&t.to_string()), Some(t));
+        assert_eq!(TcpLine::parse("FERRY-GUEST tcp port=70000"), None);
+        assert_eq!(
+            TcpLine::parse("FERRY-GUEST tcp error=cannot listen on 0.0.0.0:7000: in use"),
+            Some(TcpLine::Error {
+                reason: "cannot listen on 0.0.0.0:7000: in use".into()
+            })
+        );
+        // Neither is mistaken for a status line or vice versa.
+        assert_eq!(StatusLine::parse("FERRY-GUEST tcp port=7000"), None);
+        assert_eq!(TcpLine::parse(LINE), None);
+
+        let text = "\
+FERRY-GUEST boot kernel=6.1.0-56-cloud-amd64\r
+FERRY-GUEST net ip=10.0.2.15/24 mac=52:54:00:12:34:56\r
+FERRY-GUEST tcp port=7000\r
+FERRY-GUEST start mem_mib=1 rate_mib=5 pages=256\r
+FERRY-GUEST tick=1 written=10 verified=0 mismatches=0 mem_mib=1 rate_mib=5\r
+";
+        let s = ConsoleSummary::parse(text);
+        assert_eq!(s.net_ip.as_deref(), Some("10.0.2.15/24"));
+        assert_eq!(s.net_mac.as_deref(), Some("52:54:00:12:34:56"));
+        assert_eq!(s.tcp_port, Some(7000));
+        assert_eq!((s.net_error, s.tcp_error), (None, None));
+        assert_eq!(s.status_lines, 1);
+
+        let s = ConsoleSummary::parse("FERRY-GUEST net error=no-eth0\nFERRY-GUEST tcp error=x y\n");
+        assert_eq!((s.net_ip, s.net_error.as_deref()), (None, Some("no-eth0")));
+        assert_eq!((s.tcp_port, s.tcp_error.as_deref()), (None, Some("x y")));
     }
 
     proptest! {

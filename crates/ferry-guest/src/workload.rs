@@ -5,9 +5,14 @@
 //! until the slice is over, then prints the status line if a second has passed. Being single
 //! threaded, verification never races with a rewrite of the same page, so every mismatch is a
 //! real fault of the memory underneath (e.g. a page lost by a migration).
+//!
+//! The tick and mismatch counts are also published in [`Counters`] (atomics) for the TCP
+//! service, which answers from other threads.
 
 use std::fmt;
 use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
@@ -208,11 +213,42 @@ impl Workload {
     }
 }
 
+/// Counters of a running workload that other threads may read (the TCP service).
+#[derive(Debug, Default)]
+pub struct Counters {
+    tick: AtomicU64,
+    mismatches: AtomicU64,
+}
+
+impl Counters {
+    /// Tick of the last status line printed (0 before the first one).
+    pub fn tick(&self) -> u64 {
+        self.tick.load(Ordering::Relaxed)
+    }
+
+    /// Mismatching pages found so far (updated as soon as one is found).
+    pub fn mismatches(&self) -> u64 {
+        self.mismatches.load(Ordering::Relaxed)
+    }
+
+    /// Publishes a new tick.
+    pub fn set_tick(&self, tick: u64) {
+        self.tick.store(tick, Ordering::Relaxed);
+    }
+
+    /// Publishes a new mismatch total.
+    pub fn set_mismatches(&self, mismatches: u64) {
+        self.mismatches.store(mismatches, Ordering::Relaxed);
+    }
+}
+
 /// Options of [`run`] that are not guest settings.
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
     /// Return after this many status lines (for tests on the host); `None` runs forever.
     pub max_ticks: Option<u64>,
+    /// Where the tick and mismatch counts are published while running.
+    pub counters: Arc<Counters>,
 }
 
 /// Spreads writes evenly: how many pages are due at a given instant.
@@ -247,6 +283,7 @@ fn emit(out: &mut dyn Write, line: &dyn fmt::Display) {
 
 struct Reporter<'a> {
     out: &'a mut dyn Write,
+    counters: &'a Counters,
     mem_mib: u64,
     rate_mib: f64,
     tick: u64,
@@ -291,6 +328,7 @@ impl Reporter<'_> {
             rate_mib: self.rate_mib,
         };
         emit(self.out, &line);
+        self.counters.set_tick(self.tick);
         // After a long pause (VM stopped), skip the missed seconds instead of printing a burst.
         self.next_status += STATUS_INTERVAL;
         if self.next_status <= now {
@@ -315,6 +353,7 @@ pub fn run(cfg: &Config, out: &mut dyn Write, opts: &RunOptions) -> Result<Workl
     );
     let mut rep = Reporter {
         out,
+        counters: &opts.counters,
         mem_mib: cfg.mem_mib,
         rate_mib: cfg.rate_mib,
         tick: 0,
@@ -351,6 +390,7 @@ pub fn run(cfg: &Config, out: &mut dyn Write, opts: &RunOptions) -> Result<Workl
         let now = loop {
             for _ in 0..VERIFY_BATCH {
                 if let Some(m) = w.verify_next() {
+                    rep.counters.set_mismatches(w.mismatches);
                     rep.mismatch(&m);
                 }
             }
@@ -433,7 +473,11 @@ mod tests {
             ..Config::default()
         };
         let mut out = Vec::new();
-        let w = run(&cfg, &mut out, &RunOptions { max_ticks: Some(2) }).unwrap();
+        let opts = RunOptions {
+            max_ticks: Some(2),
+            ..RunOptions::default()
+        };
+        let w = run(&cfg, &mut out, &opts).unwrap();
         let text = String::from_utf8(out).unwrap();
         let s = ConsoleSummary::parse(&text);
         assert!(s.ready.is_some(), "{text}");
@@ -442,6 +486,8 @@ mod tests {
         assert_eq!(last.tick, 2);
         assert_eq!(last.mismatches, 0);
         assert_eq!(last.written, w.written);
+        assert_eq!(opts.counters.tick(), 2);
+        assert_eq!(opts.counters.mismatches(), 0);
         assert!(last.verified > 0, "{text}");
         // 1 s of steady state at 50 MiB/s is ~12800 pages; allow for slow CI and the fill.
         assert!(last.written > 256 + 1000, "{text}");

@@ -16,7 +16,8 @@
 //!   see a half-written image and concurrent builds do not collide.
 //! - [`load`]`(cache_dir, name)` returns an already built image or says to run
 //!   `ferry image build`.
-//! - [`default_cache_dir`], [`find_guest_binary`], [`kernel_cmdline`] and
+//! - [`default_cache_dir`], [`find_guest_binary`], [`kernel_cmdline`],
+//!   [`kernel_cmdline_with_net`], [`kernel_cmdline_net`] (with [`GuestNet`]) and
 //!   [`GUEST_BUILD_COMMAND`] help callers fill in the options and boot the result.
 //!
 //! # Host requirements
@@ -31,6 +32,15 @@
 //! -serial ... -no-reboot`. The guest prints the lines documented in `ferry_guest::status` on
 //! the serial console; `/init` adds `FERRY-GUEST boot kernel=<release>` before starting the
 //! workload and `FERRY-GUEST exited status=<n>` (then powers off) if it ever ends.
+//!
+//! # Networking
+//! With `ferry.ip=ADDR/PREFIX` on the command line (and optionally `ferry.gw=ADDR`), `/init`
+//! configures the first virtio-net NIC, `eth0`, with busybox `ip` (lo up, eth0 up, address,
+//! default route) and prints `FERRY-GUEST net ip=<addr/prefix> mac=<mac>` (or
+//! `FERRY-GUEST net error=<reason>`) before starting the workload, which then serves its TCP
+//! protocol on `ferry.port` (default 7000, 0 = off) and prints `FERRY-GUEST tcp port=<n>`; see
+//! `ferry_guest::service`. Give the VM e.g. `-netdev user,id=n0,hostfwd=tcp:127.0.0.1:<p>-<ADDR>:7000
+//! -device virtio-net-pci,netdev=n0,mac=52:54:00:12:34:56`.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -55,7 +65,7 @@ pub use kernel::{KernelPackage, GUEST_MODULES, KERNEL_METAPACKAGE};
 pub const DEFAULT_IMAGE_NAME: &str = "test-guest";
 /// Version of the build recipe (init script, layout, module list). Bump it when any of them
 /// changes so that existing images are rebuilt.
-pub const RECIPE: u32 = 1;
+pub const RECIPE: u32 = 2;
 /// File names inside an image directory.
 pub const KERNEL_FILE: &str = "vmlinuz";
 /// See [`KERNEL_FILE`].
@@ -152,6 +162,9 @@ pub enum ImageError {
         /// What is wrong.
         reason: String,
     },
+    /// Guest network settings the guest would refuse.
+    #[error("guest network settings: {0}")]
+    Network(String),
     /// The image name cannot be used as a directory name.
     #[error("invalid image name {name:?}: {reason}")]
     InvalidName {
@@ -336,6 +349,103 @@ pub fn kernel_cmdline(mem_mib: u64, rate_mib: f64) -> String {
     format!("console=ttyS0 panic=-1 quiet ferry.mem_mib={mem_mib} ferry.rate_mib={rate_mib}")
 }
 
+/// Network settings of the test guest, for [`kernel_cmdline_net`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestNet {
+    /// `ferry.ip`: `ADDR/PREFIX` of `eth0`, e.g. `172.30.5.100/24`.
+    pub ip: String,
+    /// `ferry.gw`: default gateway, inside the subnet of `ip`.
+    pub gw: Option<String>,
+    /// `ferry.port`: port of the guest's TCP service, 0 = no service.
+    pub port: u16,
+}
+
+impl GuestNet {
+    /// `ip` with no gateway and the default port
+    /// ([`ferry_guest::config::DEFAULT_PORT`], 7000).
+    pub fn new(ip: impl Into<String>) -> Self {
+        GuestNet {
+            ip: ip.into(),
+            gw: None,
+            port: ferry_guest::config::DEFAULT_PORT,
+        }
+    }
+
+    /// Sets the default gateway.
+    pub fn with_gateway(mut self, gw: impl Into<String>) -> Self {
+        self.gw = Some(gw.into());
+        self
+    }
+
+    /// Sets the TCP service port (0 disables the service).
+    pub fn with_port(mut self, port: u16) -> Self {
+        self.port = port;
+        self
+    }
+
+    /// Checks the settings with the guest's own parser, so a mistake is caught before a VM
+    /// is booted only to print a `config-error` line.
+    pub fn validate(&self) -> Result<(), ImageError> {
+        let words = net_words(self);
+        ferry_guest::Config::parse(&words)
+            .map(|_| ())
+            .map_err(|errors| {
+                ImageError::Network(
+                    errors
+                        .iter()
+                        .map(|e| format!("{}={:?}: {}", e.key, e.value, e.reason))
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                )
+            })
+    }
+}
+
+/// A value as one command-line word: whitespace, quotes and control characters become `_`,
+/// so a malformed value can only make the guest report a `config-error`, never add or split
+/// kernel parameters.
+fn cmdline_word(value: &str) -> String {
+    value
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() && c != '"' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+fn net_words(net: &GuestNet) -> String {
+    let mut s = format!("ferry.ip={}", cmdline_word(&net.ip));
+    if let Some(gw) = &net.gw {
+        s.push_str(&format!(" ferry.gw={}", cmdline_word(gw)));
+    }
+    s.push_str(&format!(" ferry.port={}", net.port));
+    s
+}
+
+/// [`kernel_cmdline`] plus the guest's network settings, if any: `ferry.ip=<ip>
+/// ferry.port=<port>` appended (without `ip`, the result is exactly [`kernel_cmdline`] and the
+/// guest has no network). `ip` is `ADDR/PREFIX`; see [`GuestNet::validate`] to check it first
+/// (the guest refuses a bad one loudly, and whitespace or quotes in it are replaced so that
+/// it stays one word).
+pub fn kernel_cmdline_with_net(mem_mib: u64, rate_mib: f64, ip: Option<&str>, port: u16) -> String {
+    let net = ip.map(|ip| GuestNet::new(ip).with_port(port));
+    kernel_cmdline_net(mem_mib, rate_mib, net.as_ref())
+}
+
+/// [`kernel_cmdline`] plus `ferry.ip=.. [ferry.gw=..] ferry.port=..` from `net`, if given.
+pub fn kernel_cmdline_net(mem_mib: u64, rate_mib: f64, net: Option<&GuestNet>) -> String {
+    let mut s = kernel_cmdline(mem_mib, rate_mib);
+    if let Some(net) = net {
+        s.push(' ');
+        s.push_str(&net_words(net));
+    }
+    s
+}
+
 fn validate_name(name: &str) -> Result<(), ImageError> {
     let reason = if name.is_empty() {
         "empty"
@@ -453,6 +563,52 @@ mod tests {
             "console=ttyS0 panic=-1 quiet ferry.mem_mib=64 ferry.rate_mib=5"
         );
         assert!(kernel_cmdline(256, 2.5).ends_with("ferry.rate_mib=2.5"));
+    }
+
+    #[test]
+    fn cmdline_with_net() {
+        assert_eq!(
+            kernel_cmdline_with_net(64, 5.0, None, 7000),
+            kernel_cmdline(64, 5.0)
+        );
+        assert_eq!(
+            kernel_cmdline_with_net(64, 5.0, Some("172.30.5.100/24"), 7000),
+            "console=ttyS0 panic=-1 quiet ferry.mem_mib=64 ferry.rate_mib=5 \
+             ferry.ip=172.30.5.100/24 ferry.port=7000"
+        );
+        let net = GuestNet::new("10.0.2.15/24")
+            .with_gateway("10.0.2.2")
+            .with_port(0);
+        net.validate().unwrap();
+        let line = kernel_cmdline_net(8, 0.0, Some(&net));
+        assert!(
+            line.ends_with("ferry.rate_mib=0 ferry.ip=10.0.2.15/24 ferry.gw=10.0.2.2 ferry.port=0"),
+            "{line}"
+        );
+        // The guest's parser reads back what was written.
+        let cfg = ferry_guest::Config::parse(&line).unwrap();
+        assert_eq!(
+            cfg.ip.map(|i| i.to_string()).as_deref(),
+            Some("10.0.2.15/24")
+        );
+        assert_eq!(cfg.gw.map(|g| g.to_string()).as_deref(), Some("10.0.2.2"));
+        assert_eq!((cfg.port, cfg.mem_mib), (0, 8));
+
+        // A value cannot smuggle in more parameters.
+        let line = kernel_cmdline_with_net(8, 1.0, Some("10.0.0.1/24 init=/bin/sh \"x"), 1);
+        assert!(
+            line.ends_with(" ferry.ip=10.0.0.1/24_init=/bin/sh__x ferry.port=1"),
+            "{line}"
+        );
+        assert!(ferry_guest::Config::parse(&line).is_err());
+
+        let err = GuestNet::new("10.0.2.15/24")
+            .with_gateway("10.0.3.1")
+            .validate()
+            .unwrap_err();
+        assert!(err.to_string().contains("ferry.gw=\"10.0.3.1\""), "{err}");
+        assert!(err.to_string().contains("outside"), "{err}");
+        assert!(GuestNet::new("10.0.2.15").validate().is_err());
     }
 
     #[test]
