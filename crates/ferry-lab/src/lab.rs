@@ -1,13 +1,13 @@
 //! Starting and stopping the daemons.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ferry_api::client::ServerClient;
-use ferry_api::HostState;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+
+use crate::daemon::{self, Daemon, DaemonSpec};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LabError {
@@ -40,12 +40,6 @@ impl LabConfig {
             log_filter: "info".into(),
         }
     }
-}
-
-struct Daemon {
-    name: String,
-    args: Vec<String>,
-    child: Child,
 }
 
 pub struct AgentInfo {
@@ -133,76 +127,27 @@ impl Lab {
     }
 
     fn spawn(&mut self, cfg: &LabConfig, name: &str, args: &[String]) -> Result<(), LabError> {
-        let log = std::fs::File::create(self.path.join(format!("{name}.log")))
-            .map_err(|e| LabError::Io(format!("cannot create the {name} log: {e}")))?;
-        let err = log.try_clone().map_err(|e| LabError::Io(e.to_string()))?;
-        let child = Command::new(&cfg.ferry_bin)
-            .args(args)
-            .env("RUST_LOG", &cfg.log_filter)
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(err)
-            .spawn()
-            .map_err(|e| LabError::Start {
-                what: name.into(),
-                reason: format!("{}: {e}", cfg.ferry_bin.display()),
-            })?;
-        self.daemons.push(Daemon {
+        let spec = DaemonSpec {
             name: name.into(),
+            ferry_bin: cfg.ferry_bin.clone(),
             args: args.to_vec(),
-            child,
-        });
+            netns: None,
+            log_filter: cfg.log_filter.clone(),
+            own_group: false,
+        };
+        self.daemons.push(daemon::spawn(&self.path, spec)?);
         Ok(())
     }
 
     async fn wait_ready_file(&mut self, what: &str, file: &Path) -> Result<String, LabError> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(text) = std::fs::read_to_string(file) {
-                return Ok(text.trim().to_string());
-            }
-            let exited = self
-                .daemons
-                .last_mut()
-                .and_then(|d| Some((d.name.clone(), d.child.try_wait().ok()??)));
-            if let Some((name, status)) = exited {
-                return Err(LabError::Start {
-                    what: what.into(),
-                    reason: format!("exited with {status}: {}", self.log_tail(&name)),
-                });
-            }
-            if Instant::now() > deadline {
-                return Err(LabError::Start {
-                    what: what.into(),
-                    reason: "not ready within 30 s".into(),
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let Some(last) = self.daemons.last_mut() else {
+            return Err(LabError::Io(format!("{what}: no daemon was started")));
+        };
+        daemon::wait_ready_file(last, &self.path, what, file).await
     }
 
     async fn wait_connected(&self, hosts: &[String]) -> Result<(), LabError> {
-        let client = self.client();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(list) = client.hosts().await {
-                let up = hosts.iter().all(|h| {
-                    list.iter()
-                        .any(|x| &x.name == h && x.state == HostState::Connected)
-                });
-                if up {
-                    return Ok(());
-                }
-            }
-            if Instant::now() > deadline {
-                return Err(LabError::Start {
-                    what: "agents".into(),
-                    reason: "did not register with the server within 30 s".into(),
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        daemon::wait_connected(&self.client(), hosts).await
     }
 
     /// Stops host `host`'s agent (SIGTERM) and starts it again with the same settings; its
@@ -212,14 +157,14 @@ impl Lab {
         let idx = self
             .daemons
             .iter()
-            .position(|d| d.name == name)
+            .position(|d| d.spec.name == name)
             .ok_or_else(|| LabError::Io(format!("no agent {host} in this lab")))?;
         let mut old = self.daemons.remove(idx);
         let _ = kill(Pid::from_raw(old.child.id() as i32), Signal::SIGTERM);
         let _ = old.child.wait();
         let ready = self.path.join(format!("{host}.addr"));
         let _ = std::fs::remove_file(&ready);
-        self.spawn(cfg, &format!("{name}-restarted"), &old.args)?;
+        self.spawn(cfg, &format!("{name}-restarted"), &old.spec.args)?;
         let addr = self
             .wait_ready_file(&format!("agent {host}"), &ready)
             .await?;
@@ -263,31 +208,12 @@ impl Lab {
     }
 
     pub fn log_tail(&self, name: &str) -> String {
-        let text =
-            std::fs::read_to_string(self.path.join(format!("{name}.log"))).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(15)..].join("\n")
+        daemon::log_tail(&self.path, name)
     }
 
     /// Stops everything the lab started. Called by `Drop` too; idempotent.
     pub fn shutdown(&mut self) {
-        for d in self.daemons.iter() {
-            let _ = kill(Pid::from_raw(d.child.id() as i32), Signal::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        for d in self.daemons.iter_mut() {
-            loop {
-                match d.child.try_wait() {
-                    Ok(Some(_)) | Err(_) => break,
-                    Ok(None) if Instant::now() > deadline => {
-                        let _ = d.child.kill();
-                        let _ = d.child.wait();
-                        break;
-                    }
-                    Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-                }
-            }
-        }
+        daemon::stop_all(&mut self.daemons, Duration::from_secs(5));
         self.daemons.clear();
         // Agents leave VMs running by design (an agent restart must not kill VMs); a lab
         // owns its VMs, so it ends them.

@@ -5,6 +5,10 @@
 //! Everything a [`Lab`] starts it stops: daemons get SIGTERM (then SIGKILL), QEMUs found
 //! under the lab's directory are killed, and the directory is removed — also when a test
 //! panics, because this happens in `Drop`.
+//!
+//! [`NetLab`] is the same with real networks: each host a network namespace with its own
+//! agent, joined by separate management, migration and VM segments, links shaped with
+//! `tc tbf`, long distances emulated by the delaying TCP relay ([`relay`]); see [`netlab`].
 
 pub mod guest;
 pub mod lab;
@@ -13,3 +17,10 @@ pub mod testvm;
 pub use guest::{verdict_after, wait_ready, GuestVerdict, Observer};
 pub use lab::{Lab, LabConfig, LabError};
 pub use testvm::{ensure_test_image, test_vm_spec};
+
+mod daemon;
+pub mod netlab;
+pub mod relay;
+
+pub use netlab::{NetHost, NetLab, NetLabConfig, NetLabError, Shape};
+pub use relay::{Relay, RelayConfig, RelayStats};
