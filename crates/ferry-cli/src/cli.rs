@@ -58,6 +58,9 @@ pub enum Command {
     /// Benchmarks (print tables, write result files).
     #[command(subcommand)]
     Bench(BenchCmd),
+    /// Network test lab: hosts as network namespaces on this machine; the delaying relay.
+    #[command(subcommand)]
+    Lab(crate::cmd_lab::LabCmd),
 }
 
 #[derive(Args, Debug)]
@@ -352,6 +355,31 @@ pub enum BenchCmd {
     /// Migrate one guest over loopback at several guest dirty rates; print a table and
     /// write bench/results/migrate-loopback.json.
     Migrate(BenchMigrateArgs),
+    /// What a client outside the VM sees: hosts in network namespaces, the migration network
+    /// shaped to 1 Gbit/s, one TCP connection asking every 10 ms; then a 100 ms RTT link.
+    /// Writes bench/results/network.json.
+    Network(BenchNetworkArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchNetworkArgs {
+    /// Guest memory, MiB.
+    #[arg(long, default_value_t = 1024)]
+    pub memory: u64,
+    /// MiB the guest workload fills.
+    #[arg(long, default_value_t = 768)]
+    pub workload_mem: u64,
+    /// Guest dirty rates to run over the 1 Gbit/s link, MiB/s (0 = idle).
+    #[arg(long, value_delimiter = ',', default_values_t = vec![0.0, 50.0])]
+    pub rates: Vec<f64>,
+    /// Guest dirty rate for the 100 ms RTT run, MiB/s.
+    #[arg(long, default_value_t = 10.0)]
+    pub rtt_rate: f64,
+    /// Where to write the result file.
+    #[arg(long, default_value = "bench/results")]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub json: JsonFlag,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -243,10 +243,14 @@ fn spec_from_args(a: &VmCreateArgs) -> Result<VmSpec, CliError> {
             "--workload-rate {rate} must be a number >= 0"
         )));
     }
-    let cmdline = a
-        .cmdline
-        .clone()
-        .unwrap_or_else(|| ferry_image::kernel_cmdline(workload_mem, rate));
+    let cmdline = a.cmdline.clone().unwrap_or_else(|| {
+        ferry_image::kernel_cmdline_with_net(
+            workload_mem,
+            rate,
+            a.guest_ip.as_deref(),
+            ferry_guest::config::DEFAULT_PORT,
+        )
+    });
     let boot = match (&a.kernel, &a.disk) {
         (_, Some(path)) => Boot::Disk {
             path: path.clone(),

@@ -1,10 +1,12 @@
 //! `ferry`: thin entry point. Parse, dispatch, map the outcome to an exit status.
 
 mod bench;
+mod bench_net;
 mod cli;
 mod cmd_cluster;
 mod cmd_daemons;
 mod cmd_image;
+mod cmd_lab;
 mod cmd_migrate;
 mod demo;
 mod exit;
@@ -64,6 +66,8 @@ async fn run(cli: Cli) -> CliResult {
         Command::Events(a) => cmd_cluster::events(&server, a).await,
         Command::Image(cli::ImageCmd::Build(a)) => cmd_image::build(a).await,
         Command::Demo(a) => demo::run(a).await,
+        Command::Lab(c) => cmd_lab::run(c).await,
         Command::Bench(cli::BenchCmd::Migrate(a)) => bench::migrate(a).await,
+        Command::Bench(cli::BenchCmd::Network(a)) => bench_net::network(a).await,
     }
 }

@@ -12,6 +12,7 @@
 
 pub mod guest;
 pub mod lab;
+pub mod probe;
 pub mod testvm;
 
 pub use guest::{verdict_after, wait_ready, GuestVerdict, Observer};

@@ -32,9 +32,14 @@ pub async fn start_lab(hosts: &[&str]) -> (Lab, LabConfig) {
 
 /// Runs the `ferry` CLI against the lab's server.
 pub fn ferry(lab: &Lab, args: &[&str]) -> Output {
+    ferry_at(&lab.server_url, args)
+}
+
+/// Runs the `ferry` CLI against the server at `url`.
+pub fn ferry_at(url: &str, args: &[&str]) -> Output {
     std::process::Command::new(ferry_bin())
         .args(args)
-        .env("FERRY_SERVER", &lab.server_url)
+        .env("FERRY_SERVER", url)
         .env("NO_COLOR", "1")
         .output()
         .expect("ferry runs")

@@ -1,0 +1,260 @@
+//! `ferry bench network`: what a client outside the VM sees during a migration. Hosts are
+//! network namespaces; the migration network is shaped to 1 Gbit/s; a client in its own
+//! namespace holds one TCP connection to the guest and asks every 10 ms. Then the same
+//! guest over a 100 ms round-trip link (a delaying relay on the migration network).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use ferry_api::*;
+use ferry_lab::netlab::{NetLab, NetLabConfig, Shape};
+use ferry_lab::probe::{self, Probe, GUEST_PORT};
+use ferry_lab::{ensure_test_image, test_vm_spec, wait_ready};
+use serde::Serialize;
+
+use crate::cli::BenchNetworkArgs;
+use crate::cmd_migrate::follow;
+use crate::exit::{CliError, CliResult};
+use crate::output::{bytes, millis, print_json, print_table};
+
+#[derive(Serialize)]
+struct Row {
+    scenario: String,
+    dirty_rate_mib_s: f64,
+    link: String,
+    completed: bool,
+    total_time_ms: u64,
+    qemu_downtime_ms: u64,
+    bytes_sent: u64,
+    passes: u64,
+    client_requests: u64,
+    client_answered: u64,
+    client_longest_gap_ms: f64,
+    client_p99_gap_ms: f64,
+    client_error: Option<String>,
+}
+
+fn fail(e: impl std::fmt::Display) -> CliError {
+    CliError::failed(e.to_string())
+}
+
+async fn one(
+    lab: &NetLab,
+    vm: &str,
+    ip_k: u8,
+    a: &BenchNetworkArgs,
+    rate: f64,
+    scenario: &str,
+    link: &str,
+) -> Result<Row, CliError> {
+    let c = lab.client();
+    let ip = lab.vm_subnet_ip(ip_k).to_string();
+    let mut spec = test_vm_spec(vm, a.memory, a.workload_mem, rate);
+    spec.nics = vec![NicSpec {
+        network: "vmnet".into(),
+        mac: None,
+    }];
+    if let Boot::Image { cmdline, .. } = &mut spec.boot {
+        *cmdline = ferry_image::kernel_cmdline_with_net(
+            a.workload_mem,
+            rate,
+            Some(&format!("{ip}/24")),
+            GUEST_PORT,
+        );
+    }
+    eprintln!(
+        "bench: {scenario}: {} MiB guest, workload {} MiB at {rate} MiB/s",
+        a.memory, a.workload_mem
+    );
+    c.create_vm(&CreateVmRequest {
+        host: "a".into(),
+        spec,
+    })
+    .await?;
+    wait_ready(&c, vm, Duration::from_secs(600))
+        .await
+        .map_err(CliError::failed)?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let addr: SocketAddr = format!("{ip}:{GUEST_PORT}").parse().map_err(fail)?;
+    let stream = lab
+        .in_ns(lab.client_ns(), move || probe::connect(addr))
+        .map_err(fail)?
+        .map_err(fail)?;
+    let client = Probe::start(stream);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let m = c
+        .migrate(&MigrateRequest {
+            vm: vm.into(),
+            to: "b".into(),
+            options: Default::default(),
+        })
+        .await?;
+    let m = follow(&c, &m, false).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let stats = client.finish();
+    eprintln!("bench: {scenario}: {}", stats.summary());
+    let r = m.report.clone().unwrap_or_default();
+    let _ = c.stop_vm(vm).await;
+    let _ = c.delete_vm(vm).await;
+    Ok(Row {
+        scenario: scenario.into(),
+        dirty_rate_mib_s: rate,
+        link: link.into(),
+        completed: m.phase == Phase::Completed,
+        total_time_ms: r.total_time_ms,
+        qemu_downtime_ms: r.downtime_ms,
+        bytes_sent: r.bytes_sent,
+        passes: r.passes,
+        client_requests: stats.sent,
+        client_answered: stats.answered,
+        client_longest_gap_ms: stats.longest_gap_ms(),
+        client_p99_gap_ms: stats.percentile_gap_ms(0.99),
+        client_error: stats.error.clone(),
+    })
+}
+
+pub async fn network(a: BenchNetworkArgs) -> CliResult {
+    eprintln!("bench: preparing the test guest image");
+    let image_dir =
+        tokio::task::spawn_blocking(|| ensure_test_image(&mut |s: &str| eprintln!("  {s}")))
+            .await
+            .map_err(fail)?
+            .map_err(CliError::failed)?;
+    let exe = std::env::current_exe().map_err(fail)?;
+    let mut cfg = NetLabConfig::new(exe, &["a", "b"]);
+    cfg.image_dir = Some(image_dir);
+    cfg.vm_network_flag = Some(true);
+    let mut lab = NetLab::start(cfg).await.map_err(fail)?;
+    for h in ["a", "b"] {
+        lab.shape_migration(h, Shape::Gbit1).map_err(fail)?;
+    }
+    let mut rows = Vec::new();
+    for (i, rate) in a.rates.iter().enumerate() {
+        let name = if *rate == 0.0 {
+            "idle".to_string()
+        } else {
+            format!("dirty {rate} MiB/s")
+        };
+        rows.push(
+            one(
+                &lab,
+                &format!("gap{i}"),
+                100 + i as u8,
+                &a,
+                *rate,
+                &name,
+                "1 Gbit/s (tbf)",
+            )
+            .await?,
+        );
+    }
+    // 100 ms RTT: b listens on a fixed port and advertises a relay that delays 50 ms each way.
+    let port = 49_400;
+    let relay_ip = lab.relay_ip();
+    let relay: SocketAddr = format!("{relay_ip}:{port}").parse().map_err(fail)?;
+    let dest: SocketAddr = format!("{}:{port}", lab.migration_ip("b"))
+        .parse()
+        .map_err(fail)?;
+    let sw = lab.switch_ns().to_string();
+    lab.start_relay(&sw, relay, dest, 50, None).map_err(fail)?;
+    lab.restart_agent(
+        "b",
+        Some(vec![
+            "--migration-port".into(),
+            port.to_string(),
+            "--migration-advertise".into(),
+            relay_ip.to_string(),
+        ]),
+    )
+    .await
+    .map_err(fail)?;
+    let c = lab.client();
+    for _ in 0..100 {
+        if c.host("b")
+            .await
+            .map(|h| h.migration_address == relay_ip.to_string())
+            .unwrap_or(false)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    rows.push(
+        one(
+            &lab,
+            "rtt",
+            120,
+            &a,
+            a.rtt_rate,
+            "100 ms RTT",
+            "1 Gbit/s + 100 ms RTT relay",
+        )
+        .await?,
+    );
+    drop(lab);
+
+    std::fs::create_dir_all(&a.out).map_err(fail)?;
+    let file = a.out.join("network.json");
+    let doc = serde_json::json!({
+        "benchmark": "network",
+        "date": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        "machine": { "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+                     "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim() },
+        "guest_memory_mib": a.memory,
+        "workload_mib": a.workload_mem,
+        "client": "one TCP connection from a client namespace, one request every 10 ms",
+        "rows": rows,
+    });
+    std::fs::write(
+        &file,
+        serde_json::to_string_pretty(&doc).map_err(fail)? + "\n",
+    )
+    .map_err(fail)?;
+    if a.json.json {
+        print_json(&doc)?;
+    } else {
+        let table: Vec<Vec<String>> = rows
+            .iter()
+            .map(|r| {
+                vec![
+                    r.scenario.clone(),
+                    if r.completed {
+                        "yes".into()
+                    } else {
+                        "NO".into()
+                    },
+                    millis(r.total_time_ms),
+                    millis(r.qemu_downtime_ms),
+                    format!("{:.0} ms", r.client_longest_gap_ms),
+                    format!("{:.0} ms", r.client_p99_gap_ms),
+                    format!("{}/{}", r.client_answered, r.client_requests),
+                    bytes(r.bytes_sent),
+                ]
+            })
+            .collect();
+        print_table(
+            &[
+                "SCENARIO",
+                "DONE",
+                "TOTAL",
+                "QEMU DOWNTIME",
+                "LONGEST GAP",
+                "P99 GAP",
+                "ANSWERED",
+                "SENT",
+            ],
+            &table,
+        );
+        println!("results written to {}", file.display());
+    }
+    if rows
+        .iter()
+        .all(|r| r.completed && r.client_error.is_none() && r.client_answered == r.client_requests)
+    {
+        Ok(())
+    } else {
+        Err(CliError::failed(
+            "some runs lost the client connection or did not complete (see the table)",
+        ))
+    }
+}
