@@ -54,8 +54,22 @@ async fn bad_requests_are_refused_with_reasons_and_change_nothing() {
             "no host named 'nosuchhost'",
         ),
         (&["vm", "stop", "nosuchvm"], "no VM named"),
-        (&["vm", "create", "x", "--host", "a", "--nic", "vmnet"], "host a has no network 'vmnet'"),
-        (&["vm", "create", "x", "--host", "a", "--nic", "vmnet=01:00:5e:00:00:01"], "multicast"),
+        (
+            &["vm", "create", "x", "--host", "a", "--nic", "vmnet"],
+            "host a has no network 'vmnet'",
+        ),
+        (
+            &[
+                "vm",
+                "create",
+                "x",
+                "--host",
+                "a",
+                "--nic",
+                "vmnet=01:00:5e:00:00:01",
+            ],
+            "multicast",
+        ),
         (&["migration", "show", "not-a-uuid"], "not a migration id"),
     ];
     for (args, needle) in cases {
