@@ -15,6 +15,10 @@
 //! POST   /v1/vms/{name}/migration/cancel    VmRuntime (source resumes)
 //! POST   /v1/vms/{name}/migration/handover  source QEMU shut down after completion
 //! POST   /v1/vms/{name}/announce            QEMU self-announce (RARP from every NIC)
+//! GET    /v1/pools                          [PoolInfo]
+//! GET    /v1/pools/{pool}/disks             [DiskImage]
+//! POST   /v1/pools/{pool}/disks             CreateDiskRequest -> DiskImage
+//! DELETE /v1/pools/{pool}/disks/{disk}
 //! ```
 
 use std::sync::Arc;
@@ -50,6 +54,12 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/vms/{name}/migration/cancel", post(cancel))
         .route("/v1/vms/{name}/migration/handover", post(handover))
         .route("/v1/vms/{name}/announce", post(announce))
+        .route("/v1/pools", get(pools))
+        .route("/v1/pools/{pool}/disks", get(disks).post(create_disk))
+        .route(
+            "/v1/pools/{pool}/disks/{disk}",
+            axum::routing::delete(delete_disk),
+        )
         .fallback(not_found)
         .with_state(agent)
 }
@@ -140,4 +150,28 @@ async fn handover(State(a): Shared, Path(name): Path<String>) -> Answer<serde_js
 async fn announce(State(a): Shared, Path(name): Path<String>) -> Answer<serde_json::Value> {
     a.announce(&name).await?;
     Ok(Json(serde_json::json!({"announced": name})))
+}
+
+async fn pools(State(a): Shared) -> Json<Vec<ferry_api::PoolInfo>> {
+    Json(a.pools())
+}
+
+async fn disks(State(a): Shared, Path(pool): Path<String>) -> Answer<Vec<ferry_api::DiskImage>> {
+    Ok(Json(a.disks(&pool)?))
+}
+
+async fn create_disk(
+    State(a): Shared,
+    Path(pool): Path<String>,
+    ApiJson(req): ApiJson<ferry_api::CreateDiskRequest>,
+) -> Answer<ferry_api::DiskImage> {
+    Ok(Json(a.create_disk(&pool, &req)?))
+}
+
+async fn delete_disk(
+    State(a): Shared,
+    Path((pool, disk)): Path<(String, String)>,
+) -> Answer<serde_json::Value> {
+    a.delete_disk(&pool, &disk)?;
+    Ok(Json(serde_json::json!({"deleted": disk, "pool": pool})))
 }

@@ -30,6 +30,8 @@ pub struct AgentConfig {
     pub migration_port: u16,
     /// Network name -> host bridge that VMs' NICs on that network attach to.
     pub networks: std::collections::BTreeMap<String, String>,
+    /// Storage pools (directories of qcow2 images).
+    pub pools: Vec<crate::storage::Pool>,
     pub heartbeat: Duration,
     /// Written with the bound API address once listening (for scripts and tests).
     pub ready_file: Option<PathBuf>,
@@ -59,6 +61,12 @@ impl AgentConfig {
         for (net, bridge) in &self.networks {
             validate_name("network name", net).map_err(|e| e.message)?;
             crate::net::validate_ifname(bridge).map_err(|e| format!("network {net}: {e}"))?;
+        }
+        let mut seen = std::collections::HashSet::new();
+        for pool in &self.pools {
+            if !seen.insert(&pool.name) {
+                return Err(format!("pool {} is configured twice", pool.name));
+            }
         }
         if let Some(url) = &self.server_url {
             if !(url.starts_with("http://") || url.starts_with("https://")) {

@@ -45,6 +45,9 @@ impl Agent {
             .advertise_url
             .clone()
             .unwrap_or_else(|| format!("http://{bound}"));
+        for pool in &config.pools {
+            pool.prepare()?;
+        }
         let facts = host_facts();
         let accel = decide_accel(&facts);
         let agent = Agent {
@@ -124,6 +127,7 @@ impl Agent {
         inv.machine_aliases = self.qemu.machines.aliases.clone();
         inv.machine_types = self.qemu.machines.types.clone();
         inv.networks = self.config.networks.keys().cloned().collect();
+        inv.pools = self.config.pools.iter().map(|p| p.info()).collect();
         let vms = self.vms.lock().await;
         for vm in vms.values().filter(|v| v.is_running_process()) {
             inv.vms_running += 1;
@@ -350,6 +354,42 @@ impl Agent {
         for i in 0..ferry_api::MAX_NICS {
             crate::net::delete_tap(&crate::net::tap_name(&self.config.name, name, i));
         }
+    }
+
+    fn pool(&self, name: &str) -> Result<&crate::storage::Pool, ApiError> {
+        validate_name("pool name", name)?;
+        self.config
+            .pools
+            .iter()
+            .find(|p| p.name == name)
+            .ok_or_else(|| {
+                ApiError::not_found(format!("host {} has no pool '{name}'", self.config.name))
+            })
+    }
+
+    pub fn pools(&self) -> Vec<ferry_api::PoolInfo> {
+        self.config.pools.iter().map(|p| p.info()).collect()
+    }
+
+    pub fn disks(&self, pool: &str) -> Result<Vec<ferry_api::DiskImage>, ApiError> {
+        // VMs do not attach pool disks yet (storage issue); nothing is in use.
+        self.pool(pool)?.list(&|_, _| None)
+    }
+
+    pub fn create_disk(
+        &self,
+        pool: &str,
+        req: &ferry_api::CreateDiskRequest,
+    ) -> Result<ferry_api::DiskImage, ApiError> {
+        let img = self.pool(pool)?.create(req)?;
+        tracing::info!(pool, disk = %req.name, size_mib = req.size_mib, "disk created");
+        Ok(img)
+    }
+
+    pub fn delete_disk(&self, pool: &str, name: &str) -> Result<(), ApiError> {
+        self.pool(pool)?.delete(name, None)?;
+        tracing::info!(pool, disk = %name, "disk deleted");
+        Ok(())
     }
 
     /// Makes the network learn where the VM's MACs are now (QEMU's self-announce: RARP

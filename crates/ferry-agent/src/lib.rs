@@ -18,6 +18,7 @@ pub mod inventory;
 pub mod net;
 pub mod persist;
 pub mod runtime;
+pub mod storage;
 
 pub use config::AgentConfig;
 pub use host::Agent;

@@ -216,6 +216,43 @@ impl ServerClient {
             .post(&format!("/v1/migrations/{id}/cancel"), &())
             .await
     }
+    pub async fn disks(&self, host: &str, pool: &str) -> Result<Vec<DiskImage>, ClientError> {
+        self.http
+            .get(&format!(
+                "/v1/hosts/{}/pools/{}/disks",
+                seg(host),
+                seg(pool)
+            ))
+            .await
+    }
+    pub async fn create_disk(
+        &self,
+        host: &str,
+        pool: &str,
+        req: &CreateDiskRequest,
+    ) -> Result<DiskImage, ClientError> {
+        self.http
+            .post(
+                &format!("/v1/hosts/{}/pools/{}/disks", seg(host), seg(pool)),
+                req,
+            )
+            .await
+    }
+    pub async fn delete_disk(
+        &self,
+        host: &str,
+        pool: &str,
+        disk: &str,
+    ) -> Result<serde_json::Value, ClientError> {
+        self.http
+            .delete(&format!(
+                "/v1/hosts/{}/pools/{}/disks/{}",
+                seg(host),
+                seg(pool),
+                seg(disk)
+            ))
+            .await
+    }
     pub async fn events(&self, q: &EventQuery) -> Result<Vec<Event>, ClientError> {
         let mut params = Vec::new();
         if let Some(vm) = &q.vm {
@@ -317,6 +354,33 @@ impl AgentClient {
             .post(&format!("/v1/vms/{}/migration/cancel", seg(name)), &())
             .await
     }
+    pub async fn pools(&self) -> Result<Vec<PoolInfo>, ClientError> {
+        self.http.get("/v1/pools").await
+    }
+    pub async fn disks(&self, pool: &str) -> Result<Vec<DiskImage>, ClientError> {
+        self.http
+            .get(&format!("/v1/pools/{}/disks", seg(pool)))
+            .await
+    }
+    pub async fn create_disk(
+        &self,
+        pool: &str,
+        req: &CreateDiskRequest,
+    ) -> Result<DiskImage, ClientError> {
+        self.http
+            .post(&format!("/v1/pools/{}/disks", seg(pool)), req)
+            .await
+    }
+    pub async fn delete_disk(
+        &self,
+        pool: &str,
+        disk: &str,
+    ) -> Result<serde_json::Value, ClientError> {
+        self.http
+            .delete(&format!("/v1/pools/{}/disks/{}", seg(pool), seg(disk)))
+            .await
+    }
+
     /// Makes the VM's NICs announce their MACs (after a switch-over).
     pub async fn announce(&self, name: &str) -> Result<serde_json::Value, ClientError> {
         self.http

@@ -25,6 +25,9 @@ pub struct HostInventory {
     /// Networks (by name) this host's VMs can attach to.
     #[serde(default)]
     pub networks: Vec<String>,
+    /// Storage pools on this host.
+    #[serde(default)]
+    pub pools: Vec<crate::PoolInfo>,
     pub vms_running: u32,
     pub vm_memory_mib: u64,
 }

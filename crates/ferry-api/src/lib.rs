@@ -16,6 +16,7 @@ pub mod http;
 pub mod migration;
 pub mod names;
 pub mod spec;
+pub mod storage;
 pub mod vm;
 
 pub use error::{ApiError, ErrorBody, ErrorCode};
@@ -23,6 +24,7 @@ pub use host::*;
 pub use migration::*;
 pub use names::validate_name;
 pub use spec::*;
+pub use storage::*;
 pub use vm::*;
 
 /// Header a client sets to say who asks (recorded in the event log).

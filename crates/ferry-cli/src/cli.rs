@@ -49,6 +49,9 @@ pub enum Command {
     Migration(MigrationCmd),
     /// The event log: who asked what, when, with what outcome.
     Events(EventsArgs),
+    /// Disk images in the hosts' storage pools.
+    #[command(subcommand)]
+    Disk(DiskCmd),
     /// Guest images.
     #[command(subcommand)]
     Image(ImageCmd),
@@ -121,6 +124,11 @@ pub struct AgentArgs {
     /// e.g. --network vmnet=br-vm.
     #[arg(long = "network", value_name = "NAME=BRIDGE")]
     pub networks: Vec<String>,
+    /// A storage pool: a directory of qcow2 images (repeatable). `:shared` marks storage
+    /// every host of the pool sees at the same path (NFS, cluster FS),
+    /// e.g. --pool local=/var/lib/ferry/pools/local --pool san=/mnt/san:shared.
+    #[arg(long = "pool", value_name = "NAME=DIR[:shared]")]
+    pub pools: Vec<String>,
     /// Heartbeat interval (ms).
     #[arg(long, default_value_t = 2_000)]
     pub heartbeat_ms: u64,
@@ -398,4 +406,40 @@ pub struct BenchMigrateArgs {
     pub out: PathBuf,
     #[command(flatten)]
     pub json: JsonFlag,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DiskCmd {
+    /// Create a qcow2 image in a pool.
+    #[command(after_help = "Example:\n  ferry disk create data1 --host a --pool local --size 4G")]
+    Create {
+        name: String,
+        #[arg(long)]
+        host: String,
+        #[arg(long)]
+        pool: String,
+        /// Virtual size: MiB, or with a suffix M, G, T.
+        #[arg(long)]
+        size: String,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// List the images in a host's pools.
+    List {
+        #[arg(long)]
+        host: String,
+        /// Only this pool.
+        #[arg(long)]
+        pool: Option<String>,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Delete an image that no VM uses.
+    Delete {
+        name: String,
+        #[arg(long)]
+        host: String,
+        #[arg(long)]
+        pool: String,
+    },
 }

@@ -35,6 +35,12 @@ pub async fn agent(a: AgentArgs, server_url: &str) -> CliResult {
         migration_advertise: a.migration_advertise,
         migration_port: a.migration_port,
         networks: parse_networks(&a.networks)?,
+        pools: a
+            .pools
+            .iter()
+            .map(|p| ferry_agent::storage::parse_pool_arg(p))
+            .collect::<Result<_, _>>()
+            .map_err(CliError::refused)?,
         heartbeat: Duration::from_millis(a.heartbeat_ms.clamp(100, 60_000)),
         ready_file: a.ready_file,
     };

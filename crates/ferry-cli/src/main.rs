@@ -5,6 +5,7 @@ mod bench_net;
 mod cli;
 mod cmd_cluster;
 mod cmd_daemons;
+mod cmd_disk;
 mod cmd_image;
 mod cmd_lab;
 mod cmd_migrate;
@@ -64,6 +65,7 @@ async fn run(cli: Cli) -> CliResult {
         Command::Vm(c) => cmd_cluster::vm(&server, c).await,
         Command::Migration(c) => cmd_migrate::migration(&server, c).await,
         Command::Events(a) => cmd_cluster::events(&server, a).await,
+        Command::Disk(c) => cmd_disk::run(&server, c).await,
         Command::Image(cli::ImageCmd::Build(a)) => cmd_image::build(a).await,
         Command::Demo(a) => demo::run(a).await,
         Command::Lab(c) => cmd_lab::run(c).await,

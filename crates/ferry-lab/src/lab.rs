@@ -28,6 +28,9 @@ pub struct LabConfig {
     pub keep: bool,
     /// Extra `RUST_LOG` for the daemons.
     pub log_filter: String,
+    /// Give every agent a local pool `local` (its own directory) and a pool `shared` (one
+    /// directory every agent sees, as shared storage would be).
+    pub pools: bool,
 }
 
 impl LabConfig {
@@ -38,6 +41,7 @@ impl LabConfig {
             image_dir: None,
             keep: false,
             log_filter: "info".into(),
+            pools: false,
         }
     }
 }
@@ -111,6 +115,16 @@ impl Lab {
             if let Some(img) = &cfg.image_dir {
                 args.push("--image-dir".into());
                 args.push(img.display().to_string());
+            }
+            if cfg.pools {
+                let shared = path.join("shared-pool");
+                std::fs::create_dir_all(&shared).map_err(|e| {
+                    LabError::Io(format!("cannot create {}: {e}", shared.display()))
+                })?;
+                args.push("--pool".into());
+                args.push(format!("local={}", state.join("pool-local").display()));
+                args.push("--pool".into());
+                args.push(format!("shared={}:shared", shared.display()));
             }
             lab.spawn(&cfg, &format!("agent-{host}"), &args)?;
             let addr = lab

@@ -17,6 +17,9 @@
 //! GET    /v1/migrations/{id}          Migration
 //! POST   /v1/migrations/{id}/cancel   Migration
 //! GET    /v1/events                   [Event] (?vm= &migration= &kind= &after= &limit=)
+//! GET    /v1/hosts/{host}/pools/{pool}/disks          [DiskImage]
+//! POST   /v1/hosts/{host}/pools/{pool}/disks          CreateDiskRequest -> DiskImage
+//! DELETE /v1/hosts/{host}/pools/{pool}/disks/{disk}
 //! ```
 
 use std::sync::Arc;
@@ -49,6 +52,14 @@ pub fn router(server: Arc<Server>) -> Router {
         .route("/v1/migrations/{id}", get(migration))
         .route("/v1/migrations/{id}/cancel", post(cancel))
         .route("/v1/events", get(events))
+        .route(
+            "/v1/hosts/{host}/pools/{pool}/disks",
+            get(disks).post(create_disk),
+        )
+        .route(
+            "/v1/hosts/{host}/pools/{pool}/disks/{disk}",
+            axum::routing::delete(delete_disk),
+        )
         .fallback(not_found)
         .with_state(server)
 }
@@ -230,4 +241,44 @@ async fn events(State(s): Shared, Query(p): Query<EventParams>) -> Answer<Vec<Ev
         after: p.after,
         limit: p.limit,
     })?))
+}
+
+async fn disks(
+    State(s): Shared,
+    Path((host, pool)): Path<(String, String)>,
+) -> Answer<Vec<DiskImage>> {
+    let (_, agent) = s.agent(&host)?;
+    let list = agent
+        .disks(&pool)
+        .await
+        .map_err(|e| e.into_api_error(&format!("host {host}")))?;
+    Ok(Json(list))
+}
+
+async fn create_disk(
+    State(s): Shared,
+    h: HeaderMap,
+    Path((host, pool)): Path<(String, String)>,
+    ApiJson(req): ApiJson<CreateDiskRequest>,
+) -> Answer<DiskImage> {
+    expect(
+        act(&s, &h, Action::CreateDisk { host, pool, req }).await?,
+        |o| match o {
+            ActionOutcome::Disk(d) => Some(d),
+            _ => None,
+        },
+    )
+}
+
+async fn delete_disk(
+    State(s): Shared,
+    h: HeaderMap,
+    Path((host, pool, disk)): Path<(String, String, String)>,
+) -> Answer<serde_json::Value> {
+    match act(&s, &h, Action::DeleteDisk { host, pool, disk }).await? {
+        ActionOutcome::Deleted(n) => Ok(Json(serde_json::json!({"deleted": n}))),
+        _ => Err(Failure(ApiError::internal(
+            "action returned an unexpected outcome",
+        ))),
+    }
 }

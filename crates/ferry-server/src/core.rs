@@ -33,6 +33,16 @@ pub enum Action {
     DeleteVm(String),
     StartMigration(MigrateRequest),
     CancelMigration(Uuid),
+    CreateDisk {
+        host: String,
+        pool: String,
+        req: CreateDiskRequest,
+    },
+    DeleteDisk {
+        host: String,
+        pool: String,
+        disk: String,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -41,6 +51,7 @@ pub enum ActionOutcome {
     Vm(Vm),
     Migration(Migration),
     Deleted(String),
+    Disk(DiskImage),
 }
 
 pub struct Server {
@@ -119,6 +130,26 @@ impl Server {
                 .await
                 .map(ActionOutcome::Migration),
             Action::CancelMigration(id) => self.cancel_migration(id).map(ActionOutcome::Migration),
+            Action::CreateDisk { host, pool, req } => {
+                req.validate()?;
+                let (_, agent) = self.agent(&host)?;
+                agent
+                    .create_disk(&pool, &req)
+                    .await
+                    .map(ActionOutcome::Disk)
+                    .map_err(|e| e.into_api_error(&format!("host {host}")))
+            }
+            Action::DeleteDisk { host, pool, disk } => {
+                validate_name("disk name", &disk)?;
+                let (_, agent) = self.agent(&host)?;
+                agent
+                    .delete_disk(&pool, &disk)
+                    .await
+                    .map(|_| {
+                        ActionOutcome::Deleted(format!("disk {disk} in pool {pool} on {host}"))
+                    })
+                    .map_err(|e| e.into_api_error(&format!("host {host}")))
+            }
         }
     }
 
@@ -397,7 +428,7 @@ impl Server {
             let _ = agent.remove(name).await;
         }
         self.store.delete_vm(name)?;
-        Ok(name.to_string())
+        Ok(format!("VM {name}"))
     }
 
     // ---- migrations ---------------------------------------------------------------------
@@ -515,6 +546,8 @@ fn describe(action: &Action) -> (&'static str, Option<String>, Option<String>, O
             None,
         ),
         Action::CancelMigration(id) => ("migration.cancel", None, None, Some(*id)),
+        Action::CreateDisk { host, .. } => ("disk.create", None, Some(host.clone()), None),
+        Action::DeleteDisk { host, .. } => ("disk.delete", None, Some(host.clone()), None),
     }
 }
 
@@ -526,6 +559,12 @@ fn summary(outcome: &ActionOutcome) -> String {
             "migration {} of VM {} from {} to {}: {}",
             m.id, m.vm, m.source, m.destination, m.phase
         ),
-        ActionOutcome::Deleted(n) => format!("VM {n} deleted"),
+        ActionOutcome::Deleted(n) => format!("{n} deleted"),
+        ActionOutcome::Disk(d) => format!(
+            "disk {} created in pool {} ({} MiB)",
+            d.name,
+            d.pool,
+            d.virtual_size >> 20
+        ),
     }
 }

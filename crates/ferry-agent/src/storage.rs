@@ -1,0 +1,261 @@
+//! Storage pools: directories of qcow2 images, named in the agent's config
+//! (`--pool local=/var/lib/ferry/pools/local`, `--pool san=/mnt/san:shared`). Specs and API
+//! calls name pool and image, never host paths; image names are validated, so a path is
+//! always `<pool dir>/<name>.qcow2`. Images are made and inspected with `qemu-img`, run with
+//! argument lists.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use ferry_api::{validate_name, ApiError, CreateDiskRequest, DiskImage, PoolInfo};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pool {
+    pub name: String,
+    pub dir: PathBuf,
+    pub shared: bool,
+}
+
+/// Parses `NAME=DIR` or `NAME=DIR:shared`.
+pub fn parse_pool_arg(arg: &str) -> Result<Pool, String> {
+    let (name, rest) = arg
+        .split_once('=')
+        .ok_or_else(|| format!("--pool '{arg}' must be NAME=DIR or NAME=DIR:shared"))?;
+    let (dir, shared) = match rest.strip_suffix(":shared") {
+        Some(d) => (d, true),
+        None => (rest, false),
+    };
+    validate_name("pool name", name).map_err(|e| e.message)?;
+    let dir = PathBuf::from(dir);
+    if !dir.is_absolute() {
+        return Err(format!(
+            "pool {name}: directory '{}' must be absolute",
+            dir.display()
+        ));
+    }
+    Ok(Pool {
+        name: name.to_string(),
+        dir,
+        shared,
+    })
+}
+
+const SUFFIX: &str = ".qcow2";
+
+impl Pool {
+    /// Makes sure the directory is there: a local pool's is created, a shared pool's must
+    /// already be mounted (creating it would hide a missing mount).
+    pub fn prepare(&self) -> Result<(), String> {
+        if self.shared {
+            if !self.dir.is_dir() {
+                return Err(format!(
+                    "shared pool {}: {} is not there (is the shared storage mounted?)",
+                    self.name,
+                    self.dir.display()
+                ));
+            }
+            return Ok(());
+        }
+        std::fs::create_dir_all(&self.dir).map_err(|e| {
+            format!(
+                "pool {}: cannot create {}: {e}",
+                self.name,
+                self.dir.display()
+            )
+        })
+    }
+
+    pub fn image_path(&self, image: &str) -> Result<PathBuf, ApiError> {
+        validate_name("disk name", image)?;
+        Ok(self.dir.join(format!("{image}{SUFFIX}")))
+    }
+
+    pub fn info(&self) -> PoolInfo {
+        let (total, free) = match nix::sys::statvfs::statvfs(&self.dir) {
+            Ok(s) => {
+                let frag = s.fragment_size() as u64;
+                (s.blocks() as u64 * frag, s.blocks_available() as u64 * frag)
+            }
+            Err(_) => (0, 0),
+        };
+        PoolInfo {
+            name: self.name.clone(),
+            path: self.dir.display().to_string(),
+            shared: self.shared,
+            total_bytes: total,
+            free_bytes: free,
+        }
+    }
+
+    /// The images in the pool. `in_use` tells which VM on this host uses an image.
+    pub fn list(
+        &self,
+        in_use: &dyn Fn(&str, &str) -> Option<String>,
+    ) -> Result<Vec<DiskImage>, ApiError> {
+        let entries = std::fs::read_dir(&self.dir).map_err(|e| {
+            ApiError::internal(format!(
+                "pool {}: cannot read {}: {e}",
+                self.name,
+                self.dir.display()
+            ))
+        })?;
+        let mut out = Vec::new();
+        for entry in entries.flatten() {
+            let file = entry.file_name().to_string_lossy().into_owned();
+            let Some(name) = file.strip_suffix(SUFFIX) else {
+                continue;
+            };
+            if validate_name("disk name", name).is_err() {
+                continue; // not ours
+            }
+            out.push(self.describe(name, in_use(&self.name, name))?);
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    fn describe(&self, name: &str, in_use_by: Option<String>) -> Result<DiskImage, ApiError> {
+        let path = self.image_path(name)?;
+        let info = qemu_img_info(&path)?;
+        Ok(DiskImage {
+            pool: self.name.clone(),
+            name: name.to_string(),
+            format: info["format"].as_str().unwrap_or("?").to_string(),
+            virtual_size: info["virtual-size"].as_u64().unwrap_or(0),
+            actual_size: info["actual-size"].as_u64().unwrap_or(0),
+            in_use_by,
+        })
+    }
+
+    pub fn create(&self, req: &CreateDiskRequest) -> Result<DiskImage, ApiError> {
+        req.validate()?;
+        let path = self.image_path(&req.name)?;
+        if path.exists() {
+            return Err(ApiError::conflict(format!(
+                "disk '{}' already exists in pool {}",
+                req.name, self.name
+            )));
+        }
+        let needed = req.size_mib << 20;
+        let free = self.info().free_bytes;
+        if !self.shared && free < needed / 16 {
+            // qcow2 is thin, but a pool that cannot even hold the metadata is full.
+            return Err(ApiError::conflict(format!(
+                "pool {} has {} MiB free; refusing a {} MiB disk",
+                self.name,
+                free >> 20,
+                req.size_mib
+            )));
+        }
+        run_qemu_img(&[
+            "create".as_ref(),
+            "-q".as_ref(),
+            "-f".as_ref(),
+            "qcow2".as_ref(),
+            path.as_os_str(),
+            format!("{}M", req.size_mib).as_ref(),
+        ])?;
+        self.describe(&req.name, None)
+    }
+
+    pub fn delete(&self, name: &str, in_use_by: Option<String>) -> Result<(), ApiError> {
+        let path = self.image_path(name)?;
+        if let Some(vm) = in_use_by {
+            return Err(ApiError::conflict(format!(
+                "disk '{name}' in pool {} is attached to VM {vm}; stop or delete the VM first",
+                self.name
+            )));
+        }
+        if !path.exists() {
+            return Err(ApiError::not_found(format!(
+                "no disk '{name}' in pool {}",
+                self.name
+            )));
+        }
+        std::fs::remove_file(&path)
+            .map_err(|e| ApiError::internal(format!("cannot remove {}: {e}", path.display())))
+    }
+}
+
+fn run_qemu_img(args: &[&std::ffi::OsStr]) -> Result<Vec<u8>, ApiError> {
+    let out = Command::new("qemu-img")
+        .args(args)
+        .output()
+        .map_err(|e| ApiError::internal(format!("cannot run qemu-img: {e}")))?;
+    if !out.status.success() {
+        return Err(ApiError::internal(format!(
+            "qemu-img {} failed: {}",
+            args.first()
+                .map(|a| a.to_string_lossy())
+                .unwrap_or_default(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(out.stdout)
+}
+
+/// `qemu-img info -U`: -U (force share) because the image may be open by a running QEMU.
+fn qemu_img_info(path: &Path) -> Result<serde_json::Value, ApiError> {
+    let out = run_qemu_img(&[
+        "info".as_ref(),
+        "-U".as_ref(),
+        "--output=json".as_ref(),
+        path.as_os_str(),
+    ])?;
+    serde_json::from_slice(&out).map_err(|e| ApiError::internal(format!("qemu-img info: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pool_args_parse_and_refuse_bad_ones() {
+        assert_eq!(
+            parse_pool_arg("san=/mnt/san:shared").unwrap(),
+            Pool {
+                name: "san".into(),
+                dir: "/mnt/san".into(),
+                shared: true
+            }
+        );
+        assert!(!parse_pool_arg("local=/var/lib/x").unwrap().shared);
+        for bad in ["local", "local=relative/dir", "../x=/d", "=/d"] {
+            assert!(parse_pool_arg(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn images_are_created_listed_and_deleted_with_qemu_img() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = Pool {
+            name: "local".into(),
+            dir: dir.path().to_path_buf(),
+            shared: false,
+        };
+        let none = |_: &str, _: &str| None;
+        let img = pool
+            .create(&CreateDiskRequest {
+                name: "data1".into(),
+                size_mib: 64,
+            })
+            .unwrap();
+        assert_eq!((img.format.as_str(), img.virtual_size), ("qcow2", 64 << 20));
+        let again = pool.create(&CreateDiskRequest {
+            name: "data1".into(),
+            size_mib: 64,
+        });
+        assert!(again.unwrap_err().message.contains("already exists"));
+        assert_eq!(pool.list(&none).unwrap().len(), 1);
+        let busy = pool.delete("data1", Some("web1".into())).unwrap_err();
+        assert!(busy.message.contains("attached to VM web1"));
+        pool.delete("data1", None).unwrap();
+        assert!(pool.list(&none).unwrap().is_empty());
+        assert!(pool
+            .delete("data1", None)
+            .unwrap_err()
+            .message
+            .contains("no disk"));
+        assert!(pool.image_path("../../etc/passwd").is_err());
+    }
+}
