@@ -157,7 +157,7 @@ async fn pools(State(a): Shared) -> Json<Vec<ferry_api::PoolInfo>> {
 }
 
 async fn disks(State(a): Shared, Path(pool): Path<String>) -> Answer<Vec<ferry_api::DiskImage>> {
-    Ok(Json(a.disks(&pool)?))
+    Ok(Json(a.disks(&pool).await?))
 }
 
 async fn create_disk(
@@ -172,6 +172,6 @@ async fn delete_disk(
     State(a): Shared,
     Path((pool, disk)): Path<(String, String)>,
 ) -> Answer<serde_json::Value> {
-    a.delete_disk(&pool, &disk)?;
+    a.delete_disk(&pool, &disk).await?;
     Ok(Json(serde_json::json!({"deleted": disk, "pool": pool})))
 }

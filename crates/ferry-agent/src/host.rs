@@ -248,6 +248,7 @@ impl Agent {
         let accel =
             resolve_requested(spec.accel, &self.accel_decision()).map_err(ApiError::bad_request)?;
         let bridges = self.bridges_for(&spec)?;
+        let disks = self.disk_paths(&spec)?;
         let mut vms = self.reserve(&spec.name).await?;
         let dir = self.vm_dir(&spec.name);
         let taps = self.create_taps(&spec.name, &bridges)?;
@@ -257,6 +258,7 @@ impl Agent {
             record,
             &boot,
             &taps,
+            &disks,
             dir.clone(),
             role == Role::Incoming,
         )
@@ -297,6 +299,26 @@ impl Agent {
                             }
                         ))
                     })
+            })
+            .collect()
+    }
+
+    /// The host path of each of the spec's data disks, or a refusal naming what is missing.
+    fn disk_paths(&self, spec: &VmSpec) -> Result<Vec<PathBuf>, ApiError> {
+        spec.disks
+            .iter()
+            .map(|d| {
+                let pool = self
+                    .pool(&d.pool)
+                    .map_err(|e| ApiError::bad_request(e.message))?;
+                let path = pool.image_path(&d.image)?;
+                if !path.is_file() {
+                    return Err(ApiError::bad_request(format!(
+                        "disk '{}' does not exist in pool {} on host {}",
+                        d.image, d.pool, self.config.name
+                    )));
+                }
+                Ok(path)
             })
             .collect()
     }
@@ -371,9 +393,26 @@ impl Agent {
         self.config.pools.iter().map(|p| p.info()).collect()
     }
 
-    pub fn disks(&self, pool: &str) -> Result<Vec<ferry_api::DiskImage>, ApiError> {
-        // VMs do not attach pool disks yet (storage issue); nothing is in use.
-        self.pool(pool)?.list(&|_, _| None)
+    /// Which VM on this host has each pool image attached.
+    async fn disk_users(&self) -> Vec<(String, String, String)> {
+        let vms: Vec<Arc<QemuVm>> = self.vms.lock().await.values().cloned().collect();
+        let mut users = Vec::new();
+        for vm in vms.iter().filter(|v| v.is_running_process()) {
+            for d in vm.record().spec.disks {
+                users.push((d.pool, d.image, vm.name.clone()));
+            }
+        }
+        users
+    }
+
+    pub async fn disks(&self, pool: &str) -> Result<Vec<ferry_api::DiskImage>, ApiError> {
+        let users = self.disk_users().await;
+        self.pool(pool)?.list(&|p, i| {
+            users
+                .iter()
+                .find(|(up, ui, _)| up == p && ui == i)
+                .map(|(_, _, vm)| vm.clone())
+        })
     }
 
     pub fn create_disk(
@@ -386,8 +425,14 @@ impl Agent {
         Ok(img)
     }
 
-    pub fn delete_disk(&self, pool: &str, name: &str) -> Result<(), ApiError> {
-        self.pool(pool)?.delete(name, None)?;
+    pub async fn delete_disk(&self, pool: &str, name: &str) -> Result<(), ApiError> {
+        let user = self
+            .disk_users()
+            .await
+            .into_iter()
+            .find(|(p, i, _)| p == pool && i == name)
+            .map(|(_, _, vm)| vm);
+        self.pool(pool)?.delete(name, user)?;
         tracing::info!(pool, disk = %name, "disk deleted");
         Ok(())
     }

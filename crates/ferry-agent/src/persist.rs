@@ -107,6 +107,7 @@ mod tests {
                 machine: "pc-q35-10.0".into(),
                 cpu_model: "qemu64".into(),
                 nics: vec![],
+                disks: vec![],
             },
             Accel::Tcg,
             Role::Normal,

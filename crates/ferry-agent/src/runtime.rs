@@ -80,6 +80,7 @@ impl QemuVm {
         record: PersistedVm,
         boot: &ResolvedBoot,
         taps: &[String],
+        disks: &[PathBuf],
         dir: PathBuf,
         incoming: bool,
     ) -> Result<Arc<QemuVm>, ApiError> {
@@ -95,7 +96,15 @@ impl QemuVm {
         record
             .save(&record_path(&dir))
             .map_err(|e| ApiError::internal(e.to_string()))?;
-        let args = build_args(&record.spec, boot, record.accel, &paths, taps, incoming);
+        let args = build_args(
+            &record.spec,
+            boot,
+            record.accel,
+            &paths,
+            taps,
+            disks,
+            incoming,
+        );
         let log = dir.join("qemu.log");
         let mut process =
             QemuProcess::spawn(qemu, &args, &log).map_err(|e| ApiError::internal(e.to_string()))?;

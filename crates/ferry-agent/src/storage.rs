@@ -71,6 +71,9 @@ impl Pool {
     }
 
     pub fn info(&self) -> PoolInfo {
+        // statvfs field types (c_ulong, fsblkcnt_t) differ between platforms; the casts are
+        // no-ops only on 64-bit Linux.
+        #[allow(clippy::unnecessary_cast)]
         let (total, free) = match nix::sys::statvfs::statvfs(&self.dir) {
             Ok(s) => {
                 let frag = s.fragment_size() as u64;

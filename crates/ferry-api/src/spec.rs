@@ -119,6 +119,22 @@ pub struct VmSpec {
     /// Network interfaces, in guest order (the first is the guest's eth0).
     #[serde(default)]
     pub nics: Vec<NicSpec>,
+    /// Data disks, by pool and image name, in guest order (virtio-blk: vda, vdb, ... after
+    /// a boot disk if there is one).
+    #[serde(default)]
+    pub disks: Vec<DiskRef>,
+}
+
+/// Most data disks a VM may have.
+pub const MAX_DISKS: usize = 8;
+
+/// A disk image in a storage pool. Specs never carry host paths: each host resolves the
+/// pool name to its own directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskRef {
+    pub pool: String,
+    pub image: String,
 }
 
 /// Most NICs a VM may have.
@@ -206,6 +222,23 @@ impl VmSpec {
                 "{} NICs asked for; at most {MAX_NICS}",
                 self.nics.len()
             )));
+        }
+        if self.disks.len() > MAX_DISKS {
+            return Err(ApiError::bad_request(format!(
+                "{} disks asked for; at most {MAX_DISKS}",
+                self.disks.len()
+            )));
+        }
+        let mut images = std::collections::HashSet::new();
+        for d in &self.disks {
+            validate_name("pool name", &d.pool)?;
+            validate_name("disk name", &d.image)?;
+            if !images.insert((&d.pool, &d.image)) {
+                return Err(ApiError::bad_request(format!(
+                    "disk {} in pool {} is attached twice",
+                    d.image, d.pool
+                )));
+            }
         }
         let mut macs = std::collections::HashSet::new();
         for nic in &self.nics {
@@ -332,6 +365,7 @@ mod tests {
             machine: "q35".into(),
             cpu_model: "qemu64".into(),
             nics: vec![],
+            disks: vec![],
         }
     }
 

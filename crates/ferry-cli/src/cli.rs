@@ -211,7 +211,7 @@ pub struct VmCreateArgs {
     #[arg(long)]
     pub host: String,
     /// A JSON VM spec file; the options below are then not allowed.
-    #[arg(long, conflicts_with_all = ["memory", "vcpus", "image", "kernel", "disk", "workload_mem", "workload_rate", "cmdline", "nics", "guest_ip"])]
+    #[arg(long, conflicts_with_all = ["memory", "vcpus", "image", "kernel", "disk", "workload_mem", "workload_rate", "cmdline", "nics", "guest_ip", "disks"])]
     pub spec: Option<PathBuf>,
     /// Guest memory, MiB.
     #[arg(long, default_value_t = 512)]
@@ -245,6 +245,9 @@ pub struct VmCreateArgs {
     /// --nic vmnet or --nic vmnet=52:54:00:12:34:56. Ferry assigns a stable MAC if none.
     #[arg(long = "nic", value_name = "NETWORK[=MAC]")]
     pub nics: Vec<String>,
+    /// A data disk from a storage pool (repeatable): --data-disk shared/data1.
+    #[arg(long = "data-disk", value_name = "POOL/IMAGE")]
+    pub disks: Vec<String>,
     /// Test guest: its IPv4 address on the first NIC, e.g. 172.30.1.100/24.
     #[arg(long, requires = "nics")]
     pub guest_ip: Option<String>,

@@ -288,6 +288,19 @@ fn spec_from_args(a: &VmCreateArgs) -> Result<VmSpec, CliError> {
             .map_err(|e: ApiError| CliError::refused(e.message))?,
         machine: a.machine.clone(),
         cpu_model: a.cpu.clone(),
+        disks: a
+            .disks
+            .iter()
+            .map(|d| match d.split_once('/') {
+                Some((pool, image)) => Ok(DiskRef {
+                    pool: pool.into(),
+                    image: image.into(),
+                }),
+                None => Err(CliError::refused(format!(
+                    "--data-disk '{d}' must be POOL/IMAGE"
+                ))),
+            })
+            .collect::<Result<_, _>>()?,
         nics: a
             .nics
             .iter()

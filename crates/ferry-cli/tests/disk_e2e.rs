@@ -129,3 +129,122 @@ async fn disks_are_created_listed_and_deleted_in_pools_with_names_checked() {
         && e.outcome == Outcome::Error
         && e.message.contains("already exists")));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_vm_with_a_shared_pool_disk_migrates_and_one_with_a_local_disk_is_refused() {
+    let mut cfg = lab_config(&["a", "b"]);
+    cfg.pools = true;
+    let lab = ferry_lab::Lab::start(cfg).await.expect("lab");
+    let c = lab.client();
+    for (pool, disk) in [("shared", "sdata"), ("local", "ldata")] {
+        let out = ferry(
+            &lab,
+            &[
+                "disk", "create", disk, "--host", "a", "--pool", pool, "--size", "64M",
+            ],
+        );
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+
+    // A local-pool disk: the migration is refused before anything is touched.
+    let mut spec = ferry_lab::test_vm_spec("local1", 512, 32, 1.0);
+    spec.disks = vec![DiskRef {
+        pool: "local".into(),
+        image: "ldata".into(),
+    }];
+    c.create_vm(&CreateVmRequest {
+        host: "a".into(),
+        spec,
+    })
+    .await
+    .unwrap();
+    let out = ferry(&lab, &["vm", "migrate", "local1", "--to", "b"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("local pool local"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(c.migrations().await.unwrap().is_empty());
+    assert!(lab.qemus_on("b").is_empty());
+    // And the image it uses cannot be deleted under it.
+    let out = ferry(
+        &lab,
+        &["disk", "delete", "ldata", "--host", "a", "--pool", "local"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("attached to VM local1"),
+        "{}",
+        stderr(&out)
+    );
+    let out = ferry(&lab, &["vm", "stop", "local1"]);
+    assert!(out.status.success());
+
+    // A shared-pool disk: memory and device state move, the image stays, and afterwards only
+    // the destination's QEMU has it open.
+    let mut spec = ferry_lab::test_vm_spec("shared1", 512, 64, 5.0);
+    spec.disks = vec![DiskRef {
+        pool: "shared".into(),
+        image: "sdata".into(),
+    }];
+    c.create_vm(&CreateVmRequest {
+        host: "a".into(),
+        spec,
+    })
+    .await
+    .unwrap();
+    ferry_lab::wait_ready(&c, "shared1", std::time::Duration::from_secs(240))
+        .await
+        .unwrap();
+    let image = lab.dir().join("shared-pool/sdata.qcow2");
+    let holders = |path: &std::path::Path| -> Vec<u32> {
+        ["a", "b"]
+            .iter()
+            .flat_map(|h| lab.qemus_on(h))
+            .filter(|pid| {
+                std::fs::read_dir(format!("/proc/{pid}/fd"))
+                    .map(|fds| {
+                        fds.flatten().any(|fd| {
+                            std::fs::read_link(fd.path())
+                                .map(|p| p == path)
+                                .unwrap_or(false)
+                        })
+                    })
+                    .unwrap_or(false)
+            })
+            .collect()
+    };
+    assert_eq!(
+        holders(&image),
+        lab.qemus_on("a"),
+        "a's QEMU holds the image"
+    );
+    let out = ferry(&lab, &["vm", "migrate", "shared1", "--to", "b", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let m: Migration = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(m.phase, Phase::Completed);
+    let b_qemus = lab.qemus_on("b");
+    assert_eq!(b_qemus.len(), 1);
+    assert_eq!(
+        holders(&image),
+        b_qemus,
+        "only b's QEMU holds the image now"
+    );
+    let on_b = c.disks("b", "shared").await.unwrap();
+    assert_eq!(
+        on_b.iter()
+            .find(|d| d.name == "sdata")
+            .and_then(|d| d.in_use_by.clone()),
+        Some("shared1".into())
+    );
+    let v = ferry_lab::Observer {
+        client: &c,
+        vm: "shared1",
+    }
+    .wait_status(std::time::Duration::from_secs(60), |s| {
+        s.mismatches == 0 && s.tick > 3
+    })
+    .await;
+    assert!(v.is_ok(), "{v:?}");
+}

@@ -29,5 +29,6 @@ pub fn test_vm_spec(name: &str, memory_mib: u64, workload_mib: u64, rate_mib_s: 
         machine: ferry_api::default_machine(),
         cpu_model: ferry_api::default_cpu_model(),
         nics: vec![],
+        disks: vec![],
     }
 }

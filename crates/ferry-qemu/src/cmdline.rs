@@ -36,7 +36,7 @@ pub struct RuntimePaths {
 
 /// Builds QEMU's arguments. `machine` must already be the concrete machine type, `accel`
 /// the resolved one (never Auto). `taps` holds the host tap device of each of the spec's
-/// NICs, in order. `incoming` starts QEMU waiting for a migration stream (`-incoming
+/// NICs, and `disks` the host path of each of its data disks, in order. `incoming` starts QEMU waiting for a migration stream (`-incoming
 /// defer`: the agent picks the listen address over QMP afterwards).
 pub fn build_args(
     spec: &VmSpec,
@@ -44,6 +44,7 @@ pub fn build_args(
     accel: Accel,
     paths: &RuntimePaths,
     taps: &[String],
+    disks: &[PathBuf],
     incoming: bool,
 ) -> Vec<OsString> {
     let mut a: Vec<OsString> = Vec::new();
@@ -116,6 +117,22 @@ pub fn build_args(
             a.push("-device".into());
             a.push("virtio-blk-pci,drive=boot-disk,id=boot-disk0,bootindex=0".into());
         }
+    }
+    // Data disks: JSON -blockdev (host side: the path), fixed node names and device ids
+    // (guest side). qcow2 only: pools hold qcow2 images, and the format is never probed.
+    for (i, path) in disks.iter().enumerate() {
+        let file = serde_json::json!({
+            "driver": "file", "filename": path, "node-name": format!("disk{i}-file"),
+        });
+        let fmt = serde_json::json!({
+            "driver": "qcow2", "file": format!("disk{i}-file"), "node-name": format!("disk{i}"),
+        });
+        for v in [file, fmt] {
+            a.push("-blockdev".into());
+            a.push(v.to_string().into());
+        }
+        a.push("-device".into());
+        a.push(format!("virtio-blk-pci,drive=disk{i},id=disk{i}dev").into());
     }
     // NICs: the tap is host-side (-netdev); the device, its MAC and id are what the guest
     // sees and must match on every host. The MAC comes from the spec, assigned once.
@@ -197,6 +214,7 @@ mod tests {
                 network: "vmnet".into(),
                 mac: Some("52:54:00:aa:bb:cc".into()),
             }],
+            disks: vec![],
         }
     }
 
@@ -219,6 +237,7 @@ mod tests {
             &disk,
             Accel::Tcg,
             &paths("/v"),
+            &[],
             &[],
             false,
         ));
@@ -255,6 +274,7 @@ mod tests {
             Accel::Tcg,
             &paths("/a/vm"),
             &taps("a"),
+            &[],
             false,
         );
         let b = build_args(
@@ -263,10 +283,57 @@ mod tests {
             Accel::Tcg,
             &paths("/b/vm"),
             &taps("b"),
+            &[],
             true,
         );
         assert_eq!(guest_visible_args(&a), guest_visible_args(&b));
         assert_ne!(a, b, "host-side paths do differ");
+    }
+
+    #[test]
+    fn data_disks_get_fixed_node_names_and_ids_with_host_paths_in_json() {
+        let disks = vec![PathBuf::from("/pools/a,b/data1.qcow2")];
+        let args = strings(&build_args(
+            &spec(),
+            &boot("/i"),
+            Accel::Tcg,
+            &paths("/v"),
+            &[],
+            &disks,
+            false,
+        ));
+        let first = args.iter().position(|a| a == "-blockdev").unwrap();
+        let file: serde_json::Value = serde_json::from_str(&args[first + 1]).unwrap();
+        assert_eq!(file["filename"], "/pools/a,b/data1.qcow2");
+        assert_eq!(file["node-name"], "disk0-file");
+        let fmt: serde_json::Value = serde_json::from_str(&args[first + 3]).unwrap();
+        assert_eq!(
+            (fmt["driver"].as_str(), fmt["node-name"].as_str()),
+            (Some("qcow2"), Some("disk0"))
+        );
+        assert!(args.contains(&"virtio-blk-pci,drive=disk0,id=disk0dev".to_string()));
+        let elsewhere = vec![PathBuf::from("/other/pool/data1.qcow2")];
+        let b = build_args(
+            &spec(),
+            &boot("/j"),
+            Accel::Tcg,
+            &paths("/w"),
+            &[],
+            &elsewhere,
+            true,
+        );
+        assert_eq!(
+            guest_visible_args(&build_args(
+                &spec(),
+                &boot("/i"),
+                Accel::Tcg,
+                &paths("/v"),
+                &[],
+                &disks,
+                false
+            )),
+            guest_visible_args(&b)
+        );
     }
 
     #[test]
@@ -277,6 +344,7 @@ mod tests {
             Accel::Tcg,
             &paths("/v"),
             &taps("a"),
+            &[],
             false,
         ));
         assert!(args.contains(&"tap,id=net0,ifname=tap-a0,script=no,downscript=no".to_string()));
@@ -293,6 +361,7 @@ mod tests {
             Accel::Tcg,
             &paths("/v"),
             &[],
+            &[],
             true,
         ));
         let pos = args.iter().position(|a| a == "-incoming").unwrap();
@@ -302,6 +371,7 @@ mod tests {
             &boot("/i"),
             Accel::Tcg,
             &paths("/v"),
+            &[],
             &[],
             false,
         ));
@@ -315,6 +385,7 @@ mod tests {
             &boot("/i"),
             Accel::Kvm,
             &paths("/v"),
+            &[],
             &[],
             false,
         ));
@@ -342,6 +413,7 @@ mod tests {
             &boot("/i"),
             Accel::Tcg,
             &p,
+            &[],
             &[],
             false,
         ));

@@ -457,6 +457,7 @@ impl Server {
                 dest.name
             )));
         }
+        self.check_storage_can_move(&vm, &dest)?;
         let (_, source) = self.agent(&vm.host)?;
         let rt = source
             .vm(&vm.spec.name)
@@ -493,6 +494,46 @@ impl Server {
         }
         crate::orchestrator::spawn(self.clone(), m.clone());
         Ok(m)
+    }
+
+    /// Disks in a shared pool stay where they are (ownership moves with the switch-over),
+    /// so the destination must see the same pool at the same path. Disks in a local pool
+    /// would have to be copied while the guest writes (storage migration), which Ferry does
+    /// not do yet: such a VM is refused with that reason, before anything is touched.
+    fn check_storage_can_move(&self, vm: &Vm, dest: &Host) -> Result<(), ApiError> {
+        let source = self.host(&vm.host)?;
+        for d in &vm.spec.disks {
+            let src_pool = source.inventory.pools.iter().find(|p| p.name == d.pool);
+            match src_pool {
+                Some(p) if p.shared => {
+                    let same = dest
+                        .inventory
+                        .pools
+                        .iter()
+                        .any(|q| q.name == p.name && q.shared && q.path == p.path);
+                    if !same {
+                        return Err(ApiError::conflict(format!(
+                            "disk {} is in shared pool {} ({}), which destination {} does not have at the same path",
+                            d.image, p.name, p.path, dest.name
+                        )));
+                    }
+                }
+                Some(p) => {
+                    return Err(ApiError::conflict(format!(
+                        "disk {} is in local pool {} on {}: moving local disks during a live migration \
+                         (storage migration) is not available yet; keep the VM's disks in a shared pool",
+                        d.image, p.name, vm.host
+                    )))
+                }
+                None => {
+                    return Err(ApiError::conflict(format!(
+                        "disk {} is in pool {}, which host {} does not report",
+                        d.image, d.pool, vm.host
+                    )))
+                }
+            }
+        }
+        Ok(())
     }
 
     fn cancel_migration(&self, id: Uuid) -> Result<Migration, ApiError> {

@@ -19,6 +19,7 @@ fn vm(name: &str, host: &str) -> Vm {
             machine: "pc-q35-10.0".into(),
             cpu_model: "qemu64".into(),
             nics: vec![],
+            disks: vec![],
         },
         host: host.into(),
         state: VmState::Running,
