@@ -3,8 +3,8 @@
 //! The guest has no other channel for configuration: the host puts `ferry.<key>=<value>` words
 //! on the kernel command line (see `ferry_image::kernel_cmdline`) and the workload reads
 //! `/proc/cmdline`. Parsing is generic: every `ferry.*` word is collected, the known keys are
-//! validated, and unknown keys are kept in [`Config::extra`] for later features (disk, ...)
-//! instead of being rejected, so an older guest binary still boots with a newer host.
+//! validated, and unknown keys are kept in [`Config::extra`] for later features instead of
+//! being rejected, so an older guest binary still boots with a newer host.
 //!
 //! Known keys:
 //!
@@ -15,6 +15,13 @@
 //! | `ferry.ip` | `ADDR/PREFIX` of `eth0`, IPv4 unicast, prefix 1..=32 | none: no networking |
 //! | `ferry.gw` | IPv4 default gateway, inside `ferry.ip`'s subnet (needs `ferry.ip`) | none |
 //! | `ferry.port` | TCP port of the echo service, 0 disables it | 7000 |
+//! | `ferry.disk` | block device name under `/dev` (e.g. `vda`) for the disk workload | none: no disk mode |
+//! | `ferry.disk_mib` | MiB of the disk to use, from its start, 1..=65536 (needs `ferry.disk`) | whole device, at most 1024 |
+//! | `ferry.disk_rate_mib` | MiB/s of the disk rewritten, finite, >= 0 (needs `ferry.disk`) | 2 |
+//!
+//! The disk workload ([`crate::disk`]) *initialises* (overwrites) the area of `ferry.disk`
+//! unless it already holds a Ferry disk header; it refuses a device whose first 4 KiB are
+//! neither zero nor a Ferry header, so it never overwrites a disk holding a file system.
 //!
 //! `ferry.ip` and `ferry.gw` are applied by `/init` (busybox `ip`) before the workload starts;
 //! the workload validates them too so that a bad value shows up as a `config-error` line.
@@ -32,6 +39,15 @@ pub const DEFAULT_RATE_MIB: f64 = 10.0;
 pub const MAX_MEM_MIB: u64 = 1 << 20;
 /// Default port of the TCP service (see [`crate::service`]).
 pub const DEFAULT_PORT: u16 = 7000;
+/// Default disk rewrite rate (`ferry.disk_rate_mib`).
+pub const DEFAULT_DISK_RATE_MIB: f64 = 2.0;
+/// Largest area used when `ferry.disk_mib` is not given: the whole device up to this size.
+pub const DEFAULT_MAX_DISK_MIB: u64 = 1024;
+/// Largest accepted `ferry.disk_mib` (64 GiB): the generation table lives in guest memory
+/// (8 bytes per 4 KiB block, 128 MiB at this size).
+pub const MAX_DISK_MIB: u64 = 1 << 16;
+/// Longest accepted `ferry.disk` device name.
+pub const MAX_DISK_NAME_LEN: usize = 32;
 /// Prefix of the words this crate reads.
 pub const KEY_PREFIX: &str = "ferry.";
 
@@ -129,6 +145,15 @@ pub struct Config {
     pub gw: Option<Ipv4Addr>,
     /// `ferry.port`: TCP service port, `0` = no service. Only used when [`Config::ip`] is set.
     pub port: u16,
+    /// `ferry.disk`: name of the block device under `/dev` for the disk workload; `None`
+    /// means no disk mode.
+    pub disk: Option<String>,
+    /// `ferry.disk_mib`: MiB of the device to use from its start; `None` = the whole device,
+    /// at most [`DEFAULT_MAX_DISK_MIB`].
+    pub disk_mib: Option<u64>,
+    /// `ferry.disk_rate_mib`: MiB per second of the disk rewritten; `0` writes the area once
+    /// and then only verifies.
+    pub disk_rate_mib: f64,
     /// Every other `ferry.*` word, keyed without the `ferry.` prefix (a bare word has value "").
     pub extra: BTreeMap<String, String>,
 }
@@ -141,6 +166,9 @@ impl Default for Config {
             ip: None,
             gw: None,
             port: DEFAULT_PORT,
+            disk: None,
+            disk_mib: None,
+            disk_rate_mib: DEFAULT_DISK_RATE_MIB,
             extra: BTreeMap::new(),
         }
     }
@@ -180,6 +208,8 @@ impl Config {
         let mut cfg = Config::default();
         let mut errors = Vec::new();
         let mut gw_word = None;
+        // Disk settings that only mean something with ferry.disk, checked at the end.
+        let mut disk_words = Vec::new();
         for (key, value) in words(cmdline) {
             let Some(name) = key.strip_prefix(KEY_PREFIX) else {
                 continue;
@@ -209,6 +239,24 @@ impl Config {
                     Ok(v) => cfg.port = v,
                     Err(reason) => errors.push(error(key, value, reason)),
                 },
+                "disk" => match parse_disk_name(value) {
+                    Ok(v) => cfg.disk = Some(v),
+                    Err(reason) => errors.push(error(key, value, reason)),
+                },
+                "disk_mib" => match parse_disk_mib(value) {
+                    Ok(v) => {
+                        disk_words.push((key, value));
+                        cfg.disk_mib = Some(v);
+                    }
+                    Err(reason) => errors.push(error(key, value, reason)),
+                },
+                "disk_rate_mib" => match parse_rate_mib(value) {
+                    Ok(v) => {
+                        disk_words.push((key, value));
+                        cfg.disk_rate_mib = v;
+                    }
+                    Err(reason) => errors.push(error(key, value, reason)),
+                },
                 _ => {
                     cfg.extra.insert(name.to_string(), value.to_string());
                 }
@@ -230,6 +278,16 @@ impl Config {
                 errors.push(error(key, value, reason));
             }
         }
+        // Like ferry.gw without ferry.ip: a disk size or rate without a disk is a mistake.
+        if cfg.disk.is_none() && !errors.iter().any(|e| e.key == "ferry.disk") {
+            for (key, value) in disk_words {
+                errors.push(error(
+                    key,
+                    value,
+                    "needs ferry.disk (the block device to use, e.g. ferry.disk=vda)".into(),
+                ));
+            }
+        }
         if errors.is_empty() {
             Ok(cfg)
         } else {
@@ -245,6 +303,16 @@ impl Config {
     /// The port the TCP service should listen on: `None` without networking or with port 0.
     pub fn service_port(&self) -> Option<u16> {
         (self.ip.is_some() && self.port != 0).then_some(self.port)
+    }
+
+    /// Settings of the disk workload, if `ferry.disk` is set: the device is `/dev/<name>`.
+    pub fn disk_settings(&self) -> Option<crate::disk::DiskSettings> {
+        let name = self.disk.as_ref()?;
+        Some(crate::disk::DiskSettings {
+            path: std::path::Path::new("/dev").join(name),
+            mib: self.disk_mib,
+            rate_mib: self.disk_rate_mib,
+        })
     }
 
     /// Number of 4 KiB pages in the checked area.
@@ -277,6 +345,34 @@ fn parse_rate_mib(value: &str) -> Result<f64, String> {
         .map_err(|_| "expected a number of MiB per second, e.g. 10 or 2.5".to_string())?;
     if !v.is_finite() || v < 0.0 {
         return Err("must be a finite number >= 0 (0 = fill once, then only verify)".to_string());
+    }
+    Ok(v)
+}
+
+/// A device name under `/dev`: letters, digits, `-` and `_` (e.g. `vda`, `nvme0n1`), so it
+/// cannot name a path elsewhere.
+fn parse_disk_name(value: &str) -> Result<String, String> {
+    let ok = !value.is_empty()
+        && value.len() <= MAX_DISK_NAME_LEN
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok {
+        Ok(value.to_string())
+    } else {
+        Err(format!(
+            "expected a block device name under /dev like vda (1..={MAX_DISK_NAME_LEN} letters, \
+             digits, '-' or '_')"
+        ))
+    }
+}
+
+fn parse_disk_mib(value: &str) -> Result<u64, String> {
+    let v: u64 = value
+        .parse()
+        .map_err(|_| format!("expected a whole number of MiB (1..={MAX_DISK_MIB})"))?;
+    if v == 0 || v > MAX_DISK_MIB {
+        return Err(format!("must be between 1 and {MAX_DISK_MIB} MiB"));
     }
     Ok(v)
 }
@@ -355,12 +451,12 @@ mod tests {
     #[test]
     fn unknown_keys_are_kept_not_rejected() {
         let c = Config::parse(
-            "ferry.mem_mib=8 ferry.net_ip=10.0.0.2/24 ferry.disk ferry.label=\"a b\" other=1",
+            "ferry.mem_mib=8 ferry.net_ip=10.0.0.2/24 ferry.flag ferry.label=\"a b\" other=1",
         )
         .unwrap();
         assert_eq!(c.mem_mib, 8);
         assert_eq!(c.get("net_ip"), Some("10.0.0.2/24"));
-        assert_eq!(c.get("disk"), Some(""));
+        assert_eq!(c.get("flag"), Some(""));
         assert_eq!(c.get("label"), Some("a b"));
         assert_eq!(c.get("other"), None);
         assert_eq!(c.extra.len(), 3);
@@ -482,6 +578,68 @@ mod tests {
         // A bad address and a gateway: both words are reported (the gateway lacks an address).
         let errs = Config::parse("ferry.ip=x ferry.gw=10.0.2.2").unwrap_err();
         assert_eq!(errs.len(), 2, "{errs:?}");
+    }
+
+    #[test]
+    fn disk_settings() {
+        let c = Config::parse("console=ttyS0").unwrap();
+        assert_eq!((c.disk.as_deref(), c.disk_mib), (None, None));
+        assert_eq!(c.disk_rate_mib, DEFAULT_DISK_RATE_MIB);
+        assert!(c.disk_settings().is_none(), "no ferry.disk, no disk mode");
+
+        let c = Config::parse("ferry.disk=vda").unwrap();
+        let d = c.disk_settings().unwrap();
+        assert_eq!(d.path, std::path::Path::new("/dev/vda"));
+        assert_eq!((d.mib, d.rate_mib), (None, 2.0));
+
+        // Order does not matter; rate 0 writes once and then only verifies.
+        let c =
+            Config::parse("ferry.disk_rate_mib=0 ferry.disk_mib=32 ferry.disk=nvme0n1").unwrap();
+        let d = c.disk_settings().unwrap();
+        assert_eq!(d.path, std::path::Path::new("/dev/nvme0n1"));
+        assert_eq!((d.mib, d.rate_mib), (Some(32), 0.0));
+        assert!(c.extra.is_empty());
+        let c =
+            Config::parse("ferry.disk=vdb ferry.disk_mib=65536 ferry.disk_rate_mib=2.5").unwrap();
+        assert_eq!((c.disk_mib, c.disk_rate_mib), (Some(65536), 2.5));
+    }
+
+    #[test]
+    fn bad_disk_settings_are_reported() {
+        for bad in [
+            "ferry.disk",
+            "ferry.disk=",
+            "ferry.disk=../sda",
+            "ferry.disk=/dev/vda",
+            "ferry.disk=v.da",
+            "ferry.disk=aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+            "ferry.disk=vda ferry.disk_mib=0",
+            "ferry.disk=vda ferry.disk_mib=",
+            "ferry.disk=vda ferry.disk_mib=1.5",
+            "ferry.disk=vda ferry.disk_mib=-1",
+            "ferry.disk=vda ferry.disk_mib=65537",
+            "ferry.disk=vda ferry.disk_rate_mib=-1",
+            "ferry.disk=vda ferry.disk_rate_mib=nan",
+            "ferry.disk=vda ferry.disk_rate_mib=inf",
+            "ferry.disk=vda ferry.disk_rate_mib=",
+            "ferry.disk_mib=32",
+            "ferry.disk_rate_mib=2",
+        ] {
+            let errs = Config::parse(bad).expect_err(bad);
+            assert_eq!(errs.len(), 1, "{bad}: {errs:?}");
+        }
+        let errs = Config::parse("ferry.disk_mib=32 ferry.disk_rate_mib=1").unwrap_err();
+        assert_eq!(errs.len(), 2, "{errs:?}");
+        assert!(errs[0].reason.contains("needs ferry.disk"), "{errs:?}");
+        assert_eq!(
+            errs[1].to_string(),
+            "FERRY-GUEST config-error key=ferry.disk_rate_mib value=\"1\" reason=needs \
+             ferry.disk (the block device to use, e.g. ferry.disk=vda)"
+        );
+        // A bad device name is reported once, not again for the size that depends on it.
+        let errs = Config::parse("ferry.disk=a/b ferry.disk_mib=8").unwrap_err();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(errs[0].reason.contains("under /dev"), "{errs:?}");
     }
 
     #[test]

@@ -15,7 +15,10 @@
 //! - [`status`]: the console line formats and parsers ([`status::StatusLine`],
 //!   [`status::last_status`], [`status::ConsoleSummary`], ...);
 //! - [`workload`]: the fill / rewrite / verify loop itself;
-//! - [`service`]: the TCP service (token echo with the workload's counters).
+//! - [`service`]: the TCP service (token echo with the workload's counters);
+//! - [`disk`]: the disk workload (`ferry.disk`): self-verifying blocks on a block device,
+//!   rewritten and verified continuously in its own thread, and verified completely after the
+//!   VM restarts.
 //!
 //! The crate has no dependencies so the binary links statically:
 //!
@@ -25,6 +28,7 @@
 //! ```
 
 pub mod config;
+pub mod disk;
 pub mod pattern;
 pub mod service;
 pub mod status;
@@ -32,5 +36,6 @@ pub mod workload;
 
 pub use config::{Config, Ipv4Cidr};
 pub use status::{
-    last_status, mismatch_line_count, ConsoleSummary, NetLine, ReadyLine, StatusLine, TcpLine,
+    disk_mismatch_line_count, last_status, mismatch_line_count, ConsoleSummary, DiskLine,
+    DiskReadyLine, DiskStatusLine, NetLine, ReadyLine, StatusLine, TcpLine,
 };

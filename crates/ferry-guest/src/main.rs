@@ -9,13 +9,16 @@
 //!
 //! With `ferry.ip` set (networking configured by `/init`) and `ferry.port` not 0, the TCP
 //! service (`ferry_guest::service`) listens on `0.0.0.0:<port>` before the workload starts.
+//! With `ferry.disk` set, the disk workload (`ferry_guest::disk`) runs in its own thread; if
+//! it fails it prints `FERRY-GUEST disk error reason=...` and stops, the memory workload goes on.
 
 use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
 
+use ferry_guest::disk::{self, DiskRunOptions};
 use ferry_guest::service::Service;
-use ferry_guest::status::{TcpLine, PREFIX};
+use ferry_guest::status::{DiskLine, TcpLine, PREFIX};
 use ferry_guest::workload::{run, RunOptions};
 use ferry_guest::Config;
 
@@ -112,11 +115,29 @@ fn main() -> ExitCode {
             }
         }
     });
-    let mut out = std::io::stdout().lock();
+    // Its own thread: disk I/O and verification must not disturb the memory workload's timing.
+    if let Some(settings) = cfg.disk_settings() {
+        let spawned = std::thread::Builder::new()
+            .name("ferry-disk".into())
+            .spawn(move || {
+                let mut out = std::io::stdout();
+                if let Err(e) = disk::run(&settings, &mut out, &DiskRunOptions::default()) {
+                    say_line(&DiskLine::Error {
+                        reason: e.to_string(),
+                    });
+                }
+            });
+        if let Err(e) = spawned {
+            say_line(&DiskLine::Error {
+                reason: format!("cannot start the disk thread: {e}"),
+            });
+        }
+    }
+    // Not `stdout().lock()`: the disk thread prints too, each line under its own lock.
+    let mut out = std::io::stdout();
     match run(&cfg, &mut out, &opts) {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
-            drop(out);
             say(format_args!("error {e}"));
             ExitCode::from(3)
         }

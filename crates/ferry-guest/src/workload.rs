@@ -251,15 +251,24 @@ pub struct RunOptions {
     pub counters: Arc<Counters>,
 }
 
-/// Spreads writes evenly: how many pages are due at a given instant.
-struct Pacer {
+/// Spreads writes evenly: how many pages (or disk blocks) are due at a given instant.
+pub(crate) struct Pacer {
     pages_per_sec: f64,
     epoch: Instant,
     done: u64,
 }
 
 impl Pacer {
-    fn due(&mut self, now: Instant) -> u64 {
+    /// A pacer of `per_sec` units per second starting at `epoch`.
+    pub(crate) fn new(per_sec: f64, epoch: Instant) -> Pacer {
+        Pacer {
+            pages_per_sec: per_sec,
+            epoch,
+            done: 0,
+        }
+    }
+
+    pub(crate) fn due(&mut self, now: Instant) -> u64 {
         if self.pages_per_sec <= 0.0 {
             return 0;
         }
@@ -276,7 +285,7 @@ impl Pacer {
 }
 
 /// Writes one console line. Errors are ignored: the console is the only place to report them.
-fn emit(out: &mut dyn Write, line: &dyn fmt::Display) {
+pub(crate) fn emit(out: &mut dyn Write, line: &dyn fmt::Display) {
     let _ = writeln!(out, "{line}");
     let _ = out.flush();
 }
@@ -376,11 +385,10 @@ pub fn run(cfg: &Config, out: &mut dyn Write, opts: &RunOptions) -> Result<Workl
         },
     );
 
-    let mut pacer = Pacer {
-        pages_per_sec: cfg.rate_mib * (1024.0 * 1024.0 / pattern::PAGE_SIZE as f64),
-        epoch: Instant::now(),
-        done: 0,
-    };
+    let mut pacer = Pacer::new(
+        cfg.rate_mib * (1024.0 * 1024.0 / pattern::PAGE_SIZE as f64),
+        Instant::now(),
+    );
     loop {
         let slice_start = Instant::now();
         for _ in 0..pacer.due(slice_start) {

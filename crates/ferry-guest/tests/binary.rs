@@ -62,6 +62,21 @@ fn bad_settings_are_reported_and_exit_2() {
         "{text}"
     );
     assert!(text.contains("key=ferry.rate_mib"), "{text}");
+
+    // Disk settings are refused before any device is opened (this runs on the host: the
+    // binary must never get a valid ferry.disk here).
+    let (code, text) = run_with_cmdline(
+        "ferry.mem_mib=1 ferry.disk=../vda ferry.disk_mib=0 ferry.disk_rate_mib=-1",
+        &["--ticks", "1"],
+    );
+    assert_eq!(code, Some(2), "{text}");
+    for key in ["ferry.disk", "ferry.disk_mib", "ferry.disk_rate_mib"] {
+        assert!(
+            text.contains(&format!("config-error key={key} ")),
+            "{key}: {text}"
+        );
+    }
+    assert!(!text.contains("FERRY-GUEST disk "), "{text}");
 }
 
 #[test]

@@ -17,8 +17,8 @@
 //! - [`load`]`(cache_dir, name)` returns an already built image or says to run
 //!   `ferry image build`.
 //! - [`default_cache_dir`], [`find_guest_binary`], [`kernel_cmdline`],
-//!   [`kernel_cmdline_with_net`], [`kernel_cmdline_net`] (with [`GuestNet`]) and
-//!   [`GUEST_BUILD_COMMAND`] help callers fill in the options and boot the result.
+//!   [`kernel_cmdline_with_net`], [`kernel_cmdline_net`] (with [`GuestNet`]), [`with_disk`]
+//!   and [`GUEST_BUILD_COMMAND`] help callers fill in the options and boot the result.
 //!
 //! # Host requirements
 //! Debian's apt and dpkg (the kernel is fetched with `apt-get download` and unpacked with
@@ -41,6 +41,19 @@
 //! protocol on `ferry.port` (default 7000, 0 = off) and prints `FERRY-GUEST tcp port=<n>`; see
 //! `ferry_guest::service`. Give the VM e.g. `-netdev user,id=n0,hostfwd=tcp:127.0.0.1:<p>-<ADDR>:7000
 //! -device virtio-net-pci,netdev=n0,mac=52:54:00:12:34:56`.
+//!
+//! # Disk
+//! With `ferry.disk=<name>` (see [`with_disk`]) the workload also runs its disk mode on
+//! `/dev/<name>`: self-verifying 4 KiB blocks rewritten at `ferry.disk_rate_mib` MiB/s and
+//! verified continuously (`FERRY-GUEST disk ...` lines; see `ferry_guest::disk`). A fresh disk
+//! (first 4 KiB zero) is initialised; when the VM is started again with the same disk, the
+//! workload finds its header, verifies every block once (`disk resume`, then
+//! `disk verified-after-restart ... mismatches=<m>`) and carries on. Neither `/init` nor the
+//! workload ever formats anything else: a disk holding other data, or a Ferry area of another
+//! size, is refused with a `disk error` line. Give the VM e.g. `-blockdev
+//! {"driver":"file","filename":"d.qcow2","node-name":"f0"} -blockdev
+//! {"driver":"qcow2","file":"f0","node-name":"d0"} -device virtio-blk-pci,drive=d0`; the
+//! first virtio-blk disk is `vda`.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -446,6 +459,33 @@ pub fn kernel_cmdline_net(mem_mib: u64, rate_mib: f64, net: Option<&GuestNet>) -
     s
 }
 
+/// `cmdline` plus the guest's disk workload settings: `ferry.disk=<dev>
+/// [ferry.disk_mib=<mib>] ferry.disk_rate_mib=<rate_mib>`. `dev` is a block device name under
+/// the guest's `/dev`, e.g. `vda` for the first virtio-blk disk; `mib` is the area used from
+/// the start of the device, `0` to leave it out (the whole device, at most 1024 MiB);
+/// `rate_mib` is the rewrite rate in MiB/s (`0` = write once, then only verify; it should be
+/// finite and >= 0). Every value stays one word (whitespace and quotes become `_`), so a bad
+/// one can only make the guest print a `config-error` line.
+///
+/// The disk must be empty (its first 4 KiB zero) on the first boot, or hold the area an
+/// earlier boot made with the same `mib`: the guest refuses anything else rather than format
+/// it.
+pub fn with_disk(cmdline: &str, dev: &str, mib: u64, rate_mib: f64) -> String {
+    let mut s = cmdline.trim_end().to_string();
+    if !s.is_empty() {
+        s.push(' ');
+    }
+    s.push_str(&format!("ferry.disk={}", cmdline_word(dev)));
+    if mib != 0 {
+        s.push_str(&format!(" ferry.disk_mib={mib}"));
+    }
+    s.push_str(&format!(
+        " ferry.disk_rate_mib={}",
+        cmdline_word(&rate_mib.to_string())
+    ));
+    s
+}
+
 fn validate_name(name: &str) -> Result<(), ImageError> {
     let reason = if name.is_empty() {
         "empty"
@@ -609,6 +649,42 @@ mod tests {
         assert!(err.to_string().contains("ferry.gw=\"10.0.3.1\""), "{err}");
         assert!(err.to_string().contains("outside"), "{err}");
         assert!(GuestNet::new("10.0.2.15").validate().is_err());
+    }
+
+    #[test]
+    fn cmdline_with_disk() {
+        let line = with_disk(&kernel_cmdline(32, 2.0), "vda", 32, 2.0);
+        assert_eq!(
+            line,
+            "console=ttyS0 panic=-1 quiet ferry.mem_mib=32 ferry.rate_mib=2 ferry.disk=vda \
+             ferry.disk_mib=32 ferry.disk_rate_mib=2"
+        );
+        let cfg = ferry_guest::Config::parse(&line).unwrap();
+        let d = cfg.disk_settings().unwrap();
+        assert_eq!(d.path, Path::new("/dev/vda"));
+        assert_eq!((d.mib, d.rate_mib), (Some(32), 2.0));
+
+        // mib 0: the whole device; fractional rates; composes with the network settings.
+        let net = GuestNet::new("10.0.2.15/24");
+        let line = with_disk(&kernel_cmdline_net(8, 1.0, Some(&net)), "vdb", 0, 0.5);
+        assert!(
+            line.ends_with("ferry.port=7000 ferry.disk=vdb ferry.disk_rate_mib=0.5"),
+            "{line}"
+        );
+        let cfg = ferry_guest::Config::parse(&line).unwrap();
+        assert_eq!((cfg.disk_mib, cfg.disk_rate_mib), (None, 0.5));
+        assert_eq!(cfg.service_port(), Some(7000));
+
+        // A value cannot add parameters; the guest refuses it loudly.
+        let line = with_disk("", "vda init=/bin/sh", 1, 2.0);
+        assert_eq!(
+            line,
+            "ferry.disk=vda_init=/bin/sh ferry.disk_mib=1 ferry.disk_rate_mib=2"
+        );
+        let errs = ferry_guest::Config::parse(&line).unwrap_err();
+        assert_eq!(errs[0].key, "ferry.disk");
+        assert!(ferry_guest::Config::parse(&with_disk("", "vda", 1, f64::NAN)).is_err());
+        assert!(ferry_guest::Config::parse(&with_disk("", "vda", 1, -1.0)).is_err());
     }
 
     #[test]
