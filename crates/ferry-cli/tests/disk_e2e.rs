@@ -188,6 +188,10 @@ async fn a_vm_with_a_shared_pool_disk_migrates_and_one_with_a_local_disk_is_refu
         pool: "shared".into(),
         image: "sdata".into(),
     }];
+    // The guest writes self-verifying blocks to the disk (vda) while it migrates.
+    if let Boot::Image { cmdline, .. } = &mut spec.boot {
+        *cmdline = ferry_image::with_disk(cmdline, "vda", 32, 2.0);
+    }
     c.create_vm(&CreateVmRequest {
         host: "a".into(),
         spec,
@@ -238,13 +242,63 @@ async fn a_vm_with_a_shared_pool_disk_migrates_and_one_with_a_local_disk_is_refu
             .and_then(|d| d.in_use_by.clone()),
         Some("shared1".into())
     );
-    let v = ferry_lab::Observer {
+    let obs = ferry_lab::Observer {
         client: &c,
         vm: "shared1",
-    }
-    .wait_status(std::time::Duration::from_secs(60), |s| {
-        s.mismatches == 0 && s.tick > 3
+    };
+    let v = obs
+        .wait_status(std::time::Duration::from_secs(60), |s| {
+            s.mismatches == 0 && s.tick > 3
+        })
+        .await;
+    assert!(v.is_ok(), "{v:?}");
+    // The disk workload carries on on b: fresh disk status lines there, zero mismatches,
+    // and it keeps writing and verifying.
+    let first = wait_console(&obs, "disk status on b", |s| s.disk_last.is_some()).await;
+    let first = first.disk_last.expect("a disk line");
+    let later = wait_console(&obs, "disk progress on b", |s| {
+        s.disk_last
+            .as_ref()
+            .is_some_and(|d| d.tick >= first.tick + 3 && d.verified > first.verified + 8174)
     })
     .await;
-    assert!(v.is_ok(), "{v:?}");
+    let d = later.disk_last.expect("a disk line");
+    assert_eq!((d.mismatches, later.disk_mismatch_lines), (0, 0), "{d}");
+    assert!(d.written > first.written, "still writing: {d}");
+
+    // And once more after the VM reboots on the destination: the whole area re-verified.
+    let out = ferry(&lab, &["vm", "stop", "shared1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = ferry(&lab, &["vm", "start", "shared1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(c.vm("shared1").await.unwrap().host, "b");
+    let after = wait_console(&obs, "disk verified after reboot on b", |s| {
+        s.disk_verified_after_restart.is_some()
+    })
+    .await;
+    let (blocks, mismatches) = after.disk_verified_after_restart.expect("verified");
+    assert!(blocks > 8000, "the whole 32 MiB area: {blocks} blocks");
+    assert_eq!(mismatches, 0);
+}
+
+/// Waits until the console summary satisfies `pred`; fails on a disk error or after 3 min.
+async fn wait_console(
+    obs: &ferry_lab::Observer<'_>,
+    what: &str,
+    pred: impl Fn(&ferry_guest::status::ConsoleSummary) -> bool,
+) -> ferry_guest::status::ConsoleSummary {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+    loop {
+        let s = obs.summary().await.unwrap_or_default();
+        if pred(&s) {
+            return s;
+        }
+        assert!(s.disk_error.is_none(), "{what}: {:?}", s.disk_error);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not seen; last disk line {:?}",
+            s.disk_last
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
 }
