@@ -149,36 +149,9 @@ pub async fn network(a: BenchNetworkArgs) -> CliResult {
         );
     }
     // 100 ms RTT: b listens on a fixed port and advertises a relay that delays 50 ms each way.
-    let port = 49_400;
-    let relay_ip = lab.relay_ip();
-    let relay: SocketAddr = format!("{relay_ip}:{port}").parse().map_err(fail)?;
-    let dest: SocketAddr = format!("{}:{port}", lab.migration_ip("b"))
-        .parse()
+    lab.route_migrations_through_relay("b", 49_400, 50)
+        .await
         .map_err(fail)?;
-    let sw = lab.switch_ns().to_string();
-    lab.start_relay(&sw, relay, dest, 50, None).map_err(fail)?;
-    lab.restart_agent(
-        "b",
-        Some(vec![
-            "--migration-port".into(),
-            port.to_string(),
-            "--migration-advertise".into(),
-            relay_ip.to_string(),
-        ]),
-    )
-    .await
-    .map_err(fail)?;
-    let c = lab.client();
-    for _ in 0..100 {
-        if c.host("b")
-            .await
-            .map(|h| h.migration_address == relay_ip.to_string())
-            .unwrap_or(false)
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
     rows.push(
         one(
             &lab,

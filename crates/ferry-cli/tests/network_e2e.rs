@@ -161,36 +161,12 @@ async fn an_open_tcp_connection_survives_the_migration_and_the_vm_keeps_mac_and_
 async fn a_migration_over_a_100ms_round_trip_link_completes() {
     let mut lab = start_netlab().await;
     let port = 49_321;
-    let relay_ip = lab.relay_ip();
-    let relay: SocketAddr = format!("{relay_ip}:{port}").parse().unwrap();
-    let dest: SocketAddr = format!("{}:{port}", lab.migration_ip("b")).parse().unwrap();
-    let sw = lab.switch_ns().to_string();
-    lab.start_relay(&sw, relay, dest, 50, None)
-        .expect("relay starts");
-    // b listens on a fixed port and tells the others to come through the relay.
-    lab.restart_agent(
-        "b",
-        Some(vec![
-            "--migration-port".into(),
-            port.to_string(),
-            "--migration-advertise".into(),
-            relay_ip.to_string(),
-        ]),
-    )
-    .await
-    .unwrap();
-    let c = lab.client();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while c
-        .host("b")
+    let relay = lab
+        .route_migrations_through_relay("b", port, 50)
         .await
-        .map(|h| h.migration_address)
-        .unwrap_or_default()
-        != relay_ip.to_string()
-    {
-        assert!(Instant::now() < deadline, "b never advertised the relay");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        .expect("relay in place");
+    let dest: SocketAddr = format!("{}:{port}", lab.migration_ip("b")).parse().unwrap();
+    let c = lab.client();
 
     let ip = lab.vm_subnet_ip(101).to_string();
     boot_networked_guest(&lab, "a", &ip, 64, 5.0).await;

@@ -80,9 +80,7 @@ use std::time::{Duration, Instant};
 
 use crate::pattern::{self, MismatchKind, PAGE_SIZE, PAGE_WORDS};
 use crate::status::{DiskLine, DiskStatusLine, DISK_MISMATCH_PREFIX, PREFIX};
-use crate::workload::{
-    emit, write_stride, Pacer, MAX_MISMATCH_LINES_PER_INTERVAL, STATUS_INTERVAL,
-};
+use crate::workload::{emit, write_stride, LineLimiter, Pacer, STATUS_INTERVAL};
 
 /// Size of one block (data, table or header) in bytes.
 pub const BLOCK_SIZE: usize = PAGE_SIZE;
@@ -1076,17 +1074,13 @@ struct Reporter<'a> {
     rate_mib: f64,
     tick: u64,
     next_status: Instant,
-    lines_this_interval: u64,
-    suppressed: u64,
+    limiter: LineLimiter,
 }
 
 impl Reporter<'_> {
     fn mismatch(&mut self, m: &DiskMismatch) {
-        if self.lines_this_interval < MAX_MISMATCH_LINES_PER_INTERVAL {
-            self.lines_this_interval += 1;
+        if self.limiter.admit() {
             emit(self.out, m);
-        } else {
-            self.suppressed += 1;
         }
     }
 
@@ -1095,17 +1089,16 @@ impl Reporter<'_> {
         if now < self.next_status {
             return false;
         }
-        if self.suppressed > 0 {
+        let suppressed = self.limiter.next_interval();
+        if suppressed > 0 {
             emit(
                 self.out,
                 &format_args!(
                     "{PREFIX} disk mismatch-lines-suppressed count={}",
-                    self.suppressed
+                    suppressed
                 ),
             );
-            self.suppressed = 0;
         }
-        self.lines_this_interval = 0;
         self.tick += 1;
         emit(
             self.out,
@@ -1165,8 +1158,7 @@ pub fn run(
         rate_mib: s.rate_mib,
         tick: 0,
         next_status: Instant::now() + STATUS_INTERVAL,
-        lines_this_interval: 0,
-        suppressed: 0,
+        limiter: LineLimiter::default(),
     };
     match start {
         Start::Fresh => {

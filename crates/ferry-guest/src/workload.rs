@@ -29,6 +29,35 @@ const VERIFY_BATCH: u64 = 8;
 const FILL_BATCH: u64 = 64;
 /// At most this many MISMATCH lines per status interval; the rest are only counted.
 pub const MAX_MISMATCH_LINES_PER_INTERVAL: u64 = 5;
+
+/// Caps the mismatch lines printed per status interval and counts the rest, so a badly
+/// corrupted area cannot flood the serial console (and slow the guest) while every mismatch
+/// is still counted in the status line.
+#[derive(Debug, Default)]
+pub(crate) struct LineLimiter {
+    lines_this_interval: u64,
+    suppressed: u64,
+}
+
+impl LineLimiter {
+    /// Whether one more line may be printed in this interval (if not, it is counted).
+    pub(crate) fn admit(&mut self) -> bool {
+        if self.lines_this_interval < MAX_MISMATCH_LINES_PER_INTERVAL {
+            self.lines_this_interval += 1;
+            true
+        } else {
+            self.suppressed += 1;
+            false
+        }
+    }
+
+    /// Starts a new interval; returns how many lines were held back in the last one.
+    pub(crate) fn next_interval(&mut self) -> u64 {
+        self.lines_this_interval = 0;
+        std::mem::take(&mut self.suppressed)
+    }
+}
+
 /// A write backlog larger than this many seconds' worth is dropped rather than caught up: it
 /// means the VM was paused (migration switch-over) or the CPU cannot keep up, and a burst of
 /// catch-up writes would distort the dirty rate the host sees.
@@ -297,17 +326,13 @@ struct Reporter<'a> {
     rate_mib: f64,
     tick: u64,
     next_status: Instant,
-    lines_this_interval: u64,
-    suppressed: u64,
+    limiter: LineLimiter,
 }
 
 impl Reporter<'_> {
     fn mismatch(&mut self, m: &Mismatch) {
-        if self.lines_this_interval < MAX_MISMATCH_LINES_PER_INTERVAL {
-            self.lines_this_interval += 1;
+        if self.limiter.admit() {
             emit(self.out, m);
-        } else {
-            self.suppressed += 1;
         }
     }
 
@@ -316,17 +341,13 @@ impl Reporter<'_> {
         if now < self.next_status {
             return false;
         }
-        if self.suppressed > 0 {
+        let suppressed = self.limiter.next_interval();
+        if suppressed > 0 {
             emit(
                 self.out,
-                &format_args!(
-                    "{PREFIX} mismatch-lines-suppressed count={}",
-                    self.suppressed
-                ),
+                &format_args!("{PREFIX} mismatch-lines-suppressed count={}", suppressed),
             );
-            self.suppressed = 0;
         }
-        self.lines_this_interval = 0;
         self.tick += 1;
         let line = StatusLine {
             tick: self.tick,
@@ -367,8 +388,7 @@ pub fn run(cfg: &Config, out: &mut dyn Write, opts: &RunOptions) -> Result<Workl
         rate_mib: cfg.rate_mib,
         tick: 0,
         next_status: Instant::now() + STATUS_INTERVAL,
-        lines_this_interval: 0,
-        suppressed: 0,
+        limiter: LineLimiter::default(),
     };
 
     // Status lines keep coming during the fill so the host sees progress on a slow CPU.

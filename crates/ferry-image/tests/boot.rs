@@ -10,9 +10,12 @@
 //!
 //! (found by `find_guest_binary`, or name it with `FERRY_GUEST_BIN`).
 
+mod common;
+
+use common::{read_lossy, KillOnDrop};
 use std::fs;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use ferry_guest::status::{status_lines, ConsoleSummary, ReadyLine};
@@ -26,22 +29,6 @@ const RATE_MIB: f64 = 5.0;
 /// Generous for TCG on a busy 2-core CI machine; a quiet machine needs a fraction of it.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
 const WANT_STATUS_AFTER_READY: usize = 3;
-
-/// Kills QEMU however the test ends.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn read_lossy(path: &Path) -> String {
-    fs::read(path)
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default()
-}
 
 #[test]
 fn build_boot_and_run_workload() {
@@ -101,24 +88,7 @@ fn build_boot_and_run_workload() {
     let cmdline = kernel_cmdline(MEM_MIB, RATE_MIB);
     let boot_start = Instant::now();
     let mut qemu = KillOnDrop(
-        Command::new("qemu-system-x86_64")
-            .args([
-                "-accel",
-                "tcg",
-                "-m",
-                "512",
-                "-smp",
-                "1",
-                "-nographic",
-                "-nodefaults",
-            ])
-            .arg("-serial")
-            .arg(format!("file:{}", console.display()))
-            .arg("-kernel")
-            .arg(&image.kernel)
-            .arg("-initrd")
-            .arg(&image.initrd)
-            .args(["-append", cmdline.as_str(), "-no-reboot"])
+        common::guest_command(&image.kernel, &image.initrd, &cmdline, &console)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)

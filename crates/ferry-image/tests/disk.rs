@@ -16,9 +16,12 @@
 //!
 //! found by `find_guest_binary` or named by `FERRY_GUEST_BIN`).
 
+mod common;
+
+use common::{read_lossy, KillOnDrop};
 use std::fs;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ferry_guest::status::{disk_status_lines, ConsoleSummary, DiskReadyLine, DiskStatusLine};
@@ -40,22 +43,6 @@ const DAMAGED_BLOCK: u64 = 1000;
 const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
 const WANT_DISK_STATUS: usize = 3;
 
-/// Kills QEMU (SIGKILL) however the test ends.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn read_lossy(path: &Path) -> String {
-    fs::read(path)
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default()
-}
-
 fn boot(image: &Image, disk: &Path, console: &Path, stderr: &Path) -> KillOnDrop {
     let cmdline = with_disk(
         &kernel_cmdline(MEM_MIB, RATE_MIB),
@@ -72,24 +59,7 @@ fn boot(image: &Image, disk: &Path, console: &Path, stderr: &Path) -> KillOnDrop
     let fmt_node = r#"{"driver":"qcow2","file":"f0","node-name":"d0"}"#;
     let stderr = fs::File::create(stderr).expect("create qemu stderr file");
     KillOnDrop(
-        Command::new("qemu-system-x86_64")
-            .args([
-                "-accel",
-                "tcg",
-                "-m",
-                "512",
-                "-smp",
-                "1",
-                "-nographic",
-                "-nodefaults",
-            ])
-            .arg("-serial")
-            .arg(format!("file:{}", console.display()))
-            .arg("-kernel")
-            .arg(&image.kernel)
-            .arg("-initrd")
-            .arg(&image.initrd)
-            .args(["-append", cmdline.as_str(), "-no-reboot"])
+        common::guest_command(&image.kernel, &image.initrd, &cmdline, console)
             .args(["-blockdev", file_node.as_str(), "-blockdev", fmt_node])
             .args(["-device", "virtio-blk-pci,drive=d0"])
             .stdin(Stdio::null())

@@ -12,11 +12,14 @@
 //!
 //! found by `find_guest_binary` or named by `FERRY_GUEST_BIN`).
 
+mod common;
+
+use common::{read_lossy, KillOnDrop};
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use ferry_guest::service::Answer;
@@ -37,22 +40,6 @@ const REQUESTS: usize = 100;
 const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
 /// One answer; under TCG it takes milliseconds, this only bounds a hang.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(20);
-
-/// Kills QEMU however the test ends.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn read_lossy(path: &Path) -> String {
-    fs::read(path)
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default()
-}
 
 /// A port that was free a moment ago (QEMU binds it for the forward).
 fn free_port() -> u16 {
@@ -87,24 +74,7 @@ fn guest_network_and_tcp_service() {
     let stderr = fs::File::create(&qemu_err).expect("create qemu.stderr");
     let boot_start = Instant::now();
     let mut qemu = KillOnDrop(
-        Command::new("qemu-system-x86_64")
-            .args([
-                "-accel",
-                "tcg",
-                "-m",
-                "512",
-                "-smp",
-                "1",
-                "-nographic",
-                "-nodefaults",
-            ])
-            .arg("-serial")
-            .arg(format!("file:{}", console.display()))
-            .arg("-kernel")
-            .arg(&image.kernel)
-            .arg("-initrd")
-            .arg(&image.initrd)
-            .args(["-append", cmdline.as_str(), "-no-reboot"])
+        common::guest_command(&image.kernel, &image.initrd, &cmdline, &console)
             .arg("-netdev")
             .arg(format!(
                 "user,id=n0,hostfwd=tcp:127.0.0.1:{host_port}-{GUEST_ADDR}:{}",

@@ -962,6 +962,44 @@ impl NetLab {
         }
     }
 
+    /// Makes migrations to `host` cross a long-distance link: a relay in the switch namespace
+    /// on [`NetLab::relay_ip`]:`port` delays `delay_ms` each way and forwards to the host's
+    /// migration address; the host's agent is restarted to listen on `port` and to advertise
+    /// the relay, and this returns (with the relay's address) once the server has seen it.
+    pub async fn route_migrations_through_relay(
+        &mut self,
+        host: &str,
+        port: u16,
+        delay_ms: u64,
+    ) -> Result<SocketAddr, NetLabError> {
+        let relay_ip = self.relay_ip();
+        let relay = SocketAddr::new(relay_ip.into(), port);
+        let dest = SocketAddr::new(self.migration_ip(host).into(), port);
+        let sw = self.switch_ns().to_string();
+        self.start_relay(&sw, relay, dest, delay_ms, None)?;
+        let extra = vec![
+            "--migration-port".to_string(),
+            port.to_string(),
+            "--migration-advertise".to_string(),
+            relay_ip.to_string(),
+        ];
+        self.restart_agent(host, Some(extra)).await?;
+        let client = self.client();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let advertised = client.host(host).await.map(|h| h.migration_address);
+            if advertised.as_deref().ok() == Some(relay_ip.to_string().as_str()) {
+                return Ok(relay);
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(NetLabError::Config(format!(
+                    "host {host} did not advertise the relay {relay_ip} within 20 s"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// Stops the relay listening on `addr`; false if there is none.
     pub fn stop_relay(&mut self, addr: SocketAddr) -> bool {
         match self.relays.iter().position(|r| r.addr == addr) {
