@@ -27,12 +27,7 @@ use std::sync::Arc;
 
 /// Runs the agent until SIGTERM/SIGINT. VMs keep running when the agent stops.
 pub async fn run(config: AgentConfig) -> Result<(), String> {
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
-    let bound = listener
-        .local_addr()
-        .map_err(|e| format!("cannot read the bound address: {e}"))?;
+    let (listener, bound) = ferry_api::http::bind(config.listen).await?;
     let agent = Arc::new(Agent::start(config, bound).await?);
     if let Some(file) = &agent.config.ready_file {
         ferry_api::http::write_ready_file(file, &bound.to_string())?;

@@ -19,10 +19,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use ferry_guest::status::{status_lines, ConsoleSummary, ReadyLine};
-use ferry_image::{
-    build, find_guest_binary, kernel_cmdline, load, BuildOptions, DEFAULT_IMAGE_NAME,
-    GUEST_BUILD_COMMAND,
-};
+use ferry_image::{build, kernel_cmdline, load, DEFAULT_IMAGE_NAME};
 
 const MEM_MIB: u64 = 64;
 const RATE_MIB: f64 = 5.0;
@@ -32,18 +29,8 @@ const WANT_STATUS_AFTER_READY: usize = 3;
 
 #[test]
 fn build_boot_and_run_workload() {
-    let guest = find_guest_binary().unwrap_or_else(|e| {
-        panic!(
-            "{e}\n\nThis test boots the real guest; build it first with:\n  {GUEST_BUILD_COMMAND}"
-        )
-    });
     let cache = tempfile::tempdir().expect("temp dir");
-    let opts = BuildOptions {
-        cache_dir: cache.path().join("images"),
-        name: DEFAULT_IMAGE_NAME.to_string(),
-        guest_bin: guest,
-        force: false,
-    };
+    let opts = common::build_options(cache.path());
 
     let t = Instant::now();
     let image = build(&opts, &mut |m| eprintln!("build: {m}")).unwrap_or_else(|e| panic!("{e}"));

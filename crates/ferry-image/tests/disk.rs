@@ -25,10 +25,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ferry_guest::status::{disk_status_lines, ConsoleSummary, DiskReadyLine, DiskStatusLine};
-use ferry_image::{
-    build, find_guest_binary, kernel_cmdline, with_disk, BuildOptions, Image, DEFAULT_IMAGE_NAME,
-    GUEST_BUILD_COMMAND,
-};
+use ferry_image::{build, kernel_cmdline, with_disk, Image};
 
 const MEM_MIB: u64 = 32;
 const RATE_MIB: f64 = 2.0;
@@ -154,18 +151,8 @@ fn steady_rates(text: &str, marker: &str) -> (u64, u64) {
 
 #[test]
 fn disk_workload_survives_a_crash_and_restart() {
-    let guest = find_guest_binary().unwrap_or_else(|e| {
-        panic!(
-            "{e}\n\nThis test boots the real guest; build it first with:\n  {GUEST_BUILD_COMMAND}"
-        )
-    });
     let dir = tempfile::tempdir().expect("temp dir");
-    let opts = BuildOptions {
-        cache_dir: dir.path().join("images"),
-        name: DEFAULT_IMAGE_NAME.to_string(),
-        guest_bin: guest,
-        force: false,
-    };
+    let opts = common::build_options(dir.path());
     let image = build(&opts, &mut |m| eprintln!("build: {m}")).unwrap_or_else(|e| panic!("{e}"));
 
     let disk = dir.path().join("data.qcow2");

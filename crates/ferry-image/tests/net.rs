@@ -24,10 +24,7 @@ use std::time::{Duration, Instant};
 
 use ferry_guest::service::Answer;
 use ferry_guest::status::ConsoleSummary;
-use ferry_image::{
-    build, find_guest_binary, kernel_cmdline_net, BuildOptions, GuestNet, DEFAULT_IMAGE_NAME,
-    GUEST_BUILD_COMMAND,
-};
+use ferry_image::{build, kernel_cmdline_net, GuestNet};
 
 const MEM_MIB: u64 = 64;
 const RATE_MIB: f64 = 5.0;
@@ -51,18 +48,8 @@ fn free_port() -> u16 {
 
 #[test]
 fn guest_network_and_tcp_service() {
-    let guest = find_guest_binary().unwrap_or_else(|e| {
-        panic!(
-            "{e}\n\nThis test boots the real guest; build it first with:\n  {GUEST_BUILD_COMMAND}"
-        )
-    });
     let cache = tempfile::tempdir().expect("temp dir");
-    let opts = BuildOptions {
-        cache_dir: cache.path().join("images"),
-        name: DEFAULT_IMAGE_NAME.to_string(),
-        guest_bin: guest,
-        force: false,
-    };
+    let opts = common::build_options(cache.path());
     let image = build(&opts, &mut |m| eprintln!("build: {m}")).unwrap_or_else(|e| panic!("{e}"));
 
     let net = GuestNet::new(GUEST_IP).with_gateway(GATEWAY);

@@ -18,12 +18,7 @@ use std::sync::Arc;
 
 /// Runs the server until SIGTERM/SIGINT.
 pub async fn run(config: ServerConfig) -> Result<(), String> {
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
-    let bound = listener
-        .local_addr()
-        .map_err(|e| format!("cannot read the bound address: {e}"))?;
+    let (listener, bound) = ferry_api::http::bind(config.listen).await?;
     let server = Arc::new(Server::open(config.clone()).map_err(|e| e.to_string())?);
     orchestrator::resume_unfinished(server.clone());
     if let Some(file) = &config.ready_file {

@@ -7,6 +7,8 @@ use std::fs;
 use std::path::Path;
 use std::process::{Child, Command};
 
+use ferry_image::{find_guest_binary, BuildOptions, DEFAULT_IMAGE_NAME, GUEST_BUILD_COMMAND};
+
 /// Kills QEMU (SIGKILL) however the test ends.
 pub struct KillOnDrop(pub Child);
 
@@ -46,4 +48,20 @@ pub fn guest_command(kernel: &Path, initrd: &Path, cmdline: &str, console: &Path
     .arg(initrd)
     .args(["-append", cmdline, "-no-reboot"]);
     cmd
+}
+
+/// Options that build the test image into `dir/images` from the static guest binary, or a
+/// panic that says how to build that binary.
+pub fn build_options(dir: &Path) -> BuildOptions {
+    let guest = find_guest_binary().unwrap_or_else(|e| {
+        panic!(
+            "{e}\n\nThis test boots the real guest; build it first with:\n  {GUEST_BUILD_COMMAND}"
+        )
+    });
+    BuildOptions {
+        cache_dir: dir.join("images"),
+        name: DEFAULT_IMAGE_NAME.to_string(),
+        guest_bin: guest,
+        force: false,
+    }
 }
