@@ -21,12 +21,14 @@
 //! Tracing: each command runs in a `qmp` debug span (command name, id) and logs its duration at
 //! debug level; payloads are only logged, truncated, at trace level.
 
+mod block;
 mod client;
 mod commands;
 mod error;
 mod events;
 mod types;
 
+pub use block::{BlockJobInfo, MirrorArgs};
 pub use client::{QmpClient, QmpOptions, DEFAULT_COMMAND_TIMEOUT, DEFAULT_EVENT_CAPACITY};
 pub use error::QmpError;
 pub use events::{
