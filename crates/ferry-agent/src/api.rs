@@ -51,6 +51,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
             "/v1/vms/{name}/migration",
             get(migration_status).post(outgoing),
         )
+        .route("/v1/vms/{name}/migration/disks", post(disk_copy))
         .route("/v1/vms/{name}/migration/cancel", post(cancel))
         .route("/v1/vms/{name}/migration/handover", post(handover))
         .route("/v1/vms/{name}/announce", post(announce))
@@ -129,6 +130,14 @@ async fn outgoing(
     ApiJson(req): ApiJson<OutgoingRequest>,
 ) -> Answer<AgentMigrationStatus> {
     Ok(Json(a.start_outgoing(&name, &req).await?))
+}
+
+async fn disk_copy(
+    State(a): Shared,
+    Path(name): Path<String>,
+    ApiJson(req): ApiJson<ferry_api::DiskCopyRequest>,
+) -> Answer<AgentMigrationStatus> {
+    Ok(Json(a.start_disk_copy(&name, &req).await?))
 }
 
 async fn migration_status(

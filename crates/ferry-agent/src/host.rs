@@ -8,11 +8,11 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use ferry_api::{
-    validate_name, AgentMigrationStatus, ApiError, Boot, ConsoleTail, HostInventory,
-    IncomingRequest, IncomingResponse, OutgoingRequest, VmRuntime, VmSpec,
+    validate_name, AgentMigrationStatus, ApiError, Boot, ConsoleTail, DiskCopyRequest,
+    HostInventory, IncomingRequest, IncomingResponse, OutgoingRequest, VmRuntime, VmSpec,
 };
 use ferry_qemu::accel::{boot_probe, host_facts, resolve_requested, BootProbe};
-use ferry_qemu::{decide_accel, AccelDecision, QemuBinary, ResolvedBoot};
+use ferry_qemu::{decide_accel, AccelDecision, QemuBinary, ResolvedBoot, StartMode};
 use tokio::sync::Mutex;
 
 use crate::config::AgentConfig;
@@ -107,6 +107,10 @@ impl Agent {
             match QemuVm::adopt(dir.clone()).await {
                 Ok(Some(vm)) => {
                     tracing::info!(vm = %vm.name, pid = vm.pid(), "adopted running QEMU");
+                    let rec = vm.record();
+                    if rec.role == Role::Incoming && rec.exports_disks {
+                        vm.release_after_stream();
+                    }
                     vms.insert(vm.name.clone(), vm);
                 }
                 Ok(None) => {
@@ -243,7 +247,14 @@ impl Agent {
         Ok(vms)
     }
 
-    async fn launch_inner(&self, spec: &VmSpec, role: Role) -> Result<Arc<QemuVm>, ApiError> {
+    /// `created_disks`: an incoming VM's disks that were created empty for a storage copy
+    /// (exported, and the vCPUs held until the exports are closed).
+    async fn launch_inner(
+        &self,
+        spec: &VmSpec,
+        role: Role,
+        created_disks: Vec<usize>,
+    ) -> Result<Arc<QemuVm>, ApiError> {
         let (spec, boot) = self.resolve(spec)?;
         let accel =
             resolve_requested(spec.accel, &self.accel_decision()).map_err(ApiError::bad_request)?;
@@ -252,7 +263,14 @@ impl Agent {
         let mut vms = self.reserve(&spec.name).await?;
         let dir = self.vm_dir(&spec.name);
         let taps = self.create_taps(&spec.name, &bridges)?;
-        let record = PersistedVm::new(spec.clone(), accel, role);
+        let start = match role {
+            Role::Incoming if !created_disks.is_empty() => StartMode::IncomingHeld,
+            Role::Incoming => StartMode::Incoming,
+            _ => StartMode::Boot,
+        };
+        let mut record = PersistedVm::new(spec.clone(), accel, role);
+        record.exports_disks = !created_disks.is_empty();
+        record.created_disks = created_disks;
         let launched = QemuVm::launch(
             &self.qemu.path,
             record,
@@ -260,7 +278,7 @@ impl Agent {
             &taps,
             &disks,
             dir.clone(),
-            role == Role::Incoming,
+            start,
         )
         .await;
         match launched {
@@ -338,7 +356,7 @@ impl Agent {
 
     /// Boots a VM.
     pub async fn launch(&self, spec: &VmSpec) -> Result<VmRuntime, ApiError> {
-        let vm = self.launch_inner(spec, Role::Normal).await?;
+        let vm = self.launch_inner(spec, Role::Normal, Vec::new()).await?;
         tracing::info!(vm = %vm.name, "VM launched");
         Ok(vm.runtime().await)
     }
@@ -347,7 +365,7 @@ impl Agent {
     pub async fn stop(&self, name: &str) -> Result<VmRuntime, ApiError> {
         let vm = self.find(name).await?;
         let _op = vm.op_lock.lock().await;
-        if vm.role() == Role::Outgoing {
+        if vm.role() == Role::Outgoing || !vm.record().copying_disks.is_empty() {
             return Err(ApiError::conflict(format!(
                 "VM '{name}' is migrating away; cancel the migration first"
             )));
@@ -359,15 +377,32 @@ impl Agent {
     }
 
     /// Kills any QEMU of this VM and removes its directory. Idempotent: used for rollback.
+    /// A destination that never ran also loses the disks it created for a storage copy
+    /// (only those: an image that existed before is never touched).
     pub async fn remove(&self, name: &str) -> Result<(), ApiError> {
         validate_name("VM name", name)?;
         let vm = self.vms.lock().await.get(name).cloned();
+        let mut removed_disks = Ok(());
         if let Some(vm) = vm {
             let _op = vm.op_lock.lock().await;
             vm.kill().await;
+            let rec = vm.record();
+            if rec.role == Role::Incoming {
+                for &i in &rec.created_disks {
+                    let Some(d) = rec.spec.disks.get(i) else {
+                        continue;
+                    };
+                    let outcome = self.pool(&d.pool).and_then(|p| p.remove_image(&d.image));
+                    match outcome {
+                        Ok(()) => tracing::info!(vm = %name, pool = %d.pool, disk = %d.image,
+                            "removed the partial copy target"),
+                        Err(e) => removed_disks = Err(e),
+                    }
+                }
+            }
         }
         self.forget(name).await;
-        Ok(())
+        removed_disks
     }
 
     async fn forget(&self, name: &str) {
@@ -451,30 +486,149 @@ impl Agent {
 
     /// Destination: start an identical QEMU waiting for the stream on this host's migration
     /// address (never the management address).
+    ///
+    /// With `copy_disks`, first creates those disks empty in this host's pools (refusing to
+    /// overwrite an existing image), then exports them over NBD on the migration address
+    /// for the source to copy into.
     pub async fn prepare_incoming(
         &self,
         req: &IncomingRequest,
     ) -> Result<IncomingResponse, ApiError> {
-        let vm = self.launch_inner(&req.spec, Role::Incoming).await?;
-        let listening = vm
-            .listen_incoming(self.config.migration_address, self.config.migration_port)
-            .await;
-        match listening {
-            Ok(port) => {
-                let listen = std::net::SocketAddr::new(self.config.migration_address, port);
-                let advertised =
-                    std::net::SocketAddr::new(self.config.advertised_migration_address(), port);
-                tracing::info!(vm = %vm.name, %listen, %advertised, "waiting for incoming migration");
-                Ok(IncomingResponse {
-                    listen: listen.to_string(),
-                    advertised: advertised.to_string(),
-                })
+        req.spec.validate()?;
+        let created = self.create_copy_targets(req)?;
+        let vm = match self
+            .launch_inner(&req.spec, Role::Incoming, created.clone())
+            .await
+        {
+            Ok(vm) => vm,
+            Err(e) => {
+                for &i in &created {
+                    let d = &req.spec.disks[i];
+                    let _ = self.pool(&d.pool).and_then(|p| p.remove_image(&d.image));
+                }
+                return Err(e);
             }
+        };
+        match self.listen_and_export(&vm, &created).await {
+            Ok(resp) => Ok(resp),
             Err(e) => {
                 let _ = self.remove(&vm.name).await;
                 Err(e)
             }
         }
+    }
+
+    fn create_copy_targets(&self, req: &IncomingRequest) -> Result<Vec<usize>, ApiError> {
+        let mut created: Vec<usize> = Vec::new();
+        let undo = |created: &[usize]| {
+            for &i in created {
+                let d = &req.spec.disks[i];
+                let _ = self.pool(&d.pool).and_then(|p| p.remove_image(&d.image));
+            }
+        };
+        for t in &req.copy_disks {
+            let Some(d) = req.spec.disks.get(t.index) else {
+                undo(&created);
+                return Err(ApiError::bad_request(format!(
+                    "copy_disks names disk {} but the spec has {} disks",
+                    t.index,
+                    req.spec.disks.len()
+                )));
+            };
+            if created.contains(&t.index) {
+                undo(&created);
+                return Err(ApiError::bad_request(format!(
+                    "copy_disks names disk {} twice",
+                    t.index
+                )));
+            }
+            let made = self
+                .pool(&d.pool)
+                .and_then(|p| p.create_copy_target(&d.image, t.virtual_size));
+            if let Err(e) = made {
+                undo(&created);
+                return Err(ApiError::new(
+                    e.code,
+                    format!("host {}: {}", self.config.name, e.message),
+                ));
+            }
+            created.push(t.index);
+        }
+        Ok(created)
+    }
+
+    async fn listen_and_export(
+        &self,
+        vm: &Arc<QemuVm>,
+        created: &[usize],
+    ) -> Result<IncomingResponse, ApiError> {
+        let port = vm
+            .listen_incoming(self.config.migration_address, self.config.migration_port)
+            .await?;
+        let listen = std::net::SocketAddr::new(self.config.migration_address, port);
+        let advertised_ip = self.config.advertised_migration_address();
+        let advertised = std::net::SocketAddr::new(advertised_ip, port);
+        let disk_export = if created.is_empty() {
+            None
+        } else {
+            let nbd = vm
+                .export_disks(self.config.migration_address, created)
+                .await?;
+            vm.release_after_stream();
+            Some(std::net::SocketAddr::new(advertised_ip, nbd).to_string())
+        };
+        tracing::info!(vm = %vm.name, %listen, %advertised, ?disk_export, "waiting for incoming migration");
+        Ok(IncomingResponse {
+            listen: listen.to_string(),
+            advertised: advertised.to_string(),
+            disk_export,
+        })
+    }
+
+    /// Source: mirror local-pool disks to the destination's NBD export while the guest
+    /// runs (before the memory migration).
+    pub async fn start_disk_copy(
+        &self,
+        name: &str,
+        req: &DiskCopyRequest,
+    ) -> Result<AgentMigrationStatus, ApiError> {
+        let vm = self.find(name).await?;
+        let _op = vm.op_lock.lock().await;
+        let rec = vm.record();
+        if !vm.is_running_process() || rec.role != Role::Normal {
+            return Err(ApiError::conflict(format!(
+                "VM '{name}' is not running normally on host {} (it is {:?})",
+                self.config.name, rec.role
+            )));
+        }
+        if !rec.copying_disks.is_empty() {
+            return Err(ApiError::conflict(format!(
+                "VM '{name}' is already copying its disks"
+            )));
+        }
+        let export: std::net::SocketAddr = req.export.parse().map_err(|_| {
+            ApiError::bad_request(format!("disk export '{}' is not ADDRESS:PORT", req.export))
+        })?;
+        if req.disks.is_empty() {
+            return Err(ApiError::bad_request("no disks to copy"));
+        }
+        for (n, &i) in req.disks.iter().enumerate() {
+            if i >= rec.spec.disks.len() || req.disks[..n].contains(&i) {
+                return Err(ApiError::bad_request(format!(
+                    "disk index {i} is not one of the VM's {} disks (or is listed twice)",
+                    rec.spec.disks.len()
+                )));
+            }
+        }
+        vm.start_copies(
+            &export.ip().to_string(),
+            export.port(),
+            &req.disks,
+            req.max_bandwidth_bytes,
+        )
+        .await?;
+        tracing::info!(vm = %name, export = %req.export, disks = ?req.disks, "disk copy started");
+        vm.migration_status().await
     }
 
     /// Source: start sending the VM.

@@ -12,6 +12,7 @@
 
 pub mod api;
 pub mod config;
+pub mod disk_copy;
 pub mod heartbeat;
 pub mod host;
 pub mod inventory;

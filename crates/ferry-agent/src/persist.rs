@@ -30,6 +30,18 @@ pub struct PersistedVm {
     pub accel: Accel,
     pub role: Role,
     pub started_at: DateTime<Utc>,
+    /// Destination of a storage copy: the disks (indices into `spec.disks`) this agent
+    /// created empty for the incoming VM. Removed again if the migration rolls back
+    /// (never an image that existed before).
+    #[serde(default)]
+    pub created_disks: Vec<usize>,
+    /// Destination of a storage copy: target disks are exported over NBD and the vCPUs
+    /// are held after the stream until the exports are gone.
+    #[serde(default)]
+    pub exports_disks: bool,
+    /// Source of a storage copy: the disks being mirrored to the destination.
+    #[serde(default)]
+    pub copying_disks: Vec<usize>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +62,9 @@ impl PersistedVm {
             accel,
             role,
             started_at: Utc::now(),
+            created_disks: Vec::new(),
+            exports_disks: false,
+            copying_disks: Vec::new(),
         }
     }
 

@@ -10,9 +10,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferry_api::{
-    AgentMigrationStatus, ApiError, MigrationProgress, OutgoingRequest, VmRuntime, VmState,
+    AgentMigrationStatus, ApiError, DiskCopyProgress, MigrationProgress, OutgoingRequest,
+    VmRuntime, VmState,
 };
-use ferry_qemu::{build_args, QemuProcess, ResolvedBoot, RuntimePaths};
+use ferry_qemu::{build_args, QemuProcess, ResolvedBoot, RuntimePaths, StartMode};
 use ferry_qmp::{MigrationParameters, MigrationStatus, QmpClient, RunState};
 use tokio::sync::watch;
 
@@ -49,8 +50,12 @@ pub struct QemuVm {
     pub paths: RuntimePaths,
     record: Mutex<PersistedVm>,
     pid: u32,
-    qmp: QmpClient,
+    pub(crate) qmp: QmpClient,
     stop_requested: AtomicBool,
+    /// Source of a storage copy: the disks' last known copy progress (kept after the copy
+    /// finished, for the final report) and why finishing the copy failed, if it did.
+    pub(crate) disk_progress: Arc<Mutex<Vec<DiskCopyProgress>>>,
+    pub(crate) copy_error: Arc<Mutex<Option<String>>>,
     /// None while QEMU runs; the reason once it exited.
     exit: watch::Receiver<Option<String>>,
     /// Serializes state-changing operations on this VM (migrate, cancel, stop).
@@ -74,7 +79,7 @@ fn internal(what: &str) -> impl Fn(String) -> ApiError + '_ {
 }
 
 impl QemuVm {
-    /// Starts QEMU for `record` in `dir` and connects to it. `incoming`: wait for a stream.
+    /// Starts QEMU for `record` in `dir` and connects to it.
     pub async fn launch(
         qemu: &Path,
         record: PersistedVm,
@@ -82,7 +87,7 @@ impl QemuVm {
         taps: &[String],
         disks: &[PathBuf],
         dir: PathBuf,
-        incoming: bool,
+        start: StartMode,
     ) -> Result<Arc<QemuVm>, ApiError> {
         std::fs::create_dir_all(&dir)
             .map_err(|e| internal("cannot create the VM directory")(e.to_string()))?;
@@ -96,19 +101,11 @@ impl QemuVm {
         record
             .save(&record_path(&dir))
             .map_err(|e| ApiError::internal(e.to_string()))?;
-        let args = build_args(
-            &record.spec,
-            boot,
-            record.accel,
-            &paths,
-            taps,
-            disks,
-            incoming,
-        );
+        let args = build_args(&record.spec, boot, record.accel, &paths, taps, disks, start);
         let log = dir.join("qemu.log");
         let mut process =
             QemuProcess::spawn(qemu, &args, &log).map_err(|e| ApiError::internal(e.to_string()))?;
-        tracing::info!(vm = %record.spec.name, pid = process.pid, incoming, "QEMU started");
+        tracing::info!(vm = %record.spec.name, pid = process.pid, ?start, "QEMU started");
         let qmp = match QmpClient::connect_with_retry(&paths.qmp_socket, QMP_CONNECT_TIMEOUT).await
         {
             Ok(q) => q,
@@ -158,6 +155,8 @@ impl QemuVm {
             pid: process.pid,
             qmp: qmp.clone(),
             stop_requested: AtomicBool::new(false),
+            disk_progress: Arc::new(Mutex::new(Vec::new())),
+            copy_error: Arc::new(Mutex::new(None)),
             exit: exit_rx,
             op_lock: tokio::sync::Mutex::new(()),
         });
@@ -206,8 +205,13 @@ impl QemuVm {
     }
 
     pub fn set_role(&self, role: Role) -> Result<(), ApiError> {
+        self.update_record(|r| r.role = role)
+    }
+
+    /// Changes the record and saves it (atomically) before returning.
+    pub fn update_record(&self, change: impl FnOnce(&mut PersistedVm)) -> Result<(), ApiError> {
         let mut rec = self.record.lock().unwrap_or_else(|p| p.into_inner());
-        rec.role = role;
+        change(&mut rec);
         rec.save(&record_path(&self.dir))
             .map_err(|e| ApiError::internal(e.to_string()))
     }
@@ -331,8 +335,15 @@ impl Migratable for QemuVm {
     }
 
     async fn send(&self, req: &OutgoingRequest) -> Result<(), ApiError> {
+        // With disks being copied, QEMU pauses before the switch so the copies can finish
+        // while the vCPUs are stopped (see `disk_copy`). Set either way: capabilities
+        // outlive a migration inside QEMU.
+        let copying = !self.record().copying_disks.is_empty();
+        if copying {
+            self.check_disks_in_sync().await?;
+        }
         self.qmp
-            .migrate_set_capabilities(&[("events", true)])
+            .migrate_set_capabilities(&[("events", true), ("pause-before-switchover", copying)])
             .await
             .map_err(|e| qmp_err("migrate-set-capabilities", e))?;
         let params = MigrationParameters {
@@ -347,9 +358,13 @@ impl Migratable for QemuVm {
             .await
             .map_err(|e| qmp_err("migrate-set-parameters", e))?;
         self.set_role(Role::Outgoing)?;
+        let switch_events = self.qmp.events();
         if let Err(e) = self.qmp.migrate(&req.uri, false).await {
             let _ = self.set_role(Role::Normal);
             return Err(qmp_err("migrate", e));
+        }
+        if copying {
+            self.finish_copies_at_switch_over(switch_events);
         }
         Ok(())
     }
@@ -360,12 +375,25 @@ impl Migratable for QemuVm {
             .query_migrate()
             .await
             .map_err(|e| qmp_err("query-migrate", e))?;
-        Ok(to_agent_status(&info))
+        let mut status = to_agent_status(&info);
+        status.progress.disks = self.disk_copy_progress().await;
+        if status.is_failed() {
+            if let Some(reason) = self
+                .copy_error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+            {
+                status.error = Some(reason);
+            }
+        }
+        Ok(status)
     }
 
     async fn cancel_outgoing(&self) -> Result<(), ApiError> {
         // Cancelling a finished migration is a no-op for QEMU; ignore "not active" errors.
         let _ = self.qmp.migrate_cancel().await;
+        self.abort_copies().await;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
         loop {
             let info = self
@@ -425,13 +453,14 @@ pub fn to_agent_status(info: &ferry_qmp::MigrationInfo) -> AgentMigrationStatus 
             bandwidth_bytes_per_s: (ram.mbps * 1_000_000.0 / 8.0) as u64,
             passes: ram.dirty_sync_count,
             expected_downtime_ms: info.expected_downtime,
+            disks: Vec::new(),
         },
         downtime_ms: info.downtime,
         error: info.error_desc.clone(),
     }
 }
 
-fn qmp_err(command: &str, e: ferry_qmp::QmpError) -> ApiError {
+pub(crate) fn qmp_err(command: &str, e: ferry_qmp::QmpError) -> ApiError {
     if e.is_disconnected() {
         ApiError::conflict(format!("{command}: QEMU is not running ({e})"))
     } else {

@@ -161,6 +161,52 @@ impl Pool {
         self.describe(&req.name, None)
     }
 
+    /// An empty image of exactly `virtual_size` bytes, as the target of a storage copy.
+    /// Refuses to touch an image that already exists.
+    pub fn create_copy_target(&self, name: &str, virtual_size: u64) -> Result<PathBuf, ApiError> {
+        let path = self.image_path(name)?;
+        if self.shared {
+            return Err(ApiError::conflict(format!(
+                "pool {} is shared; a copied disk needs a local pool",
+                self.name
+            )));
+        }
+        if path.exists() {
+            return Err(ApiError::conflict(format!(
+                "disk '{name}' already exists in pool {} (a copy kept from an earlier move?); \
+                 refusing to overwrite it",
+                self.name
+            )));
+        }
+        if virtual_size == 0 || !virtual_size.is_multiple_of(512) {
+            return Err(ApiError::bad_request(format!(
+                "virtual size {virtual_size} is not a positive multiple of 512 bytes"
+            )));
+        }
+        run_qemu_img(&[
+            "create".as_ref(),
+            "-q".as_ref(),
+            "-f".as_ref(),
+            "qcow2".as_ref(),
+            path.as_os_str(),
+            virtual_size.to_string().as_ref(),
+        ])?;
+        Ok(path)
+    }
+
+    /// Removes an image without the in-use check (the caller owns it: a copy target).
+    pub fn remove_image(&self, name: &str) -> Result<(), ApiError> {
+        let path = self.image_path(name)?;
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(ApiError::internal(format!(
+                "cannot remove {}: {e}",
+                path.display()
+            ))),
+        }
+    }
+
     pub fn delete(&self, name: &str, in_use_by: Option<String>) -> Result<(), ApiError> {
         let path = self.image_path(name)?;
         if let Some(vm) = in_use_by {
@@ -260,5 +306,35 @@ mod tests {
             .message
             .contains("no disk"));
         assert!(pool.image_path("../../etc/passwd").is_err());
+    }
+
+    #[test]
+    fn copy_targets_have_the_exact_size_and_never_overwrite() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = Pool {
+            name: "local".into(),
+            dir: dir.path().to_path_buf(),
+            shared: false,
+        };
+        let none = |_: &str, _: &str| None;
+        let odd = (64 << 20) + 4096;
+        pool.create_copy_target("d1", odd).unwrap();
+        assert_eq!(pool.list(&none).unwrap()[0].virtual_size, odd);
+        let again = pool.create_copy_target("d1", odd).unwrap_err();
+        assert!(
+            again.message.contains("already exists"),
+            "{}",
+            again.message
+        );
+        assert!(pool.create_copy_target("d2", 1000).is_err());
+        assert!(pool.create_copy_target("../x", 4096).is_err());
+        pool.remove_image("d1").unwrap();
+        pool.remove_image("d1").unwrap(); // idempotent
+        assert!(pool.list(&none).unwrap().is_empty());
+        let shared = Pool {
+            shared: true,
+            ..pool
+        };
+        assert!(shared.create_copy_target("d3", 4096).is_err());
     }
 }

@@ -348,6 +348,16 @@ impl AgentClient {
             .get(&format!("/v1/vms/{}/migration", seg(name)))
             .await
     }
+    /// Source: mirror local-pool disks to the destination's export (before memory).
+    pub async fn start_disk_copy(
+        &self,
+        name: &str,
+        req: &DiskCopyRequest,
+    ) -> Result<AgentMigrationStatus, ClientError> {
+        self.http
+            .post(&format!("/v1/vms/{}/migration/disks", seg(name)), req)
+            .await
+    }
     /// Source: cancel an outgoing migration and make sure the guest runs here.
     pub async fn cancel_outgoing(&self, name: &str) -> Result<VmRuntime, ClientError> {
         self.http

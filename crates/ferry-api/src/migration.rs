@@ -4,7 +4,10 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-pub use ferry_migration::{MigrationProgress, MigrationReport, Phase, PhaseEvent};
+pub use ferry_migration::{
+    disk_totals, disks_in_sync, DiskCopyProgress, MigrationProgress, MigrationReport, Phase,
+    PhaseEvent,
+};
 
 use crate::{ApiError, VmSpec};
 
@@ -22,6 +25,10 @@ pub struct MigrationOptions {
     /// Abort when no progress is made for this long, seconds.
     #[serde(default)]
     pub progress_timeout_s: Option<u64>,
+    /// Local-pool disks: keep the source's image after the VM runs on the destination
+    /// (by default it is deleted once the destination runs).
+    #[serde(default)]
+    pub keep_source: bool,
 }
 
 pub const DEFAULT_DOWNTIME_LIMIT_MS: u64 = 300;
@@ -96,6 +103,20 @@ pub struct Migration {
 #[serde(deny_unknown_fields)]
 pub struct IncomingRequest {
     pub spec: VmSpec,
+    /// Disks (of `spec.disks`) to create empty in the destination's pool and export for
+    /// the source to copy into: local-pool disks. Shared-pool disks are not listed.
+    #[serde(default)]
+    pub copy_disks: Vec<DiskCopyTarget>,
+}
+
+/// One disk the destination creates and exports for a storage copy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskCopyTarget {
+    /// Index into `spec.disks`.
+    pub index: usize,
+    /// The source image's virtual size: the target gets exactly this size.
+    pub virtual_size: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -104,6 +125,23 @@ pub struct IncomingResponse {
     pub listen: String,
     /// Where the source must connect (differs from `listen` behind NAT or a relay).
     pub advertised: String,
+    /// With `copy_disks`: the NBD server exporting the target disks, `ADDR:PORT` as the
+    /// source must reach it (on the migration network).
+    #[serde(default)]
+    pub disk_export: Option<String>,
+}
+
+/// Source: mirror the listed disks to the destination's NBD export.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskCopyRequest {
+    /// `ADDR:PORT` of the destination's NBD server.
+    pub export: String,
+    /// Indices into the VM's `spec.disks`.
+    pub disks: Vec<usize>,
+    /// Bytes per second per disk; 0 = unlimited.
+    #[serde(default)]
+    pub max_bandwidth_bytes: u64,
 }
 
 /// The network endpoints a migration used.

@@ -277,6 +277,10 @@ pub struct MigrateArgs {
     /// Give up when no progress is made for this long, s.
     #[arg(long, value_name = "S")]
     pub progress_timeout: Option<u64>,
+    /// Local-pool disks are copied to the destination; keep the source's copy afterwards
+    /// (by default it is deleted once the VM runs on the destination).
+    #[arg(long)]
+    pub keep_source: bool,
     /// Return once the migration is accepted, without following it.
     #[arg(long)]
     pub no_wait: bool,

@@ -20,6 +20,7 @@ pub async fn migrate(server: &str, a: MigrateArgs) -> CliResult {
             max_bandwidth_mib: a.max_bandwidth,
             downtime_limit_ms: a.downtime_limit,
             progress_timeout_s: a.progress_timeout,
+            keep_source: a.keep_source,
         },
     };
     req.options
@@ -85,15 +86,9 @@ pub async fn follow(c: &ServerClient, m: &Migration, bar: bool) -> Result<Migrat
         };
         pb.set_prefix(cur.phase.to_string());
         if let Some(p) = &cur.progress {
-            pb.set_position((p.fraction_done() * 1000.0) as u64);
-            pb.set_message(format!(
-                "{} / {}  {}  dirty {}  pass {}",
-                bytes(p.transferred_bytes),
-                bytes(p.ram_total_bytes),
-                rate(p.bandwidth_bytes_per_s),
-                rate(p.dirty_rate_bytes_per_s),
-                p.passes
-            ));
+            let (fraction, message) = progress_line(cur.phase, p);
+            pb.set_position((fraction * 1000.0) as u64);
+            pb.set_message(message);
         }
         if cur.phase.is_terminal() {
             if cur.phase == Phase::Completed {
@@ -104,6 +99,40 @@ pub async fn follow(c: &ServerClient, m: &Migration, bar: bool) -> Result<Migrat
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// The progress bar's fill and text: disks while they are copied, memory afterwards.
+pub fn progress_line(phase: Phase, p: &MigrationProgress) -> (f64, String) {
+    let (copied, total, outstanding) = disk_totals(&p.disks);
+    if phase == Phase::CopyingDisks {
+        let fraction = if total == 0 {
+            0.0
+        } else {
+            copied as f64 / total as f64
+        };
+        return (
+            fraction,
+            format!(
+                "disks {} / {}  {}  {} outstanding",
+                bytes(copied),
+                bytes(total),
+                rate(p.bandwidth_bytes_per_s),
+                bytes(outstanding)
+            ),
+        );
+    }
+    let mut message = format!(
+        "{} / {}  {}  dirty {}  pass {}",
+        bytes(p.transferred_bytes),
+        bytes(p.ram_total_bytes),
+        rate(p.bandwidth_bytes_per_s),
+        rate(p.dirty_rate_bytes_per_s),
+        p.passes
+    );
+    if !p.disks.is_empty() {
+        message.push_str(&format!("  disks in sync ({})", bytes(copied)));
+    }
+    (p.fraction_done(), message)
 }
 
 pub fn print_report(m: &Migration) {
@@ -122,6 +151,9 @@ pub fn print_report(m: &Migration) {
         );
         println!("  passes         {}", r.passes);
         println!("  avg bandwidth  {}", rate(r.average_bandwidth_bytes_per_s));
+        if r.disk_bytes_copied > 0 {
+            println!("  disks copied   {}", bytes(r.disk_bytes_copied));
+        }
     }
     if let Some(uri) = &m.stream_uri {
         println!("  stream         {uri}");
@@ -182,6 +214,20 @@ pub async fn migration(server: &str, cmd: MigrationCmd) -> CliResult {
             }
             print_report(&m);
             if let (Some(p), false) = (&m.progress, m.phase.is_terminal()) {
+                for d in &p.disks {
+                    println!(
+                        "  disk {:<14} {} / {} copied, {} outstanding, {}",
+                        d.disk,
+                        bytes(d.copied_bytes),
+                        bytes(d.total_bytes),
+                        bytes(d.outstanding_bytes()),
+                        if d.ready {
+                            "in sync"
+                        } else {
+                            d.status.as_str()
+                        }
+                    );
+                }
                 println!(
                     "  progress       {} sent, {} remaining, pass {}, dirty {}",
                     bytes(p.transferred_bytes),

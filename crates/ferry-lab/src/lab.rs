@@ -59,6 +59,9 @@ pub struct Lab {
     pub server_url: String,
     pub agents: Vec<AgentInfo>,
     keep: bool,
+    /// Each agent's original arguments (restarts start from these).
+    agent_args: std::collections::HashMap<String, Vec<String>>,
+    restarts: u32,
 }
 
 impl Lab {
@@ -76,6 +79,8 @@ impl Lab {
             server_url: String::new(),
             agents: Vec::new(),
             keep: cfg.keep,
+            agent_args: Default::default(),
+            restarts: 0,
         };
         let server_ready = path.join("server.addr");
         let mut args: Vec<String> = vec![
@@ -126,6 +131,7 @@ impl Lab {
                 args.push("--pool".into());
                 args.push(format!("shared={}:shared", shared.display()));
             }
+            lab.agent_args.insert(host.clone(), args.clone());
             lab.spawn(&cfg, &format!("agent-{host}"), &args)?;
             let addr = lab
                 .wait_ready_file(&format!("agent {host}"), &ready)
@@ -167,18 +173,54 @@ impl Lab {
     /// Stops host `host`'s agent (SIGTERM) and starts it again with the same settings; its
     /// VMs keep running meanwhile. Returns once the new agent answers.
     pub async fn restart_agent(&mut self, cfg: &LabConfig, host: &str) -> Result<(), LabError> {
+        self.restart_agent_with(cfg, host, &[]).await
+    }
+
+    /// Kills host `host`'s agent with SIGKILL (a crash: no clean-up of its own). Its QEMUs
+    /// keep running. Start it again with [`Lab::restart_agent_with`].
+    pub fn kill_agent(&mut self, host: &str) -> Result<(), LabError> {
+        let idx = self.agent_daemon(host)?;
+        let child = &mut self.daemons[idx].child;
+        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+        let _ = child.wait();
+        Ok(())
+    }
+
+    fn agent_daemon(&self, host: &str) -> Result<usize, LabError> {
         let name = format!("agent-{host}");
-        let idx = self
-            .daemons
+        self.daemons
             .iter()
-            .position(|d| d.spec.name == name)
-            .ok_or_else(|| LabError::Io(format!("no agent {host} in this lab")))?;
+            .position(|d| d.spec.name == name || d.spec.name.starts_with(&format!("{name}-")))
+            .ok_or_else(|| LabError::Io(format!("no agent {host} in this lab")))
+    }
+
+    /// Stops host `host`'s agent (SIGTERM; a no-op if it is already dead) and starts it
+    /// with its original settings plus `extra` arguments (e.g. another
+    /// `--migration-advertise`). Returns once the new agent answers.
+    pub async fn restart_agent_with(
+        &mut self,
+        cfg: &LabConfig,
+        host: &str,
+        extra: &[&str],
+    ) -> Result<(), LabError> {
+        let idx = self.agent_daemon(host)?;
         let mut old = self.daemons.remove(idx);
         let _ = kill(Pid::from_raw(old.child.id() as i32), Signal::SIGTERM);
         let _ = old.child.wait();
         let ready = self.path.join(format!("{host}.addr"));
         let _ = std::fs::remove_file(&ready);
-        self.spawn(cfg, &format!("{name}-restarted"), &old.spec.args)?;
+        let base = self
+            .agent_args
+            .get(host)
+            .cloned()
+            .unwrap_or_else(|| old.spec.args.clone());
+        let args: Vec<String> = base
+            .into_iter()
+            .chain(extra.iter().map(|a| a.to_string()))
+            .collect();
+        self.restarts += 1;
+        let name = format!("agent-{host}-restart{}", self.restarts);
+        self.spawn(cfg, &name, &args)?;
         let addr = self
             .wait_ready_file(&format!("agent {host}"), &ready)
             .await?;

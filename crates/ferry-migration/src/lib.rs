@@ -6,14 +6,16 @@
 //! ```text
 //!            prepare ok              source migration started
 //!  Pending ─────────────▶ Preparing ─────────────────────────▶ Transferring
-//!     │                      │                                     │ source reports completed
+//!     │                      │  │ local disks       disks in sync   ▲  │
+//!     │                      │  └──────────▶ CopyingDisks ──────────┘  │
+//!     │                      │                    │                    │ source reports completed
 //!     │                      │                                     ▼
 //!     │                      │                               SwitchingOver
 //!     │                      │                                     │ destination runs, VM record
 //!     │                      │                                     ▼ points at the destination
 //!     │                      │                                 Completed
-//!     │ failure/cancel       │ failure/cancel                      │
-//!     └──────────────────────┴──────────────┬──────────────────────┘ (failure only before the
+//!     │ failure/cancel       │ failure/cancel     │                    │
+//!     └──────────────────────┴────────────────┴──┬─────────────────┘ (failure only before the
 //!                                           ▼                         destination runs)
 //!                                      RollingBack ──▶ Failed | Cancelled
 //! ```
@@ -26,4 +28,6 @@ pub mod phase;
 pub mod progress;
 
 pub use phase::{Phase, PhaseEvent, TransitionError};
-pub use progress::{MigrationProgress, MigrationReport};
+pub use progress::{
+    disk_totals, disks_in_sync, DiskCopyProgress, MigrationProgress, MigrationReport,
+};

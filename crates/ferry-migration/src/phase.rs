@@ -10,7 +10,11 @@ pub enum Phase {
     Pending,
     /// The destination starts QEMU with the same devices, waiting for the incoming stream.
     Preparing,
-    /// The source sends RAM (pass after pass) and then device state.
+    /// Local-pool disks only: the source mirrors each disk to the destination's export
+    /// while the guest runs, until every disk is in sync (then guest writes go to both).
+    CopyingDisks,
+    /// The source sends RAM (pass after pass) and then device state (and, with disks,
+    /// finishes the mirrors while paused before the switch).
     Transferring,
     /// The source finished sending; the destination must be seen running before the
     /// source is shut down.
@@ -35,6 +39,7 @@ impl Phase {
         match self {
             Phase::Pending => "pending",
             Phase::Preparing => "preparing",
+            Phase::CopyingDisks => "copying_disks",
             Phase::Transferring => "transferring",
             Phase::SwitchingOver => "switching_over",
             Phase::Completed => "completed",
@@ -49,9 +54,10 @@ impl Phase {
     }
 }
 
-pub const ALL_PHASES: [Phase; 8] = [
+pub const ALL_PHASES: [Phase; 9] = [
     Phase::Pending,
     Phase::Preparing,
+    Phase::CopyingDisks,
     Phase::Transferring,
     Phase::SwitchingOver,
     Phase::Completed,
@@ -73,6 +79,10 @@ pub enum PhaseEvent {
     Start,
     /// The destination QEMU listens for the incoming stream.
     DestinationReady,
+    /// The destination listens and exports target disks the source must copy first.
+    DestinationReadyWithDisks,
+    /// Every disk mirror is in sync.
+    DisksInSync,
     /// The source QEMU reports the stream completed (it is paused, `postmigrate`).
     SourceCompleted,
     /// The destination QEMU is seen running.
@@ -101,12 +111,15 @@ impl Phase {
         let next = match (self, event) {
             (Pending, Start) => Preparing,
             (Preparing, DestinationReady) => Transferring,
+            (Preparing, DestinationReadyWithDisks) => CopyingDisks,
+            (CopyingDisks, DisksInSync) => Transferring,
             (Transferring, SourceCompleted) => SwitchingOver,
             (SwitchingOver, DestinationRunning) => Completed,
             // Until the destination runs, every failure or cancel rolls back.
-            (Pending | Preparing | Transferring | SwitchingOver, Failure | CancelRequested) => {
-                RollingBack
-            }
+            (
+                Pending | Preparing | CopyingDisks | Transferring | SwitchingOver,
+                Failure | CancelRequested,
+            ) => RollingBack,
             (RollingBack, RolledBack { cancelled: false }) => Failed,
             (RollingBack, RolledBack { cancelled: true }) => Cancelled,
             // A second failure while rolling back keeps rolling back.
@@ -143,10 +156,30 @@ mod tests {
     }
 
     #[test]
+    fn with_local_disks_the_copy_comes_before_memory() {
+        let mut p = Phase::Pending;
+        for e in [
+            PhaseEvent::Start,
+            PhaseEvent::DestinationReadyWithDisks,
+            PhaseEvent::DisksInSync,
+            PhaseEvent::SourceCompleted,
+            PhaseEvent::DestinationRunning,
+        ] {
+            p = p.next(e).unwrap();
+        }
+        assert_eq!(p, Phase::Completed);
+        // Memory cannot start before the disks are in sync.
+        assert!(Phase::CopyingDisks
+            .next(PhaseEvent::SourceCompleted)
+            .is_err());
+    }
+
+    #[test]
     fn failure_before_the_destination_runs_rolls_back() {
         for p in [
             Phase::Pending,
             Phase::Preparing,
+            Phase::CopyingDisks,
             Phase::Transferring,
             Phase::SwitchingOver,
         ] {
@@ -185,6 +218,8 @@ mod tests {
         prop_oneof![
             Just(PhaseEvent::Start),
             Just(PhaseEvent::DestinationReady),
+            Just(PhaseEvent::DestinationReadyWithDisks),
+            Just(PhaseEvent::DisksInSync),
             Just(PhaseEvent::SourceCompleted),
             Just(PhaseEvent::DestinationRunning),
             Just(PhaseEvent::Failure),

@@ -25,6 +25,50 @@ pub struct MigrationProgress {
     pub passes: u64,
     /// QEMU's prediction of the pause if it switched over now, in ms.
     pub expected_downtime_ms: Option<u64>,
+    /// Local-pool disks being mirrored to the destination (empty otherwise).
+    #[serde(default)]
+    pub disks: Vec<DiskCopyProgress>,
+}
+
+/// One disk's mirror to the destination, from QEMU's block job.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DiskCopyProgress {
+    /// `pool/image`.
+    pub disk: String,
+    /// Bytes the mirror has to copy; grows when the guest rewrites blocks already sent.
+    pub total_bytes: u64,
+    /// Bytes copied so far.
+    pub copied_bytes: u64,
+    /// In sync: from now on every guest write reaches both sides before it completes.
+    pub ready: bool,
+    /// QEMU's job status (running, ready, concluded, ...).
+    pub status: String,
+    /// Why the copy failed, if it did.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+impl DiskCopyProgress {
+    /// Dirty bytes still to copy.
+    pub fn outstanding_bytes(&self) -> u64 {
+        self.total_bytes.saturating_sub(self.copied_bytes)
+    }
+}
+
+/// Totals over all disks: (copied, total, outstanding).
+pub fn disk_totals(disks: &[DiskCopyProgress]) -> (u64, u64, u64) {
+    disks.iter().fold((0, 0, 0), |(c, t, o), d| {
+        (
+            c + d.copied_bytes,
+            t + d.total_bytes,
+            o + d.outstanding_bytes(),
+        )
+    })
+}
+
+/// Every disk is in sync (and there is at least one).
+pub fn disks_in_sync(disks: &[DiskCopyProgress]) -> bool {
+    !disks.is_empty() && disks.iter().all(|d| d.ready && d.error.is_none())
 }
 
 impl MigrationProgress {
@@ -65,6 +109,9 @@ pub struct MigrationReport {
     pub passes: u64,
     /// Average throughput of the stream, bytes per second.
     pub average_bandwidth_bytes_per_s: u64,
+    /// Disk bytes mirrored to the destination (local-pool disks), 0 without.
+    #[serde(default)]
+    pub disk_bytes_copied: u64,
 }
 
 impl MigrationReport {
@@ -84,6 +131,7 @@ impl MigrationReport {
             ram_total_bytes: progress.ram_total_bytes,
             passes: progress.passes,
             average_bandwidth_bytes_per_s: avg,
+            disk_bytes_copied: disk_totals(&progress.disks).0,
         }
     }
 }
@@ -119,6 +167,32 @@ mod tests {
         assert!(a.started_new_pass(None));
         assert!(b.started_new_pass(Some(&a)));
         assert!(!b.started_new_pass(Some(&b)));
+    }
+
+    #[test]
+    fn disk_totals_and_sync() {
+        let mut d = vec![
+            DiskCopyProgress {
+                disk: "local/a".into(),
+                total_bytes: 100,
+                copied_bytes: 60,
+                ..Default::default()
+            },
+            DiskCopyProgress {
+                disk: "local/b".into(),
+                total_bytes: 50,
+                copied_bytes: 50,
+                ready: true,
+                ..Default::default()
+            },
+        ];
+        assert_eq!(disk_totals(&d), (110, 150, 40));
+        assert!(!disks_in_sync(&d));
+        d[0].ready = true;
+        assert!(disks_in_sync(&d));
+        d[1].error = Some("No space left on device".into());
+        assert!(!disks_in_sync(&d));
+        assert!(!disks_in_sync(&[]));
     }
 
     #[test]

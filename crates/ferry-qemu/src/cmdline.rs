@@ -36,8 +36,8 @@ pub struct RuntimePaths {
 
 /// Builds QEMU's arguments. `machine` must already be the concrete machine type, `accel`
 /// the resolved one (never Auto). `taps` holds the host tap device of each of the spec's
-/// NICs, and `disks` the host path of each of its data disks, in order. `incoming` starts QEMU waiting for a migration stream (`-incoming
-/// defer`: the agent picks the listen address over QMP afterwards).
+/// NICs, and `disks` the host path of each of its data disks, in order. `start` says
+/// whether QEMU boots or waits for a migration stream.
 pub fn build_args(
     spec: &VmSpec,
     boot: &ResolvedBoot,
@@ -45,7 +45,7 @@ pub fn build_args(
     paths: &RuntimePaths,
     taps: &[String],
     disks: &[PathBuf],
-    incoming: bool,
+    start: StartMode,
 ) -> Vec<OsString> {
     let mut a: Vec<OsString> = Vec::new();
     let mut push = |s: &str| a.push(OsString::from(s));
@@ -147,11 +147,28 @@ pub fn build_args(
         a.push("-device".into());
         a.push(format!("virtio-net-pci,netdev=net{i},mac={mac},id=nic{i}").into());
     }
-    if incoming {
+    if start != StartMode::Boot {
         a.push("-incoming".into());
         a.push("defer".into());
     }
+    if start == StartMode::IncomingHeld {
+        a.push("-S".into());
+    }
     a
+}
+
+/// How QEMU starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartMode {
+    /// Boot the guest.
+    Boot,
+    /// Wait for a migration stream (`-incoming defer`: the agent picks the listen address
+    /// over QMP afterwards); the guest runs as soon as the stream completes.
+    Incoming,
+    /// As `Incoming`, but the vCPUs stay stopped after the stream (`-S`) until the agent
+    /// starts them: a destination exporting disks for a storage copy must drop the exports
+    /// first, because the guest's devices do not share write access once running.
+    IncomingHeld,
 }
 
 /// A path inside a QEMU option value: commas are escaped by doubling.
@@ -176,6 +193,9 @@ pub fn guest_visible_args(args: &[OsString]) -> Vec<String> {
     let mut skip_next = false;
     for arg in args {
         let s = arg.to_string_lossy().into_owned();
+        if s == "-S" {
+            continue; // when the vCPUs start is host-side timing, not hardware
+        }
         if skip_next {
             skip_next = false;
             continue;
@@ -239,7 +259,7 @@ mod tests {
             &paths("/v"),
             &[],
             &[],
-            false,
+            StartMode::Boot,
         ));
         let file: serde_json::Value =
             serde_json::from_str(&args[args.iter().position(|a| a == "-blockdev").unwrap() + 1])
@@ -275,7 +295,7 @@ mod tests {
             &paths("/a/vm"),
             &taps("a"),
             &[],
-            false,
+            StartMode::Boot,
         );
         let b = build_args(
             &spec(),
@@ -284,7 +304,7 @@ mod tests {
             &paths("/b/vm"),
             &taps("b"),
             &[],
-            true,
+            StartMode::Incoming,
         );
         assert_eq!(guest_visible_args(&a), guest_visible_args(&b));
         assert_ne!(a, b, "host-side paths do differ");
@@ -300,7 +320,7 @@ mod tests {
             &paths("/v"),
             &[],
             &disks,
-            false,
+            StartMode::Boot,
         ));
         let first = args.iter().position(|a| a == "-blockdev").unwrap();
         let file: serde_json::Value = serde_json::from_str(&args[first + 1]).unwrap();
@@ -320,7 +340,7 @@ mod tests {
             &paths("/w"),
             &[],
             &elsewhere,
-            true,
+            StartMode::Incoming,
         );
         assert_eq!(
             guest_visible_args(&build_args(
@@ -330,7 +350,7 @@ mod tests {
                 &paths("/v"),
                 &[],
                 &disks,
-                false
+                StartMode::Boot
             )),
             guest_visible_args(&b)
         );
@@ -345,7 +365,7 @@ mod tests {
             &paths("/v"),
             &taps("a"),
             &[],
-            false,
+            StartMode::Boot,
         ));
         assert!(args.contains(&"tap,id=net0,ifname=tap-a0,script=no,downscript=no".to_string()));
         assert!(
@@ -362,10 +382,34 @@ mod tests {
             &paths("/v"),
             &[],
             &[],
-            true,
+            StartMode::Incoming,
         ));
         let pos = args.iter().position(|a| a == "-incoming").unwrap();
         assert_eq!(args[pos + 1], "defer");
+        assert!(!args.contains(&"-S".to_string()));
+        let held = build_args(
+            &spec(),
+            &boot("/i"),
+            Accel::Tcg,
+            &paths("/v"),
+            &[],
+            &[],
+            StartMode::IncomingHeld,
+        );
+        assert!(strings(&held).contains(&"-S".to_string()));
+        assert_eq!(
+            guest_visible_args(&held),
+            guest_visible_args(&build_args(
+                &spec(),
+                &boot("/i"),
+                Accel::Tcg,
+                &paths("/v"),
+                &[],
+                &[],
+                StartMode::Boot,
+            )),
+            "holding the vCPUs is not guest-visible"
+        );
         let args = strings(&build_args(
             &spec(),
             &boot("/i"),
@@ -373,7 +417,7 @@ mod tests {
             &paths("/v"),
             &[],
             &[],
-            false,
+            StartMode::Boot,
         ));
         assert!(!args.contains(&"-incoming".to_string()));
     }
@@ -387,7 +431,7 @@ mod tests {
             &paths("/v"),
             &[],
             &[],
-            false,
+            StartMode::Boot,
         ));
         let joined = args.join(" ");
         for needle in [
@@ -415,7 +459,7 @@ mod tests {
             &p,
             &[],
             &[],
-            false,
+            StartMode::Boot,
         ));
         assert!(args.contains(&"unix:/x,,y/qmp.sock,server=on,wait=off".to_string()));
     }

@@ -17,7 +17,7 @@ pub use accel::BootProbe;
 
 pub use accel::{decide_accel, AccelDecision, AccelFacts};
 pub use binary::{MachineInfo, QemuBinary, QemuVersion};
-pub use cmdline::{build_args, ResolvedBoot, RuntimePaths};
+pub use cmdline::{build_args, ResolvedBoot, RuntimePaths, StartMode};
 pub use process::QemuProcess;
 
 /// Errors from running or inspecting QEMU.

@@ -10,6 +10,7 @@ use ferry_api::client::AgentClient;
 use ferry_api::*;
 use uuid::Uuid;
 
+use crate::storage_plan::{plan_storage, PlannedCopy, StorageView};
 use crate::store::{NewEvent, Store, StoreError, StoredHost};
 
 #[derive(Debug, Clone)]
@@ -457,7 +458,7 @@ impl Server {
                 dest.name
             )));
         }
-        self.check_storage_can_move(&vm, &dest)?;
+        self.storage_plan(&vm, &dest).await?;
         let (_, source) = self.agent(&vm.host)?;
         let rt = source
             .vm(&vm.spec.name)
@@ -496,44 +497,65 @@ impl Server {
         Ok(m)
     }
 
-    /// Disks in a shared pool stay where they are (ownership moves with the switch-over),
-    /// so the destination must see the same pool at the same path. Disks in a local pool
-    /// would have to be copied while the guest writes (storage migration), which Ferry does
-    /// not do yet: such a VM is refused with that reason, before anything is touched.
-    fn check_storage_can_move(&self, vm: &Vm, dest: &Host) -> Result<(), ApiError> {
+    /// What happens to each of the VM's disks (see [`crate::storage_plan`]), from the
+    /// hosts' inventories and the image lists of the pools the VM uses.
+    pub async fn storage_plan(&self, vm: &Vm, dest: &Host) -> Result<Vec<PlannedCopy>, ApiError> {
+        if vm.spec.disks.is_empty() {
+            return Ok(Vec::new());
+        }
         let source = self.host(&vm.host)?;
-        for d in &vm.spec.disks {
-            let src_pool = source.inventory.pools.iter().find(|p| p.name == d.pool);
-            match src_pool {
-                Some(p) if p.shared => {
-                    let same = dest
-                        .inventory
-                        .pools
-                        .iter()
-                        .any(|q| q.name == p.name && q.shared && q.path == p.path);
-                    if !same {
-                        return Err(ApiError::conflict(format!(
-                            "disk {} is in shared pool {} ({}), which destination {} does not have at the same path",
-                            d.image, p.name, p.path, dest.name
-                        )));
-                    }
-                }
-                Some(p) => {
-                    return Err(ApiError::conflict(format!(
-                        "disk {} is in local pool {} on {}: moving local disks during a live migration \
-                         (storage migration) is not available yet; keep the VM's disks in a shared pool",
-                        d.image, p.name, vm.host
-                    )))
-                }
-                None => {
-                    return Err(ApiError::conflict(format!(
-                        "disk {} is in pool {}, which host {} does not report",
-                        d.image, d.pool, vm.host
-                    )))
+        let mut pools: Vec<&str> = vm.spec.disks.iter().map(|d| d.pool.as_str()).collect();
+        pools.sort();
+        pools.dedup();
+        let local: Vec<&str> = pools
+            .into_iter()
+            .filter(|p| {
+                source
+                    .inventory
+                    .pools
+                    .iter()
+                    .any(|q| q.name == *p && !q.shared)
+            })
+            .collect();
+        let (mut source_images, mut dest_images) = (Vec::new(), Vec::new());
+        let mut dest_pools = dest.inventory.pools.clone();
+        if !local.is_empty() {
+            let src_agent =
+                AgentClient::new(&source.url).map_err(|e| ApiError::internal(e.to_string()))?;
+            let dest_agent =
+                AgentClient::new(&dest.url).map_err(|e| ApiError::internal(e.to_string()))?;
+            // Free space right now, not as of the last heartbeat.
+            dest_pools = dest_agent
+                .pools()
+                .await
+                .map_err(|e| e.into_api_error(&format!("destination host {}", dest.name)))?;
+            for pool in local {
+                source_images.extend(
+                    src_agent
+                        .disks(pool)
+                        .await
+                        .map_err(|e| e.into_api_error(&format!("source host {}", source.name)))?,
+                );
+                if dest_pools.iter().any(|q| q.name == pool) {
+                    dest_images.extend(dest_agent.disks(pool).await.map_err(|e| {
+                        e.into_api_error(&format!("destination host {}", dest.name))
+                    })?);
                 }
             }
         }
-        Ok(())
+        plan_storage(
+            &vm.spec,
+            &StorageView {
+                host: &source.name,
+                pools: &source.inventory.pools,
+                images: &source_images,
+            },
+            &StorageView {
+                host: &dest.name,
+                pools: &dest_pools,
+                images: &dest_images,
+            },
+        )
     }
 
     fn cancel_migration(&self, id: Uuid) -> Result<Migration, ApiError> {

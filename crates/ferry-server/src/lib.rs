@@ -10,6 +10,7 @@
 pub mod api;
 pub mod core;
 pub mod orchestrator;
+pub mod storage_plan;
 pub mod store;
 
 pub use crate::core::{Action, ActionOutcome, Server, ServerConfig};

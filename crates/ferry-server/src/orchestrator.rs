@@ -18,12 +18,15 @@ use ferry_api::*;
 use tracing::Instrument;
 
 use crate::core::Server;
+use crate::storage_plan::PlannedCopy;
 use crate::store::NewEvent;
+
+mod disks;
 
 /// Rollback after the source completed: destination must be confirmed gone first.
 const SWITCH_WAIT: Duration = Duration::from_secs(30);
 /// How long an agent may fail to answer in a row before the migration is abandoned.
-const AGENT_SILENCE_LIMIT: Duration = Duration::from_secs(15);
+pub(crate) const AGENT_SILENCE_LIMIT: Duration = Duration::from_secs(15);
 
 pub fn spawn(server: Arc<Server>, m: Migration) {
     let span = tracing::info_span!("migration", id = %m.id, vm = %m.vm);
@@ -56,8 +59,10 @@ struct Run {
     server: Arc<Server>,
     m: Migration,
     started: Instant,
-    /// Whether the source was told to send (so a rollback must cancel it).
+    /// Whether the source was told to send or copy (so a rollback must cancel it).
     outgoing_started: bool,
+    /// Local-pool disks copied to the destination before memory.
+    copies: Vec<PlannedCopy>,
 }
 
 /// Why a step failed, and whether the operator asked for it.
@@ -82,6 +87,7 @@ impl Run {
             m,
             started: Instant::now(),
             outgoing_started: false,
+            copies: Vec::new(),
         }
     }
 
@@ -159,6 +165,15 @@ impl Run {
             .host(&self.m.source)
             .map_err(|e| Abort::fail(e.message))?;
         let dest = self.agent(&self.m.destination)?;
+        let dest_host = self
+            .server
+            .host(&self.m.destination)
+            .map_err(|e| Abort::fail(e.message))?;
+        self.copies = self
+            .server
+            .storage_plan(&vm, &dest_host)
+            .await
+            .map_err(|e| Abort::fail(e.message))?;
         self.advance(
             PhaseEvent::Start,
             format!(
@@ -170,6 +185,7 @@ impl Run {
         let incoming = dest
             .prepare_incoming(&IncomingRequest {
                 spec: vm.spec.clone(),
+                copy_disks: self.copies.iter().map(|c| c.target()).collect(),
             })
             .await
             .map_err(|e| {
@@ -186,14 +202,37 @@ impl Run {
             destination_listen: incoming.listen.clone(),
             destination_advertised: incoming.advertised.clone(),
         });
-        self.advance(
-            PhaseEvent::DestinationReady,
-            format!(
-                "destination listens on {} (migration network); source {} sends to {}",
-                incoming.listen, source_host.migration_address, incoming.advertised
+        match (&incoming.disk_export, self.copies.is_empty()) {
+            (_, true) => self.advance(
+                PhaseEvent::DestinationReady,
+                format!(
+                    "destination listens on {} (migration network); source {} sends to {}",
+                    incoming.listen, source_host.migration_address, incoming.advertised
+                ),
+                serde_json::to_value(&self.m.addresses).unwrap_or_default(),
             ),
-            serde_json::to_value(&self.m.addresses).unwrap_or_default(),
-        );
+            (Some(export), false) => {
+                let labels: Vec<String> = self.copies.iter().map(|c| c.label()).collect();
+                self.advance(
+                    PhaseEvent::DestinationReadyWithDisks,
+                    format!(
+                        "destination listens on {} and exports {} at {}; copying the disks first",
+                        incoming.listen,
+                        labels.join(", "),
+                        export
+                    ),
+                    serde_json::json!({"addresses": self.m.addresses, "disk_export": export, "disks": labels}),
+                );
+                let export = export.clone();
+                self.copy_disks(&source, &dest, &export).await?;
+            }
+            (None, false) => {
+                return Err(Abort::fail(format!(
+                    "destination {} did not export the disks to copy",
+                    self.m.destination
+                )))
+            }
+        }
         let opts = &self.m.options;
         let req = OutgoingRequest {
             uri,
@@ -360,14 +399,17 @@ impl Run {
             ),
             serde_json::to_value(&r).unwrap_or_default(),
         );
-        self.retire_source().await;
+        if self.retire_source().await {
+            self.retire_source_disks().await;
+        }
     }
 
     /// Shuts the source QEMU down (paused in `postmigrate` since the switch). A failure
     /// here leaves a paused, harmless QEMU behind: logged, retried, never rolled back.
-    async fn retire_source(&self) {
+    /// Returns whether the source is gone.
+    async fn retire_source(&self) -> bool {
         let Ok(source) = self.agent(&self.m.source) else {
-            return;
+            return false;
         };
         for attempt in 1..=5 {
             match source.hand_over(&self.m.vm).await {
@@ -378,7 +420,7 @@ impl Run {
                         format!("source QEMU on {} shut down", self.m.source),
                         serde_json::Value::Null,
                     );
-                    return;
+                    return true;
                 }
                 Err(e) if attempt == 5 => {
                     self.event(
@@ -394,6 +436,7 @@ impl Run {
                 Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
             }
         }
+        false
     }
 
     /// Before the source completed: remove the destination, then resume the source.
@@ -411,11 +454,10 @@ impl Run {
             serde_json::Value::Null,
         );
         let mut notes = Vec::new();
-        if let Ok(dest) = self.agent(&self.m.destination) {
-            if let Err(e) = dest.remove(&self.m.vm).await {
-                notes.push(format!("destination clean-up failed: {e}"));
-            }
-        }
+        let dest_removed = match self.agent(&self.m.destination) {
+            Ok(dest) => dest.remove(&self.m.vm).await.map_err(|e| e.to_string()),
+            Err(a) => Err(a.reason),
+        };
         if self.outgoing_started {
             match self.agent(&self.m.source) {
                 Ok(source) => {
@@ -424,6 +466,27 @@ impl Run {
                     }
                 }
                 Err(a) => notes.push(a.reason),
+            }
+        }
+        if let Err(e) = dest_removed {
+            // The source runs again; partial copy targets on the destination are worth
+            // waiting for (an agent that restarts can still remove them).
+            let outcome = if self.copies.is_empty() {
+                Err(e)
+            } else {
+                self.retry_destination_cleanup().await
+            };
+            if let Err(e) = outcome {
+                let targets: Vec<String> = self.copies.iter().map(|c| c.label()).collect();
+                notes.push(if targets.is_empty() {
+                    format!("destination clean-up failed: {e}")
+                } else {
+                    format!(
+                        "destination clean-up failed: {e}; the partial copies {} may remain on {}",
+                        targets.join(", "),
+                        self.m.destination
+                    )
+                });
             }
         }
         self.finish_rollback(cancelled, &reason, notes).await;

@@ -66,3 +66,25 @@ pub async fn boot_guest(lab: &Lab, name: &str, host: &str, workload_mib: u64, ra
         .await
         .expect("guest ready");
 }
+
+/// Waits until the console summary satisfies `pred`; fails on a disk error or after 3 min.
+pub async fn wait_console(
+    obs: &ferry_lab::Observer<'_>,
+    what: &str,
+    pred: impl Fn(&ferry_guest::status::ConsoleSummary) -> bool,
+) -> ferry_guest::status::ConsoleSummary {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+    loop {
+        let s = obs.summary().await.unwrap_or_default();
+        if pred(&s) {
+            return s;
+        }
+        assert!(s.disk_error.is_none(), "{what}: {:?}", s.disk_error);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not seen; last disk line {:?}",
+            s.disk_last
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+}
