@@ -5,9 +5,11 @@
 //! migration address, holds the vCPUs after the stream (`-S`) and, once the stream
 //! completed, drops the exports and starts the guest.
 //!
-//! Source: an NBD client node per disk and a write-blocking mirror into it. Once every
-//! mirror is `ready` (in sync; each guest write now lands on both sides before it
-//! completes) the memory migration starts with `pause-before-switchover`; in that pause
+//! Source: an NBD client node per disk and a mirror into it, copying in the background
+//! and switched to write-blocking by [`ferry_migration::disk_sync`]'s rule (once in sync,
+//! or when the guest out-writes the link). Once every mirror is in sync with writes
+//! blocking (each guest write lands on both sides before it completes) the memory
+//! migration starts with `pause-before-switchover`; in that pause
 //! (vCPUs stopped) the mirrors are completed without pivoting, so the destination's disks
 //! hold every write, and only then does the switch-over continue. Any failure before that
 //! point cancels the migration: the guest keeps running on its own, unchanged disk.
@@ -17,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferry_api::{ApiError, DiskCopyProgress};
+use ferry_migration::disk_sync::CopyWatch;
 use ferry_qmp::{BlockJobInfo, MigrationStatus, MirrorArgs, QmpClient, QmpEvent};
 use tokio::sync::broadcast;
 
@@ -53,6 +56,7 @@ fn progress_of(disk: &str, job: &BlockJobInfo) -> DiskCopyProgress {
         total_bytes: job.len,
         copied_bytes: job.offset,
         ready: job.ready,
+        writes_blocking: job.actively_synced,
         status: job.status.clone(),
         error: job.error.clone(),
     }
@@ -162,7 +166,8 @@ impl QemuVm {
                 &export_name(i),
                 &copy_node(i),
                 (speed > 0).then_some(speed),
-            );
+            )
+            .background();
             if let Err(e) = self.qmp.blockdev_mirror(&args).await {
                 self.abort_copies().await;
                 return Err(ApiError::internal(format!(
@@ -170,7 +175,49 @@ impl QemuVm {
                 )));
             }
         }
+        self.watch_copies(disks);
         Ok(())
+    }
+
+    /// Switches each mirror from background copying to write-blocking when
+    /// [`CopyWatch`] says so. Ends when every disk switched or the copy is over.
+    fn watch_copies(&self, disks: &[usize]) {
+        let qmp = self.qmp.clone();
+        let name = self.name.clone();
+        let mut pending: Vec<(usize, String, CopyWatch)> = disks
+            .iter()
+            .map(|&i| (i, self.disk_label(i), CopyWatch::default()))
+            .collect();
+        let started = std::time::Instant::now();
+        tokio::spawn(async move {
+            while !pending.is_empty() {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let Ok(jobs) = qmp.query_block_jobs().await else {
+                    return; // QEMU is gone
+                };
+                let now = started.elapsed().as_millis() as u64;
+                let mut still = Vec::new();
+                for (i, label, mut watch) in pending {
+                    let Some(job) = jobs.iter().find(|j| j.device == copy_node(i)) else {
+                        continue; // aborted or finished
+                    };
+                    if job.is_concluded() {
+                        continue;
+                    }
+                    match watch.observe(job.ready, job.outstanding(), now) {
+                        Some(why) => match qmp.block_job_block_writes(&copy_node(i)).await {
+                            Ok(()) => tracing::info!(vm = %name, disk = %label, "{}", why.reason()),
+                            Err(e) => {
+                                tracing::warn!(vm = %name, disk = %label, "block-job-change: {e}");
+                                still.push((i, label, watch));
+                            }
+                        },
+                        None => still.push((i, label, watch)),
+                    }
+                }
+                pending = still;
+            }
+        });
     }
 
     /// Source: each disk's copy as QEMU's jobs report it (the last known state once a job

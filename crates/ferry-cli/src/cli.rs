@@ -374,6 +374,32 @@ pub enum BenchCmd {
     /// shaped to 1 Gbit/s, one TCP connection asking every 10 ms; then a 100 ms RTT link.
     /// Writes bench/results/network.json.
     Network(BenchNetworkArgs),
+    /// A VM with its disk in a local pool moves over a 1 Gbit/s migration network, against
+    /// a raw copy of the same image over the same link; the guest's disk write rate before
+    /// and during the copy. Writes bench/results/storage.json.
+    #[command(after_help = "Example:\n  ferry bench storage --disk-gib 4 --data-gib 2")]
+    Storage(BenchStorageArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchStorageArgs {
+    /// Virtual size of the VM's disk, GiB.
+    #[arg(long, default_value_t = 4)]
+    pub disk_gib: u64,
+    /// GiB of data on it.
+    #[arg(long, default_value_t = 2)]
+    pub data_gib: u64,
+    /// Guest memory, MiB.
+    #[arg(long, default_value_t = 512)]
+    pub memory: u64,
+    /// How fast the guest rewrites its disk area, MiB/s.
+    #[arg(long, default_value_t = 20.0)]
+    pub guest_write_rate: f64,
+    /// Where to write the result file.
+    #[arg(long, default_value = "bench/results")]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub json: JsonFlag,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_net;
+mod bench_storage;
 mod cli;
 mod cmd_cluster;
 mod cmd_daemons;
@@ -71,5 +72,6 @@ async fn run(cli: Cli) -> CliResult {
         Command::Lab(c) => cmd_lab::run(c).await,
         Command::Bench(cli::BenchCmd::Migrate(a)) => bench::migrate(a).await,
         Command::Bench(cli::BenchCmd::Network(a)) => bench_net::network(a).await,
+        Command::Bench(cli::BenchCmd::Storage(a)) => bench_storage::storage(a).await,
     }
 }

@@ -39,8 +39,12 @@ pub struct DiskCopyProgress {
     pub total_bytes: u64,
     /// Bytes copied so far.
     pub copied_bytes: u64,
-    /// In sync: from now on every guest write reaches both sides before it completes.
+    /// QEMU's mirror is `ready`: source and target held the same data when last checked.
     pub ready: bool,
+    /// Guest writes reach the destination before they complete (write-blocking mode, and
+    /// QEMU reports the mirror actively synced). Memory migrates only once every disk is.
+    #[serde(default)]
+    pub writes_blocking: bool,
     /// QEMU's job status (running, ready, concluded, ...).
     pub status: String,
     /// Why the copy failed, if it did.
@@ -66,9 +70,12 @@ pub fn disk_totals(disks: &[DiskCopyProgress]) -> (u64, u64, u64) {
     })
 }
 
-/// Every disk is in sync (and there is at least one).
+/// Every disk is in sync and stays so (and there is at least one).
 pub fn disks_in_sync(disks: &[DiskCopyProgress]) -> bool {
-    !disks.is_empty() && disks.iter().all(|d| d.ready && d.error.is_none())
+    !disks.is_empty()
+        && disks
+            .iter()
+            .all(|d| d.ready && d.writes_blocking && d.error.is_none())
 }
 
 impl MigrationProgress {
@@ -183,12 +190,18 @@ mod tests {
                 total_bytes: 50,
                 copied_bytes: 50,
                 ready: true,
+                writes_blocking: true,
                 ..Default::default()
             },
         ];
         assert_eq!(disk_totals(&d), (110, 150, 40));
         assert!(!disks_in_sync(&d));
         d[0].ready = true;
+        assert!(
+            !disks_in_sync(&d),
+            "ready but still copying in the background"
+        );
+        d[0].writes_blocking = true;
         assert!(disks_in_sync(&d));
         d[1].error = Some("No space left on device".into());
         assert!(!disks_in_sync(&d));

@@ -57,6 +57,10 @@ pub struct BlockJobInfo {
     /// Set once the job concluded with an error.
     #[serde(default)]
     pub error: Option<String>,
+    /// Mirror: source and target hold the same data and new writes go to both before they
+    /// complete (write-blocking mode, in sync).
+    #[serde(default)]
+    pub actively_synced: bool,
 }
 
 impl BlockJobInfo {
@@ -90,6 +94,13 @@ pub struct MirrorArgs {
 }
 
 impl MirrorArgs {
+    /// The same mirror copying in the background only (guest writes complete at local
+    /// speed and are copied later); switch it with [`QmpClient::block_job_block_writes`].
+    pub fn background(mut self) -> MirrorArgs {
+        self.copy_mode = "background".into();
+        self
+    }
+
     /// A full, write-blocking mirror of `device` to `target`.
     pub fn full(job_id: &str, device: &str, target: &str, speed: Option<u64>) -> MirrorArgs {
         MirrorArgs {
@@ -186,6 +197,16 @@ impl QmpClient {
         self.unit(
             "block-job-set-speed",
             json!({ "device": job, "speed": speed }),
+        )
+        .await
+    }
+
+    /// `block-job-change`: switch a mirror to `write-blocking` (guest writes reach the
+    /// target before they complete, so the mirror converges whatever the write rate).
+    pub async fn block_job_block_writes(&self, job: &str) -> Result<(), QmpError> {
+        self.unit(
+            "block-job-change",
+            json!({ "id": job, "type": "mirror", "copy-mode": "write-blocking" }),
         )
         .await
     }

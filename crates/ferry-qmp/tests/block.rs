@@ -119,12 +119,15 @@ async fn mirror_over_nbd_then_switch_over_leaves_identical_images() {
     sq.blockdev_add_nbd("mirror0", "127.0.0.1", nbd_port, "disk0")
         .await
         .unwrap();
-    sq.blockdev_mirror(&MirrorArgs::full("mirror-disk0", "disk0", "mirror0", None))
+    sq.blockdev_mirror(&MirrorArgs::full("mirror-disk0", "disk0", "mirror0", None).background())
         .await
         .unwrap();
     let ready = wait_jobs(&sq, |j| j.ready).await;
     assert_eq!(ready.len, 64 << 20);
     assert_eq!(ready.outstanding(), 0);
+    assert!(!ready.actively_synced, "background mode copies later");
+    sq.block_job_block_writes("mirror-disk0").await.unwrap();
+    wait_jobs(&sq, |j| j.ready && j.actively_synced).await;
 
     sq.migrate_set_capabilities(&[("events", true), ("pause-before-switchover", true)])
         .await
