@@ -35,7 +35,13 @@ struct Results {
     migration_completed: bool,
     migration_total_ms: u64,
     disk_copy_ms: u64,
+    /// The mirror jobs' length: the whole virtual disk (unallocated ranges are sent as
+    /// write-zeroes requests, not data).
     disk_bytes_copied: u64,
+    /// Bytes the source host sent on its migration interface during the migration (disk
+    /// data, memory, protocol overhead).
+    migration_link_bytes: u64,
+    raw_copy_link_bytes: u64,
     memory_bytes_sent: u64,
     downtime_ms: u64,
     /// Storage migration total time / raw copy time.
@@ -54,6 +60,26 @@ impl Drop for WorkDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// Bytes host `host` has sent on its migration interface (from `/proc/net/dev` in its
+/// namespace).
+fn link_tx_bytes(lab: &NetLab, host: &str) -> Result<u64, CliError> {
+    let out = lab
+        .exec_in(lab.host_ns(host), "cat", &["/proc/net/dev"])
+        .map_err(fail)?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let ifname = ferry_lab::netlab::HOST_MIGRATION_IF;
+    text.lines()
+        .find_map(|l| {
+            let (name, rest) = l.split_once(':')?;
+            if name.trim() != ifname {
+                return None;
+            }
+            // receive: bytes packets errs drop fifo frame compressed multicast; then transmit.
+            rest.split_whitespace().nth(8)?.parse().ok()
+        })
+        .ok_or_else(|| fail(format!("no {ifname} in /proc/net/dev of host {host}")))
 }
 
 /// MiB/s the guest wrote between two of its disk status lines (one per second).
@@ -192,7 +218,9 @@ pub async fn storage(a: BenchStorageArgs) -> CliResult {
     r.image_file_bytes = std::fs::metadata(&image).map_err(fail)?.len();
 
     eprintln!("bench: raw copy of the image file a -> b over the shaped link");
+    let tx0 = link_tx_bytes(&lab, "a")?;
     let raw = raw_copy(&lab, "a", "b", &image, &work.0.join("raw-copy.bin"))?;
+    r.raw_copy_link_bytes = link_tx_bytes(&lab, "a")?.saturating_sub(tx0);
     let _ = std::fs::remove_file(work.0.join("raw-copy.bin"));
     r.raw_copy_ms = raw.as_millis() as u64;
     r.raw_copy_mib_s = r.image_file_bytes as f64 / (1 << 20) as f64 / raw.as_secs_f64();
@@ -237,6 +265,7 @@ pub async fn storage(a: BenchStorageArgs) -> CliResult {
     r.guest_write_mib_s_before = write_rate(&before_a, &before_b);
 
     eprintln!("bench: migrating {VM} a -> b with its disk");
+    let tx0 = link_tx_bytes(&lab, "a")?;
     let m = c
         .migrate(&MigrateRequest {
             vm: VM.into(),
@@ -262,6 +291,7 @@ pub async fn storage(a: BenchStorageArgs) -> CliResult {
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
+    r.migration_link_bytes = link_tx_bytes(&lab, "a")?.saturating_sub(tx0);
     if let (Some(f), Some(l)) = (during_first, during_last) {
         r.guest_write_mib_s_during_copy = write_rate(&f, &l);
     }
@@ -328,14 +358,26 @@ fn report(a: &BenchStorageArgs, r: &Results) -> CliResult {
             vec!["link".into(), r.link.clone()],
             vec![
                 "raw copy (TCP, same link)".into(),
-                format!("{} ({:.0} MiB/s)", millis(r.raw_copy_ms), r.raw_copy_mib_s),
+                format!(
+                    "{} ({:.0} MiB/s, {} on the link)",
+                    millis(r.raw_copy_ms),
+                    r.raw_copy_mib_s,
+                    bytes(r.raw_copy_link_bytes)
+                ),
             ],
             vec![
                 "storage migration total".into(),
                 millis(r.migration_total_ms),
             ],
             vec!["  disk copy phase".into(), millis(r.disk_copy_ms)],
-            vec!["  disk bytes copied".into(), bytes(r.disk_bytes_copied)],
+            vec![
+                "  mirror length (virtual disk)".into(),
+                bytes(r.disk_bytes_copied),
+            ],
+            vec![
+                "  sent on the link (all)".into(),
+                bytes(r.migration_link_bytes),
+            ],
             vec!["  memory sent".into(), bytes(r.memory_bytes_sent)],
             vec!["  downtime (QEMU)".into(), millis(r.downtime_ms)],
             vec![

@@ -248,3 +248,34 @@ pub async fn migration(server: &str, cmd: MigrationCmd) -> CliResult {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_progress_line_shows_disks_while_they_are_copied() {
+        let mut p = MigrationProgress {
+            ram_total_bytes: 1 << 30,
+            remaining_bytes: 1 << 29,
+            disks: vec![DiskCopyProgress {
+                disk: "local/d1".into(),
+                total_bytes: 4 << 30,
+                copied_bytes: 1 << 30,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let (f, line) = progress_line(Phase::CopyingDisks, &p);
+        assert!((f - 0.25).abs() < 1e-9);
+        assert!(line.starts_with("disks "), "{line}");
+        assert!(line.contains("outstanding"), "{line}");
+        p.disks[0].copied_bytes = 4 << 30;
+        let (f, line) = progress_line(Phase::Transferring, &p);
+        assert!((f - 0.5).abs() < 1e-9, "memory fraction now");
+        assert!(
+            line.contains("pass") && line.contains("disks in sync"),
+            "{line}"
+        );
+    }
+}

@@ -202,6 +202,22 @@ async fn local_disks_move_with_the_vm_and_every_failure_leaves_the_source_intact
         assert!(out.status.success(), "fallocate: {out:?}");
         let m = wait_end(&c, &m).await;
         assert_left_intact(&lab, &m, "destination out of space", "No space left").await;
+        // The copy's progress went into the event log, bytes copied and outstanding.
+        let events = c
+            .events(&EventQuery {
+                migration: Some(m.id),
+                kind: Some("migration.disks".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let e = events.first().expect("a disk progress event");
+        assert!(e.message.contains("outstanding"), "{}", e.message);
+        assert!(
+            e.data["copied_bytes"].as_u64().unwrap_or(0) > 0,
+            "{:?}",
+            e.data
+        );
         std::fs::remove_file(&filler).unwrap();
     }
 
