@@ -235,6 +235,12 @@ async fn a_vm_with_a_shared_pool_disk_migrates_and_a_local_disk_that_cannot_be_c
     assert_eq!(m.phase, Phase::Completed);
     let b_qemus = lab.qemus_on("b");
     assert_eq!(b_qemus.len(), 1);
+    // The source QEMU is shut down right after the switch (the migration is complete as
+    // soon as b runs): give it a moment.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while holders(&image) != b_qemus && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     assert_eq!(
         holders(&image),
         b_qemus,

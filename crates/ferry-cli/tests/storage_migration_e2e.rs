@@ -276,12 +276,11 @@ async fn local_disks_move_with_the_vm_and_every_failure_leaves_the_source_intact
         "the disk data was copied: {report:?}"
     );
     assert_eq!(c.vm(VM).await.unwrap().host, "b");
-    assert!(c
-        .disks("a", "local")
-        .await
-        .unwrap()
-        .iter()
-        .all(|d| d.name != DISK));
+    // The source QEMU is retired and its image deleted right after the switch.
+    wait_disks(&c, "a", "source image deleted", |d| {
+        d.iter().all(|d| d.name != DISK)
+    })
+    .await;
     let on_b = c.disks("b", "local").await.unwrap();
     let img = on_b.iter().find(|d| d.name == DISK).expect("image on b");
     assert_eq!(img.in_use_by.as_deref(), Some(VM));
@@ -316,12 +315,10 @@ async fn local_disks_move_with_the_vm_and_every_failure_leaves_the_source_intact
         &["vm", "migrate", VM, "--to", "a", "--keep-source", "--json"],
     );
     assert!(out.status.success(), "{}", stderr(&out));
-    let kept = c.disks("b", "local").await.unwrap();
-    let kept = kept
-        .iter()
-        .find(|d| d.name == DISK)
-        .expect("b keeps its copy");
-    assert_eq!(kept.in_use_by, None);
+    wait_disks(&c, "b", "b keeps its copy, no longer in use", |d| {
+        d.iter().any(|d| d.name == DISK && d.in_use_by.is_none())
+    })
+    .await;
     assert!(c
         .disks("a", "local")
         .await
@@ -344,6 +341,19 @@ async fn local_disks_move_with_the_vm_and_every_failure_leaves_the_source_intact
 }
 
 /// Waits until the server knows the (restarted) agent's new address and sees it connected.
+/// Waits (10 s at most) until host `host`'s local pool satisfies `pred`.
+async fn wait_disks(c: &ServerClient, host: &str, what: &str, pred: impl Fn(&[DiskImage]) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let disks = c.disks(host, "local").await.unwrap();
+        if pred(&disks) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: {disks:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 async fn wait_host_registered(lab: &ferry_lab::Lab, host: &str) {
     let c = lab.client();
     let url = lab
