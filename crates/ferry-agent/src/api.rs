@@ -15,6 +15,8 @@
 //! POST   /v1/vms/{name}/migration/cancel    VmRuntime (source resumes)
 //! POST   /v1/vms/{name}/migration/handover  source QEMU shut down after completion
 //! POST   /v1/vms/{name}/announce            QEMU self-announce (RARP from every NIC)
+//! POST   /v1/probe/listen                   ProbeListenResponse (destination; body ignored)
+//! POST   /v1/probe/send                     ProbeSendRequest -> ProbeSendResponse (source)
 //! GET    /v1/pools                          [PoolInfo]
 //! GET    /v1/pools/{pool}/disks             [DiskImage]
 //! POST   /v1/pools/{pool}/disks             CreateDiskRequest -> DiskImage
@@ -29,7 +31,8 @@ use axum::{Json, Router};
 use ferry_api::http::{not_found, ApiJson, Failure};
 use ferry_api::{
     AgentMigrationStatus, ApiError, ConsoleTail, HostInventory, IncomingRequest, IncomingResponse,
-    LaunchRequest, OutgoingRequest, VmRuntime,
+    LaunchRequest, OutgoingRequest, ProbeListenResponse, ProbeSendRequest, ProbeSendResponse,
+    VmRuntime,
 };
 use serde::Deserialize;
 
@@ -55,6 +58,8 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/vms/{name}/migration/cancel", post(cancel))
         .route("/v1/vms/{name}/migration/handover", post(handover))
         .route("/v1/vms/{name}/announce", post(announce))
+        .route("/v1/probe/listen", post(probe_listen))
+        .route("/v1/probe/send", post(probe_send))
         .route("/v1/pools", get(pools))
         .route("/v1/pools/{pool}/disks", get(disks).post(create_disk))
         .route(
@@ -159,6 +164,19 @@ async fn handover(State(a): Shared, Path(name): Path<String>) -> Answer<serde_js
 async fn announce(State(a): Shared, Path(name): Path<String>) -> Answer<serde_json::Value> {
     a.announce(&name).await?;
     Ok(Json(serde_json::json!({"announced": name})))
+}
+
+// No body extractor: the request carries nothing (the client posts JSON `null`), and
+// ignoring the body accepts `null`, `{}` and an empty body alike.
+async fn probe_listen(State(a): Shared) -> Answer<ProbeListenResponse> {
+    Ok(Json(a.probe_listen().await?))
+}
+
+async fn probe_send(
+    State(a): Shared,
+    ApiJson(req): ApiJson<ProbeSendRequest>,
+) -> Answer<ProbeSendResponse> {
+    Ok(Json(a.probe_send(&req).await?))
 }
 
 async fn pools(State(a): Shared) -> Json<Vec<ferry_api::PoolInfo>> {

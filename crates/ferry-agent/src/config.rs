@@ -35,7 +35,20 @@ pub struct AgentConfig {
     pub heartbeat: Duration,
     /// Written with the bound API address once listening (for scripts and tests).
     pub ready_file: Option<PathBuf>,
+    /// Memory the host keeps for itself and never gives to VMs, MiB.
+    pub memory_reserve_mib: u64,
+    /// vCPUs allowed per host CPU.
+    pub vcpu_overcommit: f64,
+    /// If set, the only CPU models this host offers (an operator policy, e.g. models the
+    /// host is certified for); None: every model its QEMU can run.
+    pub cpu_models: Option<Vec<String>>,
 }
+
+/// The defaults of the flags behind the capacity settings.
+pub const DEFAULT_MEMORY_RESERVE_MIB: u64 = 1024;
+pub const DEFAULT_VCPU_OVERCOMMIT: f64 = 4.0;
+/// Beyond this many vCPUs per host CPU every guest starves; a larger value is a typo.
+pub const MAX_VCPU_OVERCOMMIT: f64 = 64.0;
 
 impl AgentConfig {
     pub fn validate(&self) -> Result<(), String> {
@@ -68,6 +81,16 @@ impl AgentConfig {
                 return Err(format!("pool {} is configured twice", pool.name));
             }
         }
+        // Written so that NaN fails too.
+        if !(self.vcpu_overcommit > 0.0 && self.vcpu_overcommit <= MAX_VCPU_OVERCOMMIT) {
+            return Err(format!(
+                "vCPU overcommit {} must be more than 0 and at most {MAX_VCPU_OVERCOMMIT} vCPUs per host CPU",
+                self.vcpu_overcommit
+            ));
+        }
+        if let Some(models) = &self.cpu_models {
+            validate_cpu_models(models)?;
+        }
         if let Some(url) = &self.server_url {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 return Err(format!(
@@ -85,5 +108,94 @@ impl AgentConfig {
 
     pub fn vms_dir(&self) -> PathBuf {
         self.state_dir.join("vms")
+    }
+}
+
+/// The CPU model allow-list: non-empty, each name a QEMU token (the same rule as a VM spec's
+/// `cpu_model`, since the server matches the two), none twice.
+fn validate_cpu_models(models: &[String]) -> Result<(), String> {
+    if models.is_empty() {
+        return Err("the CPU model allow-list is empty; leave it out to offer every model".into());
+    }
+    for (i, m) in models.iter().enumerate() {
+        let token = !m.is_empty()
+            && m.len() <= 64
+            && m.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !token {
+            return Err(format!(
+                "CPU model '{m}' in the allow-list is not a valid QEMU name (letters, digits, '-', '_', '.', at most 64)"
+            ));
+        }
+        if models[..i].contains(m) {
+            return Err(format!("CPU model '{m}' is listed twice in the allow-list"));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> AgentConfig {
+        AgentConfig {
+            name: "a".into(),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            advertise_url: None,
+            server_url: None,
+            state_dir: "/var/lib/ferry/agent".into(),
+            image_dir: "/var/cache/ferry/images".into(),
+            qemu: "qemu-system-x86_64".into(),
+            migration_address: "127.0.0.1".parse().unwrap(),
+            migration_advertise: None,
+            migration_port: 0,
+            networks: Default::default(),
+            pools: Vec::new(),
+            heartbeat: Duration::from_secs(2),
+            ready_file: None,
+            memory_reserve_mib: DEFAULT_MEMORY_RESERVE_MIB,
+            vcpu_overcommit: DEFAULT_VCPU_OVERCOMMIT,
+            cpu_models: None,
+        }
+    }
+
+    #[test]
+    fn vcpu_overcommit_must_be_positive_and_sane() {
+        assert!(config().validate().is_ok());
+        for bad in [0.0, -1.0, 64.5, f64::NAN, f64::INFINITY] {
+            let e = AgentConfig {
+                vcpu_overcommit: bad,
+                ..config()
+            }
+            .validate()
+            .unwrap_err();
+            assert!(e.contains("vCPU overcommit"), "{e}");
+        }
+        for good in [0.5, 1.0, 64.0] {
+            let c = AgentConfig {
+                vcpu_overcommit: good,
+                ..config()
+            };
+            assert!(c.validate().is_ok(), "{good}");
+        }
+    }
+
+    #[test]
+    fn cpu_model_allow_list_is_checked() {
+        let with = |models: &[&str]| AgentConfig {
+            cpu_models: Some(models.iter().map(|m| m.to_string()).collect()),
+            ..config()
+        };
+        assert!(with(&["qemu64", "Skylake-Server-v4", "EPYC_x.1"])
+            .validate()
+            .is_ok());
+        let e = with(&["qemu64,+vmx"]).validate().unwrap_err();
+        assert!(e.contains("not a valid QEMU name"), "{e}");
+        assert!(with(&[""]).validate().is_err());
+        let e = with(&["qemu64", "qemu64"]).validate().unwrap_err();
+        assert!(e.contains("twice"), "{e}");
+        let e = with(&[]).validate().unwrap_err();
+        assert!(e.contains("empty"), "{e}");
     }
 }

@@ -8,8 +8,9 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use ferry_api::{
-    validate_name, AgentMigrationStatus, ApiError, Boot, ConsoleTail, DiskCopyRequest,
-    HostInventory, IncomingRequest, IncomingResponse, OutgoingRequest, VmRuntime, VmSpec,
+    validate_name, AgentMigrationStatus, ApiError, Boot, ConsoleTail, CpuModelAvailability,
+    DiskCopyRequest, HostInventory, IncomingRequest, IncomingResponse, OutgoingRequest,
+    ProbeListenResponse, ProbeSendRequest, ProbeSendResponse, VmRuntime, VmSpec,
 };
 use ferry_qemu::accel::{boot_probe, host_facts, resolve_requested, BootProbe};
 use ferry_qemu::{decide_accel, AccelDecision, QemuBinary, ResolvedBoot, StartMode};
@@ -31,6 +32,10 @@ pub struct Agent {
     qemu: QemuBinary,
     accel: RwLock<AccelDecision>,
     vms: Mutex<HashMap<String, Arc<QemuVm>>>,
+    /// The CPU models this host offers (asked of QEMU once at start, under the decided
+    /// accelerator, restricted by `--cpu-models`). Empty if QEMU could not be asked.
+    cpu_models: Vec<CpuModelAvailability>,
+    probes: crate::probe::ProbeListeners,
 }
 
 impl Agent {
@@ -50,11 +55,13 @@ impl Agent {
         }
         let facts = host_facts();
         let accel = decide_accel(&facts);
-        let agent = Agent {
+        let mut agent = Agent {
             url,
             qemu,
             accel: RwLock::new(accel),
             vms: Mutex::new(HashMap::new()),
+            cpu_models: Vec::new(),
+            probes: crate::probe::ProbeListeners::default(),
             config,
         };
         agent.adopt_running().await;
@@ -63,7 +70,35 @@ impl Agent {
         }
         let decision = agent.accel_decision();
         tracing::info!(accel = %decision.accel, reason = %decision.reason, "accelerator decided");
+        agent.cpu_models = agent.query_cpu_models(decision.accel).await;
         Ok(agent)
+    }
+
+    /// The CPU models QEMU offers under `accel`, restricted by the allow-list. A failure
+    /// only costs the CPU model check its facts (the server then cannot prove a model runs
+    /// here), so it is logged and the agent runs on.
+    async fn query_cpu_models(&self, accel: ferry_api::Accel) -> Vec<CpuModelAvailability> {
+        let offered = match ferry_qemu::cpu_models(&self.qemu.path, accel).await {
+            Ok(models) => models,
+            Err(e) => {
+                tracing::warn!(%accel, "cannot list QEMU's CPU models; offering none: {e}");
+                return Vec::new();
+            }
+        };
+        let (models, unknown) =
+            crate::inventory::allowed_cpu_models(offered, self.config.cpu_models.as_deref());
+        if !unknown.is_empty() {
+            tracing::warn!(
+                ?unknown,
+                "--cpu-models names models this QEMU does not have"
+            );
+        }
+        let usable = models
+            .iter()
+            .filter(|m| m.unavailable_features.is_empty())
+            .count();
+        tracing::info!(%accel, models = models.len(), usable, "CPU models listed");
+        models
     }
 
     /// Boots the test guest under KVM; KVM is used for `auto` only if it reaches user space.
@@ -132,12 +167,33 @@ impl Agent {
         inv.machine_types = self.qemu.machines.types.clone();
         inv.networks = self.config.networks.keys().cloned().collect();
         inv.pools = self.config.pools.iter().map(|p| p.info()).collect();
+        inv.cpu_models = self.cpu_models.clone();
+        inv.memory_reserve_mib = self.config.memory_reserve_mib;
+        inv.vcpu_overcommit = self.config.vcpu_overcommit;
         let vms = self.vms.lock().await;
         for vm in vms.values().filter(|v| v.is_running_process()) {
+            let spec = vm.record().spec;
             inv.vms_running += 1;
-            inv.vm_memory_mib += vm.record().spec.memory_mib;
+            inv.vm_memory_mib += spec.memory_mib;
+            inv.vcpus_committed += spec.vcpus;
         }
         inv
+    }
+
+    /// Destination: a one-shot probe listener on the migration address (see
+    /// [`crate::probe`]).
+    pub async fn probe_listen(&self) -> Result<ProbeListenResponse, ApiError> {
+        self.probes
+            .listen(
+                self.config.migration_address,
+                self.config.advertised_migration_address(),
+            )
+            .await
+    }
+
+    /// Source: send a probe to a destination's listener.
+    pub async fn probe_send(&self, req: &ProbeSendRequest) -> Result<ProbeSendResponse, ApiError> {
+        crate::probe::send(req).await
     }
 
     async fn find(&self, name: &str) -> Result<Arc<QemuVm>, ApiError> {

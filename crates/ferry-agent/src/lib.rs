@@ -8,7 +8,8 @@
 //!
 //! Layout: [`config`] (validated settings), [`runtime`] (one VM's QEMU and QMP), [`host`]
 //! (the set of VMs and the operations on them), [`api`] (HTTP routes, thin), [`heartbeat`]
-//! (registration with the server), [`inventory`] (what the host offers).
+//! (registration with the server), [`inventory`] (what the host offers), [`probe`] (the
+//! reachability and bandwidth probe of the pre-migration checks).
 
 pub mod api;
 pub mod config;
@@ -18,6 +19,7 @@ pub mod host;
 pub mod inventory;
 pub mod net;
 pub mod persist;
+pub mod probe;
 pub mod runtime;
 pub mod storage;
 

@@ -7,10 +7,12 @@
 //!   same device layout on every host, which migration requires.
 //! - [`accel`]: what `accel = auto` means on this host, decided from facts a probe gathers.
 //! - [`process`]: launching QEMU so it outlives a restarted agent.
+//! - [`cpu`]: the CPU models this host's QEMU can run, and what each one lacks here.
 
 pub mod accel;
 pub mod binary;
 pub mod cmdline;
+pub mod cpu;
 pub mod process;
 
 pub use accel::BootProbe;
@@ -18,6 +20,7 @@ pub use accel::BootProbe;
 pub use accel::{decide_accel, AccelDecision, AccelFacts};
 pub use binary::{MachineInfo, QemuBinary, QemuVersion};
 pub use cmdline::{build_args, ResolvedBoot, RuntimePaths, StartMode};
+pub use cpu::cpu_models;
 pub use process::QemuProcess;
 
 /// Errors from running or inspecting QEMU.
@@ -39,6 +42,8 @@ pub enum QemuError {
     },
     #[error("cannot start QEMU: {0}")]
     Spawn(String),
+    #[error("QEMU's monitor (QMP) failed: {0}")]
+    Qmp(String),
     #[error("{0}")]
     Io(String),
 }

@@ -1,0 +1,363 @@
+//! The network probe of the pre-migration checks: can the source reach the destination's
+//! migration address, and how fast?
+//!
+//! The destination opens a one-shot TCP listener on its migration address (the address the
+//! real stream will use, not the management one), the source connects and sends data for
+//! a bounded time. Everything is bounded (connections, bytes, time) because the server asks
+//! for it on every proposed migration and a stuck probe must never pin an agent.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ferry_api::{ApiError, ProbeListenResponse, ProbeSendRequest, ProbeSendResponse};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+
+/// The most a probe may send (and a listener reads).
+pub const MAX_PROBE_BYTES: u64 = 256 << 20;
+/// The longest a probe may send, and the longest a connect may take, ms.
+pub const MAX_PROBE_MS: u64 = 10_000;
+/// Probe listeners open at once; more are refused so repeated checks cannot exhaust ports.
+pub const MAX_LISTENERS: usize = 4;
+/// The size of each write: large enough to keep the link busy, small enough to stop soon
+/// after `max_ms`.
+const CHUNK: usize = 64 * 1024;
+
+/// The destination's probe listeners.
+#[derive(Debug, Clone)]
+pub struct ProbeListeners {
+    slots: Arc<Semaphore>,
+    /// How long a listener waits for its one connection.
+    accept_within: Duration,
+    /// How long it reads from that connection.
+    read_for: Duration,
+}
+
+impl Default for ProbeListeners {
+    fn default() -> Self {
+        // Reading gets a second beyond the longest send so that a sender using all of
+        // MAX_PROBE_MS is not cut off in its last write.
+        ProbeListeners::new(
+            MAX_LISTENERS,
+            Duration::from_millis(MAX_PROBE_MS),
+            Duration::from_millis(MAX_PROBE_MS + 1_000),
+        )
+    }
+}
+
+impl ProbeListeners {
+    pub fn new(max: usize, accept_within: Duration, read_for: Duration) -> ProbeListeners {
+        ProbeListeners {
+            slots: Arc::new(Semaphore::new(max)),
+            accept_within,
+            read_for,
+        }
+    }
+
+    /// Listens on `bind` (port 0) for one probe connection and returns where the source
+    /// must connect (`advertise` and the port). The listener lives in a background task
+    /// that closes it after one connection, or when nobody comes.
+    pub async fn listen(
+        &self,
+        bind: IpAddr,
+        advertise: IpAddr,
+    ) -> Result<ProbeListenResponse, ApiError> {
+        let slot = self.slots.clone().try_acquire_owned().map_err(|_| {
+            ApiError::conflict(format!(
+                "{MAX_LISTENERS} probe listeners are already open; try again in a few seconds"
+            ))
+        })?;
+        let listener = TcpListener::bind(SocketAddr::new(bind, 0))
+            .await
+            .map_err(|e| ApiError::internal(format!("cannot listen on {bind} for a probe: {e}")))?;
+        let port = listener
+            .local_addr()
+            .map_err(|e| ApiError::internal(format!("cannot read the probe listener's port: {e}")))?
+            .port();
+        let (accept_within, read_for) = (self.accept_within, self.read_for);
+        tokio::spawn(async move {
+            // Held until the listener and its connection are gone.
+            let _slot = slot;
+            let Ok(accepted) = tokio::time::timeout(accept_within, listener.accept()).await else {
+                tracing::debug!(port, "no probe connection came; listener closed");
+                return;
+            };
+            // Stop listening at once: the probe is one connection.
+            drop(listener);
+            match accepted {
+                Ok((stream, peer)) => {
+                    let read = drain(stream, read_for).await;
+                    tracing::debug!(port, %peer, read, "probe connection done");
+                }
+                Err(e) => tracing::debug!(port, "probe accept failed: {e}"),
+            }
+        });
+        let advertised = SocketAddr::new(advertise, port).to_string();
+        tracing::debug!(%advertised, "probe listener open");
+        Ok(ProbeListenResponse { advertised })
+    }
+}
+
+/// Reads and discards until EOF, MAX_PROBE_BYTES or `read_for`; returns the bytes read.
+/// Dropping the stream closes it, which tells the sender everything arrived.
+async fn drain(mut stream: TcpStream, read_for: Duration) -> u64 {
+    let mut buf = vec![0u8; CHUNK];
+    let mut read = 0u64;
+    let deadline = tokio::time::Instant::now() + read_for;
+    while read < MAX_PROBE_BYTES {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(n)) => read += n as u64,
+        }
+    }
+    read
+}
+
+/// Checks a send request; the reason names the field and the allowed range.
+pub fn validate_send(req: &ProbeSendRequest) -> Result<SocketAddr, ApiError> {
+    let target: SocketAddr = req.target.parse().map_err(|_| {
+        ApiError::bad_request(format!("probe target '{}' is not ADDRESS:PORT", req.target))
+    })?;
+    let range = |field: &str, value: u64, max: u64, unit: &str| {
+        if (1..=max).contains(&value) {
+            Ok(())
+        } else {
+            Err(ApiError::bad_request(format!(
+                "probe {field} is {value}; it must be between 1 and {max} {unit}"
+            )))
+        }
+    };
+    range("bytes", req.bytes, MAX_PROBE_BYTES, "(256 MiB)")?;
+    range("max_ms", req.max_ms, MAX_PROBE_MS, "ms")?;
+    range(
+        "connect_timeout_ms",
+        req.connect_timeout_ms,
+        MAX_PROBE_MS,
+        "ms",
+    )?;
+    Ok(target)
+}
+
+/// Source: connects to a probe listener and sends `bytes`, or for at most `max_ms`.
+pub async fn send(req: &ProbeSendRequest) -> Result<ProbeSendResponse, ApiError> {
+    let target = validate_send(req)?;
+    let unreachable =
+        |reason: String| ApiError::upstream(format!("cannot reach {target}: {reason}"));
+    let connect_started = Instant::now();
+    let mut stream = match tokio::time::timeout(
+        Duration::from_millis(req.connect_timeout_ms),
+        TcpStream::connect(target),
+    )
+    .await
+    {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(unreachable(e.to_string())),
+        Err(_) => {
+            return Err(unreachable(format!(
+                "no connection within {} ms",
+                req.connect_timeout_ms
+            )))
+        }
+    };
+    let connect_ms = ms(connect_started.elapsed());
+
+    let chunk = filler();
+    let started = Instant::now();
+    let deadline = started + Duration::from_millis(req.max_ms);
+    let mut sent = 0u64;
+    while sent < req.bytes {
+        let now = Instant::now();
+        if now >= deadline {
+            break;
+        }
+        let n = CHUNK.min((req.bytes - sent) as usize);
+        // A single `write` that times out wrote nothing, so `sent` stays exact.
+        match tokio::time::timeout(deadline - now, stream.write(&chunk[..n])).await {
+            Ok(Ok(0)) => {
+                return Err(ApiError::upstream(format!(
+                    "probe stream to {target} was closed after {sent} bytes"
+                )))
+            }
+            Ok(Ok(w)) => sent += w as u64,
+            Ok(Err(e)) => {
+                return Err(ApiError::upstream(format!(
+                    "probe stream to {target} broke after {sent} bytes: {e}"
+                )))
+            }
+            Err(_) => break,
+        }
+    }
+    let _ = stream.shutdown().await;
+    // The bytes written so far may still sit in socket buffers (several MiB on a fast
+    // link), which would flatter the rate. The listener closes once it has read them all,
+    // so wait for that close, bounded by the probe's own time and a second of grace.
+    let grace = deadline.max(Instant::now()) + Duration::from_secs(1);
+    let mut sink = [0u8; 512];
+    let _ = tokio::time::timeout_at(grace.into(), async {
+        while let Ok(n) = stream.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+    let elapsed = started.elapsed();
+    // A microsecond floor: a tiny send on loopback can finish within the clock's step.
+    let secs = elapsed.as_secs_f64().max(1e-6);
+    Ok(ProbeSendResponse {
+        connect_ms,
+        bytes_sent: sent,
+        elapsed_ms: ms(elapsed),
+        bytes_per_s: (sent as f64 / secs) as u64,
+    })
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// A chunk of pseudo-random bytes: zeros would let a compressing link (WAN optimizer, VPN)
+/// report a rate the migration stream never gets.
+fn filler() -> Vec<u8> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut out = Vec::with_capacity(CHUNK);
+    while out.len() < CHUNK {
+        // xorshift64: fast and plenty for incompressible-looking filler.
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(CHUNK);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_api::ErrorCode;
+
+    const LOOPBACK: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+    fn request(target: &str, bytes: u64) -> ProbeSendRequest {
+        ProbeSendRequest {
+            target: target.into(),
+            bytes,
+            max_ms: 5_000,
+            connect_timeout_ms: 1_000,
+        }
+    }
+
+    #[tokio::test]
+    async fn listen_then_send_8_mib_on_loopback() {
+        let listeners = ProbeListeners::default();
+        let open = listeners.listen(LOOPBACK, LOOPBACK).await.unwrap();
+        assert!(
+            open.advertised.starts_with("127.0.0.1:"),
+            "{}",
+            open.advertised
+        );
+        let r = send(&request(&open.advertised, 8 << 20)).await.unwrap();
+        assert_eq!(r.bytes_sent, 8 << 20);
+        assert!(r.bytes_per_s > 0, "{r:?}");
+        assert!(r.elapsed_ms > 0.0 && r.connect_ms >= 0.0, "{r:?}");
+        // The listener took its one connection and closed: a second send finds nobody.
+        let again = send(&request(&open.advertised, 1)).await;
+        assert!(again.is_err(), "{again:?}");
+    }
+
+    #[tokio::test]
+    async fn a_closed_port_is_a_clear_upstream_error() {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let target = format!("127.0.0.1:{port}");
+        let e = send(&request(&target, 1 << 20)).await.unwrap_err();
+        assert_eq!(e.code, ErrorCode::Upstream);
+        assert!(
+            e.message.starts_with(&format!("cannot reach {target}: ")),
+            "{}",
+            e.message
+        );
+    }
+
+    #[tokio::test]
+    async fn sending_stops_at_max_ms() {
+        // A peer that accepts and never reads: the sender fills the socket buffers and must
+        // give up at max_ms (plus the grace for the close), not hang.
+        let peer = TcpListener::bind((LOOPBACK, 0)).await.unwrap();
+        let target = peer.local_addr().unwrap().to_string();
+        let hold = tokio::spawn(async move {
+            let (s, _) = peer.accept().await.unwrap();
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            drop(s);
+        });
+        let started = Instant::now();
+        let r = send(&ProbeSendRequest {
+            max_ms: 300,
+            ..request(&target, MAX_PROBE_BYTES)
+        })
+        .await
+        .unwrap();
+        assert!(started.elapsed() < Duration::from_secs(3), "{r:?}");
+        assert!(r.bytes_sent < MAX_PROBE_BYTES, "{r:?}");
+        hold.abort();
+    }
+
+    #[tokio::test]
+    async fn at_most_four_listeners_and_a_slot_frees_when_nobody_comes() {
+        let listeners = ProbeListeners::new(
+            MAX_LISTENERS,
+            Duration::from_millis(200),
+            Duration::from_secs(1),
+        );
+        for _ in 0..MAX_LISTENERS {
+            listeners.listen(LOOPBACK, LOOPBACK).await.unwrap();
+        }
+        let e = listeners.listen(LOOPBACK, LOOPBACK).await.unwrap_err();
+        assert_eq!(e.code, ErrorCode::Conflict);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        listeners.listen(LOOPBACK, LOOPBACK).await.unwrap();
+    }
+
+    #[test]
+    fn send_requests_are_validated() {
+        let ok = request("10.0.0.5:4000", 1);
+        assert!(validate_send(&ok).is_ok());
+        let cases = [
+            (request("10.0.0.5", 1), "ADDRESS:PORT"),
+            (request("host:1", 1), "ADDRESS:PORT"),
+            (request("10.0.0.5:1", 0), "bytes"),
+            (request("10.0.0.5:1", MAX_PROBE_BYTES + 1), "bytes"),
+            (
+                ProbeSendRequest {
+                    max_ms: 0,
+                    ..ok.clone()
+                },
+                "max_ms",
+            ),
+            (
+                ProbeSendRequest {
+                    max_ms: 10_001,
+                    ..ok.clone()
+                },
+                "max_ms",
+            ),
+            (
+                ProbeSendRequest {
+                    connect_timeout_ms: 0,
+                    ..ok.clone()
+                },
+                "connect_timeout_ms",
+            ),
+        ];
+        for (req, word) in cases {
+            let e = validate_send(&req).unwrap_err();
+            assert_eq!(e.code, ErrorCode::BadRequest);
+            assert!(e.message.contains(word), "{word}: {}", e.message);
+        }
+    }
+}
