@@ -205,6 +205,24 @@ impl ServerClient {
     pub async fn migrate(&self, req: &MigrateRequest) -> Result<Migration, ClientError> {
         self.http.post("/v1/migrations", req).await
     }
+    /// The pre-migration checks for `req`, without migrating.
+    pub async fn check_migration(&self, req: &MigrateRequest) -> Result<CheckReport, ClientError> {
+        self.http.post("/v1/migrations/check", req).await
+    }
+    pub async fn cluster(&self) -> Result<ClusterInfo, ClientError> {
+        self.http.get("/v1/cluster").await
+    }
+    pub async fn set_baseline(&self, s: &BaselineSetting) -> Result<ClusterInfo, ClientError> {
+        self.http.post("/v1/cluster/baseline", s).await
+    }
+    pub async fn set_maintenance(&self, host: &str, on: bool) -> Result<Host, ClientError> {
+        self.http
+            .post(
+                &format!("/v1/hosts/{}/maintenance", seg(host)),
+                &MaintenanceRequest { on },
+            )
+            .await
+    }
     pub async fn migrations(&self) -> Result<Vec<Migration>, ClientError> {
         self.http.get("/v1/migrations").await
     }
@@ -347,6 +365,17 @@ impl AgentClient {
         self.http
             .get(&format!("/v1/vms/{}/migration", seg(name)))
             .await
+    }
+    /// Destination: accept one probe connection on the migration address.
+    pub async fn probe_listen(&self) -> Result<ProbeListenResponse, ClientError> {
+        self.http.post("/v1/probe/listen", &()).await
+    }
+    /// Source: connect to a destination's probe listener and send data for a while.
+    pub async fn probe_send(
+        &self,
+        req: &ProbeSendRequest,
+    ) -> Result<ProbeSendResponse, ClientError> {
+        self.http.post("/v1/probe/send", req).await
     }
     /// Source: mirror local-pool disks to the destination's export (before memory).
     pub async fn start_disk_copy(

@@ -30,6 +30,73 @@ pub struct HostInventory {
     pub pools: Vec<crate::PoolInfo>,
     pub vms_running: u32,
     pub vm_memory_mib: u64,
+    /// `vendor_id` from /proc/cpuinfo (GenuineIntel, AuthenticAMD).
+    #[serde(default)]
+    pub cpu_vendor: String,
+    /// CPU models this host's QEMU offers under its accelerator, each with the features it
+    /// cannot provide (empty: the model runs here). Asked of QEMU itself
+    /// (`query-cpu-definitions`), restricted by the agent's `--cpu-models` if set.
+    #[serde(default)]
+    pub cpu_models: Vec<CpuModelAvailability>,
+    /// Memory the host keeps for itself and never gives to VMs, MiB (`--memory-reserve-mib`).
+    #[serde(default)]
+    pub memory_reserve_mib: u64,
+    /// vCPUs allowed per host CPU (`--vcpu-overcommit`).
+    #[serde(default)]
+    pub vcpu_overcommit: f64,
+    /// vCPUs of the VMs running here.
+    #[serde(default)]
+    pub vcpus_committed: u32,
+}
+
+/// The cluster CPU baseline setting (`POST /v1/cluster/baseline`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "mode", content = "model")]
+pub enum BaselineSetting {
+    /// Computed from the hosts: the best model every host can run.
+    Auto,
+    /// Named by the operator.
+    Fixed(String),
+}
+
+/// `GET /v1/cluster`: cluster-wide settings and what they resolve to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterInfo {
+    pub baseline_setting: BaselineSetting,
+    /// The CPU model new VMs get by default (`cpu_model: "baseline"`); None when no
+    /// model is common to the hosts (or none reported its models yet).
+    pub baseline_model: Option<String>,
+    /// Hosts that cannot run the baseline, with why.
+    pub hosts_without_baseline: Vec<HostBaselineProblem>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HostBaselineProblem {
+    pub host: String,
+    pub reason: String,
+}
+
+/// `POST /v1/hosts/{name}/maintenance`: a host in maintenance takes no VMs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaintenanceRequest {
+    pub on: bool,
+}
+
+/// One CPU model as a host's QEMU sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CpuModelAvailability {
+    pub name: String,
+    /// Features this host cannot provide for the model; empty when it runs here.
+    #[serde(default)]
+    pub unavailable_features: Vec<String>,
+}
+
+impl HostInventory {
+    /// The model's entry, if this host's QEMU knows it.
+    pub fn cpu_model(&self, name: &str) -> Option<&CpuModelAvailability> {
+        self.cpu_models.iter().find(|m| m.name == name)
+    }
 }
 
 /// An agent introducing itself (and then heartbeating) to the server.
@@ -85,4 +152,7 @@ pub struct Host {
     pub inventory: HostInventory,
     /// VMs the server places on this host.
     pub vms: u32,
+    /// In maintenance: takes no VMs (set with `ferry host maintenance`).
+    #[serde(default)]
+    pub maintenance: bool,
 }

@@ -8,6 +8,7 @@
 //! The crate has no I/O except the thin [`client`] module, so the server and agent cores can
 //! be tested without HTTP.
 
+pub mod checks;
 pub mod client;
 pub mod error;
 pub mod host;
@@ -19,6 +20,7 @@ pub mod spec;
 pub mod storage;
 pub mod vm;
 
+pub use checks::*;
 pub use error::{ApiError, ErrorBody, ErrorCode};
 pub use host::*;
 pub use migration::*;

@@ -29,6 +29,9 @@ pub struct MigrationOptions {
     /// (by default it is deleted once the destination runs).
     #[serde(default)]
     pub keep_source: bool,
+    /// Go on past pre-migration checks that only warn (failures always refuse).
+    #[serde(default)]
+    pub force: bool,
 }
 
 pub const DEFAULT_DOWNTIME_LIMIT_MS: u64 = 300;

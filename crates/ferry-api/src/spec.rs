@@ -196,8 +196,9 @@ fn default_vcpus() -> u32 {
 pub fn default_machine() -> String {
     "q35".to_string()
 }
+/// `baseline`: the cluster's CPU baseline, resolved by the server when the VM is created.
 pub fn default_cpu_model() -> String {
-    "qemu64".to_string()
+    "baseline".to_string()
 }
 
 impl VmSpec {
@@ -434,7 +435,7 @@ mod tests {
         assert_eq!(s.vcpus, 1);
         assert_eq!(s.accel, Accel::Auto);
         assert_eq!(s.machine, "q35");
-        assert_eq!(s.cpu_model, "qemu64");
+        assert_eq!(s.cpu_model, "baseline");
     }
 
     #[test]

@@ -41,6 +41,9 @@ pub enum Command {
     /// Registered hosts.
     #[command(subcommand)]
     Host(HostCmd),
+    /// Cluster-wide settings: the CPU baseline new VMs get.
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
     /// Virtual machines.
     #[command(subcommand)]
     Vm(VmCmd),
@@ -132,6 +135,16 @@ pub struct AgentArgs {
     /// Heartbeat interval (ms).
     #[arg(long, default_value_t = 2_000)]
     pub heartbeat_ms: u64,
+    /// Memory the host keeps for itself and never gives to VMs (MiB).
+    #[arg(long, default_value_t = ferry_agent::config::DEFAULT_MEMORY_RESERVE_MIB)]
+    pub memory_reserve_mib: u64,
+    /// vCPUs allowed per host CPU (more than 0, at most 64).
+    #[arg(long, default_value_t = ferry_agent::config::DEFAULT_VCPU_OVERCOMMIT)]
+    pub vcpu_overcommit: f64,
+    /// Offer only these CPU models (comma-separated), e.g. the ones this host is certified
+    /// for; default: every model its QEMU can run.
+    #[arg(long, value_delimiter = ',', value_name = "MODEL,...")]
+    pub cpu_models: Option<Vec<String>>,
     /// Run without registering with the server (`--server` is ignored).
     #[arg(long)]
     pub standalone: bool,
@@ -154,6 +167,39 @@ pub enum HostCmd {
     /// Show one host's inventory.
     Show {
         name: String,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Put a host into maintenance (it takes no VMs; migrations to it are refused) or take
+    /// it out.
+    #[command(
+        after_help = "Examples:\n  ferry host maintenance b --on\n  ferry host maintenance b --off"
+    )]
+    Maintenance {
+        name: String,
+        #[arg(long, conflicts_with = "off", required_unless_present = "off")]
+        on: bool,
+        #[arg(long)]
+        off: bool,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ClusterCmd {
+    /// The CPU baseline (setting and model) and hosts that cannot run it.
+    Show(JsonFlag),
+    /// Set the CPU baseline: computed from the hosts (`--auto`, the default) or a named
+    /// model every host runs.
+    #[command(
+        after_help = "Examples:\n  ferry cluster baseline --auto\n  ferry cluster baseline --model Nehalem"
+    )]
+    Baseline {
+        #[arg(long, conflicts_with = "model", required_unless_present = "model")]
+        auto: bool,
+        #[arg(long)]
+        model: Option<String>,
         #[command(flatten)]
         json: JsonFlag,
     },
@@ -256,7 +302,9 @@ pub struct VmCreateArgs {
     pub accel: String,
     #[arg(long, default_value = "q35")]
     pub machine: String,
-    #[arg(long, default_value = "qemu64")]
+    /// CPU model; `baseline` (the default) is the cluster's CPU baseline, which every host
+    /// can run.
+    #[arg(long, default_value = "baseline")]
     pub cpu: String,
     #[command(flatten)]
     pub json: JsonFlag,
@@ -281,6 +329,13 @@ pub struct MigrateArgs {
     /// (by default it is deleted once the VM runs on the destination).
     #[arg(long)]
     pub keep_source: bool,
+    /// Run the pre-migration checks, print the report and migrate nothing (exit 2 if a
+    /// check fails).
+    #[arg(long)]
+    pub check: bool,
+    /// Go on past checks that only warn (failed checks always refuse).
+    #[arg(long)]
+    pub force: bool,
     /// Return once the migration is accepted, without following it.
     #[arg(long)]
     pub no_wait: bool,

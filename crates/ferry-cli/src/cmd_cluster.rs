@@ -5,7 +5,7 @@ use std::time::Duration;
 use ferry_api::client::ServerClient;
 use ferry_api::*;
 
-use crate::cli::{EventsArgs, HostCmd, VmCmd, VmCreateArgs};
+use crate::cli::{ClusterCmd, EventsArgs, HostCmd, VmCmd, VmCreateArgs};
 use crate::exit::{CliError, CliResult};
 use crate::output::{ago, bytes, print_json, print_table};
 
@@ -91,10 +91,67 @@ pub async fn host(server: &str, cmd: HostCmd) -> CliResult {
                 "vms             {} ({} running here)",
                 h.vms, h.inventory.vms_running
             );
+            println!(
+                "maintenance     {}",
+                if h.maintenance { "yes" } else { "no" }
+            );
+            println!(
+                "cpu vendor      {} ({} CPU models usable)",
+                h.inventory.cpu_vendor,
+                h.inventory
+                    .cpu_models
+                    .iter()
+                    .filter(|m| m.unavailable_features.is_empty())
+                    .count()
+            );
             println!("last seen       {}", ago(h.last_seen));
             Ok(())
         }
+        HostCmd::Maintenance { name, on, json, .. } => {
+            let h = c.set_maintenance(&name, on).await?;
+            if json.json {
+                return print_json(&h);
+            }
+            if h.maintenance {
+                println!("host {} is in maintenance: it takes no VMs", h.name);
+            } else {
+                println!("host {} takes VMs again", h.name);
+            }
+            Ok(())
+        }
     }
+}
+
+pub async fn cluster(server: &str, cmd: ClusterCmd) -> CliResult {
+    let c = client(server)?;
+    let (info, json) = match cmd {
+        ClusterCmd::Show(j) => (c.cluster().await?, j.json),
+        ClusterCmd::Baseline { model, json, .. } => {
+            let setting = match model {
+                Some(m) => BaselineSetting::Fixed(m),
+                None => BaselineSetting::Auto,
+            };
+            (c.set_baseline(&setting).await?, json.json)
+        }
+    };
+    if json {
+        return print_json(&info);
+    }
+    let mode = match &info.baseline_setting {
+        BaselineSetting::Auto => "auto (the best model every host runs)".to_string(),
+        BaselineSetting::Fixed(m) => format!("fixed ({m})"),
+    };
+    println!("cpu baseline   {mode}");
+    println!(
+        "new VMs get    {}",
+        info.baseline_model
+            .as_deref()
+            .unwrap_or("nothing: no model is common to every host")
+    );
+    for p in &info.hosts_without_baseline {
+        println!("  host {} {}", p.host, p.reason);
+    }
+    Ok(())
 }
 
 pub async fn vm(server: &str, cmd: VmCmd) -> CliResult {

@@ -43,6 +43,9 @@ pub async fn agent(a: AgentArgs, server_url: &str) -> CliResult {
             .map_err(CliError::refused)?,
         heartbeat: Duration::from_millis(a.heartbeat_ms.clamp(100, 60_000)),
         ready_file: a.ready_file,
+        memory_reserve_mib: a.memory_reserve_mib,
+        vcpu_overcommit: a.vcpu_overcommit,
+        cpu_models: a.cpu_models,
     };
     config.validate().map_err(CliError::refused)?;
     ferry_agent::run(config).await.map_err(CliError::failed)

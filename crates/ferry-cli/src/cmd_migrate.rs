@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use ferry_api::client::ServerClient;
+use ferry_api::client::{ClientError, ServerClient};
 use ferry_api::*;
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -21,12 +21,48 @@ pub async fn migrate(server: &str, a: MigrateArgs) -> CliResult {
             downtime_limit_ms: a.downtime_limit,
             progress_timeout_s: a.progress_timeout,
             keep_source: a.keep_source,
+            force: a.force,
         },
     };
     req.options
         .validate()
         .map_err(|e| CliError::refused(e.message))?;
-    let m = c.migrate(&req).await?;
+    if a.check {
+        let report = c.check_migration(&req).await?;
+        if a.json.json {
+            print_json(&report)?;
+        } else {
+            print_checks(&report);
+        }
+        return match report.verdict() {
+            Verdict::Fail => Err(CliError::refused(format!(
+                "VM {} cannot move to {}: {}",
+                report.vm,
+                report.destination,
+                report.summary(Verdict::Fail)
+            ))),
+            _ => Ok(()),
+        };
+    }
+    let m = match c.migrate(&req).await {
+        Ok(m) => m,
+        Err(ClientError::Api(e)) => {
+            // A refusal by the checks carries the report: show it.
+            if let Some(report) = e
+                .details
+                .clone()
+                .and_then(|d| serde_json::from_value::<CheckReport>(d).ok())
+            {
+                if a.json.json {
+                    print_json(&report)?;
+                } else {
+                    print_checks(&report);
+                }
+            }
+            return Err(ClientError::Api(e).into());
+        }
+        Err(e) => return Err(e.into()),
+    };
     if a.no_wait {
         if a.json.json {
             return print_json(&m);
@@ -99,6 +135,34 @@ pub async fn follow(c: &ServerClient, m: &Migration, bar: bool) -> Result<Migrat
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// The check report as a table (stdout) with a one-line verdict.
+pub fn print_checks(r: &CheckReport) {
+    println!(
+        "checks for VM {} from {} to {} ({} ms):",
+        r.vm, r.source, r.destination, r.elapsed_ms
+    );
+    let rows: Vec<Vec<String>> = r
+        .checks
+        .iter()
+        .map(|c| {
+            vec![
+                c.name.clone(),
+                c.verdict.to_string().to_uppercase(),
+                c.message.clone(),
+            ]
+        })
+        .collect();
+    print_table(&["CHECK", "VERDICT", "DETAIL"], &rows);
+    println!(
+        "verdict: {}",
+        match r.verdict() {
+            Verdict::Pass => "the destination can take the VM".to_string(),
+            Verdict::Warn => "warnings: a migration needs --force".to_string(),
+            Verdict::Fail => format!("refused ({} failed)", r.with(Verdict::Fail).len()),
+        }
+    );
 }
 
 /// The progress bar's fill and text: disks while they are copied, memory afterwards.

@@ -62,6 +62,7 @@ async fn run(cli: Cli) -> CliResult {
         Command::Server(a) => cmd_daemons::server(a).await,
         Command::Agent(a) => cmd_daemons::agent(a, &server).await,
         Command::Host(c) => cmd_cluster::host(&server, c).await,
+        Command::Cluster(c) => cmd_cluster::cluster(&server, c).await,
         Command::Vm(cli::VmCmd::Migrate(a)) => cmd_migrate::migrate(&server, a).await,
         Command::Vm(c) => cmd_cluster::vm(&server, c).await,
         Command::Migration(c) => cmd_migrate::migration(&server, c).await,

@@ -127,6 +127,8 @@ pub struct NetLabConfig {
     /// Pass `--network vmnet=br-vm` to the agents. None: if `ferry agent --help` lists
     /// `--network`.
     pub vm_network_flag: Option<bool>,
+    /// Hosts whose agent gets no `--network` (a host lacking the VM network).
+    pub hosts_without_vm_network: Vec<String>,
     /// Extra arguments for every agent.
     pub agent_args: Vec<String>,
     /// Extra arguments for one agent: (host, args).
@@ -147,6 +149,7 @@ impl NetLabConfig {
             log_filter: "info".into(),
             slot: None,
             vm_network_flag: None,
+            hosts_without_vm_network: Vec::new(),
             agent_args: Vec::new(),
             host_args: Vec::new(),
             host_timeout_ms: 5000,
@@ -573,7 +576,7 @@ impl NetLab {
             args.push("--image-dir".into());
             args.push(img.display().to_string());
         }
-        if vm_network {
+        if vm_network && !cfg.hosts_without_vm_network.contains(&host.name) {
             args.push("--network".into());
             args.push(format!("{VM_NETWORK}={HOST_VM_BRIDGE}"));
         }

@@ -13,7 +13,12 @@
 //! POST   /v1/vms/{name}/start         Vm
 //! GET    /v1/vms/{name}/console       ConsoleTail (?bytes=N)
 //! GET    /v1/migrations               [Migration] newest first
-//! POST   /v1/migrations               MigrateRequest -> Migration (202; runs in background)
+//! POST   /v1/migrations               MigrateRequest -> Migration (202; runs in background;
+//!                                      409 with the check report in `details` if refused)
+//! POST   /v1/migrations/check         MigrateRequest -> CheckReport (migrates nothing)
+//! POST   /v1/hosts/{name}/maintenance MaintenanceRequest -> Host
+//! GET    /v1/cluster                  ClusterInfo (CPU baseline)
+//! POST   /v1/cluster/baseline         BaselineSetting -> ClusterInfo
 //! GET    /v1/migrations/{id}          Migration
 //! POST   /v1/migrations/{id}/cancel   Migration
 //! GET    /v1/events                   [Event] (?vm= &migration= &kind= &after= &limit=)
@@ -43,12 +48,16 @@ pub fn router(server: Arc<Server>) -> Router {
         .route("/v1/health", get(health))
         .route("/v1/hosts", get(hosts).post(register_host))
         .route("/v1/hosts/{name}", get(host))
+        .route("/v1/hosts/{name}/maintenance", post(maintenance))
         .route("/v1/vms", get(vms).post(create_vm))
         .route("/v1/vms/{name}", get(vm).delete(delete_vm))
         .route("/v1/vms/{name}/stop", post(stop_vm))
         .route("/v1/vms/{name}/start", post(start_vm))
         .route("/v1/vms/{name}/console", get(console))
         .route("/v1/migrations", get(migrations).post(migrate))
+        .route("/v1/migrations/check", post(check_migration))
+        .route("/v1/cluster", get(cluster))
+        .route("/v1/cluster/baseline", post(set_baseline))
         .route("/v1/migrations/{id}", get(migration))
         .route("/v1/migrations/{id}/cancel", post(cancel))
         .route("/v1/events", get(events))
@@ -194,6 +203,59 @@ async fn migrate(
 ) -> Result<(StatusCode, Json<Migration>), Failure> {
     match act(&s, &h, Action::StartMigration(req)).await? {
         ActionOutcome::Migration(m) => Ok((StatusCode::ACCEPTED, Json(m))),
+        _ => Err(Failure(ApiError::internal(
+            "action returned an unexpected outcome",
+        ))),
+    }
+}
+
+async fn check_migration(
+    State(s): Shared,
+    h: HeaderMap,
+    ApiJson(req): ApiJson<MigrateRequest>,
+) -> Answer<CheckReport> {
+    match act(&s, &h, Action::CheckMigration(req)).await? {
+        ActionOutcome::Checks(r) => Ok(Json(r)),
+        _ => Err(Failure(ApiError::internal(
+            "action returned an unexpected outcome",
+        ))),
+    }
+}
+
+async fn cluster(State(s): Shared) -> Answer<ClusterInfo> {
+    Ok(Json(s.cluster_info()?))
+}
+
+async fn set_baseline(
+    State(s): Shared,
+    h: HeaderMap,
+    ApiJson(req): ApiJson<BaselineSetting>,
+) -> Answer<ClusterInfo> {
+    match act(&s, &h, Action::SetBaseline(req)).await? {
+        ActionOutcome::Cluster(c) => Ok(Json(c)),
+        _ => Err(Failure(ApiError::internal(
+            "action returned an unexpected outcome",
+        ))),
+    }
+}
+
+async fn maintenance(
+    State(s): Shared,
+    h: HeaderMap,
+    Path(name): Path<String>,
+    ApiJson(req): ApiJson<MaintenanceRequest>,
+) -> Answer<Host> {
+    match act(
+        &s,
+        &h,
+        Action::SetMaintenance {
+            host: name,
+            on: req.on,
+        },
+    )
+    .await?
+    {
+        ActionOutcome::Host(host) => Ok(Json(host)),
         _ => Err(Failure(ApiError::internal(
             "action returned an unexpected outcome",
         ))),

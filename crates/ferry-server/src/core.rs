@@ -33,7 +33,13 @@ pub enum Action {
     StartVm(String),
     DeleteVm(String),
     StartMigration(MigrateRequest),
+    CheckMigration(MigrateRequest),
     CancelMigration(Uuid),
+    SetMaintenance {
+        host: String,
+        on: bool,
+    },
+    SetBaseline(BaselineSetting),
     CreateDisk {
         host: String,
         pool: String,
@@ -53,6 +59,8 @@ pub enum ActionOutcome {
     Migration(Migration),
     Deleted(String),
     Disk(DiskImage),
+    Checks(CheckReport),
+    Cluster(ClusterInfo),
 }
 
 pub struct Server {
@@ -93,10 +101,23 @@ impl Server {
         let result = self.dispatch(actor, action).await;
         let log = match &result {
             Ok(_) if quiet => None,
-            Ok(outcome) => Some((Outcome::Ok, summary(outcome))),
-            Err(e) => Some((Outcome::Error, e.message.clone())),
+            Ok(ActionOutcome::Checks(r)) => Some((
+                if r.verdict() == Verdict::Fail {
+                    Outcome::Error
+                } else {
+                    Outcome::Ok
+                },
+                summary_of_checks(r),
+                serde_json::to_value(r).unwrap_or_default(),
+            )),
+            Ok(outcome) => Some((Outcome::Ok, summary(outcome), serde_json::Value::Null)),
+            Err(e) => Some((
+                Outcome::Error,
+                e.message.clone(),
+                e.details.clone().unwrap_or_default(),
+            )),
         };
-        if let Some((outcome, message)) = log {
+        if let Some((outcome, message, data)) = log {
             let migration = migration.or(match &result {
                 Ok(ActionOutcome::Migration(m)) => Some(m.id),
                 _ => None,
@@ -109,7 +130,7 @@ impl Server {
                 migration,
                 outcome: Some(outcome),
                 message,
-                data: serde_json::Value::Null,
+                data,
             });
         }
         result
@@ -127,9 +148,20 @@ impl Server {
             Action::StartVm(name) => self.start_vm(&name).await.map(ActionOutcome::Vm),
             Action::DeleteVm(name) => self.delete_vm(&name).await.map(ActionOutcome::Deleted),
             Action::StartMigration(req) => self
-                .start_migration(req)
+                .start_migration(actor, req)
                 .await
                 .map(ActionOutcome::Migration),
+            Action::CheckMigration(req) => {
+                self.check_migration(&req).await.map(ActionOutcome::Checks)
+            }
+            Action::SetBaseline(s) => self.set_baseline(s).map(ActionOutcome::Cluster),
+            Action::SetMaintenance { host, on } => {
+                validate_name("host name", &host)?;
+                if !self.store.set_maintenance(&host, on)? {
+                    return Err(ApiError::not_found(format!("no host named '{host}'")));
+                }
+                self.host(&host).map(ActionOutcome::Host)
+            }
             Action::CancelMigration(id) => self.cancel_migration(id).map(ActionOutcome::Migration),
             Action::CreateDisk { host, pool, req } => {
                 req.validate()?;
@@ -175,6 +207,7 @@ impl Server {
             last_seen: h.last_seen,
             inventory: h.inventory,
             vms: h.vms,
+            maintenance: h.maintenance,
         }
     }
 
@@ -211,10 +244,11 @@ impl Server {
                 reg.migration_address
             )));
         }
-        let was_connected = self
-            .store
-            .host(&reg.name)?
-            .map(|h| self.host_view(h).state == HostState::Connected);
+        let before = self.store.host(&reg.name)?;
+        let models_changed = before
+            .as_ref()
+            .is_none_or(|h| h.inventory.cpu_models != reg.inventory.cpu_models);
+        let was_connected = before.map(|h| self.host_view(h).state == HostState::Connected);
         self.store.upsert_host(&reg, Utc::now())?;
         let message = match was_connected {
             None => Some(format!(
@@ -238,6 +272,11 @@ impl Server {
                 }),
                 ..Default::default()
             });
+        }
+        if models_changed {
+            // A host that joins (or now offers other CPU models) may not run the baseline,
+            // or may change an automatic one.
+            self.review_baseline(actor, &reg.name);
         }
         self.host(&reg.name)
     }
@@ -339,6 +378,7 @@ impl Server {
     async fn create_vm(&self, mut req: CreateVmRequest) -> Result<Vm, ApiError> {
         req.spec.validate()?;
         req.spec.assign_defaults();
+        self.resolve_cpu_model(&mut req.spec)?;
         if self.store.vm(&req.spec.name)?.is_some() {
             return Err(ApiError::conflict(format!(
                 "a VM named '{}' already exists",
@@ -440,7 +480,13 @@ impl Server {
             .ok_or_else(|| ApiError::not_found(format!("no migration with id {id}")))
     }
 
-    async fn start_migration(self: &Arc<Self>, req: MigrateRequest) -> Result<Migration, ApiError> {
+    /// Runs the pre-migration checks, refuses on any failure (and on warnings unless
+    /// forced) with the report attached, then starts the migration in the background.
+    async fn start_migration(
+        self: &Arc<Self>,
+        actor: &str,
+        req: MigrateRequest,
+    ) -> Result<Migration, ApiError> {
         req.options.validate()?;
         let vm = self.find_vm(&req.vm)?;
         validate_name("host name", &req.to)?;
@@ -452,23 +498,24 @@ impl Server {
             )));
         }
         self.refuse_if_migrating(&vm)?;
-        if dest.state != HostState::Connected {
-            return Err(ApiError::unavailable(format!(
-                "destination host {} is disconnected",
-                dest.name
-            )));
-        }
-        self.storage_plan(&vm, &dest).await?;
-        let (_, source) = self.agent(&vm.host)?;
-        let rt = source
-            .vm(&vm.spec.name)
-            .await
-            .map_err(|e| e.into_api_error(&format!("source host {}", vm.host)))?;
-        if rt.state != VmState::Running {
-            return Err(ApiError::conflict(format!(
-                "VM '{}' is {} on {}; only a running VM can be live-migrated",
-                vm.spec.name, rt.state, vm.host
-            )));
+        let report = self.check_migration(&req).await?;
+        let details = serde_json::to_value(&report).unwrap_or_default();
+        match report.verdict() {
+            Verdict::Fail => {
+                return Err(ApiError::conflict(format!(
+                    "pre-migration checks failed: {}",
+                    report.summary(Verdict::Fail)
+                ))
+                .with_details(details))
+            }
+            Verdict::Warn if !req.options.force => {
+                return Err(ApiError::conflict(format!(
+                    "pre-migration checks warn (use --force to go on): {}",
+                    report.summary(Verdict::Warn)
+                ))
+                .with_details(details))
+            }
+            _ => {}
         }
         let now = Utc::now();
         let m = Migration {
@@ -493,6 +540,16 @@ impl Server {
                 vm.spec.name
             )));
         }
+        self.event(NewEvent {
+            actor: actor.to_string(),
+            kind: "migration.check".into(),
+            vm: Some(m.vm.clone()),
+            host: Some(m.destination.clone()),
+            migration: Some(m.id),
+            outcome: Some(Outcome::Ok),
+            message: summary_of_checks(&report),
+            data: details,
+        });
         crate::orchestrator::spawn(self.clone(), m.clone());
         Ok(m)
     }
@@ -608,21 +665,57 @@ fn describe(action: &Action) -> (&'static str, Option<String>, Option<String>, O
             Some(r.to.clone()),
             None,
         ),
+        Action::CheckMigration(r) => (
+            "migration.check",
+            Some(r.vm.clone()),
+            Some(r.to.clone()),
+            None,
+        ),
         Action::CancelMigration(id) => ("migration.cancel", None, None, Some(*id)),
+        Action::SetBaseline(_) => ("cluster.baseline", None, None, None),
+        Action::SetMaintenance { host, .. } => ("host.maintenance", None, Some(host.clone()), None),
         Action::CreateDisk { host, .. } => ("disk.create", None, Some(host.clone()), None),
         Action::DeleteDisk { host, .. } => ("disk.delete", None, Some(host.clone()), None),
     }
 }
 
+fn summary_of_checks(r: &CheckReport) -> String {
+    let count = |v| r.with(v).len();
+    format!(
+        "checks for VM {} from {} to {}: {} ({} pass, {} warn, {} fail) in {} ms",
+        r.vm,
+        r.source,
+        r.destination,
+        r.verdict(),
+        count(Verdict::Pass),
+        count(Verdict::Warn),
+        count(Verdict::Fail),
+        r.elapsed_ms
+    )
+}
+
 fn summary(outcome: &ActionOutcome) -> String {
     match outcome {
-        ActionOutcome::Host(h) => format!("host {} registered", h.name),
+        // Registrations are logged by register_host; this is the maintenance switch.
+        ActionOutcome::Host(h) if h.maintenance => format!("host {} is in maintenance", h.name),
+        ActionOutcome::Host(h) => format!("host {} takes VMs (not in maintenance)", h.name),
         ActionOutcome::Vm(v) => format!("VM {} is {} on {}", v.spec.name, v.state, v.host),
         ActionOutcome::Migration(m) => format!(
             "migration {} of VM {} from {} to {}: {}",
             m.id, m.vm, m.source, m.destination, m.phase
         ),
         ActionOutcome::Deleted(n) => format!("{n} deleted"),
+        ActionOutcome::Checks(r) => summary_of_checks(r),
+        ActionOutcome::Cluster(c) => format!(
+            "CPU baseline set to {} ({})",
+            match &c.baseline_setting {
+                BaselineSetting::Auto => "auto".to_string(),
+                BaselineSetting::Fixed(m) => m.clone(),
+            },
+            c.baseline_model
+                .as_deref()
+                .unwrap_or("no model common to every host")
+        ),
         ActionOutcome::Disk(d) => format!(
             "disk {} created in pool {} ({} MiB)",
             d.name,

@@ -8,8 +8,12 @@
 //! task in [`orchestrator`], which drives the two agents and persists every phase.
 
 pub mod api;
+pub mod baseline;
+pub mod checks;
+pub mod cluster;
 pub mod core;
 pub mod orchestrator;
+pub mod precheck;
 pub mod storage_plan;
 pub mod store;
 

@@ -12,13 +12,16 @@ use ferry_api::*;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use uuid::Uuid;
 
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// Upgrades from each older schema version to the next, in order. Index i upgrades
 /// version i+1 to i+2.
 const UPGRADES: &[&str] = &[
     // 1 -> 2: the network endpoints a migration used.
     "ALTER TABLE migrations ADD COLUMN addresses TEXT;",
+    // 2 -> 3: hosts in maintenance; cluster settings.
+    "ALTER TABLE hosts ADD COLUMN maintenance INTEGER NOT NULL DEFAULT 0;
+     CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
 ];
 
 const SCHEMA: &str = r#"
@@ -28,7 +31,12 @@ CREATE TABLE hosts (
     migration_address TEXT NOT NULL,
     registered_at TEXT NOT NULL,
     last_seen TEXT NOT NULL,
-    inventory TEXT NOT NULL
+    inventory TEXT NOT NULL,
+    maintenance INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE settings (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
 );
 CREATE TABLE vms (
     name TEXT PRIMARY KEY,
@@ -201,7 +209,7 @@ impl Store {
         let conn = self.conn();
         let mut stmt = conn.prepare(
             "SELECT h.name, h.url, h.migration_address, h.registered_at, h.last_seen, h.inventory,
-                    (SELECT COUNT(*) FROM vms v WHERE v.host = h.name)
+                    (SELECT COUNT(*) FROM vms v WHERE v.host = h.name), h.maintenance
              FROM hosts h ORDER BY h.name",
         )?;
         let rows = stmt.query_map([], stored_host_row)?;
@@ -211,6 +219,34 @@ impl Store {
 
     pub fn host(&self, name: &str) -> R<Option<StoredHost>> {
         Ok(self.hosts()?.into_iter().find(|h| h.name == name))
+    }
+
+    /// Puts a host into or out of maintenance; false if there is no such host.
+    pub fn set_maintenance(&self, name: &str, on: bool) -> R<bool> {
+        let n = self.conn().execute(
+            "UPDATE hosts SET maintenance = ?2 WHERE name = ?1",
+            params![name, on as i64],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// A cluster setting (JSON text), if set.
+    pub fn setting(&self, key: &str) -> R<Option<String>> {
+        Ok(self
+            .conn()
+            .query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| {
+                r.get(0)
+            })
+            .optional()?)
+    }
+
+    pub fn set_setting(&self, key: &str, value: &str) -> R<()> {
+        self.conn().execute(
+            "INSERT INTO settings (key, value) VALUES (?1, ?2)
+             ON CONFLICT(key) DO UPDATE SET value = ?2",
+            params![key, value],
+        )?;
+        Ok(())
     }
 
     // ---- VMs --------------------------------------------------------------------------
@@ -423,6 +459,7 @@ pub struct StoredHost {
     pub last_seen: DateTime<Utc>,
     pub inventory: HostInventory,
     pub vms: u32,
+    pub maintenance: bool,
 }
 
 fn stored_host_row(r: &Row) -> rusqlite::Result<R<StoredHost>> {
@@ -431,6 +468,7 @@ fn stored_host_row(r: &Row) -> rusqlite::Result<R<StoredHost>> {
     let inv: String = r.get(5)?;
     let (name, url, addr): (String, String, String) = (r.get(0)?, r.get(1)?, r.get(2)?);
     let vms: u32 = r.get(6)?;
+    let maintenance: i64 = r.get(7)?;
     Ok((|| {
         Ok(StoredHost {
             name,
@@ -440,6 +478,7 @@ fn stored_host_row(r: &Row) -> rusqlite::Result<R<StoredHost>> {
             last_seen: parse_ts(&seen)?,
             inventory: from_json(&inv)?,
             vms,
+            maintenance: maintenance != 0,
         })
     })())
 }

@@ -160,6 +160,14 @@ fn a_version_1_database_is_upgraded_in_place() {
         .unwrap()
         .expect("old row still readable");
     assert_eq!((m.phase, m.addresses), (Phase::Completed, None));
+    // Version 3: hosts have a maintenance flag, and there are cluster settings.
+    assert!(!store.set_maintenance("nosuch", true).unwrap());
+    assert_eq!(store.setting("cpu_baseline").unwrap(), None);
+    store.set_setting("cpu_baseline", "\"qemu64\"").unwrap();
+    assert_eq!(
+        store.setting("cpu_baseline").unwrap().as_deref(),
+        Some("\"qemu64\"")
+    );
     drop(store);
     let conn = rusqlite::Connection::open(&path).unwrap();
     let v: i64 = conn

@@ -1,0 +1,108 @@
+//! Gathers what the pre-migration checks need from the store and both agents, with short
+//! timeouts so a dead host fails its checks instead of hanging the request, then runs the
+//! pure [`crate::checks::run_checks`].
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ferry_api::client::AgentClient;
+use ferry_api::*;
+
+use crate::checks::{run_checks, CheckInput};
+use crate::core::Server;
+
+/// Each agent call of the checks gets this long.
+const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+/// The bandwidth probe: at most this much data, for at most this long.
+const PROBE_BYTES: u64 = 32 << 20;
+const PROBE_MAX_MS: u64 = 400;
+const PROBE_CONNECT_MS: u64 = 1000;
+
+async fn within<T, E: std::fmt::Display>(
+    what: &str,
+    f: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(CALL_TIMEOUT, f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(format!("{what}: {e}")),
+        Err(_) => Err(format!(
+            "{what}: no answer within {}s",
+            CALL_TIMEOUT.as_secs()
+        )),
+    }
+}
+
+impl Server {
+    /// The check report for moving `req.vm` to `req.to`. Errors only for requests that name
+    /// nothing (unknown VM or host); everything else is a check in the report.
+    pub async fn check_migration(
+        self: &Arc<Self>,
+        req: &MigrateRequest,
+    ) -> Result<CheckReport, ApiError> {
+        let started = Instant::now();
+        let vm = self.find_vm(&req.vm)?;
+        validate_name("host name", &req.to)?;
+        let dest = self.host(&req.to)?;
+        let source = self.host(&vm.host)?;
+        let source_agent =
+            AgentClient::new(&source.url).map_err(|e| ApiError::internal(e.to_string()))?;
+        let dest_agent =
+            AgentClient::new(&dest.url).map_err(|e| ApiError::internal(e.to_string()))?;
+
+        let source_state = within("source", source_agent.vm(&vm.spec.name))
+            .await
+            .ok()
+            .map(|rt| rt.state);
+        let storage =
+            match tokio::time::timeout(CALL_TIMEOUT * 2, self.storage_plan(&vm, &dest)).await {
+                Ok(r) => r.map_err(|e| e.message),
+                Err(_) => Err("the hosts did not list their disks in time".into()),
+            };
+        let probe = async {
+            let listen = within(
+                &format!("{} (probe listener)", dest.name),
+                dest_agent.probe_listen(),
+            )
+            .await?;
+            within(
+                &format!("{} (probe)", source.name),
+                source_agent.probe_send(&ProbeSendRequest {
+                    target: listen.advertised,
+                    bytes: PROBE_BYTES,
+                    max_ms: PROBE_MAX_MS,
+                    connect_timeout_ms: PROBE_CONNECT_MS,
+                }),
+            )
+            .await
+        }
+        .await;
+
+        let (mut incoming_memory_mib, mut incoming_vcpus) = (0, 0);
+        for m in self.store.unfinished_migrations()? {
+            if m.destination == dest.name && m.vm != vm.spec.name {
+                if let Ok(other) = self.find_vm(&m.vm) {
+                    incoming_memory_mib += other.spec.memory_mib;
+                    incoming_vcpus += other.spec.vcpus;
+                }
+            }
+        }
+        let checks = run_checks(&CheckInput {
+            vm: &vm,
+            source_state,
+            migrating: vm.migration.is_some(),
+            source: &source,
+            dest: &dest,
+            incoming_memory_mib,
+            incoming_vcpus,
+            storage,
+            probe,
+        });
+        Ok(CheckReport {
+            vm: vm.spec.name.clone(),
+            source: source.name.clone(),
+            destination: dest.name.clone(),
+            checks,
+            elapsed_ms: started.elapsed().as_millis() as u64,
+        })
+    }
+}
