@@ -7,8 +7,9 @@ use serde_json::json;
 
 use crate::storage_plan::PlannedCopy;
 
-/// A live stream slower than this makes a migration of any size slow: warn.
-pub const SLOW_LINK_BYTES_PER_S: u64 = 10 << 20;
+/// Below this the probe says the link is barely usable: warn. (A 400 ms probe under-reads
+/// long-distance links, whose TCP window is still opening, so the bar is low.)
+pub const SLOW_LINK_BYTES_PER_S: u64 = 1 << 20;
 
 /// Everything the checks look at.
 pub struct CheckInput<'a> {
@@ -674,7 +675,7 @@ mod tests {
         let checks = run(|_, _, d, x| {
             d.inventory.cpu_models.clear();
             x.probe = Ok(ProbeSendResponse {
-                bytes_per_s: 1 << 20,
+                bytes_per_s: 512 << 10,
                 ..probe().unwrap()
             });
         });
