@@ -72,10 +72,24 @@ impl QemuVm {
             .unwrap_or_else(|| format!("disk{i}"))
     }
 
-    /// Destination: serve `disks` over NBD on `address` (the migration network), writable.
-    /// Returns the port.
-    pub async fn export_disks(&self, address: IpAddr, disks: &[usize]) -> Result<u16, ApiError> {
+    /// Destination: serve `disks` over NBD on `address` (the migration network), writable,
+    /// on `fixed_port` if the host has fixed ports (NAT/relay forwarding), else any free
+    /// port. Returns the port.
+    pub async fn export_disks(
+        &self,
+        address: IpAddr,
+        fixed_port: Option<u16>,
+        disks: &[usize],
+    ) -> Result<u16, ApiError> {
         let host = address.to_string();
+        if let Some(port) = fixed_port {
+            self.qmp
+                .nbd_server_start(&host, port)
+                .await
+                .map_err(|e| qmp_err("nbd-server-start", e))?;
+            self.add_exports(disks).await?;
+            return Ok(port);
+        }
         let mut attempt = 0;
         let port = loop {
             attempt += 1;
@@ -86,6 +100,11 @@ impl QemuVm {
                 Err(_) => continue,
             }
         };
+        self.add_exports(disks).await?;
+        Ok(port)
+    }
+
+    async fn add_exports(&self, disks: &[usize]) -> Result<(), ApiError> {
         for &i in disks {
             self.qmp
                 .block_export_add_nbd(
@@ -97,7 +116,7 @@ impl QemuVm {
                 .await
                 .map_err(|e| qmp_err("block-export-add", e))?;
         }
-        Ok(port)
+        Ok(())
     }
 
     /// Destination: once the stream completed, drop the exports (they hold write access

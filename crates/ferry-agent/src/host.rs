@@ -186,6 +186,7 @@ impl Agent {
         self.probes
             .listen(
                 self.config.migration_address,
+                self.config.migration_port,
                 self.config.advertised_migration_address(),
             )
             .await
@@ -627,8 +628,12 @@ impl Agent {
         let disk_export = if created.is_empty() {
             None
         } else {
+            // With a fixed migration port P (forwarded by a NAT or relay), disks go on P+1.
+            let fixed = (self.config.migration_port != 0)
+                .then(|| self.config.migration_port.checked_add(1))
+                .flatten();
             let nbd = vm
-                .export_disks(self.config.migration_address, created)
+                .export_disks(self.config.migration_address, fixed, created)
                 .await?;
             vm.release_after_stream();
             Some(std::net::SocketAddr::new(advertised_ip, nbd).to_string())

@@ -56,12 +56,15 @@ impl ProbeListeners {
         }
     }
 
-    /// Listens on `bind` (port 0) for one probe connection and returns where the source
-    /// must connect (`advertise` and the port). The listener lives in a background task
-    /// that closes it after one connection, or when nobody comes.
+    /// Listens on `bind`:`port` for one probe connection and returns where the source
+    /// must connect (`advertise` and the port). `port` is the host's fixed migration port
+    /// if it has one (only that port may be forwarded by a NAT or relay; the probe must
+    /// take the path the stream will take), else 0 for any. The listener lives in a
+    /// background task that closes it after one connection, or when nobody comes.
     pub async fn listen(
         &self,
         bind: IpAddr,
+        port: u16,
         advertise: IpAddr,
     ) -> Result<ProbeListenResponse, ApiError> {
         let slot = self.slots.clone().try_acquire_owned().map_err(|_| {
@@ -69,9 +72,17 @@ impl ProbeListeners {
                 "{MAX_LISTENERS} probe listeners are already open; try again in a few seconds"
             ))
         })?;
-        let listener = TcpListener::bind(SocketAddr::new(bind, 0))
+        let listener = TcpListener::bind(SocketAddr::new(bind, port))
             .await
-            .map_err(|e| ApiError::internal(format!("cannot listen on {bind} for a probe: {e}")))?;
+            .map_err(|e| {
+                if e.kind() == std::io::ErrorKind::AddrInUse {
+                    ApiError::conflict(format!(
+                        "the migration port {bind}:{port} is in use (an incoming migration?)"
+                    ))
+                } else {
+                    ApiError::internal(format!("cannot listen on {bind}:{port} for a probe: {e}"))
+                }
+            })?;
         let port = listener
             .local_addr()
             .map_err(|e| ApiError::internal(format!("cannot read the probe listener's port: {e}")))?
@@ -253,7 +264,7 @@ mod tests {
     #[tokio::test]
     async fn listen_then_send_8_mib_on_loopback() {
         let listeners = ProbeListeners::default();
-        let open = listeners.listen(LOOPBACK, LOOPBACK).await.unwrap();
+        let open = listeners.listen(LOOPBACK, 0, LOOPBACK).await.unwrap();
         assert!(
             open.advertised.starts_with("127.0.0.1:"),
             "{}",
@@ -315,12 +326,20 @@ mod tests {
             Duration::from_secs(1),
         );
         for _ in 0..MAX_LISTENERS {
-            listeners.listen(LOOPBACK, LOOPBACK).await.unwrap();
+            listeners.listen(LOOPBACK, 0, LOOPBACK).await.unwrap();
         }
-        let e = listeners.listen(LOOPBACK, LOOPBACK).await.unwrap_err();
+        let e = listeners.listen(LOOPBACK, 0, LOOPBACK).await.unwrap_err();
         assert_eq!(e.code, ErrorCode::Conflict);
+        // A fixed port in use (an incoming migration listening there) is a clear conflict.
+        let busy = std::net::TcpListener::bind((LOOPBACK, 0)).unwrap();
+        let port = busy.local_addr().unwrap().port();
+        let fresh = ProbeListeners::new(1, Duration::from_millis(300), Duration::from_secs(1));
+        let e = fresh.listen(LOOPBACK, port, LOOPBACK).await.unwrap_err();
+        assert_eq!(e.code, ErrorCode::Conflict);
+        assert!(e.message.contains("in use"), "{}", e.message);
+        drop(busy);
         tokio::time::sleep(Duration::from_millis(500)).await;
-        listeners.listen(LOOPBACK, LOOPBACK).await.unwrap();
+        listeners.listen(LOOPBACK, 0, LOOPBACK).await.unwrap();
     }
 
     #[test]

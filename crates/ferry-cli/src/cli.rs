@@ -120,7 +120,9 @@ pub struct AgentArgs {
     /// Address other hosts use to reach --migration-address (NAT, relay); default: the same.
     #[arg(long)]
     pub migration_advertise: Option<IpAddr>,
-    /// Fixed port for incoming migration streams (0: any free port).
+    /// Fixed port for incoming migration streams (0: any free port); the pre-migration
+    /// probe uses it too, and a storage copy's disk export uses the next port (P+1), so a
+    /// NAT or relay must forward both.
     #[arg(long, default_value_t = 0)]
     pub migration_port: u16,
     /// A network VMs can attach to, and the host bridge it maps to (repeatable),
