@@ -24,6 +24,7 @@
 //! `RollingBack`, which leaves the VM running on the source and tears the destination down.
 //! After the destination runs (`Completed`), the source is gone and there is no way back.
 
+pub mod convergence;
 pub mod disk_sync;
 pub mod phase;
 pub mod progress;
