@@ -55,6 +55,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
             get(migration_status).post(outgoing),
         )
         .route("/v1/vms/{name}/migration/disks", post(disk_copy))
+        .route("/v1/vms/{name}/migration/tune", post(tune))
         .route("/v1/vms/{name}/migration/cancel", post(cancel))
         .route("/v1/vms/{name}/migration/handover", post(handover))
         .route("/v1/vms/{name}/announce", post(announce))
@@ -143,6 +144,14 @@ async fn disk_copy(
     ApiJson(req): ApiJson<ferry_api::DiskCopyRequest>,
 ) -> Answer<AgentMigrationStatus> {
     Ok(Json(a.start_disk_copy(&name, &req).await?))
+}
+
+async fn tune(
+    State(a): Shared,
+    Path(name): Path<String>,
+    ApiJson(req): ApiJson<ferry_api::TuneRequest>,
+) -> Answer<AgentMigrationStatus> {
+    Ok(Json(a.tune(&name, &req).await?))
 }
 
 async fn migration_status(

@@ -566,7 +566,7 @@ impl Agent {
                 return Err(e);
             }
         };
-        match self.listen_and_export(&vm, &created).await {
+        match self.listen_and_export(&vm, &created, &req.stream).await {
             Ok(resp) => Ok(resp),
             Err(e) => {
                 let _ = self.remove(&vm.name).await;
@@ -618,9 +618,14 @@ impl Agent {
         &self,
         vm: &Arc<QemuVm>,
         created: &[usize],
+        stream: &ferry_api::StreamSettings,
     ) -> Result<IncomingResponse, ApiError> {
         let port = vm
-            .listen_incoming(self.config.migration_address, self.config.migration_port)
+            .listen_incoming(
+                self.config.migration_address,
+                self.config.migration_port,
+                stream,
+            )
             .await?;
         let listen = std::net::SocketAddr::new(self.config.migration_address, port);
         let advertised_ip = self.config.advertised_migration_address();
@@ -713,6 +718,24 @@ impl Agent {
         }
         vm.send(req).await?;
         tracing::info!(vm = %name, uri = %req.uri, "outgoing migration started");
+        vm.migration_status().await
+    }
+
+    /// Source: the convergence controller's live changes (throttle, post-copy).
+    pub async fn tune(
+        &self,
+        name: &str,
+        req: &ferry_api::TuneRequest,
+    ) -> Result<AgentMigrationStatus, ApiError> {
+        let vm = self.find(name).await?;
+        if vm.role() != Role::Outgoing {
+            return Err(ApiError::conflict(format!(
+                "VM '{name}' is not migrating away from host {}",
+                self.config.name
+            )));
+        }
+        vm.tune(req).await?;
+        tracing::info!(vm = %name, ?req, "migration tuned");
         vm.migration_status().await
     }
 

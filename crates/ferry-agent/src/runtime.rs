@@ -10,11 +10,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferry_api::{
-    AgentMigrationStatus, ApiError, DiskCopyProgress, MigrationProgress, OutgoingRequest,
-    VmRuntime, VmState,
+    AgentMigrationStatus, ApiError, Compression, DiskCopyProgress, MigrationProgress,
+    OutgoingRequest, StreamSettings, TuneRequest, VmRuntime, VmState, ZeroPage,
 };
 use ferry_qemu::{build_args, QemuProcess, ResolvedBoot, RuntimePaths, StartMode};
-use ferry_qmp::{MigrationParameters, MigrationStatus, QmpClient, RunState};
+use ferry_qmp::{
+    MigrationParameters, MigrationStatus, MultifdCompression, QmpClient, RunState,
+    ZeroPageDetection,
+};
 use tokio::sync::watch;
 
 use crate::persist::{PersistedVm, Role};
@@ -32,9 +35,14 @@ pub trait Pausable {
 /// Either side of a live migration.
 #[allow(async_fn_in_trait)]
 pub trait Migratable {
-    /// Destination: listen for the stream on `address`:`port` (0: QEMU picks a free port);
-    /// returns the port it listens on.
-    async fn listen_incoming(&self, address: IpAddr, port: u16) -> Result<u16, ApiError>;
+    /// Destination: set up the stream as the source will (`stream`), then listen on
+    /// `address`:`port` (0: QEMU picks a free port); returns the port it listens on.
+    async fn listen_incoming(
+        &self,
+        address: IpAddr,
+        port: u16,
+        stream: &StreamSettings,
+    ) -> Result<u16, ApiError>;
     /// Source: start sending.
     async fn send(&self, req: &OutgoingRequest) -> Result<(), ApiError>;
     /// Either side: where the migration is.
@@ -289,6 +297,69 @@ impl QemuVm {
     }
 }
 
+impl QemuVm {
+    /// Capabilities and parameters both sides must share, set before the stream starts.
+    /// `pause_before_switchover` only on a source copying disks.
+    async fn set_up_stream(
+        &self,
+        stream: &StreamSettings,
+        pause_before_switchover: bool,
+    ) -> Result<(), ApiError> {
+        let mut caps = stream.capabilities();
+        caps.push(("pause-before-switchover", pause_before_switchover));
+        self.qmp
+            .migrate_set_capabilities(&caps)
+            .await
+            .map_err(|e| qmp_err("migrate-set-capabilities", e))?;
+        let params = MigrationParameters {
+            multifd_channels: (stream.streams > 1).then_some(stream.streams as u64),
+            multifd_compression: match stream.compression {
+                Compression::Zstd => Some(MultifdCompression::Zstd),
+                Compression::Zlib => Some(MultifdCompression::Zlib),
+                _ if stream.streams > 1 => Some(MultifdCompression::None),
+                _ => None,
+            },
+            zero_page_detection: stream.zero_page.map(|z| match z {
+                ZeroPage::None => ZeroPageDetection::None,
+                ZeroPage::Legacy => ZeroPageDetection::Legacy,
+                ZeroPage::Multifd => ZeroPageDetection::Multifd,
+            }),
+            xbzrle_cache_size: (stream.xbzrle_cache_bytes > 0).then_some(stream.xbzrle_cache_bytes),
+            ..Default::default()
+        };
+        self.qmp
+            .migrate_set_parameters(&params)
+            .await
+            .map_err(|e| qmp_err("migrate-set-parameters", e))
+    }
+
+    /// Source: the controller's live changes.
+    pub async fn tune(&self, req: &TuneRequest) -> Result<(), ApiError> {
+        if let Some(p) = req.throttle_pct {
+            let p = p.clamp(1, 99) as u64;
+            // QEMU moves an active throttle by `increment` up to `max` at its next trigger:
+            // a large increment makes that one step to exactly `p`.
+            let params = MigrationParameters {
+                cpu_throttle_initial: Some(p),
+                cpu_throttle_increment: Some(99),
+                max_cpu_throttle: Some(p),
+                ..Default::default()
+            };
+            self.qmp
+                .migrate_set_parameters(&params)
+                .await
+                .map_err(|e| qmp_err("migrate-set-parameters", e))?;
+        }
+        if req.start_postcopy {
+            self.qmp
+                .migrate_start_postcopy()
+                .await
+                .map_err(|e| qmp_err("migrate-start-postcopy", e))?;
+        }
+        Ok(())
+    }
+}
+
 /// The API state from the agent's role and QEMU's run state.
 pub fn derive_state(role: Role, status: &RunState) -> VmState {
     match (role, status) {
@@ -311,11 +382,13 @@ impl Pausable for QemuVm {
 }
 
 impl Migratable for QemuVm {
-    async fn listen_incoming(&self, address: IpAddr, port: u16) -> Result<u16, ApiError> {
-        self.qmp
-            .migrate_set_capabilities(&[("events", true)])
-            .await
-            .map_err(|e| qmp_err("migrate-set-capabilities", e))?;
+    async fn listen_incoming(
+        &self,
+        address: IpAddr,
+        port: u16,
+        stream: &StreamSettings,
+    ) -> Result<u16, ApiError> {
+        self.set_up_stream(stream, false).await?;
         let host = match address {
             IpAddr::V4(a) => a.to_string(),
             IpAddr::V6(a) => format!("[{a}]"),
@@ -342,15 +415,16 @@ impl Migratable for QemuVm {
         if copying {
             self.check_disks_in_sync().await?;
         }
-        self.qmp
-            .migrate_set_capabilities(&[("events", true), ("pause-before-switchover", copying)])
-            .await
-            .map_err(|e| qmp_err("migrate-set-capabilities", e))?;
+        self.set_up_stream(&req.stream, copying).await?;
         let params = MigrationParameters {
             // QEMU's default cap is 128 MiB/s, which would throttle every migration on a
             // fast link; 0 disables QEMU's rate limit (RATE_LIMIT_DISABLED).
             max_bandwidth: Some(req.max_bandwidth_bytes),
             downtime_limit: Some(req.downtime_limit_ms),
+            // Auto-converge stays at a token 1 % until the controller raises it.
+            cpu_throttle_initial: req.stream.throttle.then_some(1),
+            cpu_throttle_increment: req.stream.throttle.then_some(1),
+            max_cpu_throttle: req.stream.throttle.then_some(1),
             ..Default::default()
         };
         self.qmp
@@ -454,6 +528,8 @@ pub fn to_agent_status(info: &ferry_qmp::MigrationInfo) -> AgentMigrationStatus 
             passes: ram.dirty_sync_count,
             expected_downtime_ms: info.expected_downtime,
             disks: Vec::new(),
+            throttle_pct: info.cpu_throttle_percentage.unwrap_or(0).min(100) as u8,
+            ..Default::default()
         },
         downtime_ms: info.downtime,
         error: info.error_desc.clone(),

@@ -387,6 +387,16 @@ impl AgentClient {
             .post(&format!("/v1/vms/{}/migration/disks", seg(name)), req)
             .await
     }
+    /// Source: live changes to a running migration (throttle, switch to post-copy).
+    pub async fn tune(
+        &self,
+        name: &str,
+        req: &TuneRequest,
+    ) -> Result<AgentMigrationStatus, ClientError> {
+        self.http
+            .post(&format!("/v1/vms/{}/migration/tune", seg(name)), req)
+            .await
+    }
     /// Source: cancel an outgoing migration and make sure the guest runs here.
     pub async fn cancel_outgoing(&self, name: &str) -> Result<VmRuntime, ClientError> {
         self.http

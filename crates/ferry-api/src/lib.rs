@@ -18,6 +18,7 @@ pub mod migration;
 pub mod names;
 pub mod spec;
 pub mod storage;
+pub mod tuning;
 pub mod vm;
 
 pub use checks::*;
@@ -27,6 +28,7 @@ pub use migration::*;
 pub use names::validate_name;
 pub use spec::*;
 pub use storage::*;
+pub use tuning::*;
 pub use vm::*;
 
 /// Header a client sets to say who asks (recorded in the event log).

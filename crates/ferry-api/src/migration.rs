@@ -32,6 +32,23 @@ pub struct MigrationOptions {
     /// Go on past pre-migration checks that only warn (failures always refuse).
     #[serde(default)]
     pub force: bool,
+    /// Parallel streams (QEMU multifd channels); 1: a single stream.
+    #[serde(default)]
+    pub streams: Option<u8>,
+    #[serde(default)]
+    pub compression: Option<crate::Compression>,
+    #[serde(default)]
+    pub zero_page: Option<crate::ZeroPage>,
+    /// Highest guest vCPU throttle the controller may apply, percent (0: never throttle).
+    #[serde(default)]
+    pub max_throttle_pct: Option<u8>,
+    /// When post-copy may be used (never / allowed / automatic).
+    #[serde(default)]
+    pub postcopy: Option<crate::PostcopyPolicy>,
+    /// Pre-copy gets this many seconds per GiB of guest RAM to converge by itself before
+    /// the controller escalates (None: no deadline).
+    #[serde(default)]
+    pub completion_timeout_s_per_gib: Option<u64>,
 }
 
 pub const DEFAULT_DOWNTIME_LIMIT_MS: u64 = 300;
@@ -61,7 +78,7 @@ impl MigrationOptions {
                 )));
             }
         }
-        Ok(())
+        self.validate_stream()
     }
 }
 
@@ -110,6 +127,9 @@ pub struct IncomingRequest {
     /// the source to copy into: local-pool disks. Shared-pool disks are not listed.
     #[serde(default)]
     pub copy_disks: Vec<DiskCopyTarget>,
+    /// Capabilities and parameters that must match the source's.
+    #[serde(default)]
+    pub stream: crate::StreamSettings,
 }
 
 /// One disk the destination creates and exports for a storage copy.
@@ -166,6 +186,8 @@ pub struct OutgoingRequest {
     /// Bytes per second; 0 = unlimited.
     pub max_bandwidth_bytes: u64,
     pub downtime_limit_ms: u64,
+    #[serde(default)]
+    pub stream: crate::StreamSettings,
 }
 
 /// A side's view of its migration (`query-migrate`, normalised).

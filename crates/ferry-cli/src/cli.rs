@@ -331,6 +331,24 @@ pub struct MigrateArgs {
     /// (by default it is deleted once the VM runs on the destination).
     #[arg(long)]
     pub keep_source: bool,
+    /// Parallel streams (QEMU multifd channels); 1: a single stream.
+    #[arg(long, value_name = "N")]
+    pub streams: Option<u8>,
+    /// Stream compression: none, zstd or zlib (with --streams 2+), xbzrle (single stream).
+    #[arg(long, value_parser = ["none", "zstd", "zlib", "xbzrle"])]
+    pub compression: Option<String>,
+    /// Zero-page detection: none, legacy, multifd.
+    #[arg(long, value_parser = ["none", "legacy", "multifd"])]
+    pub zero_page: Option<String>,
+    /// Highest guest vCPU throttle the convergence controller may apply, percent
+    /// (0, the default: never throttle; the controller then aborts a migration that
+    /// cannot converge).
+    #[arg(long, value_name = "PCT")]
+    pub max_throttle: Option<u8>,
+    /// Seconds per GiB of guest RAM pre-copy gets to converge before the controller
+    /// escalates.
+    #[arg(long, value_name = "S")]
+    pub completion_timeout_per_gib: Option<u64>,
     /// Run the pre-migration checks, print the report and migrate nothing (exit 2 if a
     /// check fails).
     #[arg(long)]

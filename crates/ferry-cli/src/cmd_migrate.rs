@@ -22,6 +22,12 @@ pub async fn migrate(server: &str, a: MigrateArgs) -> CliResult {
             progress_timeout_s: a.progress_timeout,
             keep_source: a.keep_source,
             force: a.force,
+            streams: a.streams,
+            compression: a.compression.as_deref().map(named).transpose()?,
+            zero_page: a.zero_page.as_deref().map(named).transpose()?,
+            max_throttle_pct: a.max_throttle,
+            postcopy: None,
+            completion_timeout_s_per_gib: a.completion_timeout_per_gib,
         },
     };
     req.options
@@ -137,6 +143,12 @@ pub async fn follow(c: &ServerClient, m: &Migration, bar: bool) -> Result<Migrat
     }
 }
 
+/// A snake_case option value as its API enum (clap already limited the choices).
+fn named<T: serde::de::DeserializeOwned>(value: &str) -> Result<T, CliError> {
+    serde_json::from_value(serde_json::Value::String(value.to_string()))
+        .map_err(|e| CliError::refused(format!("'{value}': {e}")))
+}
+
 /// The check report as a table (stdout) with a one-line verdict.
 pub fn print_checks(r: &CheckReport) {
     println!(
@@ -193,6 +205,12 @@ pub fn progress_line(phase: Phase, p: &MigrationProgress) -> (f64, String) {
         rate(p.dirty_rate_bytes_per_s),
         p.passes
     );
+    if let Some(d) = p.predicted_downtime_ms {
+        message.push_str(&format!("  predicted pause {}", millis(d)));
+    }
+    if p.controller_step != ControllerStep::Precopy {
+        message.push_str(&format!("  [{}]", p.controller_step));
+    }
     if !p.disks.is_empty() {
         message.push_str(&format!("  disks in sync ({})", bytes(copied)));
     }

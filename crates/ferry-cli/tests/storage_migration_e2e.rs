@@ -228,10 +228,36 @@ async fn local_disks_move_with_the_vm_and_every_failure_leaves_the_source_intact
     let m = wait_end(&c, &m).await;
     assert_left_intact(&lab, &m, "destination QEMU killed", "b").await;
 
-    // 3. The export is unreachable: b advertises a migration address nothing listens on.
-    lab.restart_agent_with(&cfg, "b", &["--migration-advertise", "127.0.0.2"])
-        .await
-        .unwrap();
+    // 3. The export is unreachable: b sits behind a relay (as behind a NAT) that forwards
+    //    its fixed migration port P but not the disk export's P+1. The pre-migration probe
+    //    goes through (it uses P); the copy cannot reach the export.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let relay = ferry_lab::relay::Relay::start(
+        format!("127.0.0.3:{port}").parse().unwrap(),
+        ferry_lab::relay::RelayConfig::new(
+            format!("127.0.0.1:{port}").parse().unwrap(),
+            Duration::ZERO,
+        ),
+    )
+    .await
+    .expect("relay");
+    let port_arg = port.to_string();
+    lab.restart_agent_with(
+        &cfg,
+        "b",
+        &[
+            "--migration-port",
+            &port_arg,
+            "--migration-advertise",
+            "127.0.0.3",
+        ],
+    )
+    .await
+    .unwrap();
     wait_host_registered(&lab, "b").await;
     let m = start(&c, Some(4)).await;
     let m = wait_end(&c, &m).await;
@@ -239,9 +265,13 @@ async fn local_disks_move_with_the_vm_and_every_failure_leaves_the_source_intact
         &lab,
         &m,
         "export unreachable",
-        "cannot reach the destination's disk export 127.0.0.2",
+        &format!(
+            "cannot reach the destination's disk export 127.0.0.3:{}",
+            port + 1
+        ),
     )
     .await;
+    relay.stop().await;
     lab.restart_agent_with(&cfg, "b", &[]).await.unwrap();
     wait_host_registered(&lab, "b").await;
 

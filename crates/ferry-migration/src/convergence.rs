@@ -64,6 +64,12 @@ pub struct Sample {
     pub bandwidth_bytes_per_s: u64,
     /// Guest dirty rate, bytes/s.
     pub dirty_rate_bytes_per_s: u64,
+    /// The throttle QEMU applies now, and applied at the previous pass, percent. QEMU's
+    /// auto-converge moves the throttle only at some passes, so a requested step can lag.
+    #[serde(default)]
+    pub throttle_pct: u8,
+    #[serde(default)]
+    pub prev_throttle_pct: u8,
 }
 
 /// The controller's current step (persisted with the migration, shown by the CLI).
@@ -196,6 +202,15 @@ pub fn decide(policy: &Policy, step: Step, s: &Sample) -> Decision {
         Step::Throttled(p) => p,
         _ => 0,
     };
+    if current > 0 && s.throttle_pct < current.min(policy.max_throttle_pct) {
+        return decision(
+            Action::Continue,
+            format!(
+                "{why}; waiting for the {current}% throttle to take effect (QEMU applies {}% now)",
+                s.throttle_pct
+            ),
+        );
+    }
     if current < policy.max_throttle_pct {
         let next = if current == 0 {
             THROTTLE_FIRST_PCT
@@ -206,6 +221,13 @@ pub fn decide(policy: &Policy, step: Step, s: &Sample) -> Decision {
         return decision(
             Action::RaiseThrottle { to_pct: next },
             format!("{why}; throttling the guest to {next}%"),
+        );
+    }
+    if current > 0 && s.prev_throttle_pct < current {
+        // Judge the ceiling only on a whole pass run at it.
+        return decision(
+            Action::Continue,
+            format!("{why}; one pass at the {current}% ceiling before deciding"),
         );
     }
     if policy.postcopy == PostcopyPolicy::Allowed {
@@ -247,7 +269,16 @@ mod tests {
             remaining_bytes: remaining_mib * MIB,
             bandwidth_bytes_per_s: bw_mib * MIB,
             dirty_rate_bytes_per_s: dirty_mib * MIB,
+            throttle_pct: 0,
+            prev_throttle_pct: 0,
         }
+    }
+
+    /// The same sample with QEMU's throttle at `now` (and `prev` the pass before).
+    fn throttled(mut s: Sample, now: u8, prev: u8) -> Sample {
+        s.throttle_pct = now;
+        s.prev_throttle_pct = prev;
+        s
     }
 
     #[test]
@@ -278,18 +309,26 @@ mod tests {
     fn escalation_order_throttle_then_postcopy_or_abort() {
         let s = sample(1000, 100, 150);
         let never = policy(PostcopyPolicy::Never);
+        let act = |step, s: &Sample| decide(&never, step, s).action;
+        assert_eq!(act(Step::Precopy, &s), Action::RaiseThrottle { to_pct: 30 });
+        // QEMU has not applied the 30 % yet: wait rather than pile up steps.
+        let waiting = decide(&never, Step::Throttled(30), &s);
+        assert_eq!(waiting.action, Action::Continue);
+        assert!(waiting.reason.contains("take effect"), "{}", waiting.reason);
         assert_eq!(
-            decide(&never, Step::Precopy, &s).action,
-            Action::RaiseThrottle { to_pct: 30 }
-        );
-        assert_eq!(
-            decide(&never, Step::Throttled(30), &s).action,
+            act(Step::Throttled(30), &throttled(s, 30, 0)),
             Action::RaiseThrottle { to_pct: 50 }
         );
         assert_eq!(
-            decide(&never, Step::Throttled(80), &s).action,
+            act(Step::Throttled(80), &throttled(s, 80, 80)),
             Action::RaiseThrottle { to_pct: 90 }
         );
+        // At the ceiling: one whole pass there before giving up.
+        assert_eq!(
+            act(Step::Throttled(90), &throttled(s, 90, 80)),
+            Action::Continue
+        );
+        let s = throttled(s, 90, 90);
         let abort = decide(&never, Step::Throttled(90), &s);
         match abort.action {
             Action::Abort { reason } => {
@@ -357,9 +396,11 @@ mod tests {
             bw in 0u64..(2u64 << 30),
             dirty in 0u64..(2u64 << 30),
             elapsed in 0u64..200_000,
+            applied in 0u8..=99,
+            prev_applied in 0u8..=99,
         ) {
             let step = if throttle == 0 || throttle > p.max_throttle_pct { Step::Precopy } else { Step::Throttled(throttle) };
-            let s = Sample { pass: 3, elapsed_ms: elapsed, remaining_bytes: remaining, bandwidth_bytes_per_s: bw, dirty_rate_bytes_per_s: dirty };
+            let s = Sample { pass: 3, elapsed_ms: elapsed, remaining_bytes: remaining, bandwidth_bytes_per_s: bw, dirty_rate_bytes_per_s: dirty, throttle_pct: applied, prev_throttle_pct: prev_applied };
             let d = decide(&p, step, &s);
             let current = match step { Step::Throttled(t) => t, _ => 0 };
             match &d.action {
@@ -370,6 +411,8 @@ mod tests {
                 Action::Abort { .. } => {
                     prop_assert_eq!(p.postcopy, PostcopyPolicy::Never);
                     prop_assert!(current >= p.max_throttle_pct);
+                    // Never before a whole pass ran at the ceiling.
+                    prop_assert!(current == 0 || (applied >= current && prev_applied >= current));
                 }
                 Action::Continue => {}
             }

@@ -28,6 +28,14 @@ pub struct MigrationProgress {
     /// Local-pool disks being mirrored to the destination (empty otherwise).
     #[serde(default)]
     pub disks: Vec<DiskCopyProgress>,
+    /// The guest's vCPU throttle right now, percent (auto-converge).
+    #[serde(default)]
+    pub throttle_pct: u8,
+    /// The convergence controller's step and its latest prediction of the pause.
+    #[serde(default)]
+    pub controller_step: crate::convergence::Step,
+    #[serde(default)]
+    pub predicted_downtime_ms: Option<u64>,
 }
 
 /// One disk's mirror to the destination, from QEMU's block job.

@@ -498,6 +498,13 @@ impl Server {
             )));
         }
         self.refuse_if_migrating(&vm)?;
+        if req.options.postcopy.unwrap_or_default() != PostcopyPolicy::Never {
+            // Post-copy without recovery from a broken link could lose the VM: refused
+            // until recovery (migrate-pause / migrate-recover) is in place.
+            return Err(ApiError::bad_request(
+                "post-copy is not available yet (it needs link-failure recovery); use postcopy never",
+            ));
+        }
         let report = self.check_migration(&req).await?;
         let details = serde_json::to_value(&report).unwrap_or_default();
         match report.verdict() {

@@ -21,6 +21,7 @@ use crate::core::Server;
 use crate::storage_plan::PlannedCopy;
 use crate::store::NewEvent;
 
+mod control;
 mod disks;
 
 /// Rollback after the source completed: destination must be confirmed gone first.
@@ -63,6 +64,10 @@ struct Run {
     outgoing_started: bool,
     /// Local-pool disks copied to the destination before memory.
     copies: Vec<PlannedCopy>,
+    /// The convergence controller's current step.
+    step: ControllerStep,
+    /// Guest RAM, for the completion deadline and the XBZRLE cache.
+    ram_mib: u64,
 }
 
 /// Why a step failed, and whether the operator asked for it.
@@ -88,6 +93,8 @@ impl Run {
             started: Instant::now(),
             outgoing_started: false,
             copies: Vec::new(),
+            step: ControllerStep::Precopy,
+            ram_mib: 0,
         }
     }
 
@@ -174,6 +181,8 @@ impl Run {
             .storage_plan(&vm, &dest_host)
             .await
             .map_err(|e| Abort::fail(e.message))?;
+        self.ram_mib = vm.spec.memory_mib;
+        let stream = StreamSettings::from_options(&self.m.options, vm.spec.memory_mib << 20);
         self.advance(
             PhaseEvent::Start,
             format!(
@@ -186,6 +195,7 @@ impl Run {
             .prepare_incoming(&IncomingRequest {
                 spec: vm.spec.clone(),
                 copy_disks: self.copies.iter().map(|c| c.target()).collect(),
+                stream: stream.clone(),
             })
             .await
             .map_err(|e| {
@@ -238,6 +248,7 @@ impl Run {
             uri,
             max_bandwidth_bytes: opts.max_bandwidth_mib.map(|m| m << 20).unwrap_or(0),
             downtime_limit_ms: opts.downtime_limit_ms.unwrap_or(DEFAULT_DOWNTIME_LIMIT_MS),
+            stream,
         };
         self.outgoing_started = true;
         source.start_outgoing(&self.m.vm, &req).await.map_err(|e| {
@@ -278,8 +289,21 @@ impl Run {
                     continue;
                 }
             };
-            let p = status.progress.clone();
-            if p.started_new_pass(self.m.progress.as_ref()) {
+            let mut p = status.progress.clone();
+            let new_pass = p.started_new_pass(self.m.progress.as_ref());
+            if new_pass && p.passes >= 2 && !status.is_completed() {
+                // The first pass's dirty rate is not measured yet: decide from the second.
+                self.control(source, &mut p).await?;
+            }
+            p.controller_step = self.step;
+            if p.predicted_downtime_ms.is_none() {
+                p.predicted_downtime_ms = self
+                    .m
+                    .progress
+                    .as_ref()
+                    .and_then(|o| o.predicted_downtime_ms);
+            }
+            if new_pass {
                 self.event(
                     "migration.pass",
                     Outcome::Info,

@@ -1,0 +1,241 @@
+//! How a migration streams and converges: the options both QEMUs must agree on before the
+//! stream starts ([`StreamSettings`]), and the live changes the convergence controller
+//! makes to a running one ([`TuneRequest`]).
+
+use serde::{Deserialize, Serialize};
+
+pub use ferry_migration::convergence::{PostcopyPolicy, Step as ControllerStep};
+
+use crate::{ApiError, MigrationOptions};
+
+/// Stream compression.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Compression {
+    #[default]
+    None,
+    /// multifd with zstd (needs streams >= 2).
+    Zstd,
+    /// multifd with zlib (needs streams >= 2).
+    Zlib,
+    /// XBZRLE delta encoding of re-sent hot pages (single stream only).
+    Xbzrle,
+}
+
+/// Who finds zero pages (QEMU's `zero-page-detection`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ZeroPage {
+    /// Send every page as it is.
+    None,
+    /// The main migration thread (QEMU's default without multifd).
+    Legacy,
+    /// The multifd threads (needs streams >= 2).
+    Multifd,
+}
+
+pub const MAX_STREAMS: u8 = 16;
+
+/// What the source and the destination QEMU are set up with before the stream starts
+/// (capabilities and parameters QEMU refuses to change mid-stream).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamSettings {
+    /// Parallel streams; 1 = the classic single stream, more = multifd channels.
+    pub streams: u8,
+    pub compression: Compression,
+    #[serde(default)]
+    pub zero_page: Option<ZeroPage>,
+    /// `postcopy-ram` on both sides (needed to switch to post-copy later).
+    pub postcopy: bool,
+    /// `auto-converge` on the source, its ceiling held at the controller's step.
+    pub throttle: bool,
+    /// XBZRLE cache, bytes (with `Compression::Xbzrle`).
+    #[serde(default)]
+    pub xbzrle_cache_bytes: u64,
+}
+
+impl Default for StreamSettings {
+    fn default() -> Self {
+        StreamSettings {
+            streams: 1,
+            compression: Compression::None,
+            zero_page: None,
+            postcopy: false,
+            throttle: false,
+            xbzrle_cache_bytes: 0,
+        }
+    }
+}
+
+impl StreamSettings {
+    /// The settings a migration's options ask for; `ram_bytes` sizes the XBZRLE cache.
+    pub fn from_options(o: &MigrationOptions, ram_bytes: u64) -> StreamSettings {
+        let compression = o.compression.unwrap_or_default();
+        StreamSettings {
+            streams: o.streams.unwrap_or(1),
+            compression,
+            zero_page: o.zero_page,
+            postcopy: o.postcopy.unwrap_or_default() != PostcopyPolicy::Never,
+            throttle: o.max_throttle_pct.unwrap_or(0) > 0,
+            xbzrle_cache_bytes: if compression == Compression::Xbzrle {
+                // A quarter of RAM, rounded to a power of two as QEMU wants.
+                (ram_bytes / 4).max(64 << 20).next_power_of_two()
+            } else {
+                0
+            },
+        }
+    }
+
+    /// Migration capabilities, set identically on both sides.
+    pub fn capabilities(&self) -> Vec<(&'static str, bool)> {
+        vec![
+            ("events", true),
+            ("multifd", self.streams > 1),
+            ("xbzrle", self.compression == Compression::Xbzrle),
+            ("postcopy-ram", self.postcopy),
+            ("auto-converge", self.throttle),
+        ]
+    }
+}
+
+impl MigrationOptions {
+    /// The streaming options that must agree with each other (see [`MigrationOptions::validate`]).
+    pub(crate) fn validate_stream(&self) -> Result<(), ApiError> {
+        let streams = self.streams.unwrap_or(1);
+        if !(1..=MAX_STREAMS).contains(&streams) {
+            return Err(ApiError::bad_request(format!(
+                "streams is {streams}; it must be between 1 and {MAX_STREAMS}"
+            )));
+        }
+        match (self.compression.unwrap_or_default(), streams) {
+            (Compression::Zstd | Compression::Zlib, 1) => {
+                return Err(ApiError::bad_request(
+                    "zstd and zlib compression run in multifd streams: set streams to 2 or more",
+                ))
+            }
+            (Compression::Xbzrle, s) if s > 1 => {
+                return Err(ApiError::bad_request(
+                    "xbzrle works on a single stream: set streams to 1 or use zstd",
+                ))
+            }
+            _ => {}
+        }
+        if self.zero_page == Some(ZeroPage::Multifd) && streams == 1 {
+            return Err(ApiError::bad_request(
+                "zero_page multifd needs streams of 2 or more",
+            ));
+        }
+        if let Some(t) = self.max_throttle_pct {
+            if t > 99 {
+                return Err(ApiError::bad_request(format!(
+                    "max_throttle_pct is {t}; it must be between 0 (never) and 99"
+                )));
+            }
+        }
+        if let Some(c) = self.completion_timeout_s_per_gib {
+            if !(1..=3600).contains(&c) {
+                return Err(ApiError::bad_request(format!(
+                    "completion_timeout_s_per_gib is {c}; it must be between 1 and 3600"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `POST /v1/vms/{name}/migration/tune` on the source agent: live changes.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TuneRequest {
+    /// Hold the guest's vCPU throttle at (up to) this percentage.
+    #[serde(default)]
+    pub throttle_pct: Option<u8>,
+    /// Switch the running pre-copy to post-copy.
+    #[serde(default)]
+    pub start_postcopy: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_that_cannot_work_together_are_refused() {
+        let ok = |o: MigrationOptions| o.validate().map(|_| ()).map_err(|e| e.message);
+        assert!(ok(MigrationOptions::default()).is_ok());
+        let bad = [
+            MigrationOptions {
+                streams: Some(0),
+                ..Default::default()
+            },
+            MigrationOptions {
+                streams: Some(17),
+                ..Default::default()
+            },
+            MigrationOptions {
+                compression: Some(Compression::Zstd),
+                ..Default::default()
+            },
+            MigrationOptions {
+                compression: Some(Compression::Xbzrle),
+                streams: Some(4),
+                ..Default::default()
+            },
+            MigrationOptions {
+                zero_page: Some(ZeroPage::Multifd),
+                ..Default::default()
+            },
+            MigrationOptions {
+                max_throttle_pct: Some(100),
+                ..Default::default()
+            },
+            MigrationOptions {
+                completion_timeout_s_per_gib: Some(0),
+                ..Default::default()
+            },
+        ];
+        for o in bad {
+            assert!(ok(o.clone()).is_err(), "{o:?} should be refused");
+        }
+        assert!(ok(MigrationOptions {
+            streams: Some(4),
+            compression: Some(Compression::Zstd),
+            zero_page: Some(ZeroPage::Multifd),
+            ..Default::default()
+        })
+        .is_ok());
+    }
+
+    #[test]
+    fn settings_map_to_qemu_capabilities() {
+        let s = StreamSettings::from_options(
+            &MigrationOptions {
+                streams: Some(4),
+                compression: Some(Compression::Zstd),
+                postcopy: Some(PostcopyPolicy::Allowed),
+                max_throttle_pct: Some(80),
+                ..Default::default()
+            },
+            1 << 30,
+        );
+        let caps = s.capabilities();
+        for (cap, on) in [
+            ("multifd", true),
+            ("postcopy-ram", true),
+            ("auto-converge", true),
+            ("xbzrle", false),
+        ] {
+            assert!(caps.contains(&(cap, on)), "{cap}: {caps:?}");
+        }
+        let x = StreamSettings::from_options(
+            &MigrationOptions {
+                compression: Some(Compression::Xbzrle),
+                ..Default::default()
+            },
+            1 << 30,
+        );
+        assert_eq!(x.xbzrle_cache_bytes, 256 << 20);
+        assert!(x.capabilities().contains(&("xbzrle", true)));
+    }
+}

@@ -1,0 +1,100 @@
+//! Runs the convergence controller ([`ferry_migration::convergence`]) after each pass and
+//! carries out its decision on the source; every decision is an event with its numbers.
+
+use ferry_api::client::AgentClient;
+use ferry_api::*;
+use ferry_migration::convergence::{decide, Action, Policy, Sample};
+
+use super::{Abort, Run};
+
+impl Run {
+    fn policy(&self) -> Policy {
+        let o = &self.m.options;
+        let ram_gib = self.ram_mib.div_ceil(1024).max(1);
+        Policy {
+            downtime_budget_ms: o.downtime_limit_ms.unwrap_or(DEFAULT_DOWNTIME_LIMIT_MS),
+            max_throttle_pct: o.max_throttle_pct.unwrap_or(0),
+            postcopy: o.postcopy.unwrap_or_default(),
+            completion_deadline_ms: o
+                .completion_timeout_s_per_gib
+                .map(|s| s * 1000 * ram_gib)
+                .unwrap_or(0),
+        }
+    }
+
+    /// One controller round on `p` (the progress after a pass): records the prediction in
+    /// `p`, acts, and fails the migration when the controller aborts.
+    pub(super) async fn control(
+        &mut self,
+        source: &AgentClient,
+        p: &mut MigrationProgress,
+    ) -> Result<(), Abort> {
+        let sample = Sample {
+            pass: p.passes,
+            elapsed_ms: p.elapsed_ms,
+            remaining_bytes: p.remaining_bytes,
+            bandwidth_bytes_per_s: p.bandwidth_bytes_per_s,
+            dirty_rate_bytes_per_s: p.dirty_rate_bytes_per_s,
+            throttle_pct: p.throttle_pct,
+            prev_throttle_pct: self
+                .m
+                .progress
+                .as_ref()
+                .map(|o| o.throttle_pct)
+                .unwrap_or(0),
+        };
+        let policy = self.policy();
+        let d = decide(&policy, self.step, &sample);
+        p.predicted_downtime_ms = d.predicted_downtime_ms;
+        let data = serde_json::json!({
+            "decision": d, "sample": sample, "policy": policy, "step": self.step,
+        });
+        match &d.action {
+            Action::Continue => {
+                self.event(
+                    "migration.controller",
+                    Outcome::Info,
+                    format!("pass {}: {}", p.passes, d.reason),
+                    data,
+                );
+                Ok(())
+            }
+            Action::RaiseThrottle { to_pct } => {
+                let req = TuneRequest {
+                    throttle_pct: Some(*to_pct),
+                    ..Default::default()
+                };
+                source.tune(&self.m.vm, &req).await.map_err(|e| {
+                    Abort::fail(format!("the source could not throttle the guest: {e}"))
+                })?;
+                self.step = ControllerStep::Throttled(*to_pct);
+                self.event(
+                    "migration.controller",
+                    Outcome::Info,
+                    format!("pass {}: {}", p.passes, d.reason),
+                    data,
+                );
+                Ok(())
+            }
+            Action::StartPostcopy => {
+                // Post-copy needs link-failure recovery before Ferry may use it; the server
+                // refuses post-copy policies until then, so this is unreachable in practice.
+                Err(Abort::fail(format!(
+                    "the controller asked for post-copy, which this server does not run yet: {}",
+                    d.reason
+                )))
+            }
+            Action::Abort { reason } => {
+                self.event(
+                    "migration.controller",
+                    Outcome::Error,
+                    format!("pass {}: aborting: {reason}", p.passes),
+                    data,
+                );
+                Err(Abort::fail(format!(
+                    "the convergence controller aborted: {reason}"
+                )))
+            }
+        }
+    }
+}
