@@ -123,4 +123,30 @@ async fn the_controller_aborts_when_it_may_not_throttle_and_converges_when_it_ma
         .wait_status(Duration::from_secs(30), |s| s.mismatches == 0)
         .await;
     assert!(v.is_ok(), "the guest runs clean on a: {v:?}");
+
+    // Streams and compression reach QEMU on both sides: two multifd channels with zstd
+    // over a faster link converge, and the guest verifies clean on b.
+    let before = ferry_lab::Observer { client: &c, vm: VM }
+        .last_status()
+        .await
+        .unwrap()
+        .expect("status");
+    let (code, m, err) = migrate(
+        &lab,
+        "200",
+        &[
+            "--streams",
+            "2",
+            "--compression",
+            "zstd",
+            "--zero-page",
+            "multifd",
+        ],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(m.phase, Phase::Completed);
+    let v = ferry_lab::verdict_after(&c, VM, &before, Duration::from_secs(120))
+        .await
+        .unwrap();
+    assert!(v.ok(), "{}", v.describe());
 }
