@@ -151,13 +151,8 @@ pub async fn migrate(a: BenchMigrateArgs) -> CliResult {
         link: "loopback (127.0.0.1), no bandwidth cap",
         rows,
     };
-    std::fs::create_dir_all(&a.out)
-        .map_err(|e| CliError::failed(format!("cannot create {}: {e}", a.out.display())))?;
-    let file = a.out.join("migrate-loopback.json");
-    let text =
-        serde_json::to_string_pretty(&results).map_err(|e| CliError::failed(e.to_string()))?;
-    std::fs::write(&file, text + "\n")
-        .map_err(|e| CliError::failed(format!("cannot write {}: {e}", file.display())))?;
+    let doc = serde_json::to_value(&results).map_err(|e| CliError::failed(e.to_string()))?;
+    let file = write_result(&a.out, "migrate-loopback", &doc)?;
     if a.json.json {
         print_json(&results)?;
     } else {
@@ -213,4 +208,36 @@ pub async fn migrate(a: BenchMigrateArgs) -> CliResult {
             "some runs did not complete cleanly (see the table)",
         ))
     }
+}
+
+/// The machine a benchmark ran on, as the namespaced benchmarks record it.
+pub fn machine_json(accel: &str) -> serde_json::Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, v)| v.trim().to_string())
+        .unwrap_or_default();
+    serde_json::json!({
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "cpu": cpu,
+        "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
+        "accel": accel,
+    })
+}
+
+/// Writes `doc` as `<out>/<name>.json` (pretty, newline-terminated); returns the path.
+pub fn write_result(
+    out: &std::path::Path,
+    name: &str,
+    doc: &serde_json::Value,
+) -> Result<std::path::PathBuf, CliError> {
+    std::fs::create_dir_all(out)
+        .map_err(|e| CliError::failed(format!("cannot create {}: {e}", out.display())))?;
+    let file = out.join(format!("{name}.json"));
+    let text = serde_json::to_string_pretty(doc).map_err(|e| CliError::failed(e.to_string()))?;
+    std::fs::write(&file, text + "\n")
+        .map_err(|e| CliError::failed(format!("cannot write {}: {e}", file.display())))?;
+    Ok(file)
 }

@@ -166,23 +166,16 @@ pub async fn network(a: BenchNetworkArgs) -> CliResult {
     );
     drop(lab);
 
-    std::fs::create_dir_all(&a.out).map_err(fail)?;
-    let file = a.out.join("network.json");
     let doc = serde_json::json!({
         "benchmark": "network",
         "date": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        "machine": { "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
-                     "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim() },
+        "machine": crate::bench::machine_json("tcg"),
         "guest_memory_mib": a.memory,
         "workload_mib": a.workload_mem,
         "client": "one TCP connection from a client namespace, one request every 10 ms",
         "rows": rows,
     });
-    std::fs::write(
-        &file,
-        serde_json::to_string_pretty(&doc).map_err(fail)? + "\n",
-    )
-    .map_err(fail)?;
+    let file = crate::bench::write_result(&a.out, "network", &doc)?;
     if a.json.json {
         print_json(&doc)?;
     } else {

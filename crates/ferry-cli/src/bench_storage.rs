@@ -326,22 +326,14 @@ pub async fn storage(a: BenchStorageArgs) -> CliResult {
 }
 
 fn report(a: &BenchStorageArgs, r: &Results) -> CliResult {
-    std::fs::create_dir_all(&a.out).map_err(fail)?;
-    let file = a.out.join("storage.json");
     let doc = serde_json::json!({
         "benchmark": "storage",
         "date": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        "machine": { "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
-                     "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
-                     "accel": "tcg" },
+        "machine": crate::bench::machine_json("tcg"),
         "guest_memory_mib": a.memory,
         "results": r,
     });
-    std::fs::write(
-        &file,
-        serde_json::to_string_pretty(&doc).map_err(fail)? + "\n",
-    )
-    .map_err(fail)?;
+    let file = crate::bench::write_result(&a.out, "storage", &doc)?;
     if a.json.json {
         print_json(&doc)?;
     } else {

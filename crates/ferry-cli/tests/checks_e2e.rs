@@ -16,15 +16,6 @@ use ferry_lab::netlab::{NetLab, NetLabConfig};
 
 const VM: &str = "web1";
 
-/// A tmpfs mounted over a directory for the test, unmounted also when the test fails.
-struct Tmpfs(PathBuf);
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
 /// A `qemu-system-x86_64` whose machine list lacks `pc-q35-10.0` (as an older QEMU's
 /// would); everything else runs the real binary.
 fn qemu_without_q35_10(dir: &Path) -> PathBuf {
@@ -81,13 +72,7 @@ async fn each_unfit_destination_is_refused_by_the_check_that_names_why() {
         std::fs::create_dir_all(pool(h)).unwrap();
     }
     // g's pool is a 40 MiB file system: the VM's 64 MiB of disk data cannot fit.
-    let out = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=40m", "tmpfs"])
-        .arg(pool("g"))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "mount: {out:?}");
-    let _tmpfs = Tmpfs(pool("g"));
+    let _tmpfs = Tmpfs::mount(&pool("g"), 40);
 
     let image_dir = ferry_lab::ensure_test_image(&mut |_| {}).expect("test image");
     let mut cfg = NetLabConfig::new(ferry_bin(), &["a", "b", "c", "d", "e", "f", "g", "h"]);
@@ -244,14 +229,7 @@ async fn each_unfit_destination_is_refused_by_the_check_that_names_why() {
     assert!(out.status.success(), "{}", stderr(&out));
     let m: Migration = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(m.phase, Phase::Completed);
-    let logged = c
-        .events(&EventQuery {
-            migration: Some(m.id),
-            kind: Some("migration.check".into()),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let logged = migration_events(&c, m.id, "migration.check").await;
     assert_eq!(logged.len(), 1, "the passing report is in the event log");
     lab.shutdown();
 }

@@ -59,14 +59,7 @@ async fn the_controller_aborts_when_it_may_not_throttle_and_converges_when_it_ma
         status.progress.throttle_pct, 0,
         "the guest is not throttled"
     );
-    let decisions = c
-        .events(&EventQuery {
-            migration: Some(m.id),
-            kind: Some("migration.controller".into()),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let decisions = migration_events(&c, m.id, "migration.controller").await;
     let last = decisions.last().expect("the decision is logged");
     assert_eq!(last.outcome, Outcome::Error);
     assert!(

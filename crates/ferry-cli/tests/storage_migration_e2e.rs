@@ -11,7 +11,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -23,30 +23,6 @@ const DISK: &str = "ldata";
 /// The guest's self-verifying area on the disk, and how fast it rewrites it.
 const AREA_MIB: u64 = 48;
 const WRITE_MIB_S: f64 = 2.0;
-
-/// A tmpfs mounted over a directory for the test, unmounted also when the test fails.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &Path, size_mib: u64) -> Tmpfs {
-        let out = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size_mib}m"), "tmpfs"])
-            .arg(dir)
-            .output()
-            .expect("mount runs");
-        assert!(out.status.success(), "mount tmpfs: {out:?}");
-        Tmpfs(dir.to_path_buf())
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
-}
 
 fn free_bytes(dir: &Path) -> u64 {
     let s = nix::sys::statvfs::statvfs(dir).expect("statvfs");
@@ -203,14 +179,7 @@ async fn local_disks_move_with_the_vm_and_every_failure_leaves_the_source_intact
         let m = wait_end(&c, &m).await;
         assert_left_intact(&lab, &m, "destination out of space", "No space left").await;
         // The copy's progress went into the event log, bytes copied and outstanding.
-        let events = c
-            .events(&EventQuery {
-                migration: Some(m.id),
-                kind: Some("migration.disks".into()),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
+        let events = migration_events(&c, m.id, "migration.disks").await;
         let e = events.first().expect("a disk progress event");
         assert!(e.message.contains("outstanding"), "{}", e.message);
         assert!(

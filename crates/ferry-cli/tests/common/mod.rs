@@ -88,3 +88,42 @@ pub async fn wait_console(
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     }
 }
+
+/// A tmpfs mounted over a directory for the test, unmounted also when the test fails.
+pub struct Tmpfs(pub std::path::PathBuf);
+
+impl Tmpfs {
+    pub fn mount(dir: &std::path::Path, size_mib: u64) -> Tmpfs {
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size_mib}m"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .expect("mount runs");
+        assert!(out.status.success(), "mount tmpfs: {out:?}");
+        Tmpfs(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// The events of one migration, of one kind.
+pub async fn migration_events(
+    c: &ferry_api::client::ServerClient,
+    id: uuid::Uuid,
+    kind: &str,
+) -> Vec<Event> {
+    c.events(&EventQuery {
+        migration: Some(id),
+        kind: Some(kind.into()),
+        ..Default::default()
+    })
+    .await
+    .expect("events")
+}

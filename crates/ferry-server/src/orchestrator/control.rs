@@ -49,16 +49,8 @@ impl Run {
         let data = serde_json::json!({
             "decision": d, "sample": sample, "policy": policy, "step": self.step,
         });
-        match &d.action {
-            Action::Continue => {
-                self.event(
-                    "migration.controller",
-                    Outcome::Info,
-                    format!("pass {}: {}", p.passes, d.reason),
-                    data,
-                );
-                Ok(())
-            }
+        let (outcome, message, result) = match &d.action {
+            Action::Continue => (Outcome::Info, d.reason.clone(), Ok(())),
             Action::RaiseThrottle { to_pct } => {
                 let req = TuneRequest {
                     throttle_pct: Some(*to_pct),
@@ -68,33 +60,32 @@ impl Run {
                     Abort::fail(format!("the source could not throttle the guest: {e}"))
                 })?;
                 self.step = ControllerStep::Throttled(*to_pct);
-                self.event(
-                    "migration.controller",
-                    Outcome::Info,
-                    format!("pass {}: {}", p.passes, d.reason),
-                    data,
-                );
-                Ok(())
+                (Outcome::Info, d.reason.clone(), Ok(()))
             }
-            Action::StartPostcopy => {
-                // Post-copy needs link-failure recovery before Ferry may use it; the server
-                // refuses post-copy policies until then, so this is unreachable in practice.
+            // Post-copy needs link-failure recovery before Ferry may use it; the server
+            // refuses post-copy policies until then, so this is unreachable in practice.
+            Action::StartPostcopy => (
+                Outcome::Error,
+                format!("post-copy asked for but not available: {}", d.reason),
                 Err(Abort::fail(format!(
                     "the controller asked for post-copy, which this server does not run yet: {}",
                     d.reason
-                )))
-            }
-            Action::Abort { reason } => {
-                self.event(
-                    "migration.controller",
-                    Outcome::Error,
-                    format!("pass {}: aborting: {reason}", p.passes),
-                    data,
-                );
+                ))),
+            ),
+            Action::Abort { reason } => (
+                Outcome::Error,
+                format!("aborting: {reason}"),
                 Err(Abort::fail(format!(
                     "the convergence controller aborted: {reason}"
-                )))
-            }
-        }
+                ))),
+            ),
+        };
+        self.event(
+            "migration.controller",
+            outcome,
+            format!("pass {}: {message}", p.passes),
+            data,
+        );
+        result
     }
 }
