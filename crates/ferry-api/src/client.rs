@@ -215,6 +215,12 @@ impl ServerClient {
     pub async fn set_baseline(&self, s: &BaselineSetting) -> Result<ClusterInfo, ClientError> {
         self.http.post("/v1/cluster/baseline", s).await
     }
+    pub async fn set_migration_defaults(
+        &self,
+        o: &MigrationOptions,
+    ) -> Result<ClusterInfo, ClientError> {
+        self.http.post("/v1/cluster/migration-defaults", o).await
+    }
     pub async fn set_maintenance(&self, host: &str, on: bool) -> Result<Host, ClientError> {
         self.http
             .post(

@@ -68,6 +68,9 @@ pub struct ClusterInfo {
     pub baseline_model: Option<String>,
     /// Hosts that cannot run the baseline, with why.
     pub hosts_without_baseline: Vec<HostBaselineProblem>,
+    /// Options every migration gets unless it sets its own.
+    #[serde(default)]
+    pub migration_defaults: crate::MigrationOptions,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

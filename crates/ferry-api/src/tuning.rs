@@ -100,6 +100,26 @@ impl StreamSettings {
 }
 
 impl MigrationOptions {
+    /// These options with every unset field taken from `defaults` (the cluster's).
+    /// `keep_source` and `force` are per migration and never defaulted.
+    pub fn with_defaults(&self, d: &MigrationOptions) -> MigrationOptions {
+        MigrationOptions {
+            max_bandwidth_mib: self.max_bandwidth_mib.or(d.max_bandwidth_mib),
+            downtime_limit_ms: self.downtime_limit_ms.or(d.downtime_limit_ms),
+            progress_timeout_s: self.progress_timeout_s.or(d.progress_timeout_s),
+            keep_source: self.keep_source,
+            force: self.force,
+            streams: self.streams.or(d.streams),
+            compression: self.compression.or(d.compression),
+            zero_page: self.zero_page.or(d.zero_page),
+            max_throttle_pct: self.max_throttle_pct.or(d.max_throttle_pct),
+            postcopy: self.postcopy.or(d.postcopy),
+            completion_timeout_s_per_gib: self
+                .completion_timeout_s_per_gib
+                .or(d.completion_timeout_s_per_gib),
+        }
+    }
+
     /// The streaming options that must agree with each other (see [`MigrationOptions::validate`]).
     pub(crate) fn validate_stream(&self) -> Result<(), ApiError> {
         let streams = self.streams.unwrap_or(1);
@@ -205,6 +225,30 @@ mod tests {
             ..Default::default()
         })
         .is_ok());
+    }
+
+    #[test]
+    fn a_migration_s_own_options_win_over_the_defaults() {
+        let defaults = MigrationOptions {
+            downtime_limit_ms: Some(200),
+            max_throttle_pct: Some(80),
+            streams: Some(4),
+            keep_source: true,
+            ..Default::default()
+        };
+        let own = MigrationOptions {
+            streams: Some(2),
+            force: true,
+            ..Default::default()
+        };
+        let m = own.with_defaults(&defaults);
+        assert_eq!(m.streams, Some(2));
+        assert_eq!(m.downtime_limit_ms, Some(200));
+        assert_eq!(m.max_throttle_pct, Some(80));
+        assert!(
+            m.force && !m.keep_source,
+            "per-migration flags are not defaulted"
+        );
     }
 
     #[test]

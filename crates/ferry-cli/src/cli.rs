@@ -205,6 +205,19 @@ pub enum ClusterCmd {
         #[command(flatten)]
         json: JsonFlag,
     },
+    /// Set the migration options every migration gets unless it names its own (each
+    /// flag given replaces that default; `--clear` removes them all).
+    #[command(
+        after_help = "Examples:\n  ferry cluster defaults --max-throttle 80 --downtime-limit 200\n  ferry cluster defaults --streams 4 --compression zstd\n  ferry cluster defaults --clear"
+    )]
+    Defaults {
+        #[command(flatten)]
+        tuning: TuningArgs,
+        #[arg(long)]
+        clear: bool,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -318,6 +331,29 @@ pub struct MigrateArgs {
     /// Destination host.
     #[arg(long)]
     pub to: String,
+    #[command(flatten)]
+    pub tuning: TuningArgs,
+    /// Local-pool disks are copied to the destination; keep the source's copy afterwards
+    /// (by default it is deleted once the VM runs on the destination).
+    #[arg(long)]
+    pub keep_source: bool,
+    /// Run the pre-migration checks, print the report and migrate nothing (exit 2 if a
+    /// check fails).
+    #[arg(long)]
+    pub check: bool,
+    /// Go on past checks that only warn (failed checks always refuse).
+    #[arg(long)]
+    pub force: bool,
+    /// Return once the migration is accepted, without following it.
+    #[arg(long)]
+    pub no_wait: bool,
+    #[command(flatten)]
+    pub json: JsonFlag,
+}
+
+/// How a migration streams and converges (per migration, or as cluster defaults).
+#[derive(Args, Debug, Clone, Default)]
+pub struct TuningArgs {
     /// Cap the migration stream, MiB/s.
     #[arg(long, value_name = "MIB_S")]
     pub max_bandwidth: Option<u64>,
@@ -327,10 +363,6 @@ pub struct MigrateArgs {
     /// Give up when no progress is made for this long, s.
     #[arg(long, value_name = "S")]
     pub progress_timeout: Option<u64>,
-    /// Local-pool disks are copied to the destination; keep the source's copy afterwards
-    /// (by default it is deleted once the VM runs on the destination).
-    #[arg(long)]
-    pub keep_source: bool,
     /// Parallel streams (QEMU multifd channels); 1: a single stream.
     #[arg(long, value_name = "N")]
     pub streams: Option<u8>,
@@ -349,18 +381,6 @@ pub struct MigrateArgs {
     /// escalates.
     #[arg(long, value_name = "S")]
     pub completion_timeout_per_gib: Option<u64>,
-    /// Run the pre-migration checks, print the report and migrate nothing (exit 2 if a
-    /// check fails).
-    #[arg(long)]
-    pub check: bool,
-    /// Go on past checks that only warn (failed checks always refuse).
-    #[arg(long)]
-    pub force: bool,
-    /// Return once the migration is accepted, without following it.
-    #[arg(long)]
-    pub no_wait: bool,
-    #[command(flatten)]
-    pub json: JsonFlag,
 }
 
 #[derive(Subcommand, Debug)]

@@ -126,6 +126,20 @@ pub async fn cluster(server: &str, cmd: ClusterCmd) -> CliResult {
     let c = client(server)?;
     let (info, json) = match cmd {
         ClusterCmd::Show(j) => (c.cluster().await?, j.json),
+        ClusterCmd::Defaults {
+            tuning,
+            clear,
+            json,
+        } => {
+            let o = if clear {
+                MigrationOptions::default()
+            } else {
+                // Flags given replace those defaults; the others stay as they are.
+                crate::cmd_migrate::options_from(&tuning)?
+                    .with_defaults(&c.cluster().await?.migration_defaults)
+            };
+            (c.set_migration_defaults(&o).await?, json.json)
+        }
         ClusterCmd::Baseline { model, json, .. } => {
             let setting = match model {
                 Some(m) => BaselineSetting::Fixed(m),
@@ -151,6 +165,24 @@ pub async fn cluster(server: &str, cmd: ClusterCmd) -> CliResult {
     for p in &info.hosts_without_baseline {
         println!("  host {} {}", p.host, p.reason);
     }
+    let d = serde_json::to_value(&info.migration_defaults).unwrap_or_default();
+    let set: Vec<String> = d
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .filter(|(_, v)| !v.is_null() && **v != serde_json::Value::Bool(false))
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect()
+        })
+        .unwrap_or_default();
+    println!(
+        "migration      {}",
+        if set.is_empty() {
+            "Ferry's defaults".to_string()
+        } else {
+            set.join(" ")
+        }
+    );
     Ok(())
 }
 

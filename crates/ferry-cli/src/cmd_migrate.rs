@@ -6,7 +6,7 @@ use ferry_api::client::{ClientError, ServerClient};
 use ferry_api::*;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::cli::{MigrateArgs, MigrationCmd};
+use crate::cli::{MigrateArgs, MigrationCmd, TuningArgs};
 use crate::cmd_cluster::client;
 use crate::exit::{CliError, CliResult};
 use crate::output::{bytes, millis, print_json, print_table, rate};
@@ -17,17 +17,9 @@ pub async fn migrate(server: &str, a: MigrateArgs) -> CliResult {
         vm: a.name.clone(),
         to: a.to.clone(),
         options: MigrationOptions {
-            max_bandwidth_mib: a.max_bandwidth,
-            downtime_limit_ms: a.downtime_limit,
-            progress_timeout_s: a.progress_timeout,
             keep_source: a.keep_source,
             force: a.force,
-            streams: a.streams,
-            compression: a.compression.as_deref().map(named).transpose()?,
-            zero_page: a.zero_page.as_deref().map(named).transpose()?,
-            max_throttle_pct: a.max_throttle,
-            postcopy: None,
-            completion_timeout_s_per_gib: a.completion_timeout_per_gib,
+            ..options_from(&a.tuning)?
         },
     };
     req.options
@@ -141,6 +133,22 @@ pub async fn follow(c: &ServerClient, m: &Migration, bar: bool) -> Result<Migrat
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// The streaming and convergence options the flags name (unset flags stay unset).
+pub fn options_from(t: &TuningArgs) -> Result<MigrationOptions, CliError> {
+    Ok(MigrationOptions {
+        max_bandwidth_mib: t.max_bandwidth,
+        downtime_limit_ms: t.downtime_limit,
+        progress_timeout_s: t.progress_timeout,
+        streams: t.streams,
+        compression: t.compression.as_deref().map(named).transpose()?,
+        zero_page: t.zero_page.as_deref().map(named).transpose()?,
+        max_throttle_pct: t.max_throttle,
+        postcopy: None,
+        completion_timeout_s_per_gib: t.completion_timeout_per_gib,
+        ..Default::default()
+    })
 }
 
 /// A snake_case option value as its API enum (clap already limited the choices).

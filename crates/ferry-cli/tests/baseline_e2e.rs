@@ -33,7 +33,62 @@ async fn the_baseline_is_the_best_model_every_host_runs() {
         .await
         .unwrap();
     assert_eq!(vm.spec.cpu_model, "Westmere");
-    let _ = c.stop_vm("base1").await;
+
+    // Cluster migration defaults: set in two steps (each keeps the other's), refused when
+    // they cannot work, and given to a migration that names none of its own.
+    for args in [
+        vec![
+            "cluster",
+            "defaults",
+            "--max-throttle",
+            "80",
+            "--downtime-limit",
+            "250",
+        ],
+        vec!["cluster", "defaults", "--streams", "2"],
+    ] {
+        let (code, _, err) = cluster(&lab, &args);
+        assert_eq!(code, Some(0), "{err}");
+    }
+    let (code, _, err) = cluster(&lab, &["cluster", "defaults", "--compression", "xbzrle"]);
+    assert_eq!(code, Some(2), "xbzrle with the 2 default streams: {err}");
+    let d = c.cluster().await.unwrap().migration_defaults;
+    assert_eq!(
+        (d.max_throttle_pct, d.downtime_limit_ms, d.streams),
+        (Some(80), Some(250), Some(2))
+    );
+    let m = c
+        .migrate(&MigrateRequest {
+            vm: "base1".into(),
+            to: "b".into(),
+            options: MigrationOptions {
+                downtime_limit_ms: Some(400),
+                ..Default::default()
+            },
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            m.options.max_throttle_pct,
+            m.options.downtime_limit_ms,
+            m.options.streams
+        ),
+        (Some(80), Some(400), Some(2)),
+        "the migration's own downtime limit wins; the rest are the defaults"
+    );
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !c.migration(m.id).await.unwrap().phase.is_terminal() {
+        assert!(Instant::now() < deadline, "migration did not end");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(c.migration(m.id).await.unwrap().phase, Phase::Completed);
+    let (code, _, err) = cluster(&lab, &["cluster", "defaults", "--clear"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(
+        c.cluster().await.unwrap().migration_defaults,
+        MigrationOptions::default()
+    );
 
     // A fixed baseline every host runs is accepted.
     let (code, out, err) = cluster(&lab, &["cluster", "baseline", "--model", "Nehalem"]);

@@ -19,6 +19,7 @@
 //! POST   /v1/hosts/{name}/maintenance MaintenanceRequest -> Host
 //! GET    /v1/cluster                  ClusterInfo (CPU baseline)
 //! POST   /v1/cluster/baseline         BaselineSetting -> ClusterInfo
+//! POST   /v1/cluster/migration-defaults MigrationOptions -> ClusterInfo
 //! GET    /v1/migrations/{id}          Migration
 //! POST   /v1/migrations/{id}/cancel   Migration
 //! GET    /v1/events                   [Event] (?vm= &migration= &kind= &after= &limit=)
@@ -58,6 +59,10 @@ pub fn router(server: Arc<Server>) -> Router {
         .route("/v1/migrations/check", post(check_migration))
         .route("/v1/cluster", get(cluster))
         .route("/v1/cluster/baseline", post(set_baseline))
+        .route(
+            "/v1/cluster/migration-defaults",
+            post(set_migration_defaults),
+        )
         .route("/v1/migrations/{id}", get(migration))
         .route("/v1/migrations/{id}/cancel", post(cancel))
         .route("/v1/events", get(events))
@@ -232,6 +237,19 @@ async fn set_baseline(
     ApiJson(req): ApiJson<BaselineSetting>,
 ) -> Answer<ClusterInfo> {
     match act(&s, &h, Action::SetBaseline(req)).await? {
+        ActionOutcome::Cluster(c) => Ok(Json(c)),
+        _ => Err(Failure(ApiError::internal(
+            "action returned an unexpected outcome",
+        ))),
+    }
+}
+
+async fn set_migration_defaults(
+    State(s): Shared,
+    h: HeaderMap,
+    ApiJson(req): ApiJson<MigrationOptions>,
+) -> Answer<ClusterInfo> {
+    match act(&s, &h, Action::SetMigrationDefaults(req)).await? {
         ActionOutcome::Cluster(c) => Ok(Json(c)),
         _ => Err(Failure(ApiError::internal(
             "action returned an unexpected outcome",

@@ -7,6 +7,7 @@ use crate::core::Server;
 use crate::store::NewEvent;
 
 const BASELINE_KEY: &str = "cpu_baseline";
+const MIGRATION_DEFAULTS_KEY: &str = "migration_defaults";
 /// The last baseline model announced, to log changes of an automatic baseline.
 const EFFECTIVE_KEY: &str = "cpu_baseline_effective";
 
@@ -18,6 +19,33 @@ impl Server {
                 ApiError::internal(format!("stored CPU baseline setting is unreadable: {e}"))
             }),
         }
+    }
+
+    pub fn migration_defaults(&self) -> Result<MigrationOptions, ApiError> {
+        match self.store.setting(MIGRATION_DEFAULTS_KEY)? {
+            None => Ok(MigrationOptions::default()),
+            Some(text) => serde_json::from_str(&text).map_err(|e| {
+                ApiError::internal(format!("stored migration defaults are unreadable: {e}"))
+            }),
+        }
+    }
+
+    /// Replaces the cluster's migration defaults (validated like a migration's options).
+    pub fn set_migration_defaults(&self, o: MigrationOptions) -> Result<ClusterInfo, ApiError> {
+        o.validate()?;
+        if o.keep_source || o.force {
+            return Err(ApiError::bad_request(
+                "keep_source and force are per migration, not cluster defaults",
+            ));
+        }
+        if o.postcopy.unwrap_or_default() != PostcopyPolicy::Never {
+            return Err(ApiError::bad_request(
+                "post-copy is not available yet (it needs link-failure recovery)",
+            ));
+        }
+        let text = serde_json::to_string(&o).map_err(|e| ApiError::internal(e.to_string()))?;
+        self.store.set_setting(MIGRATION_DEFAULTS_KEY, &text)?;
+        self.cluster_info()
     }
 
     /// The setting, the model it resolves to, and the hosts that cannot run it.
@@ -56,6 +84,7 @@ impl Server {
             baseline_setting: setting,
             baseline_model: model,
             hosts_without_baseline,
+            migration_defaults: self.migration_defaults()?,
         })
     }
 

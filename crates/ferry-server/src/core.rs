@@ -40,6 +40,7 @@ pub enum Action {
         on: bool,
     },
     SetBaseline(BaselineSetting),
+    SetMigrationDefaults(MigrationOptions),
     CreateDisk {
         host: String,
         pool: String,
@@ -155,6 +156,9 @@ impl Server {
                 self.check_migration(&req).await.map(ActionOutcome::Checks)
             }
             Action::SetBaseline(s) => self.set_baseline(s).map(ActionOutcome::Cluster),
+            Action::SetMigrationDefaults(o) => {
+                self.set_migration_defaults(o).map(ActionOutcome::Cluster)
+            }
             Action::SetMaintenance { host, on } => {
                 validate_name("host name", &host)?;
                 if !self.store.set_maintenance(&host, on)? {
@@ -485,8 +489,9 @@ impl Server {
     async fn start_migration(
         self: &Arc<Self>,
         actor: &str,
-        req: MigrateRequest,
+        mut req: MigrateRequest,
     ) -> Result<Migration, ApiError> {
+        req.options = req.options.with_defaults(&self.migration_defaults()?);
         req.options.validate()?;
         let vm = self.find_vm(&req.vm)?;
         validate_name("host name", &req.to)?;
@@ -680,6 +685,7 @@ fn describe(action: &Action) -> (&'static str, Option<String>, Option<String>, O
         ),
         Action::CancelMigration(id) => ("migration.cancel", None, None, Some(*id)),
         Action::SetBaseline(_) => ("cluster.baseline", None, None, None),
+        Action::SetMigrationDefaults(_) => ("cluster.migration_defaults", None, None, None),
         Action::SetMaintenance { host, .. } => ("host.maintenance", None, Some(host.clone()), None),
         Action::CreateDisk { host, .. } => ("disk.create", None, Some(host.clone()), None),
         Action::DeleteDisk { host, .. } => ("disk.delete", None, Some(host.clone()), None),
