@@ -278,26 +278,43 @@ impl QmpClient {
         let (read_half, write_half) = tokio::io::split(stream);
         let mut reader = BufReader::new(read_half);
 
-        // Greeting: {"QMP": {"version": {...}, "capabilities": [...]}}
+        // Greeting: {"QMP": {"version": {...}, "capabilities": [...]}}. QEMU can write an event
+        // (e.g. RESUME of a VM started without -S) to a just-accepted connection before the
+        // greeting: the monitor's "opened" handling runs on its own thread. Such early events are
+        // skipped; anything else before the greeting is a protocol error.
         let mut line = Vec::new();
-        let n = tokio::time::timeout(options.command_timeout, reader.read_until(b'\n', &mut line))
-            .await
-            .map_err(|_| QmpError::Timeout {
-                command: "(greeting)".into(),
-                timeout: options.command_timeout,
-            })?
-            .map_err(|source| QmpError::Io {
-                path: path.clone(),
-                source,
-            })?;
-        if n == 0 {
-            return Err(QmpError::Disconnected { path });
-        }
-        let greeting = parse_greeting(&line).map_err(|reason| QmpError::Protocol {
-            path: path.clone(),
-            reason,
-            snippet: snippet(&String::from_utf8_lossy(&line)),
-        })?;
+        let mut skipped_events = 0;
+        let greeting = loop {
+            line.clear();
+            let n =
+                tokio::time::timeout(options.command_timeout, reader.read_until(b'\n', &mut line))
+                    .await
+                    .map_err(|_| QmpError::Timeout {
+                        command: "(greeting)".into(),
+                        timeout: options.command_timeout,
+                    })?
+                    .map_err(|source| QmpError::Io {
+                        path: path.clone(),
+                        source,
+                    })?;
+            if n == 0 {
+                return Err(QmpError::Disconnected { path });
+            }
+            match parse_greeting(&line) {
+                Ok(greeting) => break greeting,
+                Err(_) if is_event(&line) && skipped_events < MAX_EVENTS_BEFORE_GREETING => {
+                    skipped_events += 1;
+                    debug!(path = %path.display(), "QMP event before the greeting skipped");
+                }
+                Err(reason) => {
+                    return Err(QmpError::Protocol {
+                        path: path.clone(),
+                        reason,
+                        snippet: snippet(&String::from_utf8_lossy(&line)),
+                    })
+                }
+            }
+        };
         debug!(
             path = %path.display(),
             version = %greeting.version.qemu,
@@ -528,6 +545,13 @@ impl fmt::Debug for QmpClient {
     }
 }
 
+/// How many events a connection may carry before QEMU's greeting (see `from_stream`).
+const MAX_EVENTS_BEFORE_GREETING: usize = 16;
+
+fn is_event(line: &[u8]) -> bool {
+    matches!(parse_message(line), Ok(Incoming::Event(_)))
+}
+
 fn parse_greeting(line: &[u8]) -> Result<Greeting, String> {
     #[derive(serde::Deserialize)]
     struct Wrapper {
@@ -644,6 +668,10 @@ mod tests {
         assert_eq!(g.version.qemu.micro, 2);
         assert_eq!(g.capabilities, vec!["oob".to_owned()]);
         assert!(parse_greeting(br#"{"return": {}}"#).is_err());
+        assert!(is_event(
+            br#"{"timestamp": {"seconds": 1, "microseconds": 2}, "event": "RESUME"}"#
+        ));
+        assert!(!is_event(br#"{"return": {}}"#));
     }
 }
 
@@ -705,6 +733,42 @@ mod duplex_tests {
             .await
             .unwrap();
         (client, server.await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn an_event_written_before_the_greeting_is_skipped_and_anything_else_refused() {
+        for (early, accepted) in [
+            (
+                r#"{"timestamp": {"seconds": 1, "microseconds": 0}, "event": "RESUME"}"#,
+                true,
+            ),
+            (r#"{"return": {}}"#, false),
+        ] {
+            let (ours, theirs) = tokio::io::duplex(1 << 16);
+            let (r, w) = tokio::io::split(theirs);
+            let mut fake = FakeQemu {
+                lines: BufReader::new(r).lines(),
+                write: w,
+            };
+            let early = early.to_owned();
+            let server = tokio::spawn(async move {
+                let script = format!("{early}\r\n{GREETING}\r\n");
+                fake.write.write_all(script.as_bytes()).await.unwrap();
+                if let Ok(Some(line)) = fake.lines.next_line().await {
+                    let req: Value = serde_json::from_str(&line).unwrap();
+                    fake.send(json!({"return": {}, "id": req["id"]})).await;
+                }
+                fake
+            });
+            let client = QmpClient::from_stream(ours, "<fake>", QmpOptions::default()).await;
+            assert_eq!(
+                client.is_ok(),
+                accepted,
+                "early line {accepted}: {client:?}"
+            );
+            drop(client);
+            drop(server.await.unwrap());
+        }
     }
 
     #[tokio::test]
