@@ -12,7 +12,10 @@
 //! POST   /v1/vms/{name}/incoming            IncomingRequest -> IncomingResponse (destination)
 //! POST   /v1/vms/{name}/migration           OutgoingRequest -> AgentMigrationStatus (source)
 //! GET    /v1/vms/{name}/migration           AgentMigrationStatus
-//! POST   /v1/vms/{name}/migration/cancel    VmRuntime (source resumes)
+//! POST   /v1/vms/{name}/migration/cancel    VmRuntime (source resumes; refused in post-copy)
+//! POST   /v1/vms/{name}/migration/pause     AgentMigrationStatus (post-copy, either side)
+//! POST   /v1/vms/{name}/migration/recover   IncomingResponse (destination, post-copy paused)
+//! POST   /v1/vms/{name}/migration/resume    ResumeRequest -> AgentMigrationStatus (source)
 //! POST   /v1/vms/{name}/migration/handover  source QEMU shut down after completion
 //! POST   /v1/vms/{name}/announce            QEMU self-announce (RARP from every NIC)
 //! POST   /v1/probe/listen                   ProbeListenResponse (destination; body ignored)
@@ -57,6 +60,9 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/vms/{name}/migration/disks", post(disk_copy))
         .route("/v1/vms/{name}/migration/tune", post(tune))
         .route("/v1/vms/{name}/migration/cancel", post(cancel))
+        .route("/v1/vms/{name}/migration/pause", post(pause_postcopy))
+        .route("/v1/vms/{name}/migration/recover", post(recover_incoming))
+        .route("/v1/vms/{name}/migration/resume", post(resume_outgoing))
         .route("/v1/vms/{name}/migration/handover", post(handover))
         .route("/v1/vms/{name}/announce", post(announce))
         .route("/v1/probe/listen", post(probe_listen))
@@ -163,6 +169,25 @@ async fn migration_status(
 
 async fn cancel(State(a): Shared, Path(name): Path<String>) -> Answer<VmRuntime> {
     Ok(Json(a.cancel_outgoing(&name).await?))
+}
+
+async fn pause_postcopy(
+    State(a): Shared,
+    Path(name): Path<String>,
+) -> Answer<AgentMigrationStatus> {
+    Ok(Json(a.pause_postcopy(&name).await?))
+}
+
+async fn recover_incoming(State(a): Shared, Path(name): Path<String>) -> Answer<IncomingResponse> {
+    Ok(Json(a.recover_incoming(&name).await?))
+}
+
+async fn resume_outgoing(
+    State(a): Shared,
+    Path(name): Path<String>,
+    ApiJson(req): ApiJson<ferry_api::ResumeRequest>,
+) -> Answer<AgentMigrationStatus> {
+    Ok(Json(a.resume_outgoing(&name, &req).await?))
 }
 
 async fn handover(State(a): Shared, Path(name): Path<String>) -> Answer<serde_json::Value> {

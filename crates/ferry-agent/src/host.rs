@@ -18,6 +18,7 @@ use tokio::sync::Mutex;
 
 use crate::config::AgentConfig;
 use crate::persist::{PersistedVm, Role};
+use crate::postcopy::PostcopyRecoverable;
 use crate::runtime::{Migratable, QemuVm};
 
 /// The line the test guest's init prints once it reaches user space (the accel probe waits
@@ -736,6 +737,53 @@ impl Agent {
         }
         vm.tune(req).await?;
         tracing::info!(vm = %name, ?req, "migration tuned");
+        vm.migration_status().await
+    }
+
+    /// Either side, during post-copy: drop the migration connection (QEMU `migrate-pause`)
+    /// so it can be re-established; a side already paused stays as it is.
+    pub async fn pause_postcopy(&self, name: &str) -> Result<AgentMigrationStatus, ApiError> {
+        let vm = self.find(name).await?;
+        vm.pause_postcopy().await?;
+        tracing::info!(vm = %name, "post-copy paused");
+        vm.migration_status().await
+    }
+
+    /// Destination, post-copy paused: listen for the source again on the migration
+    /// address (the fixed migration port when one is configured).
+    pub async fn recover_incoming(&self, name: &str) -> Result<IncomingResponse, ApiError> {
+        let vm = self.find(name).await?;
+        let port = vm
+            .recover_incoming(self.config.migration_address, self.config.migration_port)
+            .await?;
+        let listen = std::net::SocketAddr::new(self.config.migration_address, port);
+        let advertised =
+            std::net::SocketAddr::new(self.config.advertised_migration_address(), port);
+        tracing::info!(vm = %name, %listen, %advertised, "post-copy recovery listening");
+        Ok(IncomingResponse {
+            listen: listen.to_string(),
+            advertised: advertised.to_string(),
+            disk_export: None,
+        })
+    }
+
+    /// Source, post-copy paused: reconnect to the destination's recovery listener.
+    pub async fn resume_outgoing(
+        &self,
+        name: &str,
+        req: &ferry_api::ResumeRequest,
+    ) -> Result<AgentMigrationStatus, ApiError> {
+        let target = req
+            .uri
+            .strip_prefix("tcp:")
+            .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
+            .ok_or_else(|| {
+                ApiError::bad_request(format!("uri '{}' is not tcp:ADDRESS:PORT", req.uri))
+            })?;
+        let vm = self.find(name).await?;
+        let _op = vm.op_lock.lock().await;
+        vm.resume_outgoing(&format!("tcp:{target}")).await?;
+        tracing::info!(vm = %name, %target, "post-copy resumed towards the destination");
         vm.migration_status().await
     }
 

@@ -9,7 +9,8 @@
 //! Layout: [`config`] (validated settings), [`runtime`] (one VM's QEMU and QMP), [`host`]
 //! (the set of VMs and the operations on them), [`api`] (HTTP routes, thin), [`heartbeat`]
 //! (registration with the server), [`inventory`] (what the host offers), [`probe`] (the
-//! reachability and bandwidth probe of the pre-migration checks).
+//! reachability and bandwidth probe of the pre-migration checks), [`postcopy`] (pausing and
+//! resuming a post-copy migration across a broken link).
 
 pub mod api;
 pub mod config;
@@ -19,6 +20,7 @@ pub mod host;
 pub mod inventory;
 pub mod net;
 pub mod persist;
+pub mod postcopy;
 pub mod probe;
 pub mod runtime;
 pub mod storage;

@@ -275,8 +275,12 @@ impl QemuVm {
                 match tokio::time::timeout(Duration::from_secs(5), self.qmp.query_status()).await {
                     Ok(Ok(s)) => {
                         let state = derive_state(rec.role, &s.status);
-                        if rec.role == Role::Incoming && s.status == RunState::Running {
-                            // The stream completed and the guest runs here now.
+                        if rec.role == Role::Incoming
+                            && s.status == RunState::Running
+                            && !self.in_postcopy().await
+                        {
+                            // The stream completed and the guest runs here now. (In
+                            // post-copy it runs here while pages still arrive.)
                             let _ = self.set_role(Role::Normal);
                         }
                         (state, Some(s.status.to_string()))
@@ -298,6 +302,23 @@ impl QemuVm {
 }
 
 impl QemuVm {
+    /// Whether QEMU's migration is in one of the post-copy states (the guest runs on the
+    /// destination, pages still flow). Unknown counts as yes: the safe side for callers.
+    pub(crate) async fn in_postcopy(&self) -> bool {
+        match self.qmp.query_migrate().await {
+            Ok(info) => matches!(
+                info.status,
+                Some(
+                    MigrationStatus::PostcopyActive
+                        | MigrationStatus::PostcopyPaused
+                        | MigrationStatus::PostcopyRecover
+                        | MigrationStatus::PostcopyRecoverSetup
+                )
+            ),
+            Err(_) => true,
+        }
+    }
+
     /// Capabilities and parameters both sides must share, set before the stream starts.
     /// `pause_before_switchover` only on a source copying disks.
     async fn set_up_stream(
@@ -420,6 +441,8 @@ impl Migratable for QemuVm {
             // QEMU's default cap is 128 MiB/s, which would throttle every migration on a
             // fast link; 0 disables QEMU's rate limit (RATE_LIMIT_DISABLED).
             max_bandwidth: Some(req.max_bandwidth_bytes),
+            // The operator's cap holds in post-copy too (QEMU has a separate one, 0 = none).
+            max_postcopy_bandwidth: Some(req.max_bandwidth_bytes),
             downtime_limit: Some(req.downtime_limit_ms),
             // Auto-converge stays at a token 1 % until the controller raises it.
             cpu_throttle_initial: req.stream.throttle.then_some(1),
@@ -465,6 +488,13 @@ impl Migratable for QemuVm {
     }
 
     async fn cancel_outgoing(&self) -> Result<(), ApiError> {
+        if self.in_postcopy().await {
+            // Resuming this QEMU now would run a stale copy next to the live one.
+            return Err(ApiError::conflict(
+                "post-copy has started: the guest runs on the destination and this host holds \
+                 part of its memory; the migration can only finish, not be cancelled",
+            ));
+        }
         // Cancelling a finished migration is a no-op for QEMU; ignore "not active" errors.
         let _ = self.qmp.migrate_cancel().await;
         self.abort_copies().await;

@@ -403,6 +403,29 @@ impl AgentClient {
             .post(&format!("/v1/vms/{}/migration/tune", seg(name)), req)
             .await
     }
+    /// Either side, during post-copy: drop the migration connection so it can be
+    /// re-established (QEMU's `migrate-pause`); a no-op on a side already paused.
+    pub async fn pause_postcopy(&self, name: &str) -> Result<AgentMigrationStatus, ClientError> {
+        self.http
+            .post(&format!("/v1/vms/{}/migration/pause", seg(name)), &())
+            .await
+    }
+    /// Destination, post-copy paused: listen again on the migration address.
+    pub async fn recover_incoming(&self, name: &str) -> Result<IncomingResponse, ClientError> {
+        self.http
+            .post(&format!("/v1/vms/{}/migration/recover", seg(name)), &())
+            .await
+    }
+    /// Source, post-copy paused: reconnect to the destination's recovery listener.
+    pub async fn resume_outgoing(
+        &self,
+        name: &str,
+        req: &ResumeRequest,
+    ) -> Result<AgentMigrationStatus, ClientError> {
+        self.http
+            .post(&format!("/v1/vms/{}/migration/resume", seg(name)), req)
+            .await
+    }
     /// Source: cancel an outgoing migration and make sure the guest runs here.
     pub async fn cancel_outgoing(&self, name: &str) -> Result<VmRuntime, ClientError> {
         self.http

@@ -154,6 +154,15 @@ pub struct IncomingResponse {
     pub disk_export: Option<String>,
 }
 
+/// Source, post-copy paused: reconnect to the destination's recovery listener
+/// (`POST /v1/vms/{name}/migration/resume`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResumeRequest {
+    /// `tcp:ADDR:PORT`, as the destination's recover answer advertised it.
+    pub uri: String,
+}
+
 /// Source: mirror the listed disks to the destination's NBD export.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -203,6 +212,10 @@ pub struct AgentMigrationStatus {
 impl AgentMigrationStatus {
     pub fn is_completed(&self) -> bool {
         self.progress.qemu_status == "completed"
+    }
+    /// In one of QEMU's post-copy states (active, paused, recovering).
+    pub fn is_postcopy(&self) -> bool {
+        self.progress.qemu_status.starts_with("postcopy")
     }
     pub fn is_failed(&self) -> bool {
         matches!(self.progress.qemu_status.as_str(), "failed" | "cancelled")

@@ -94,6 +94,8 @@ impl StreamSettings {
             ("multifd", self.streams > 1),
             ("xbzrle", self.compression == Compression::Xbzrle),
             ("postcopy-ram", self.postcopy),
+            // The destination's page requests and its recovery handshake travel on it.
+            ("return-path", self.postcopy),
             ("auto-converge", self.throttle),
         ]
     }
@@ -140,6 +142,12 @@ impl MigrationOptions {
                 ))
             }
             _ => {}
+        }
+        if self.postcopy.unwrap_or_default() != PostcopyPolicy::Never && streams > 1 {
+            return Err(ApiError::bad_request(
+                "QEMU cannot combine post-copy with parallel streams (multifd): \
+                 set streams to 1 or postcopy to never",
+            ));
         }
         if self.zero_page == Some(ZeroPage::Multifd) && streams == 1 {
             return Err(ApiError::bad_request(
@@ -211,6 +219,11 @@ mod tests {
                 ..Default::default()
             },
             MigrationOptions {
+                postcopy: Some(PostcopyPolicy::Automatic),
+                streams: Some(2),
+                ..Default::default()
+            },
+            MigrationOptions {
                 completion_timeout_s_per_gib: Some(0),
                 ..Default::default()
             },
@@ -257,7 +270,6 @@ mod tests {
             &MigrationOptions {
                 streams: Some(4),
                 compression: Some(Compression::Zstd),
-                postcopy: Some(PostcopyPolicy::Allowed),
                 max_throttle_pct: Some(80),
                 ..Default::default()
             },
@@ -266,11 +278,22 @@ mod tests {
         let caps = s.capabilities();
         for (cap, on) in [
             ("multifd", true),
-            ("postcopy-ram", true),
+            ("postcopy-ram", false),
+            ("return-path", false),
             ("auto-converge", true),
             ("xbzrle", false),
         ] {
             assert!(caps.contains(&(cap, on)), "{cap}: {caps:?}");
+        }
+        let pc = StreamSettings::from_options(
+            &MigrationOptions {
+                postcopy: Some(PostcopyPolicy::Allowed),
+                ..Default::default()
+            },
+            1 << 30,
+        );
+        for cap in ["postcopy-ram", "return-path"] {
+            assert!(pc.capabilities().contains(&(cap, true)), "{cap}");
         }
         let x = StreamSettings::from_options(
             &MigrationOptions {

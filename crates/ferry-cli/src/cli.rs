@@ -261,6 +261,7 @@ pub enum VmCmd {
     #[command(after_help = "Examples:\n  \
         ferry vm migrate web1 --to b\n  \
         ferry vm migrate web1 --to b --max-bandwidth 100 --json\n  \
+        ferry vm migrate web1 --to b --max-throttle 80 --postcopy allowed\n  \
         ferry vm migrate web1 --to b --no-wait            # print the id and return")]
     Migrate(MigrateArgs),
 }
@@ -377,6 +378,12 @@ pub struct TuningArgs {
     /// cannot converge).
     #[arg(long, value_name = "PCT")]
     pub max_throttle: Option<u8>,
+    /// Post-copy: never (the default), allowed (after throttling reached --max-throttle),
+    /// automatic (as soon as pre-copy is seen not to converge). Post-copy finishes any
+    /// migration, but from the switch on the guest needs both hosts until the last page
+    /// moved: a broken link pauses it and Ferry resumes it when the link is back.
+    #[arg(long, value_parser = ["never", "allowed", "automatic"])]
+    pub postcopy: Option<String>,
     /// Seconds per GiB of guest RAM pre-copy gets to converge before the controller
     /// escalates.
     #[arg(long, value_name = "S")]

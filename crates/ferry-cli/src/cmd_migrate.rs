@@ -145,7 +145,7 @@ pub fn options_from(t: &TuningArgs) -> Result<MigrationOptions, CliError> {
         compression: t.compression.as_deref().map(named).transpose()?,
         zero_page: t.zero_page.as_deref().map(named).transpose()?,
         max_throttle_pct: t.max_throttle,
-        postcopy: None,
+        postcopy: t.postcopy.as_deref().map(named).transpose()?,
         completion_timeout_s_per_gib: t.completion_timeout_per_gib,
         ..Default::default()
     })
@@ -222,6 +222,17 @@ pub fn progress_line(phase: Phase, p: &MigrationProgress) -> (f64, String) {
     if !p.disks.is_empty() {
         message.push_str(&format!("  disks in sync ({})", bytes(copied)));
     }
+    if phase == Phase::PostCopy {
+        // The guest runs on the destination; what is left is the source's share of pages.
+        let message = format!(
+            "post-copy {}: {} still on the source  {}  [{}]",
+            p.qemu_status.trim_start_matches("postcopy-"),
+            bytes(p.remaining_bytes),
+            rate(p.bandwidth_bytes_per_s),
+            p.controller_step
+        );
+        return (p.fraction_done(), message);
+    }
     (p.fraction_done(), message)
 }
 
@@ -243,6 +254,13 @@ pub fn print_report(m: &Migration) {
         println!("  avg bandwidth  {}", rate(r.average_bandwidth_bytes_per_s));
         if r.disk_bytes_copied > 0 {
             println!("  disks copied   {}", bytes(r.disk_bytes_copied));
+        }
+        if r.postcopy {
+            println!(
+                "  post-copy      yes ({} link break(s), {} paused)",
+                r.postcopy_pauses,
+                millis(r.postcopy_paused_ms)
+            );
         }
     }
     if let Some(uri) = &m.stream_uri {

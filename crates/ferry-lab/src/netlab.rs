@@ -880,6 +880,21 @@ impl NetLab {
         Ok(())
     }
 
+    /// Cuts (`up: false`) or restores `host`'s migration link at the switch: its port on the
+    /// migration bridge goes down, so the host's `mig0` loses carrier and every packet either
+    /// way is dropped without an error (a cable pulled mid-stream, not a refused connection).
+    pub fn set_migration_link(&self, host: &str, up: bool) -> Result<(), NetLabError> {
+        let h = self
+            .host(host)
+            .ok_or_else(|| NetLabError::Config(format!("no host {host} in this lab")))?;
+        let state = if up { "up" } else { "down" };
+        sys::ip_in(
+            &self.record.switch_ns,
+            &["link", "set", "dev", &h.switch_migration_port, state],
+        )?;
+        Ok(())
+    }
+
     /// Starts a delaying TCP relay ([`crate::relay`]) listening on `listen` inside namespace
     /// `ns` and forwarding to `to`: `delay_ms` each way, optionally capped at `rate_mbit`
     /// per direction. Typically in the switch namespace on [`NetLab::relay_ip`], towards a

@@ -5,28 +5,34 @@
 //!
 //! ```text
 //!            prepare ok              source migration started
-//!  Pending ─────────────▶ Preparing ─────────────────────────▶ Transferring
-//!     │                      │  │ local disks       disks in sync   ▲  │
-//!     │                      │  └──────────▶ CopyingDisks ──────────┘  │
-//!     │                      │                    │                    │ source reports completed
-//!     │                      │                                     ▼
-//!     │                      │                               SwitchingOver
-//!     │                      │                                     │ destination runs, VM record
-//!     │                      │                                     ▼ points at the destination
-//!     │                      │                                 Completed
-//!     │ failure/cancel       │ failure/cancel     │                    │
-//!     └──────────────────────┴────────────────┴──┬─────────────────┘ (failure only before the
-//!                                           ▼                         destination runs)
-//!                                      RollingBack ──▶ Failed | Cancelled
+//!  Pending ─────────────▶ Preparing ─────────────────────────▶ Transferring ──────────┐
+//!     │                      │  │ local disks       disks in sync   ▲  │               │ controller
+//!     │                      │  └──────────▶ CopyingDisks ──────────┘  │               │ starts
+//!     │                      │                    │                    │ source        ▼ post-copy
+//!     │                      │                    │                    │ completed   PostCopy
+//!     │                      │                    │                    ▼               │  │ lost (a
+//!     │                      │                    │              SwitchingOver         │  │ QEMU died)
+//!     │                      │                    │                    │ destination   │  ▼
+//!     │                      │                    │                    ▼ runs          │ Failed
+//!     │                      │                    │                Completed ◀─────────┘
+//!     │ failure/cancel       │ failure/cancel     │                    │    source sent all,
+//!     └──────────────────────┴────────────────────┴──┬─────────────────┘    destination runs
+//!                                                    ▼   (failure only before the destination runs)
+//!                                               RollingBack ──▶ Failed | Cancelled
 //! ```
 //!
 //! The one rule the diagram encodes: until the destination runs, every way out leads through
 //! `RollingBack`, which leaves the VM running on the source and tears the destination down.
 //! After the destination runs (`Completed`), the source is gone and there is no way back.
+//! Post-copy is the exception made on purpose: the guest runs on the destination while its
+//! memory is split between the hosts, so it can only finish (a broken link is paused and
+//! resumed, see [`postcopy`]) or, if a QEMU dies, be lost; the controller starts it only
+//! when the operator's policy allows it.
 
 pub mod convergence;
 pub mod disk_sync;
 pub mod phase;
+pub mod postcopy;
 pub mod progress;
 
 pub use phase::{Phase, PhaseEvent, TransitionError};

@@ -19,6 +19,11 @@ pub enum Phase {
     /// The source finished sending; the destination must be seen running before the
     /// source is shut down.
     SwitchingOver,
+    /// Post-copy: the guest runs on the destination and the pages still on the source
+    /// follow (pushed in the background, or fetched when the guest touches them). Neither
+    /// side alone holds the whole VM, so there is no rollback from here: a broken link
+    /// pauses both sides and the migration is resumed when the link is back.
+    PostCopy,
     /// The VM runs on the destination; the source QEMU is gone.
     Completed,
     /// Something failed (or the operator cancelled) before the destination ran: the source
@@ -42,6 +47,7 @@ impl Phase {
             Phase::CopyingDisks => "copying_disks",
             Phase::Transferring => "transferring",
             Phase::SwitchingOver => "switching_over",
+            Phase::PostCopy => "post_copy",
             Phase::Completed => "completed",
             Phase::RollingBack => "rolling_back",
             Phase::Failed => "failed",
@@ -54,12 +60,13 @@ impl Phase {
     }
 }
 
-pub const ALL_PHASES: [Phase; 9] = [
+pub const ALL_PHASES: [Phase; 10] = [
     Phase::Pending,
     Phase::Preparing,
     Phase::CopyingDisks,
     Phase::Transferring,
     Phase::SwitchingOver,
+    Phase::PostCopy,
     Phase::Completed,
     Phase::RollingBack,
     Phase::Failed,
@@ -87,6 +94,13 @@ pub enum PhaseEvent {
     SourceCompleted,
     /// The destination QEMU is seen running.
     DestinationRunning,
+    /// Both QEMUs report post-copy active: the guest runs on the destination.
+    PostcopyStarted,
+    /// Post-copy finished: the source sent its last page and the destination runs.
+    PostcopyFinished,
+    /// Post-copy cannot finish (the destination QEMU died, or the source's did, with pages
+    /// only it held): the VM is lost and the migration failed without a rollback.
+    PostcopyLost,
     /// Any failure (agent error, QEMU error, timeout, lost host).
     Failure,
     /// The operator asked to cancel.
@@ -115,6 +129,9 @@ impl Phase {
             (CopyingDisks, DisksInSync) => Transferring,
             (Transferring, SourceCompleted) => SwitchingOver,
             (SwitchingOver, DestinationRunning) => Completed,
+            (Transferring, PostcopyStarted) => PostCopy,
+            (PostCopy, PostcopyFinished) => Completed,
+            (PostCopy, PostcopyLost) => Failed,
             // Until the destination runs, every failure or cancel rolls back.
             (
                 Pending | Preparing | CopyingDisks | Transferring | SwitchingOver,
@@ -130,7 +147,9 @@ impl Phase {
     }
 
     /// Whether the VM's record still points at the source in this phase. Only `Completed`
-    /// moves it: this is the control-plane half of "a VM runs on exactly one host".
+    /// moves it: this is the control-plane half of "a VM runs on exactly one host". (In
+    /// `PostCopy` the guest already runs on the destination, but its memory is still on
+    /// both; the record moves when the source holds nothing any more.)
     pub fn vm_on_source(self) -> bool {
         self != Phase::Completed
     }
@@ -200,6 +219,25 @@ mod tests {
     }
 
     #[test]
+    fn post_copy_finishes_or_is_lost_but_never_rolls_back() {
+        let p = Phase::Transferring
+            .next(PhaseEvent::PostcopyStarted)
+            .unwrap();
+        assert_eq!(p, Phase::PostCopy);
+        assert!(p.next(PhaseEvent::Failure).is_err());
+        assert!(p.next(PhaseEvent::CancelRequested).is_err());
+        assert_eq!(
+            p.next(PhaseEvent::PostcopyFinished).unwrap(),
+            Phase::Completed
+        );
+        assert_eq!(p.next(PhaseEvent::PostcopyLost).unwrap(), Phase::Failed);
+        // Post-copy starts only from a running pre-copy.
+        assert!(Phase::CopyingDisks
+            .next(PhaseEvent::PostcopyStarted)
+            .is_err());
+    }
+
+    #[test]
     fn completed_cannot_be_rolled_back() {
         assert!(Phase::Completed.next(PhaseEvent::Failure).is_err());
         assert!(Phase::Completed.next(PhaseEvent::CancelRequested).is_err());
@@ -222,6 +260,9 @@ mod tests {
             Just(PhaseEvent::DisksInSync),
             Just(PhaseEvent::SourceCompleted),
             Just(PhaseEvent::DestinationRunning),
+            Just(PhaseEvent::PostcopyStarted),
+            Just(PhaseEvent::PostcopyFinished),
+            Just(PhaseEvent::PostcopyLost),
             Just(PhaseEvent::Failure),
             Just(PhaseEvent::CancelRequested),
             any::<bool>().prop_map(|cancelled| PhaseEvent::RolledBack { cancelled }),
@@ -230,8 +271,9 @@ mod tests {
 
     proptest! {
         /// Whatever the orchestrator observes, in any order: terminal phases never change,
-        /// and `Completed` is only reached through `SwitchingOver` (the destination was seen
-        /// running), never from a rollback.
+        /// `Completed` is only reached through `SwitchingOver` (the destination was seen
+        /// running) or the end of post-copy, never from a rollback, and nothing rolls back
+        /// once post-copy started.
         #[test]
         fn no_event_sequence_breaks_the_invariants(events in proptest::collection::vec(any_event(), 0..40)) {
             let mut p = Phase::Pending;
@@ -240,10 +282,16 @@ mod tests {
                     Ok(n) => {
                         prop_assert!(!p.is_terminal(), "terminal {p} moved to {n}");
                         if n == Phase::Completed {
-                            prop_assert_eq!(p, Phase::SwitchingOver);
+                            prop_assert!(matches!(p, Phase::SwitchingOver | Phase::PostCopy));
                         }
-                        if matches!(n, Phase::Failed | Phase::Cancelled) {
+                        if n == Phase::Cancelled {
                             prop_assert_eq!(p, Phase::RollingBack);
+                        }
+                        if n == Phase::Failed {
+                            prop_assert!(matches!(p, Phase::RollingBack | Phase::PostCopy));
+                        }
+                        if p == Phase::PostCopy {
+                            prop_assert!(n != Phase::RollingBack);
                         }
                         p = n;
                     }

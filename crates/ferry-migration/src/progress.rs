@@ -127,6 +127,14 @@ pub struct MigrationReport {
     /// Disk bytes mirrored to the destination (local-pool disks), 0 without.
     #[serde(default)]
     pub disk_bytes_copied: u64,
+    /// Whether the migration finished in post-copy, how often the link broke during it,
+    /// and how long the page stream stood paused in all (ms).
+    #[serde(default)]
+    pub postcopy: bool,
+    #[serde(default)]
+    pub postcopy_pauses: u32,
+    #[serde(default)]
+    pub postcopy_paused_ms: u64,
 }
 
 impl MigrationReport {
@@ -147,6 +155,9 @@ impl MigrationReport {
             passes: progress.passes,
             average_bandwidth_bytes_per_s: avg,
             disk_bytes_copied: disk_totals(&progress.disks).0,
+            postcopy: false,
+            postcopy_pauses: 0,
+            postcopy_paused_ms: 0,
         }
     }
 }

@@ -38,11 +38,6 @@ impl Server {
                 "keep_source and force are per migration, not cluster defaults",
             ));
         }
-        if o.postcopy.unwrap_or_default() != PostcopyPolicy::Never {
-            return Err(ApiError::bad_request(
-                "post-copy is not available yet (it needs link-failure recovery)",
-            ));
-        }
         let text = serde_json::to_string(&o).map_err(|e| ApiError::internal(e.to_string()))?;
         self.store.set_setting(MIGRATION_DEFAULTS_KEY, &text)?;
         self.cluster_info()

@@ -503,13 +503,6 @@ impl Server {
             )));
         }
         self.refuse_if_migrating(&vm)?;
-        if req.options.postcopy.unwrap_or_default() != PostcopyPolicy::Never {
-            // Post-copy without recovery from a broken link could lose the VM: refused
-            // until recovery (migrate-pause / migrate-recover) is in place.
-            return Err(ApiError::bad_request(
-                "post-copy is not available yet (it needs link-failure recovery); use postcopy never",
-            ));
-        }
         let report = self.check_migration(&req).await?;
         let details = serde_json::to_value(&report).unwrap_or_default();
         match report.verdict() {
@@ -638,6 +631,15 @@ impl Server {
         if matches!(m.phase, Phase::SwitchingOver) {
             return Err(ApiError::conflict(format!(
                 "migration {id} is switching over; it can no longer be cancelled"
+            )));
+        }
+        if matches!(m.phase, Phase::PostCopy)
+            || m.progress.as_ref().map(|p| p.controller_step) == Some(ControllerStep::Postcopy)
+        {
+            return Err(ApiError::conflict(format!(
+                "migration {id} is in post-copy: the guest runs on {} while part of its memory \
+                 is still on {}, so it can only finish, not be cancelled",
+                m.destination, m.source
             )));
         }
         self.cancels

@@ -23,6 +23,7 @@ use crate::store::NewEvent;
 
 mod control;
 mod disks;
+mod postcopy;
 
 /// Rollback after the source completed: destination must be confirmed gone first.
 const SWITCH_WAIT: Duration = Duration::from_secs(30);
@@ -68,6 +69,14 @@ struct Run {
     step: ControllerStep,
     /// Guest RAM, for the completion deadline and the XBZRLE cache.
     ram_mib: u64,
+}
+
+/// How the stream left pre-copy.
+enum Sent {
+    /// QEMU completed it: the source is paused, the destination about to run.
+    Completed,
+    /// The controller switched it to post-copy: the destination runs the guest.
+    Postcopy,
 }
 
 /// Why a step failed, and whether the operator asked for it.
@@ -150,7 +159,8 @@ impl Run {
     async fn drive(mut self) {
         let outcome = self.transfer().await;
         match outcome {
-            Ok(()) => self.switch_over().await,
+            Ok(Sent::Completed) => self.switch_over().await,
+            Ok(Sent::Postcopy) => self.post_copy(true).await,
             Err(abort) => self.roll_back(abort).await,
         }
         self.server
@@ -160,8 +170,9 @@ impl Run {
             .remove(&self.m.id);
     }
 
-    /// Preparing and Transferring: until the source reports the stream completed.
-    async fn transfer(&mut self) -> Result<(), Abort> {
+    /// Preparing and Transferring: until the source reports the stream completed (or
+    /// switched to post-copy).
+    async fn transfer(&mut self) -> Result<Sent, Abort> {
         let vm = self
             .server
             .find_vm(&self.m.vm)
@@ -182,6 +193,15 @@ impl Run {
             .await
             .map_err(|e| Abort::fail(e.message))?;
         self.ram_mib = vm.spec.memory_mib;
+        if !self.copies.is_empty()
+            && self.m.options.postcopy.unwrap_or_default() != PostcopyPolicy::Never
+        {
+            // Post-copy would start the guest on the destination before its disks finish.
+            return Err(Abort::fail(
+                "post-copy cannot be combined with copying local disks; migrate with postcopy \
+                 never, or move the disks to shared storage first",
+            ));
+        }
         let stream = StreamSettings::from_options(&self.m.options, vm.spec.memory_mib << 20);
         self.advance(
             PhaseEvent::Start,
@@ -260,8 +280,8 @@ impl Run {
         self.follow(&source).await
     }
 
-    /// Polls the source until QEMU reports completed (Ok) or failed (Err).
-    async fn follow(&mut self, source: &AgentClient) -> Result<(), Abort> {
+    /// Polls the source until QEMU reports completed or post-copy (Ok) or failed (Err).
+    async fn follow(&mut self, source: &AgentClient) -> Result<Sent, Abort> {
         let poll = self.server.config.poll_interval;
         let progress_timeout = Duration::from_secs(
             self.m
@@ -272,7 +292,10 @@ impl Run {
         let mut last_ok = Instant::now();
         let mut last_progress = (0u64, Instant::now());
         loop {
-            self.check_cancel()?;
+            if self.step != ControllerStep::Postcopy {
+                // Once post-copy was asked for, only finishing is safe.
+                self.check_cancel()?;
+            }
             let status = match source.migration_status(&self.m.vm).await {
                 Ok(s) => {
                     last_ok = Instant::now();
@@ -332,7 +355,10 @@ impl Run {
                     self.started.elapsed().as_millis() as u64,
                 );
                 self.m.report = Some(report);
-                return Ok(());
+                return Ok(Sent::Completed);
+            }
+            if status.is_postcopy() {
+                return Ok(Sent::Postcopy);
             }
             if status.is_failed() {
                 return Err(Abort::fail(format!(
@@ -607,6 +633,8 @@ impl Run {
                 ))
                 .await
             }
+            // Never rolled back: follow it to the end.
+            Phase::PostCopy => self.post_copy(false).await,
             Phase::Preparing | Phase::Transferring | Phase::SwitchingOver if completed => {
                 // The stream finished while the server was away: run the switch-over check
                 // (re-entered from Transferring so the state machine sees SourceCompleted).

@@ -32,6 +32,32 @@ async fn within<T, E: std::fmt::Display>(
     }
 }
 
+/// A real connection from the source to the destination's migration address, with at
+/// most `bytes` sent in at most `max_ms` (the bandwidth estimate). Also how post-copy
+/// recovery sees that a broken link is back.
+pub(crate) async fn probe_link(
+    (source_name, source): (&str, &AgentClient),
+    (dest_name, dest): (&str, &AgentClient),
+    bytes: u64,
+    max_ms: u64,
+) -> Result<ProbeSendResponse, String> {
+    let listen = within(
+        &format!("{dest_name} (probe listener)"),
+        dest.probe_listen(),
+    )
+    .await?;
+    within(
+        &format!("{source_name} (probe)"),
+        source.probe_send(&ProbeSendRequest {
+            target: listen.advertised,
+            bytes,
+            max_ms,
+            connect_timeout_ms: PROBE_CONNECT_MS,
+        }),
+    )
+    .await
+}
+
 impl Server {
     /// The check report for moving `req.vm` to `req.to`. Errors only for requests that name
     /// nothing (unknown VM or host); everything else is a check in the report.
@@ -58,23 +84,12 @@ impl Server {
                 Ok(r) => r.map_err(|e| e.message),
                 Err(_) => Err("the hosts did not list their disks in time".into()),
             };
-        let probe = async {
-            let listen = within(
-                &format!("{} (probe listener)", dest.name),
-                dest_agent.probe_listen(),
-            )
-            .await?;
-            within(
-                &format!("{} (probe)", source.name),
-                source_agent.probe_send(&ProbeSendRequest {
-                    target: listen.advertised,
-                    bytes: PROBE_BYTES,
-                    max_ms: PROBE_MAX_MS,
-                    connect_timeout_ms: PROBE_CONNECT_MS,
-                }),
-            )
-            .await
-        }
+        let probe = probe_link(
+            (&source.name, &source_agent),
+            (&dest.name, &dest_agent),
+            PROBE_BYTES,
+            PROBE_MAX_MS,
+        )
         .await;
 
         let (mut incoming_memory_mib, mut incoming_vcpus) = (0, 0);

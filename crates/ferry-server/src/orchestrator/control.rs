@@ -62,16 +62,17 @@ impl Run {
                 self.step = ControllerStep::Throttled(*to_pct);
                 (Outcome::Info, d.reason.clone(), Ok(()))
             }
-            // Post-copy needs link-failure recovery before Ferry may use it; the server
-            // refuses post-copy policies until then, so this is unreachable in practice.
-            Action::StartPostcopy => (
-                Outcome::Error,
-                format!("post-copy asked for but not available: {}", d.reason),
-                Err(Abort::fail(format!(
-                    "the controller asked for post-copy, which this server does not run yet: {}",
-                    d.reason
-                ))),
-            ),
+            Action::StartPostcopy => {
+                let req = TuneRequest {
+                    start_postcopy: true,
+                    ..Default::default()
+                };
+                source.tune(&self.m.vm, &req).await.map_err(|e| {
+                    Abort::fail(format!("the source could not switch to post-copy: {e}"))
+                })?;
+                self.step = ControllerStep::Postcopy;
+                (Outcome::Info, d.reason.clone(), Ok(()))
+            }
             Action::Abort { reason } => (
                 Outcome::Error,
                 format!("aborting: {reason}"),

@@ -1,0 +1,110 @@
+//! Post-copy recovery on one QEMU: after the switch to post-copy the guest runs on the
+//! destination and the source holds the pages not sent yet, so a broken migration link
+//! must never end the migration. Either side can be told to drop the connection
+//! (`migrate-pause`, also what QEMU does itself when it sees the socket fail); the
+//! destination then listens again (`migrate-recover`) and the source reconnects
+//! (`migrate` with `resume`), and the page stream carries on where it stopped.
+//!
+//! ```text
+//!   source                                     destination
+//!   postcopy-active ── link breaks / pause ──▶ postcopy-active
+//!        │ migrate-pause                             │ migrate-pause
+//!   postcopy-paused                            postcopy-paused
+//!        │                                           │ migrate-recover tcp:MIG:PORT
+//!        │                                     postcopy-recover (listening)
+//!        │ migrate uri=tcp:MIG:PORT resume=true      │
+//!   postcopy-recover-setup ─── handshake ────▶ postcopy-recover
+//!   postcopy-active  ◀── pages flow again ───▶ postcopy-active ──▶ completed
+//! ```
+
+use std::net::IpAddr;
+
+use ferry_api::ApiError;
+use ferry_qmp::MigrationStatus;
+
+use crate::runtime::{qmp_err, QemuVm};
+
+/// What a QEMU in post-copy can do to survive a broken link.
+#[allow(async_fn_in_trait)]
+pub trait PostcopyRecoverable {
+    /// Drop the migration connection; a side already paused stays paused.
+    async fn pause_postcopy(&self) -> Result<(), ApiError>;
+    /// Destination: listen for the source again on `address`:`port` (0: any free port);
+    /// returns the port. A destination already listening answers with its port.
+    async fn recover_incoming(&self, address: IpAddr, port: u16) -> Result<u16, ApiError>;
+    /// Source: reconnect to the destination's recovery listener at `uri`.
+    async fn resume_outgoing(&self, uri: &str) -> Result<(), ApiError>;
+}
+
+impl QemuVm {
+    async fn migration_state(&self) -> Result<(Option<MigrationStatus>, Option<u16>), ApiError> {
+        let info = self
+            .qmp
+            .query_migrate()
+            .await
+            .map_err(|e| qmp_err("query-migrate", e))?;
+        let port = info.listening_port();
+        Ok((info.status, port))
+    }
+}
+
+fn not_in_postcopy(status: Option<MigrationStatus>) -> ApiError {
+    let shown = status
+        .map(|s| s.to_string())
+        .unwrap_or_else(|| "none".into());
+    ApiError::conflict(format!("the migration is '{shown}', not in post-copy"))
+}
+
+impl PostcopyRecoverable for QemuVm {
+    async fn pause_postcopy(&self) -> Result<(), ApiError> {
+        match self.migration_state().await?.0 {
+            Some(MigrationStatus::PostcopyPaused) => Ok(()),
+            Some(
+                MigrationStatus::PostcopyActive
+                | MigrationStatus::PostcopyRecover
+                | MigrationStatus::PostcopyRecoverSetup,
+            ) => self
+                .qmp
+                .migrate_pause()
+                .await
+                .map_err(|e| qmp_err("migrate-pause", e)),
+            other => Err(not_in_postcopy(other)),
+        }
+    }
+
+    async fn recover_incoming(&self, address: IpAddr, port: u16) -> Result<u16, ApiError> {
+        match self.migration_state().await? {
+            (Some(MigrationStatus::PostcopyPaused), _) => {}
+            // Listening from an earlier attempt whose source never connected.
+            (Some(MigrationStatus::PostcopyRecover), Some(listening)) => return Ok(listening),
+            (other, _) => return Err(not_in_postcopy(other)),
+        }
+        let host = match address {
+            IpAddr::V4(a) => a.to_string(),
+            IpAddr::V6(a) => format!("[{a}]"),
+        };
+        self.qmp
+            .migrate_recover(&format!("tcp:{host}:{port}"))
+            .await
+            .map_err(|e| qmp_err("migrate-recover", e))?;
+        self.migration_state().await?.1.ok_or_else(|| {
+            ApiError::internal("QEMU listens for the recovery but did not say on which port")
+        })
+    }
+
+    async fn resume_outgoing(&self, uri: &str) -> Result<(), ApiError> {
+        match self.migration_state().await?.0 {
+            Some(MigrationStatus::PostcopyPaused) => self
+                .qmp
+                .migrate(uri, true)
+                .await
+                .map_err(|e| qmp_err("migrate (resume)", e)),
+            other => Err(ApiError::conflict(format!(
+                "only a paused post-copy can be resumed; this one is '{}'",
+                other
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| "none".into())
+            ))),
+        }
+    }
+}
