@@ -42,6 +42,9 @@ pub struct AgentConfig {
     /// If set, the only CPU models this host offers (an operator policy, e.g. models the
     /// host is certified for); None: every model its QEMU can run.
     pub cpu_models: Option<Vec<String>>,
+    /// Give every VM a second QMP socket, `<state dir>/vms/<vm>/qmp-aux.sock`, for the
+    /// operator's own tools (what they do there bypasses Ferry).
+    pub aux_qmp: bool,
 }
 
 /// The defaults of the flags behind the capacity settings.
@@ -157,6 +160,7 @@ mod tests {
             memory_reserve_mib: DEFAULT_MEMORY_RESERVE_MIB,
             vcpu_overcommit: DEFAULT_VCPU_OVERCOMMIT,
             cpu_models: None,
+            aux_qmp: false,
         }
     }
 

@@ -329,6 +329,7 @@ impl Agent {
         let mut record = PersistedVm::new(spec.clone(), accel, role);
         record.exports_disks = !created_disks.is_empty();
         record.created_disks = created_disks;
+        record.aux_qmp = self.config.aux_qmp;
         let launched = QemuVm::launch(
             &self.qemu.path,
             record,

@@ -42,6 +42,9 @@ pub struct PersistedVm {
     /// Source of a storage copy: the disks being mirrored to the destination.
     #[serde(default)]
     pub copying_disks: Vec<usize>,
+    /// QEMU was started with a second QMP socket for the operator's tools (`--aux-qmp`).
+    #[serde(default)]
+    pub aux_qmp: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +68,7 @@ impl PersistedVm {
             created_disks: Vec::new(),
             exports_disks: false,
             copying_disks: Vec::new(),
+            aux_qmp: false,
         }
     }
 

@@ -70,9 +70,13 @@ pub struct QemuVm {
     pub op_lock: tokio::sync::Mutex<()>,
 }
 
-fn paths_in(dir: &Path) -> RuntimePaths {
+/// The second QMP socket of a VM launched with `aux_qmp` (see `AgentConfig::aux_qmp`).
+pub const AUX_QMP_SOCKET: &str = "qmp-aux.sock";
+
+fn paths_in(dir: &Path, aux_qmp: bool) -> RuntimePaths {
     RuntimePaths {
         qmp_socket: dir.join("qmp.sock"),
+        aux_qmp_socket: aux_qmp.then(|| dir.join(AUX_QMP_SOCKET)),
         console_log: dir.join("console.log"),
         pidfile: dir.join("qemu.pid"),
     }
@@ -99,7 +103,7 @@ impl QemuVm {
     ) -> Result<Arc<QemuVm>, ApiError> {
         std::fs::create_dir_all(&dir)
             .map_err(|e| internal("cannot create the VM directory")(e.to_string()))?;
-        let paths = paths_in(&dir);
+        let paths = paths_in(&dir, record.aux_qmp);
         for stale in [&paths.qmp_socket, &paths.pidfile] {
             let _ = std::fs::remove_file(stale);
         }
@@ -134,7 +138,7 @@ impl QemuVm {
     /// Adopts a QEMU left running by an earlier agent, from its directory.
     pub async fn adopt(dir: PathBuf) -> Result<Option<Arc<QemuVm>>, String> {
         let record = PersistedVm::load(&record_path(&dir)).map_err(|e| e.to_string())?;
-        let paths = paths_in(&dir);
+        let paths = paths_in(&dir, false);
         let Some(pid) = ferry_qemu::process::read_pidfile(&paths.pidfile) else {
             return Ok(None);
         };

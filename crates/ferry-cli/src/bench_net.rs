@@ -34,8 +34,54 @@ struct Row {
     client_error: Option<String>,
 }
 
-fn fail(e: impl std::fmt::Display) -> CliError {
+pub(crate) fn fail(e: impl std::fmt::Display) -> CliError {
     CliError::failed(e.to_string())
+}
+
+/// Boots the test guest on host a with a NIC on the VM network at `vm_subnet_ip(ip_k)`;
+/// returns that IP once the guest reports ready.
+pub(crate) async fn boot_networked_guest(
+    lab: &NetLab,
+    vm: &str,
+    ip_k: u8,
+    memory_mib: u64,
+    workload_mib: u64,
+    rate: f64,
+) -> Result<String, CliError> {
+    let c = lab.client();
+    let ip = lab.vm_subnet_ip(ip_k).to_string();
+    let mut spec = test_vm_spec(vm, memory_mib, workload_mib, rate);
+    spec.nics = vec![NicSpec {
+        network: "vmnet".into(),
+        mac: None,
+    }];
+    if let Boot::Image { cmdline, .. } = &mut spec.boot {
+        *cmdline = ferry_image::kernel_cmdline_with_net(
+            workload_mib,
+            rate,
+            Some(&format!("{ip}/24")),
+            GUEST_PORT,
+        );
+    }
+    c.create_vm(&CreateVmRequest {
+        host: "a".into(),
+        spec,
+    })
+    .await?;
+    wait_ready(&c, vm, Duration::from_secs(600))
+        .await
+        .map_err(CliError::failed)?;
+    Ok(ip)
+}
+
+/// One TCP connection from the client namespace to the guest at `ip`, asking every 10 ms.
+pub(crate) fn start_client(lab: &NetLab, ip: &str) -> Result<Probe, CliError> {
+    let addr: SocketAddr = format!("{ip}:{GUEST_PORT}").parse().map_err(fail)?;
+    let stream = lab
+        .in_ns(lab.client_ns(), move || probe::connect(addr))
+        .map_err(fail)?
+        .map_err(fail)?;
+    Ok(Probe::start(stream))
 }
 
 async fn one(
@@ -48,39 +94,13 @@ async fn one(
     link: &str,
 ) -> Result<Row, CliError> {
     let c = lab.client();
-    let ip = lab.vm_subnet_ip(ip_k).to_string();
-    let mut spec = test_vm_spec(vm, a.memory, a.workload_mem, rate);
-    spec.nics = vec![NicSpec {
-        network: "vmnet".into(),
-        mac: None,
-    }];
-    if let Boot::Image { cmdline, .. } = &mut spec.boot {
-        *cmdline = ferry_image::kernel_cmdline_with_net(
-            a.workload_mem,
-            rate,
-            Some(&format!("{ip}/24")),
-            GUEST_PORT,
-        );
-    }
     eprintln!(
         "bench: {scenario}: {} MiB guest, workload {} MiB at {rate} MiB/s",
         a.memory, a.workload_mem
     );
-    c.create_vm(&CreateVmRequest {
-        host: "a".into(),
-        spec,
-    })
-    .await?;
-    wait_ready(&c, vm, Duration::from_secs(600))
-        .await
-        .map_err(CliError::failed)?;
+    let ip = boot_networked_guest(lab, vm, ip_k, a.memory, a.workload_mem, rate).await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let addr: SocketAddr = format!("{ip}:{GUEST_PORT}").parse().map_err(fail)?;
-    let stream = lab
-        .in_ns(lab.client_ns(), move || probe::connect(addr))
-        .map_err(fail)?
-        .map_err(fail)?;
-    let client = Probe::start(stream);
+    let client = start_client(lab, &ip)?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let m = c
         .migrate(&MigrateRequest {
@@ -113,7 +133,9 @@ async fn one(
     })
 }
 
-pub async fn network(a: BenchNetworkArgs) -> CliResult {
+/// Hosts a and b in the network lab with the VM network, the migration network shaped to
+/// 1 Gbit/s both ways, and `agent_args` for both agents.
+pub(crate) async fn start_shaped_lab(agent_args: Vec<String>) -> Result<NetLab, CliError> {
     eprintln!("bench: preparing the test guest image");
     let image_dir =
         tokio::task::spawn_blocking(|| ensure_test_image(&mut |s: &str| eprintln!("  {s}")))
@@ -124,10 +146,16 @@ pub async fn network(a: BenchNetworkArgs) -> CliResult {
     let mut cfg = NetLabConfig::new(exe, &["a", "b"]);
     cfg.image_dir = Some(image_dir);
     cfg.vm_network_flag = Some(true);
-    let mut lab = NetLab::start(cfg).await.map_err(fail)?;
+    cfg.agent_args = agent_args;
+    let lab = NetLab::start(cfg).await.map_err(fail)?;
     for h in ["a", "b"] {
         lab.shape_migration(h, Shape::Gbit1).map_err(fail)?;
     }
+    Ok(lab)
+}
+
+pub async fn network(a: BenchNetworkArgs) -> CliResult {
+    let mut lab = start_shaped_lab(Vec::new()).await?;
     let mut rows = Vec::new();
     for (i, rate) in a.rates.iter().enumerate() {
         let name = if *rate == 0.0 {

@@ -147,6 +147,11 @@ pub struct AgentArgs {
     /// for; default: every model its QEMU can run.
     #[arg(long, value_delimiter = ',', value_name = "MODEL,...")]
     pub cpu_models: Option<Vec<String>>,
+    /// Give every VM a second QMP socket (<state dir>/vms/<vm>/qmp-aux.sock) for your own
+    /// tools; what they do there bypasses Ferry (`ferry bench convergence` drives QEMU's
+    /// defaults through it).
+    #[arg(long)]
+    pub aux_qmp: bool,
     /// Run without registering with the server (`--server` is ignored).
     #[arg(long)]
     pub standalone: bool,
@@ -481,6 +486,42 @@ pub enum BenchCmd {
     /// and during the copy. Writes bench/results/storage.json.
     #[command(after_help = "Example:\n  ferry bench storage --disk-gib 4 --data-gib 2")]
     Storage(BenchStorageArgs),
+    /// QEMU's defaults (as `virsh migrate --live` drives them) against Ferry's convergence
+    /// controller, side by side, over a 1 Gbit/s migration network with the guest dirtying
+    /// 0/25/75/150 % of the link rate. Writes bench/results/convergence.json and .svg.
+    #[command(
+        after_help = "Examples:\n  ferry bench convergence\n  ferry bench convergence --link-pcts 150 --time-limit 120"
+    )]
+    Convergence(BenchConvergenceArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchConvergenceArgs {
+    /// Guest memory, MiB.
+    #[arg(long, default_value_t = 1024)]
+    pub memory: u64,
+    /// MiB the guest workload rewrites.
+    #[arg(long, default_value_t = 256)]
+    pub workload_mem: u64,
+    /// Guest dirty rates to run, percent of the 1 Gbit/s link.
+    #[arg(long, value_delimiter = ',', default_values_t = vec![0.0, 25.0, 75.0, 150.0])]
+    pub link_pcts: Vec<f64>,
+    /// Which arms to run: qemu-defaults, ferry (throttle up to 99 %, then post-copy),
+    /// ferry-postcopy (post-copy as soon as pre-copy is seen not to converge).
+    #[arg(long, value_delimiter = ',', default_values_t = crate::bench_converge::MODES.map(String::from).to_vec(),
+          value_parser = crate::bench_converge::MODES)]
+    pub modes: Vec<String>,
+    /// Downtime budget, ms (QEMU's default downtime limit, for all).
+    #[arg(long, default_value_t = 300)]
+    pub downtime_limit: u64,
+    /// A run not finished after this long counts as not converging (and is cancelled), s.
+    #[arg(long, default_value_t = 600)]
+    pub time_limit: u64,
+    /// Where to write the result files.
+    #[arg(long, default_value = "bench/results")]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub json: JsonFlag,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -46,6 +46,7 @@ pub async fn agent(a: AgentArgs, server_url: &str) -> CliResult {
         memory_reserve_mib: a.memory_reserve_mib,
         vcpu_overcommit: a.vcpu_overcommit,
         cpu_models: a.cpu_models,
+        aux_qmp: a.aux_qmp,
     };
     config.validate().map_err(CliError::refused)?;
     ferry_agent::run(config).await.map_err(CliError::failed)

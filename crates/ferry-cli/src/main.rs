@@ -1,6 +1,7 @@
 //! `ferry`: thin entry point. Parse, dispatch, map the outcome to an exit status.
 
 mod bench;
+mod bench_converge;
 mod bench_net;
 mod bench_storage;
 mod cli;
@@ -74,5 +75,6 @@ async fn run(cli: Cli) -> CliResult {
         Command::Bench(cli::BenchCmd::Migrate(a)) => bench::migrate(a).await,
         Command::Bench(cli::BenchCmd::Network(a)) => bench_net::network(a).await,
         Command::Bench(cli::BenchCmd::Storage(a)) => bench_storage::storage(a).await,
+        Command::Bench(cli::BenchCmd::Convergence(a)) => bench_converge::convergence(a).await,
     }
 }

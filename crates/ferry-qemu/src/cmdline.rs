@@ -30,6 +30,9 @@ pub enum ResolvedBoot {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuntimePaths {
     pub qmp_socket: PathBuf,
+    /// A second QMP monitor for an operator's own tools (diagnostics, benchmarks); what is
+    /// done there bypasses Ferry. None: only Ferry's monitor.
+    pub aux_qmp_socket: Option<PathBuf>,
     pub console_log: PathBuf,
     pub pidfile: PathBuf,
 }
@@ -83,7 +86,11 @@ pub fn build_args(
         "unix:{},server=on,wait=off",
         qemu_path(&paths.qmp_socket)
     ));
-    push("-pidfile");
+    if let Some(aux) = &paths.aux_qmp_socket {
+        a.push("-qmp".into());
+        a.push(format!("unix:{},server=on,wait=off", qemu_path(aux)).into());
+    }
+    a.push("-pidfile".into());
     a.push(paths.pidfile.clone().into_os_string());
     match boot {
         ResolvedBoot::Kernel {
@@ -275,6 +282,7 @@ mod tests {
     fn paths(dir: &str) -> RuntimePaths {
         RuntimePaths {
             qmp_socket: format!("{dir}/qmp.sock").into(),
+            aux_qmp_socket: None,
             console_log: format!("{dir}/console.log").into(),
             pidfile: format!("{dir}/qemu.pid").into(),
         }
