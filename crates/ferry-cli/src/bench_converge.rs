@@ -545,7 +545,11 @@ mod tests {
         // Two panels, one bar per run in each, plus the background, the hatch pattern and
         // three legend swatches.
         assert_eq!(svg.matches("<rect").count(), 2 * rows.len() + 5);
-        assert_eq!(svg.matches("url(#hatch)").count(), 2, "the unfinished run, both panels");
+        assert_eq!(
+            svg.matches("url(#hatch)").count(),
+            2,
+            "the unfinished run, both panels"
+        );
         assert!(svg.contains(">600</text>"), "drawn to the time limit");
     }
 

@@ -72,9 +72,30 @@ async fn run(cli: Cli) -> CliResult {
         Command::Image(cli::ImageCmd::Build(a)) => cmd_image::build(a).await,
         Command::Demo(a) => demo::run(a).await,
         Command::Lab(c) => cmd_lab::run(c).await,
-        Command::Bench(cli::BenchCmd::Migrate(a)) => bench::migrate(a).await,
-        Command::Bench(cli::BenchCmd::Network(a)) => bench_net::network(a).await,
-        Command::Bench(cli::BenchCmd::Storage(a)) => bench_storage::storage(a).await,
-        Command::Bench(cli::BenchCmd::Convergence(a)) => bench_converge::convergence(a).await,
+        Command::Bench(cli::BenchCmd::Migrate(a)) => interruptible(bench::migrate(a)).await,
+        Command::Bench(cli::BenchCmd::Network(a)) => interruptible(bench_net::network(a)).await,
+        Command::Bench(cli::BenchCmd::Storage(a)) => interruptible(bench_storage::storage(a)).await,
+        Command::Bench(cli::BenchCmd::Convergence(a)) => {
+            interruptible(bench_converge::convergence(a)).await
+        }
+    }
+}
+
+/// Runs a long command until it ends or the operator interrupts it (Ctrl-C or SIGTERM).
+/// Interrupting drops the command's future, so the labs, daemons and VMs it started are
+/// torn down by their guards before the process exits.
+async fn interruptible(work: impl std::future::Future<Output = CliResult>) -> CliResult {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        r = work => r,
+        _ = tokio::signal::ctrl_c() => Err(exit::CliError::failed("interrupted; what it started was stopped")),
+        () = terminate => Err(exit::CliError::failed("terminated; what it started was stopped")),
     }
 }

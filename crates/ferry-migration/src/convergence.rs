@@ -29,6 +29,19 @@ pub const MAX_EXTRA_PASSES: f64 = 6.0;
 pub const THROTTLE_FIRST_PCT: u8 = 30;
 pub const THROTTLE_STEP_PCT: u8 = 20;
 
+/// How much of the downtime budget the RAM still to send may take, percent. QEMU switches
+/// over when *its* estimate (RAM remaining / bandwidth) is under its `downtime-limit`, but
+/// the pause also stops the vCPUs, syncs the dirty bitmap a last time and sends the device
+/// state, none of which that estimate counts: measured here (TCG, 1 GiB guest, 1 Gbit/s)
+/// ~150-180 ms with no RAM left to send, and 295-316 ms of real pause when QEMU was given
+/// the whole 300 ms. So QEMU and this controller aim at two thirds of the budget.
+pub const RAM_SHARE_OF_BUDGET_PCT: u64 = 67;
+
+/// The pause QEMU is told to aim for (its `downtime-limit`), for a downtime budget.
+pub fn switchover_target_ms(budget_ms: u64) -> u64 {
+    (budget_ms * RAM_SHARE_OF_BUDGET_PCT / 100).max(1)
+}
+
 /// When post-copy may be used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -144,7 +157,8 @@ pub fn passes_needed(s: &Sample, budget_ms: u64) -> Option<f64> {
 pub fn decide(policy: &Policy, step: Step, s: &Sample) -> Decision {
     let predicted = (s.bandwidth_bytes_per_s > 0)
         .then(|| (s.remaining_bytes as f64 / s.bandwidth_bytes_per_s as f64 * 1000.0) as u64);
-    let needed = passes_needed(s, policy.downtime_budget_ms);
+    let target = switchover_target_ms(policy.downtime_budget_ms);
+    let needed = passes_needed(s, target);
     let decision = |action, reason: String| Decision {
         action,
         predicted_downtime_ms: predicted,
@@ -163,11 +177,12 @@ pub fn decide(policy: &Policy, step: Step, s: &Sample) -> Decision {
     let Some(pred) = predicted else {
         return decision(Action::Continue, "no bandwidth measured yet".into());
     };
-    if pred <= policy.downtime_budget_ms {
+    if pred <= target {
         return decision(
             Action::Continue,
             format!(
-                "predicted downtime {pred} ms is within the {} ms budget ({rates})",
+                "predicted downtime {pred} ms is within the {target} ms target for the {} ms \
+                 budget ({rates})",
                 policy.downtime_budget_ms
             ),
         );
@@ -188,7 +203,8 @@ pub fn decide(policy: &Policy, step: Step, s: &Sample) -> Decision {
         )
     } else {
         format!(
-            "not converging: predicted downtime {pred} ms > {} ms budget ({rates})",
+            "not converging: predicted downtime {pred} ms > {target} ms target for the {} ms \
+             budget ({rates})",
             policy.downtime_budget_ms
         )
     };
@@ -417,7 +433,7 @@ mod tests {
                 Action::Continue => {}
             }
             if let Some(pred) = d.predicted_downtime_ms {
-                if pred <= p.downtime_budget_ms {
+                if pred <= switchover_target_ms(p.downtime_budget_ms) {
                     prop_assert_eq!(&d.action, &Action::Continue);
                 }
             }

@@ -267,7 +267,10 @@ impl Run {
         let req = OutgoingRequest {
             uri,
             max_bandwidth_bytes: opts.max_bandwidth_mib.map(|m| m << 20).unwrap_or(0),
-            downtime_limit_ms: opts.downtime_limit_ms.unwrap_or(DEFAULT_DOWNTIME_LIMIT_MS),
+            // QEMU's limit counts only the RAM left to send; see `switchover_target_ms`.
+            downtime_limit_ms: ferry_migration::convergence::switchover_target_ms(
+                opts.downtime_limit_ms.unwrap_or(DEFAULT_DOWNTIME_LIMIT_MS),
+            ),
             stream,
         };
         self.outgoing_started = true;
