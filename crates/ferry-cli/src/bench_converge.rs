@@ -29,7 +29,7 @@ pub const MODES: [&str; 3] = ["qemu-defaults", "ferry", "ferry-postcopy"];
 /// 1 Gbit/s in MiB/s: what the shaped link carries.
 const LINK_MIB_S: f64 = 1e9 / 8.0 / 1_048_576.0;
 
-#[derive(Serialize, Clone)]
+#[derive(Serialize, Clone, Default)]
 struct Row {
     link_pct: f64,
     target_dirty_mib_s: f64,
@@ -189,20 +189,7 @@ async fn one(
         target_dirty_mib_s: target,
         achieved_dirty_mib_s: achieved,
         mode,
-        converged: false,
-        outcome: String::new(),
-        total_time_ms: 0,
-        qemu_downtime_ms: None,
-        within_budget: false,
-        client_longest_gap_ms: 0.0,
-        client_answered: 0,
-        client_requests: 0,
-        bytes_sent: 0,
-        passes: 0,
-        max_throttle_pct: 0,
-        postcopy: false,
-        link_bound_ms: 0,
-        mismatches: None,
+        ..Default::default()
     };
     if mode == "qemu-defaults" {
         let r = qemu_defaults(lab, &c, vm, limit).await?;
@@ -512,22 +499,11 @@ mod tests {
         Row {
             link_pct: pct,
             target_dirty_mib_s: LINK_MIB_S * pct / 100.0,
-            achieved_dirty_mib_s: 0.0,
             mode,
             converged,
-            outcome: String::new(),
             total_time_ms: total_ms,
-            qemu_downtime_ms: None,
-            within_budget: false,
             client_longest_gap_ms: 120.0,
-            client_answered: 0,
-            client_requests: 0,
-            bytes_sent: 0,
-            passes: 0,
-            max_throttle_pct: 0,
-            postcopy: false,
-            link_bound_ms: 0,
-            mismatches: None,
+            ..Default::default()
         }
     }
 

@@ -133,16 +133,7 @@ async fn post_copy_survives_a_broken_link_and_the_guest_finishes_clean_on_the_de
     let done = wait_phase(&c, m.id, Duration::from_secs(180), |p| p.is_terminal()).await;
     assert_eq!(done.phase, Phase::Completed, "{:?}", done.error);
     let r = done.report.clone().expect("report");
-    eprintln!(
-        "post-copy migration: {:.1} s total, {} ms downtime, {} MiB sent, {} pass(es), {} \
-         pause(s), {:.1} s paused",
-        r.total_time_ms as f64 / 1000.0,
-        r.downtime_ms,
-        r.bytes_sent >> 20,
-        r.passes,
-        r.postcopy_pauses,
-        r.postcopy_paused_ms as f64 / 1000.0
-    );
+    eprintln!("post-copy migration: {}", r.summary());
     assert!(r.postcopy, "finished in post-copy");
     assert!(r.postcopy_pauses >= 1, "the break was seen: {r:?}");
     assert!(!migration_events(&c, m.id, "migration.postcopy_resumed")

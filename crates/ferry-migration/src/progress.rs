@@ -138,6 +138,25 @@ pub struct MigrationReport {
 }
 
 impl MigrationReport {
+    /// One line for events and logs: time, pause, bytes, passes (and post-copy, if used).
+    pub fn summary(&self) -> String {
+        let mut s = format!(
+            "{:.1}s total, {} ms downtime, {} MiB sent in {} passes",
+            self.total_time_ms as f64 / 1000.0,
+            self.downtime_ms,
+            self.bytes_sent >> 20,
+            self.passes
+        );
+        if self.postcopy {
+            s.push_str(&format!(
+                " and post-copy ({} pause(s), {:.1} s paused)",
+                self.postcopy_pauses,
+                self.postcopy_paused_ms as f64 / 1000.0
+            ));
+        }
+        s
+    }
+
     /// Builds the report from the source's final progress and the orchestrator's clock.
     pub fn from_final(progress: &MigrationProgress, downtime_ms: u64, total_time_ms: u64) -> Self {
         let secs = progress.elapsed_ms as f64 / 1000.0;

@@ -442,13 +442,10 @@ impl Run {
         self.advance(
             PhaseEvent::DestinationRunning,
             format!(
-                "VM {} runs on {}: {:.1}s total, {} ms downtime, {} MiB sent in {} passes",
+                "VM {} runs on {}: {}",
                 self.m.vm,
                 self.m.destination,
-                r.total_time_ms as f64 / 1000.0,
-                r.downtime_ms,
-                r.bytes_sent >> 20,
-                r.passes
+                r.summary()
             ),
             serde_json::to_value(&r).unwrap_or_default(),
         );

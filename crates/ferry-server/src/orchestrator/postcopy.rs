@@ -330,16 +330,10 @@ impl Run {
         self.advance(
             PhaseEvent::PostcopyFinished,
             format!(
-                "VM {} runs on {}: {:.1}s total, {} ms downtime, {} MiB sent in {} passes and \
-                 post-copy ({} pause(s), {:.1} s paused)",
+                "VM {} runs on {}: {}",
                 self.m.vm,
                 self.m.destination,
-                r.total_time_ms as f64 / 1000.0,
-                r.downtime_ms,
-                r.bytes_sent >> 20,
-                r.passes,
-                r.postcopy_pauses,
-                r.postcopy_paused_ms as f64 / 1000.0
+                r.summary()
             ),
             serde_json::to_value(&r).unwrap_or_default(),
         );
