@@ -38,8 +38,10 @@ pub trait PostcopyRecoverable {
 
 impl QemuVm {
     async fn migration_state(&self) -> Result<(Option<MigrationStatus>, Option<u16>), ApiError> {
+        // Short: on a stuck destination an in-band command waits for the main loop.
         let info = self
             .qmp
+            .with_command_timeout(std::time::Duration::from_secs(2))
             .query_migrate()
             .await
             .map_err(|e| qmp_err("query-migrate", e))?;
@@ -57,6 +59,14 @@ fn not_in_postcopy(status: Option<MigrationStatus>) -> ApiError {
 
 impl PostcopyRecoverable for QemuVm {
     async fn pause_postcopy(&self) -> Result<(), ApiError> {
+        if let Some(oob) = &self.oob_qmp {
+            // Out of band first: on a destination whose guest waits for a page, the main
+            // loop (and with it every in-band command) may be stuck until the link is back.
+            match oob.migrate_pause_oob().await {
+                Ok(()) => return Ok(()),
+                Err(e) => tracing::debug!("out-of-band migrate-pause refused: {e}"),
+            }
+        }
         match self.migration_state().await?.0 {
             Some(MigrationStatus::PostcopyPaused) => Ok(()),
             Some(
@@ -73,23 +83,24 @@ impl PostcopyRecoverable for QemuVm {
     }
 
     async fn recover_incoming(&self, address: IpAddr, port: u16) -> Result<u16, ApiError> {
-        match self.migration_state().await? {
-            (Some(MigrationStatus::PostcopyPaused), _) => {}
-            // Listening from an earlier attempt whose source never connected.
-            (Some(MigrationStatus::PostcopyRecover), Some(listening)) => return Ok(listening),
-            (other, _) => return Err(not_in_postcopy(other)),
-        }
-        let host = match address {
-            IpAddr::V4(a) => a.to_string(),
-            IpAddr::V6(a) => format!("[{a}]"),
+        let Some(oob) = &self.oob_qmp else {
+            return self.recover_incoming_in_band(address, port).await;
         };
-        self.qmp
-            .migrate_recover(&format!("tcp:{host}:{port}"))
+        // Out of band (see `pause_postcopy`), so the port cannot be read back from
+        // `query-migrate`: with no fixed migration port, take a free one here.
+        let port = match port {
+            0 => std::net::TcpListener::bind((address, 0))
+                .and_then(|l| l.local_addr())
+                .map(|a| a.port())
+                .map_err(|e| {
+                    ApiError::internal(format!("no free port on {address} for the recovery: {e}"))
+                })?,
+            p => p,
+        };
+        oob.migrate_recover_oob(&tcp_uri(address, port))
             .await
             .map_err(|e| qmp_err("migrate-recover", e))?;
-        self.migration_state().await?.1.ok_or_else(|| {
-            ApiError::internal("QEMU listens for the recovery but did not say on which port")
-        })
+        Ok(port)
     }
 
     async fn resume_outgoing(&self, uri: &str) -> Result<(), ApiError> {
@@ -106,5 +117,31 @@ impl PostcopyRecoverable for QemuVm {
                     .unwrap_or_else(|| "none".into())
             ))),
         }
+    }
+}
+
+impl QemuVm {
+    /// Without an out-of-band monitor: check the state, listen, read the port back.
+    async fn recover_incoming_in_band(&self, address: IpAddr, port: u16) -> Result<u16, ApiError> {
+        match self.migration_state().await? {
+            (Some(MigrationStatus::PostcopyPaused), _) => {}
+            // Listening from an earlier attempt whose source never connected.
+            (Some(MigrationStatus::PostcopyRecover), Some(listening)) => return Ok(listening),
+            (other, _) => return Err(not_in_postcopy(other)),
+        }
+        self.qmp
+            .migrate_recover(&tcp_uri(address, port))
+            .await
+            .map_err(|e| qmp_err("migrate-recover", e))?;
+        self.migration_state().await?.1.ok_or_else(|| {
+            ApiError::internal("QEMU listens for the recovery but did not say on which port")
+        })
+    }
+}
+
+fn tcp_uri(address: IpAddr, port: u16) -> String {
+    match address {
+        IpAddr::V4(a) => format!("tcp:{a}:{port}"),
+        IpAddr::V6(a) => format!("tcp:[{a}]:{port}"),
     }
 }

@@ -59,6 +59,9 @@ pub struct QemuVm {
     record: Mutex<PersistedVm>,
     pid: u32,
     pub(crate) qmp: QmpClient,
+    /// The out-of-band-only connection (post-copy pause and recovery); None if QEMU did not
+    /// offer out-of-band execution or the socket did not answer.
+    pub(crate) oob_qmp: Option<QmpClient>,
     stop_requested: AtomicBool,
     /// Source of a storage copy: the disks' last known copy progress (kept after the copy
     /// finished, for the final report) and why finishing the copy failed, if it did.
@@ -76,6 +79,7 @@ pub const AUX_QMP_SOCKET: &str = "qmp-aux.sock";
 fn paths_in(dir: &Path, aux_qmp: bool) -> RuntimePaths {
     RuntimePaths {
         qmp_socket: dir.join("qmp.sock"),
+        oob_qmp_socket: dir.join("qmp-oob.sock"),
         aux_qmp_socket: aux_qmp.then(|| dir.join(AUX_QMP_SOCKET)),
         console_log: dir.join("console.log"),
         pidfile: dir.join("qemu.pid"),
@@ -104,7 +108,7 @@ impl QemuVm {
         std::fs::create_dir_all(&dir)
             .map_err(|e| internal("cannot create the VM directory")(e.to_string()))?;
         let paths = paths_in(&dir, record.aux_qmp);
-        for stale in [&paths.qmp_socket, &paths.pidfile] {
+        for stale in [&paths.qmp_socket, &paths.oob_qmp_socket, &paths.pidfile] {
             let _ = std::fs::remove_file(stale);
         }
         // A new QEMU instance gets a fresh console: readers look for this instance's lines.
@@ -132,7 +136,8 @@ impl QemuVm {
                 )));
             }
         };
-        Ok(Self::supervise(record, dir, paths, process, qmp))
+        let oob_qmp = connect_oob(&paths.oob_qmp_socket).await;
+        Ok(Self::supervise(record, dir, paths, process, qmp, oob_qmp))
     }
 
     /// Adopts a QEMU left running by an earlier agent, from its directory.
@@ -148,7 +153,10 @@ impl QemuVm {
         let qmp = QmpClient::connect_with_retry(&paths.qmp_socket, Duration::from_secs(5))
             .await
             .map_err(|e| format!("QEMU pid {pid} runs but its QMP does not answer: {e}"))?;
-        Ok(Some(Self::supervise(record, dir, paths, process, qmp)))
+        let oob_qmp = connect_oob(&paths.oob_qmp_socket).await;
+        Ok(Some(Self::supervise(
+            record, dir, paths, process, qmp, oob_qmp,
+        )))
     }
 
     fn supervise(
@@ -157,6 +165,7 @@ impl QemuVm {
         paths: RuntimePaths,
         mut process: QemuProcess,
         qmp: QmpClient,
+        oob_qmp: Option<QmpClient>,
     ) -> Arc<QemuVm> {
         let (exit_tx, exit_rx) = watch::channel(None);
         let vm = Arc::new(QemuVm {
@@ -166,6 +175,7 @@ impl QemuVm {
             record: Mutex::new(record),
             pid: process.pid,
             qmp: qmp.clone(),
+            oob_qmp,
             stop_requested: AtomicBool::new(false),
             disk_progress: Arc::new(Mutex::new(Vec::new())),
             copy_error: Arc::new(Mutex::new(None)),
@@ -382,6 +392,27 @@ impl QemuVm {
                 .map_err(|e| qmp_err("migrate-start-postcopy", e))?;
         }
         Ok(())
+    }
+}
+
+/// Ferry's out-of-band monitor, negotiated while QEMU is healthy (capability negotiation
+/// itself is in-band). Without it post-copy recovery falls back to the main monitor.
+async fn connect_oob(socket: &Path) -> Option<QmpClient> {
+    if !socket.exists() {
+        // A QEMU started by an older agent, adopted: it has no such monitor.
+        return None;
+    }
+    let options = ferry_qmp::QmpOptions {
+        connect_retry: Some(Duration::from_secs(5)),
+        oob: true,
+        ..Default::default()
+    };
+    match QmpClient::connect_with(socket, options).await {
+        Ok(q) => Some(q),
+        Err(e) => {
+            tracing::warn!(socket = %socket.display(), "no out-of-band QMP connection: {e}");
+            None
+        }
     }
 }
 

@@ -71,6 +71,12 @@ pub enum Next {
     Lost { reason: String },
 }
 
+/// Whether a reconnection took: the source sends again and the destination does not say
+/// otherwise (its agent may be slow to answer until the pages it waited for arrived).
+pub fn resumed(o: &Observation) -> bool {
+    o.source == Side::Active && matches!(o.destination, Side::Active | Side::Unknown)
+}
+
 pub fn next(o: &Observation) -> Next {
     use Side::*;
     if o.source == Completed {
@@ -93,7 +99,7 @@ pub fn next(o: &Observation) -> Next {
         };
     }
     if let Some(ms) = o.recovering_ms {
-        if ms > RECOVER_LIMIT_MS && !(o.source == Active && o.destination == Active) {
+        if ms > RECOVER_LIMIT_MS && !resumed(o) {
             return Next::Pause {
                 reason: format!(
                     "the reconnection did not complete within {} s; starting it over",
@@ -169,10 +175,16 @@ mod tests {
         assert_eq!(next(&o), Next::Wait);
         o.recovering_ms = Some(RECOVER_LIMIT_MS + 1);
         assert!(matches!(next(&o), Next::Pause { .. }));
-        // Recovered: both active again, the attempt is over.
+        // Recovered: both active again (or the destination not answering yet).
         let mut ok = obs(Active, Active);
         ok.recovering_ms = Some(RECOVER_LIMIT_MS + 1);
         assert_eq!(next(&ok), Next::Wait);
+        ok.destination = Unknown;
+        assert!(resumed(&ok));
+        assert_eq!(next(&ok), Next::Wait);
+        ok.destination = Recovering;
+        assert!(!resumed(&ok));
+        assert!(matches!(next(&ok), Next::Pause { .. }));
     }
 
     #[test]

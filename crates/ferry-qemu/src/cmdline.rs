@@ -30,6 +30,10 @@ pub enum ResolvedBoot {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuntimePaths {
     pub qmp_socket: PathBuf,
+    /// Ferry's second monitor, for out-of-band commands only (post-copy pause and
+    /// recovery must get through while QEMU's main loop waits for a page; in-band commands
+    /// queued on the first monitor could make QEMU stop reading it).
+    pub oob_qmp_socket: PathBuf,
     /// A second QMP monitor for an operator's own tools (diagnostics, benchmarks); what is
     /// done there bypasses Ferry. None: only Ferry's monitor.
     pub aux_qmp_socket: Option<PathBuf>,
@@ -86,6 +90,14 @@ pub fn build_args(
         "unix:{},server=on,wait=off",
         qemu_path(&paths.qmp_socket)
     ));
+    a.push("-qmp".into());
+    a.push(
+        format!(
+            "unix:{},server=on,wait=off",
+            qemu_path(&paths.oob_qmp_socket)
+        )
+        .into(),
+    );
     if let Some(aux) = &paths.aux_qmp_socket {
         a.push("-qmp".into());
         a.push(format!("unix:{},server=on,wait=off", qemu_path(aux)).into());
@@ -282,6 +294,7 @@ mod tests {
     fn paths(dir: &str) -> RuntimePaths {
         RuntimePaths {
             qmp_socket: format!("{dir}/qmp.sock").into(),
+            oob_qmp_socket: format!("{dir}/qmp-oob.sock").into(),
             aux_qmp_socket: None,
             console_log: format!("{dir}/console.log").into(),
             pidfile: format!("{dir}/qemu.pid").into(),

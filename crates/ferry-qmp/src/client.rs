@@ -37,6 +37,10 @@ pub struct QmpOptions {
     /// If set, keep retrying to connect (the socket appears a moment after QEMU starts) until
     /// this much time has passed.
     pub connect_retry: Option<Duration>,
+    /// Negotiate QMP's out-of-band capability, so [`QmpClient::execute_oob`] commands run
+    /// on QEMU's monitor thread even while its main loop is stuck (a post-copy destination
+    /// whose guest waits for a page). Fails to connect if QEMU does not offer it.
+    pub oob: bool,
 }
 
 impl Default for QmpOptions {
@@ -45,6 +49,7 @@ impl Default for QmpOptions {
             command_timeout: DEFAULT_COMMAND_TIMEOUT,
             event_capacity: DEFAULT_EVENT_CAPACITY,
             connect_retry: None,
+            oob: false,
         }
     }
 }
@@ -67,6 +72,7 @@ struct Inner {
     next_id: AtomicU64,
     greeting: Greeting,
     reader: tokio::task::AbortHandle,
+    oob: bool,
 }
 
 impl Drop for Inner {
@@ -343,10 +349,33 @@ impl QmpClient {
                 next_id: AtomicU64::new(1),
                 greeting,
                 reader: reader_task.abort_handle(),
+                oob: options.oob,
             }),
             timeout: options.command_timeout,
         };
-        client.execute_raw("qmp_capabilities", None).await?;
+        if options.oob {
+            if !client
+                .inner
+                .greeting
+                .capabilities
+                .iter()
+                .any(|c| c == "oob")
+            {
+                return Err(QmpError::Protocol {
+                    path: client.inner.shared.path.clone(),
+                    reason: "out-of-band execution asked for but QEMU does not offer it".into(),
+                    snippet: String::new(),
+                });
+            }
+            client
+                .execute_raw(
+                    "qmp_capabilities",
+                    Some(serde_json::json!({"enable": ["oob"]})),
+                )
+                .await?;
+        } else {
+            client.execute_raw("qmp_capabilities", None).await?;
+        }
         Ok(client)
     }
 
@@ -415,6 +444,32 @@ impl QmpClient {
             .await
     }
 
+    /// Runs `command` out of band (`exec-oob`): QEMU's monitor thread executes it at once,
+    /// even while its main loop is busy. Only commands QEMU marks `allow-oob` qualify
+    /// (`migrate-pause`, `migrate-recover`); the connection must have been opened with
+    /// [`QmpOptions::oob`]. Keep such a connection free of in-band commands that could
+    /// queue up behind a stuck main loop: QEMU stops reading a monitor with 8 pending.
+    pub async fn execute_oob(
+        &self,
+        command: &str,
+        arguments: Option<Value>,
+    ) -> Result<Value, QmpError> {
+        if !self.inner.oob {
+            return Err(QmpError::Protocol {
+                path: self.inner.shared.path.clone(),
+                reason: format!(
+                    "{command}: this connection did not negotiate out-of-band execution"
+                ),
+                snippet: String::new(),
+            });
+        }
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let span = tracing::debug_span!("qmp-oob", command, id);
+        self.send_and_wait(id, "exec-oob", command, arguments, self.timeout)
+            .instrument(span)
+            .await
+    }
+
     /// [`QmpClient::execute_raw`] with an explicit timeout for this one call.
     pub async fn execute_raw_timeout(
         &self,
@@ -424,21 +479,23 @@ impl QmpClient {
     ) -> Result<Value, QmpError> {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let span = tracing::debug_span!("qmp", command, id);
-        self.call(id, command, arguments, timeout)
+        self.send_and_wait(id, "execute", command, arguments, timeout)
             .instrument(span)
             .await
     }
 
-    async fn call(
+    /// `how`: `execute`, or `exec-oob` for out-of-band commands.
+    async fn send_and_wait(
         &self,
         id: u64,
+        how: &str,
         command: &str,
         arguments: Option<Value>,
         timeout: Duration,
     ) -> Result<Value, QmpError> {
         let shared = &self.inner.shared;
         let mut request = Map::new();
-        request.insert("execute".into(), Value::String(command.into()));
+        request.insert(how.into(), Value::String(command.into()));
         if let Some(arguments) = arguments {
             trace!(arguments = %snippet(&arguments.to_string()), "QMP arguments");
             request.insert("arguments".into(), arguments);

@@ -195,6 +195,18 @@ impl QmpClient {
         self.execute_unit("migrate-pause", None).await
     }
 
+    /// `migrate-pause` out of band (see [`QmpClient::execute_oob`]).
+    pub async fn migrate_pause_oob(&self) -> Result<(), QmpError> {
+        self.execute_oob("migrate-pause", None).await.map(|_| ())
+    }
+
+    /// `migrate-recover` out of band (see [`QmpClient::execute_oob`]).
+    pub async fn migrate_recover_oob(&self, uri: &str) -> Result<(), QmpError> {
+        self.execute_oob("migrate-recover", Some(json!({ "uri": uri })))
+            .await
+            .map(|_| ())
+    }
+
     /// `migrate-recover` on the destination of a paused post-copy migration: listen on `uri`.
     pub async fn migrate_recover(&self, uri: &str) -> Result<(), QmpError> {
         self.execute_unit("migrate-recover", Some(json!({ "uri": uri })))

@@ -319,3 +319,26 @@ async fn pc_machine_cpus_and_powerdown() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn out_of_band_commands_need_the_capability_and_reach_qemu() {
+    let mut qemu = Qemu::spawn("oob", MACHINE_NONE);
+    {
+        let plain = qemu.connect().await;
+        let err = plain.execute_oob("migrate-pause", None).await.unwrap_err();
+        assert!(matches!(err, QmpError::Protocol { .. }), "{err:?}");
+    }
+    let qmp = qemu
+        .connect_with(QmpOptions {
+            oob: true,
+            ..Default::default()
+        })
+        .await;
+    // QEMU ran it (out of band) and refused it for the right reason: no post-copy here.
+    match qmp.migrate_pause_oob().await {
+        Err(QmpError::Command { desc, .. }) => assert!(desc.contains("postcopy"), "{desc}"),
+        other => panic!("expected QEMU's refusal, got {other:?}"),
+    }
+    // In-band commands still work on the same connection.
+    assert_eq!(qmp.query_status().await.unwrap().status, RunState::Running);
+}

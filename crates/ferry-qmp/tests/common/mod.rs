@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use ferry_qmp::QmpClient;
+use ferry_qmp::{QmpClient, QmpOptions};
 
 pub const QEMU: &str = "qemu-system-x86_64";
 
@@ -65,6 +65,17 @@ impl Qemu {
                 self.log()
             ),
         }
+    }
+
+    /// Connects with explicit options (e.g. out-of-band execution), retrying while QEMU starts.
+    pub async fn connect_with(&mut self, options: QmpOptions) -> QmpClient {
+        let options = QmpOptions {
+            connect_retry: Some(Duration::from_secs(20)),
+            ..options
+        };
+        QmpClient::connect_with(&self.qmp_path, options)
+            .await
+            .unwrap_or_else(|e| panic!("QMP connect to {} failed: {e}\n{}", self.name, self.log()))
     }
 
     pub fn log(&self) -> String {

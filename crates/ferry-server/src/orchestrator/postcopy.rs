@@ -7,9 +7,9 @@
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use ferry_api::client::AgentClient;
+use ferry_api::client::{AgentClient, ClientError};
 use ferry_api::*;
-use ferry_migration::postcopy::{next, Next, Observation, Side};
+use ferry_migration::postcopy::{next, resumed, Next, Observation, Side};
 
 use super::{Run, SWITCH_WAIT};
 use crate::precheck::probe_link;
@@ -19,6 +19,9 @@ const RECOVERY_PROBE_BYTES: u64 = 256 << 10;
 const RECOVERY_PROBE_MS: u64 = 300;
 /// Between reconnection attempts while the link stays down.
 const RETRY_EVERY: Duration = Duration::from_secs(1);
+/// Each agent call here gets this long: a destination QEMU whose guest waits for a page can
+/// be slow to answer, and the loop must keep watching the other side meanwhile.
+const CALL_TIMEOUT: Duration = Duration::from_secs(3);
 /// How often the post-copy progress goes into the event log.
 const PROGRESS_EVENT_EVERY: Duration = Duration::from_secs(2);
 
@@ -81,20 +84,24 @@ impl Run {
         let mut last_progress = (0u64, Instant::now());
         let mut last_event = Instant::now();
         loop {
-            let src = source.migration_status(&self.m.vm).await;
+            // Both at once: a side that is slow to answer must not delay seeing the other.
+            let (src, dst) = tokio::join!(
+                within(source.migration_status(&self.m.vm)),
+                within(dest.migration_status(&self.m.vm))
+            );
             let source_side = match &src {
                 Ok(s) => Side::from_qemu_status(&s.progress.qemu_status),
                 Err(e) => exited_or_unknown(e),
             };
-            let destination_side = self.destination_side(dest).await;
+            let destination_side = match &dst {
+                Ok(s) => Side::from_qemu_status(&s.progress.qemu_status),
+                Err(e) => exited_or_unknown(e),
+            };
             if let Ok(s) = &src {
                 if s.progress.transferred_bytes > last_progress.0 {
                     last_progress = (s.progress.transferred_bytes, Instant::now());
                 }
                 self.record_postcopy_progress(s, &mut last_event);
-            }
-            if source_side == Side::Active && destination_side == Side::Active {
-                self.resumed(&mut outage);
             }
             let obs = Observation {
                 source: source_side,
@@ -104,6 +111,9 @@ impl Run {
                     .recovering_since
                     .map(|t| t.elapsed().as_millis() as u64),
             };
+            if resumed(&obs) && outage.recovering_since.is_some() {
+                self.resumed(&mut outage);
+            }
             match next(&obs) {
                 Next::Wait => {}
                 Next::Finish => {
@@ -144,20 +154,6 @@ impl Run {
         }
     }
 
-    async fn destination_side(&self, dest: &AgentClient) -> Side {
-        match dest.vm(&self.m.vm).await {
-            Ok(rt) if matches!(rt.state, VmState::Crashed | VmState::Stopped) => {
-                return Side::Exited
-            }
-            Err(e) if is_gone(&e) => return Side::Exited,
-            _ => {}
-        }
-        match dest.migration_status(&self.m.vm).await {
-            Ok(s) => Side::from_qemu_status(&s.progress.qemu_status),
-            Err(e) => exited_or_unknown(&e),
-        }
-    }
-
     fn record_postcopy_progress(&mut self, s: &AgentMigrationStatus, last_event: &mut Instant) {
         let mut p = s.progress.clone();
         p.controller_step = ControllerStep::Postcopy;
@@ -189,15 +185,17 @@ impl Run {
         reason: &str,
         outage: &mut Outage,
     ) {
-        let s = source.pause_postcopy(&self.m.vm).await;
-        let d = dest.pause_postcopy(&self.m.vm).await;
+        let (s, d) = tokio::join!(
+            within(source.pause_postcopy(&self.m.vm)),
+            within(dest.pause_postcopy(&self.m.vm))
+        );
         if outage.paused_since.is_none() {
             outage.paused_since = Some(Instant::now());
             outage.pauses += 1;
         }
         outage.recovering_since = None;
         outage.listener = None;
-        let note = |r: Result<AgentMigrationStatus, ferry_api::client::ClientError>| match r {
+        let note = |r: Result<AgentMigrationStatus, ClientError>| match r {
             Ok(st) => st.progress.qemu_status,
             Err(e) => format!("not paused ({e})"),
         };
@@ -240,11 +238,11 @@ impl Run {
             return;
         }
         // A side that did not notice the break (a silent link) is paused first.
-        let _ = dest.pause_postcopy(&self.m.vm).await;
-        let _ = source.pause_postcopy(&self.m.vm).await;
+        let _ = within(dest.pause_postcopy(&self.m.vm)).await;
+        let _ = within(source.pause_postcopy(&self.m.vm)).await;
         let listener = match &outage.listener {
             Some(l) => l.clone(),
-            None => match dest.recover_incoming(&self.m.vm).await {
+            None => match within(dest.recover_incoming(&self.m.vm)).await {
                 Ok(r) => format!("tcp:{}", r.advertised),
                 Err(e) => {
                     tracing::warn!("destination could not listen for the recovery: {e}");
@@ -253,15 +251,10 @@ impl Run {
             },
         };
         outage.listener = Some(listener.clone());
-        match source
-            .resume_outgoing(
-                &self.m.vm,
-                &ResumeRequest {
-                    uri: listener.clone(),
-                },
-            )
-            .await
-        {
+        let resume = ResumeRequest {
+            uri: listener.clone(),
+        };
+        match within(source.resume_outgoing(&self.m.vm, &resume)).await {
             Ok(_) => {
                 outage.recovering_since = Some(Instant::now());
                 self.event(
@@ -358,12 +351,26 @@ impl Run {
     }
 }
 
-/// An agent's answer that says the VM (so its QEMU) is not there any more.
-fn is_gone(e: &ferry_api::client::ClientError) -> bool {
-    matches!(e, ferry_api::client::ClientError::Api(a) if a.code == ErrorCode::NotFound)
+/// An agent call, given up after [`CALL_TIMEOUT`] (reported as an unreachable agent).
+async fn within<T>(
+    call: impl std::future::Future<Output = Result<T, ClientError>>,
+) -> Result<T, ClientError> {
+    tokio::time::timeout(CALL_TIMEOUT, call)
+        .await
+        .unwrap_or_else(|_| {
+            Err(ClientError::Unreachable {
+                url: "agent".into(),
+                reason: format!("no answer within {} s", CALL_TIMEOUT.as_secs()),
+            })
+        })
 }
 
-fn exited_or_unknown(e: &ferry_api::client::ClientError) -> Side {
+/// An agent's answer that says the VM (so its QEMU) is not there any more.
+fn is_gone(e: &ClientError) -> bool {
+    matches!(e, ClientError::Api(a) if a.code == ErrorCode::NotFound)
+}
+
+fn exited_or_unknown(e: &ClientError) -> Side {
     if is_gone(e) || e.to_string().contains("QEMU is not running") {
         Side::Exited
     } else {
