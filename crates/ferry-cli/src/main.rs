@@ -85,17 +85,10 @@ async fn run(cli: Cli) -> CliResult {
 /// Interrupting drops the command's future, so the labs, daemons and VMs it started are
 /// torn down by their guards before the process exits.
 async fn interruptible(work: impl std::future::Future<Output = CliResult>) -> CliResult {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
     tokio::select! {
         r = work => r,
-        _ = tokio::signal::ctrl_c() => Err(exit::CliError::failed("interrupted; what it started was stopped")),
-        () = terminate => Err(exit::CliError::failed("terminated; what it started was stopped")),
+        () = cmd_lab::interrupted() => {
+            Err(exit::CliError::failed("interrupted; what it started was stopped"))
+        }
     }
 }

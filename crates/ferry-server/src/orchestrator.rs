@@ -150,6 +150,17 @@ impl Run {
         }
     }
 
+    /// The switch is committed: `Completed`, with the report in the event.
+    fn complete(&mut self, ev: PhaseEvent, r: &MigrationReport) {
+        let message = format!(
+            "VM {} runs on {}: {}",
+            self.m.vm,
+            self.m.destination,
+            r.summary()
+        );
+        self.advance(ev, message, serde_json::to_value(r).unwrap_or_default());
+    }
+
     fn persist(&self) {
         if let Err(e) = self.server.store.save_migration(&self.m) {
             tracing::error!("cannot persist migration: {e}");
@@ -439,16 +450,7 @@ impl Run {
             r.total_time_ms = self.started.elapsed().as_millis() as u64;
         }
         let r = self.m.report.clone().unwrap_or_default();
-        self.advance(
-            PhaseEvent::DestinationRunning,
-            format!(
-                "VM {} runs on {}: {}",
-                self.m.vm,
-                self.m.destination,
-                r.summary()
-            ),
-            serde_json::to_value(&r).unwrap_or_default(),
-        );
+        self.complete(PhaseEvent::DestinationRunning, &r);
         if self.retire_source().await {
             self.retire_source_disks().await;
         }

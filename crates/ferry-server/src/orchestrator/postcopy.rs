@@ -320,16 +320,7 @@ impl Run {
         r.postcopy_paused_ms = outage.paused_ms;
         r.total_time_ms = self.started.elapsed().as_millis() as u64;
         self.m.report = Some(r.clone());
-        self.advance(
-            PhaseEvent::PostcopyFinished,
-            format!(
-                "VM {} runs on {}: {}",
-                self.m.vm,
-                self.m.destination,
-                r.summary()
-            ),
-            serde_json::to_value(&r).unwrap_or_default(),
-        );
+        self.complete(PhaseEvent::PostcopyFinished, &r);
         self.retire_source().await;
     }
 
