@@ -15,6 +15,7 @@ const VM: &str = "hot";
 
 fn migrate(
     lab: &ferry_lab::Lab,
+    to: &str,
     cap_mib: &str,
     extra: &[&str],
 ) -> (Option<i32>, Migration, String) {
@@ -23,7 +24,7 @@ fn migrate(
         "migrate",
         VM,
         "--to",
-        "b",
+        to,
         "--max-bandwidth",
         cap_mib,
         "--json",
@@ -42,7 +43,7 @@ async fn the_controller_aborts_when_it_may_not_throttle_and_converges_when_it_ma
     // 64 MiB rewritten at 48 MiB/s over a 16 MiB/s link: pre-copy alone never converges.
     boot_guest(&lab, VM, "a", 64, 48.0).await;
 
-    let (code, m, err) = migrate(&lab, "16", &[]);
+    let (code, m, err) = migrate(&lab, "b", "16", &[]);
     assert_eq!(code, Some(1), "{err}");
     assert_eq!(m.phase, Phase::Failed);
     let reason = m.error.clone().unwrap_or_default();
@@ -71,14 +72,12 @@ async fn the_controller_aborts_when_it_may_not_throttle_and_converges_when_it_ma
     println!("aborted: {reason}");
 
     // Allowed to throttle up to 99 %: the controller raises the throttle pass by pass
-    // (each step waits until QEMU applies it), runs a whole pass at the ceiling, and only
-    // then aborts; the guest is left running on a, unthrottled. (Under TCG a throttled
-    // vCPU still runs 10 ms slices in which this guest, which paces itself by the wall
-    // clock, catches up in bursts, so even 99 % does not bring it under the link here.)
-    let (code, m, err) = migrate(&lab, "16", &["--max-throttle", "99"]);
-    assert_eq!(code, Some(1), "{err}");
-    let reason = m.error.clone().unwrap_or_default();
-    assert!(reason.contains("throttle at its 99% ceiling"), "{reason}");
+    // (each step waits until QEMU applies it) and runs a whole pass at the ceiling. Under
+    // TCG a throttled vCPU still runs 10 ms slices in which this guest, which paces itself
+    // by the wall clock, catches up in bursts, so whether even 99 % brings it under the
+    // link varies from run to run. Either outcome must be clean: converged (the guest
+    // verifies on b), or aborted at the ceiling (the guest runs on a, unthrottled).
+    let (code, m, err) = migrate(&lab, "b", "16", &["--max-throttle", "99"]);
     let events = c
         .events(&EventQuery {
             migration: Some(m.id),
@@ -96,26 +95,53 @@ async fn the_controller_aborts_when_it_may_not_throttle_and_converges_when_it_ma
                 .map(|t| t.to_string())
         })
         .collect();
-    assert_eq!(raised, ["30%", "50%", "70%", "90%", "99%"], "{raised:?}");
+    let steps = ["30%", "50%", "70%", "90%", "99%"];
+    assert!(
+        !raised.is_empty()
+            && raised.len() <= steps.len()
+            && raised.iter().zip(steps).all(|(r, s)| r == s),
+        "the throttle rises in order: {raised:?}"
+    );
     let applied = events
         .iter()
         .filter(|e| e.kind == "migration.pass")
         .filter_map(|e| e.data["throttle_pct"].as_u64())
         .max()
         .unwrap_or(0);
-    assert_eq!(applied, 99, "QEMU applied the ceiling");
-    let vm = c.vm(VM).await.unwrap();
-    assert_eq!((vm.host.as_str(), vm.state), ("a", VmState::Running));
-    let status = agent.migration_status(VM).await.unwrap();
-    assert_eq!(
-        status.progress.throttle_pct, 0,
-        "unthrottled after the abort"
-    );
-    println!("throttled to 99% and aborted: {reason}");
-    let v = ferry_lab::Observer { client: &c, vm: VM }
-        .wait_status(Duration::from_secs(30), |s| s.mismatches == 0)
-        .await;
-    assert!(v.is_ok(), "the guest runs clean on a: {v:?}");
+    let next_host = match code {
+        Some(1) => {
+            let reason = m.error.clone().unwrap_or_default();
+            assert!(reason.contains("throttle at its 99% ceiling"), "{reason}");
+            assert_eq!(raised, steps, "{raised:?}");
+            assert_eq!(applied, 99, "QEMU applied the ceiling");
+            let vm = c.vm(VM).await.unwrap();
+            assert_eq!((vm.host.as_str(), vm.state), ("a", VmState::Running));
+            let status = agent.migration_status(VM).await.unwrap();
+            assert_eq!(
+                status.progress.throttle_pct, 0,
+                "unthrottled after the abort"
+            );
+            println!("throttled to 99% and aborted: {reason}");
+            let v = ferry_lab::Observer { client: &c, vm: VM }
+                .wait_status(Duration::from_secs(30), |s| s.mismatches == 0)
+                .await;
+            assert!(v.is_ok(), "the guest runs clean on a: {v:?}");
+            "b"
+        }
+        Some(0) => {
+            assert_eq!(m.phase, Phase::Completed);
+            assert!(applied >= 30, "converged throttled ({applied}%)");
+            let vm = c.vm(VM).await.unwrap();
+            assert_eq!((vm.host.as_str(), vm.state), ("b", VmState::Running));
+            println!("converged with the guest throttled to {applied}%");
+            let v = ferry_lab::Observer { client: &c, vm: VM }
+                .wait_status(Duration::from_secs(30), |s| s.mismatches == 0)
+                .await;
+            assert!(v.is_ok(), "the guest runs clean on b: {v:?}");
+            "a"
+        }
+        other => panic!("exit {other:?}: {err}"),
+    };
 
     // Streams and compression reach QEMU on both sides: two multifd channels with zstd
     // over a faster link converge, and the guest verifies clean on b.
@@ -126,6 +152,7 @@ async fn the_controller_aborts_when_it_may_not_throttle_and_converges_when_it_ma
         .expect("status");
     let (code, m, err) = migrate(
         &lab,
+        next_host,
         "200",
         &[
             "--streams",
