@@ -294,9 +294,12 @@ async fn local_disks_move_with_the_vm_and_every_failure_leaves_the_source_intact
     assert!(events
         .iter()
         .any(|e| e.kind == "migration.phase" && e.message.contains("in sync")));
-    assert!(events
-        .iter()
-        .any(|e| e.kind == "migration.source_disks" && e.outcome == Outcome::Ok));
+    // The event is written once the agent's delete returns, a moment after the listing
+    // above can already show the image gone.
+    wait_migration_event(&c, m.id, "migration.source_disks", |e| {
+        e.outcome == Outcome::Ok
+    })
+    .await;
     let first = wait_console(&obs, "disk status on b", |s| s.disk_last.is_some()).await;
     let first = first.disk_last.expect("disk line");
     let later = wait_console(&obs, "disk progress on b", |s| {

@@ -127,3 +127,26 @@ pub async fn migration_events(
     .await
     .expect("events")
 }
+
+/// Waits (up to 60 s) for an event of one migration and kind that satisfies `pred`.
+/// Events written after the migration completes (source retirement, disk deletion)
+/// land a moment after what they describe is visible, so a single look can miss them.
+pub async fn wait_migration_event(
+    c: &ferry_api::client::ServerClient,
+    id: uuid::Uuid,
+    kind: &str,
+    pred: impl Fn(&Event) -> bool,
+) -> Event {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let events = migration_events(c, id, kind).await;
+        if let Some(e) = events.into_iter().find(|e| pred(e)) {
+            return e;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no matching {kind} event for migration {id} in 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
