@@ -315,13 +315,12 @@ impl Server {
                 None => continue,
             };
             if now != vm.state {
-                self.store.set_vm_state(&vm.spec.name, now)?;
                 let how = if reported.is_none() {
                     " (its host no longer runs it)"
                 } else {
                     ""
                 };
-                self.event(NewEvent {
+                let ev = NewEvent {
                     actor: actor.to_string(),
                     kind: "vm.state".into(),
                     vm: Some(vm.spec.name.clone()),
@@ -337,7 +336,10 @@ impl Server {
                     ),
                     data: serde_json::Value::Null,
                     ..Default::default()
-                });
+                };
+                // The state and the event reporting it land together.
+                self.store
+                    .set_vm_state_logged(&vm.spec.name, now, Some(&ev))?;
             }
         }
         Ok(())

@@ -114,7 +114,18 @@ impl Run {
     }
 
     fn event(&self, kind: &str, outcome: Outcome, message: String, data: serde_json::Value) {
-        self.server.event(NewEvent {
+        self.server
+            .event(self.new_event(kind, outcome, message, data));
+    }
+
+    fn new_event(
+        &self,
+        kind: &str,
+        outcome: Outcome,
+        message: String,
+        data: serde_json::Value,
+    ) -> NewEvent {
+        NewEvent {
             actor: "server".into(),
             kind: kind.into(),
             vm: Some(self.m.vm.clone()),
@@ -123,7 +134,7 @@ impl Run {
             outcome: Some(outcome),
             message,
             data,
-        });
+        }
     }
 
     /// Moves to the next phase (refusing transitions the state machine forbids), persists
@@ -137,14 +148,19 @@ impl Run {
                 if next.is_terminal() {
                     self.m.finished_at = Some(self.m.updated_at);
                 }
-                self.persist();
                 tracing::info!(%from, to = %next, "{message}");
                 let outcome = match next {
                     Phase::Failed => Outcome::Error,
                     Phase::Completed | Phase::Cancelled => Outcome::Ok,
                     _ => Outcome::Info,
                 };
-                self.event("migration.phase", outcome, message, data);
+                // The phase and its log entry land in one transaction.
+                let ev = self.new_event("migration.phase", outcome, message, data);
+                if let Err(e) = self.server.store.save_migration_logged(&self.m, Some(&ev)) {
+                    // Where the VM is matters more than its log line: keep the phase.
+                    tracing::error!("cannot log the phase change, saving it alone: {e}");
+                    self.persist();
+                }
             }
             Err(e) => tracing::error!("state machine refused a transition: {e}"),
         }

@@ -289,10 +289,27 @@ impl Store {
     }
 
     pub fn set_vm_state(&self, name: &str, state: VmState) -> R<()> {
-        self.conn().execute(
+        self.set_vm_state_logged(name, state, None)
+    }
+
+    /// Sets a VM's state and appends the event that reports it in one transaction: a
+    /// reader sees both or neither.
+    pub fn set_vm_state_logged(
+        &self,
+        name: &str,
+        state: VmState,
+        event: Option<&NewEvent>,
+    ) -> R<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
             "UPDATE vms SET state = ?2, updated_at = ?3 WHERE name = ?1",
             params![name, state.as_str(), ts(&Utc::now())],
         )?;
+        if let Some(e) = event {
+            insert_event(&tx, e)?;
+        }
+        tx.commit()?;
         Ok(())
     }
 
@@ -338,6 +355,13 @@ impl Store {
     /// (and, for `Completed`, moved to the destination) in the same transaction: the VM
     /// record and the migration record can never disagree about where the VM is.
     pub fn save_migration(&self, m: &Migration) -> R<()> {
+        self.save_migration_logged(m, None)
+    }
+
+    /// [`Store::save_migration`] with the event that reports the change, in the same
+    /// transaction: whoever sees a migration's new phase also finds its log entry (the
+    /// audit trail never lags the state it describes).
+    pub fn save_migration_logged(&self, m: &Migration, event: Option<&NewEvent>) -> R<()> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         tx.execute(
@@ -366,6 +390,9 @@ impl Store {
                 "UPDATE vms SET migration = NULL, updated_at = ?2 WHERE name = ?1 AND migration = ?3",
                 params![m.vm, ts(&m.updated_at), m.id.to_string()],
             )?;
+        }
+        if let Some(e) = event {
+            insert_event(&tx, e)?;
         }
         tx.commit()?;
         Ok(())
@@ -404,23 +431,7 @@ impl Store {
     // ---- events -----------------------------------------------------------------------
 
     pub fn append_event(&self, e: &NewEvent) -> R<i64> {
-        let conn = self.conn();
-        conn.execute(
-            "INSERT INTO events (at, actor, kind, vm, host, migration, outcome, message, data)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            params![
-                ts(&Utc::now()),
-                e.actor,
-                e.kind,
-                e.vm,
-                e.host,
-                e.migration.map(|m| m.to_string()),
-                e.outcome.unwrap_or(Outcome::Info).as_str(),
-                e.message,
-                json(&e.data)?,
-            ],
-        )?;
-        Ok(conn.last_insert_rowid())
+        insert_event(&self.conn(), e)
     }
 
     pub fn events(&self, q: &EventQuery) -> R<Vec<Event>> {
@@ -460,6 +471,26 @@ pub struct StoredHost {
     pub inventory: HostInventory,
     pub vms: u32,
     pub maintenance: bool,
+}
+
+/// Appends one event (the table refuses UPDATE and DELETE: the log only grows).
+fn insert_event(conn: &Connection, e: &NewEvent) -> R<i64> {
+    conn.execute(
+        "INSERT INTO events (at, actor, kind, vm, host, migration, outcome, message, data)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        params![
+            ts(&Utc::now()),
+            e.actor,
+            e.kind,
+            e.vm,
+            e.host,
+            e.migration.map(|m| m.to_string()),
+            e.outcome.unwrap_or(Outcome::Info).as_str(),
+            e.message,
+            json(&e.data)?,
+        ],
+    )?;
+    Ok(conn.last_insert_rowid())
 }
 
 fn stored_host_row(r: &Row) -> rusqlite::Result<R<StoredHost>> {

@@ -116,6 +116,73 @@ fn completing_moves_the_vm_and_failing_keeps_it() {
 }
 
 #[test]
+fn a_phase_change_and_its_event_land_together_or_not_at_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ferry.db");
+    let store = Store::open(&path).unwrap();
+    store.insert_vm(&vm("web1", "a")).unwrap();
+    let mut m = migration("web1", "a", "b");
+    store.begin_migration(&m).unwrap();
+    let event = |kind: &str| NewEvent {
+        actor: "server".into(),
+        kind: kind.into(),
+        migration: Some(m.id),
+        message: "VM web1 runs on b".into(),
+        ..Default::default()
+    };
+    let logged = |store: &Store| {
+        store
+            .events(&EventQuery {
+                migration: Some(m.id),
+                ..Default::default()
+            })
+            .unwrap()
+    };
+
+    // The event cannot be written (a trigger refuses it): the phase does not move and the
+    // VM stays where it was.
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch(
+        "CREATE TRIGGER refuse_test BEFORE INSERT ON events WHEN NEW.kind = 'test.refused'
+         BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;",
+    )
+    .unwrap();
+    m.phase = Phase::Completed;
+    let err = store
+        .save_migration_logged(&m, Some(&event("test.refused")))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("refused by the test"), "{err}");
+    assert_eq!(
+        store.migration(m.id).unwrap().unwrap().phase,
+        Phase::Pending
+    );
+    assert_eq!(store.vm("web1").unwrap().unwrap().host, "a");
+    assert!(logged(&store).is_empty());
+
+    // Written: both are there.
+    store
+        .save_migration_logged(&m, Some(&event("migration.phase")))
+        .unwrap();
+    assert_eq!(
+        store.migration(m.id).unwrap().unwrap().phase,
+        Phase::Completed
+    );
+    assert_eq!(store.vm("web1").unwrap().unwrap().host, "b");
+    let log = logged(&store);
+    assert_eq!(log.len(), 1);
+    assert_eq!(log[0].kind, "migration.phase");
+
+    // The same for a VM's state.
+    let err = store
+        .set_vm_state_logged("web1", VmState::Crashed, Some(&event("test.refused")))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("refused by the test"), "{err}");
+    assert_eq!(store.vm("web1").unwrap().unwrap().state, VmState::Running);
+}
+
+#[test]
 fn a_database_from_an_unknown_schema_version_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ferry.db");
