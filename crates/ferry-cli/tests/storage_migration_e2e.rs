@@ -284,16 +284,10 @@ async fn local_disks_move_with_the_vm_and_every_failure_leaves_the_source_intact
     let img = on_b.iter().find(|d| d.name == DISK).expect("image on b");
     assert_eq!(img.in_use_by.as_deref(), Some(VM));
     assert_eq!(img.virtual_size, 64 << 20);
-    let events = c
-        .events(&EventQuery {
-            migration: Some(m.id),
-            ..Default::default()
-        })
+    assert!(migration_events(&c, m.id, "migration.phase")
         .await
-        .unwrap();
-    assert!(events
         .iter()
-        .any(|e| e.kind == "migration.phase" && e.message.contains("in sync")));
+        .any(|e| e.message.contains("in sync")));
     // The event is written once the agent's delete returns, a moment after the listing
     // above can already show the image gone.
     wait_migration_event(&c, m.id, "migration.source_disks", |e| {
