@@ -57,7 +57,7 @@ fn progress_of(disk: &str, job: &BlockJobInfo) -> DiskCopyProgress {
         copied_bytes: job.offset,
         ready: job.ready,
         writes_blocking: job.actively_synced,
-        status: job.status.clone(),
+        status: ferry_api::BlockJobStatus::parse(&job.status),
         error: job.error.clone(),
     }
 }
@@ -162,7 +162,7 @@ impl QemuVm {
             .iter()
             .map(|&i| DiskCopyProgress {
                 disk: self.disk_label(i),
-                status: "starting".into(),
+                status: ferry_api::BlockJobStatus::Starting,
                 ..Default::default()
             })
             .collect();
@@ -272,7 +272,10 @@ impl QemuVm {
         let behind: Vec<String> = disks
             .iter()
             .filter(|d| !d.ready || d.error.is_some())
-            .map(|d| format!("{} ({})", d.disk, d.error.as_deref().unwrap_or(&d.status)))
+            .map(|d| {
+                let why = d.error.clone().unwrap_or_else(|| d.status.to_string());
+                format!("{} ({why})", d.disk)
+            })
             .collect();
         Err(ApiError::conflict(format!(
             "disks not in sync yet: {}",

@@ -24,6 +24,9 @@ use crate::persist::{PersistedVm, Role};
 
 /// How long QEMU gets to open its QMP socket after start.
 const QMP_CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a status question to QEMU's monitor may take before QEMU counts as
+/// unresponsive (a busy main loop, e.g. a destination waiting for a page in post-copy).
+pub const MONITOR_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Pausing and resuming the guest's vCPUs.
 #[allow(async_fn_in_trait)]
@@ -278,35 +281,48 @@ impl QemuVm {
             .map_err(|e| qmp_err("announce-self", e))
     }
 
+    /// The VM's state and QEMU's run state as the API shows them. A monitor that does not
+    /// answer within [`MONITOR_TIMEOUT`] reads as `Unresponsive`: alive, state unknown
+    /// (never as starting, and never as gone).
+    async fn state(&self) -> (VmState, Option<RunState>) {
+        let rec = self.record();
+        if self.exit_reason().is_some() {
+            return if self.stop_requested.load(Ordering::SeqCst) {
+                (VmState::Stopped, None)
+            } else {
+                (VmState::Crashed, None)
+            };
+        }
+        match tokio::time::timeout(MONITOR_TIMEOUT, self.qmp.query_status()).await {
+            Ok(Ok(s)) => {
+                let state = derive_state(rec.role, &s.status);
+                if rec.role == Role::Incoming
+                    && s.status == RunState::Running
+                    && !self.in_postcopy().await
+                {
+                    // The stream completed and the guest runs here now. (In post-copy it
+                    // runs here while pages still arrive.)
+                    let _ = self.set_role(Role::Normal);
+                }
+                (state, Some(s.status))
+            }
+            Ok(Err(e)) if e.is_disconnected() => {
+                // The monitor closed: QEMU is on its way out; the supervisor will say so.
+                (VmState::Unresponsive, None)
+            }
+            _ => (VmState::Unresponsive, None),
+        }
+    }
+
     /// The VM as the API shows it.
     pub async fn runtime(&self) -> VmRuntime {
         let rec = self.record();
+        let (state, run_state) = self.state().await;
         let exit = self.exit_reason();
-        let (state, qemu_status) = match &exit {
-            Some(_) if self.stop_requested.load(Ordering::SeqCst) => (VmState::Stopped, None),
-            Some(_) => (VmState::Crashed, None),
-            None => {
-                match tokio::time::timeout(Duration::from_secs(5), self.qmp.query_status()).await {
-                    Ok(Ok(s)) => {
-                        let state = derive_state(rec.role, &s.status);
-                        if rec.role == Role::Incoming
-                            && s.status == RunState::Running
-                            && !self.in_postcopy().await
-                        {
-                            // The stream completed and the guest runs here now. (In
-                            // post-copy it runs here while pages still arrive.)
-                            let _ = self.set_role(Role::Normal);
-                        }
-                        (state, Some(s.status.to_string()))
-                    }
-                    _ => (VmState::Starting, None),
-                }
-            }
-        };
         VmRuntime {
             spec: rec.spec,
             state,
-            qemu_status,
+            qemu_status: run_state.map(|s| s.to_string()),
             pid: exit.is_none().then_some(self.pid),
             accel: rec.accel,
             started_at: rec.started_at,
@@ -502,12 +518,40 @@ impl Migratable for QemuVm {
     }
 
     async fn migration_status(&self) -> Result<AgentMigrationStatus, ApiError> {
-        let info = self
-            .qmp
-            .query_migrate()
-            .await
-            .map_err(|e| qmp_err("query-migrate", e))?;
-        let mut status = to_agent_status(&info);
+        let (vm_state, _) = self.state().await;
+        if matches!(
+            vm_state,
+            VmState::Crashed | VmState::Stopped | VmState::Unresponsive
+        ) {
+            // Nothing more can be asked; the state says what is known.
+            return Ok(AgentMigrationStatus {
+                vm_state,
+                progress: MigrationProgress {
+                    qemu_status: ferry_api::MigrationStatus::Unknown,
+                    disks: self
+                        .disk_progress
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .clone(),
+                    ..Default::default()
+                },
+                downtime_ms: None,
+                error: self.exit_reason(),
+            });
+        }
+        let info = match tokio::time::timeout(MONITOR_TIMEOUT, self.qmp.query_migrate()).await {
+            Ok(Ok(info)) => info,
+            Ok(Err(e)) if !e.is_disconnected() => return Err(qmp_err("query-migrate", e)),
+            _ => {
+                return Ok(AgentMigrationStatus {
+                    vm_state: VmState::Unresponsive,
+                    progress: MigrationProgress::default(),
+                    downtime_ms: None,
+                    error: None,
+                })
+            }
+        };
+        let mut status = to_agent_status(&info, vm_state);
         status.progress.disks = self.disk_copy_progress().await;
         if status.is_failed() {
             if let Some(reason) = self
@@ -569,21 +613,24 @@ impl Migratable for QemuVm {
     }
 }
 
-pub fn to_agent_status(info: &ferry_qmp::MigrationInfo) -> AgentMigrationStatus {
+/// QEMU's `query-migrate` answer, normalised; `vm_state` from `query-status`.
+pub fn to_agent_status(info: &ferry_qmp::MigrationInfo, vm_state: VmState) -> AgentMigrationStatus {
     let ram = info.ram.clone().unwrap_or_default();
     let page = if ram.page_size == 0 {
         4096
     } else {
         ram.page_size
     };
+    // QEMU's status typed once, here, where it enters Ferry.
     let status = info
         .status
         .as_ref()
-        .map(|s| s.to_string())
-        .unwrap_or_else(|| "none".to_string());
+        .map(|s| ferry_api::MigrationStatus::parse(s.as_str()))
+        .unwrap_or(ferry_api::MigrationStatus::None);
     AgentMigrationStatus {
+        vm_state,
         progress: MigrationProgress {
-            qemu_status: status.clone(),
+            qemu_status: status,
             elapsed_ms: info.total_time.unwrap_or(0),
             ram_total_bytes: ram.total,
             transferred_bytes: ram.transferred,
@@ -659,8 +706,8 @@ mod tests {
                     "mbps": 80.0, "dirty-sync-count": 2, "page-size": 4096}
         }))
         .unwrap();
-        let s = to_agent_status(&info);
-        assert_eq!(s.progress.qemu_status, "active");
+        let s = to_agent_status(&info, VmState::Running);
+        assert_eq!(s.progress.qemu_status, ferry_api::MigrationStatus::Active);
         assert_eq!(s.progress.dirty_rate_bytes_per_s, 40960);
         assert_eq!(s.progress.bandwidth_bytes_per_s, 10_000_000);
         assert_eq!(s.progress.passes, 2);

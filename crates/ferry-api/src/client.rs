@@ -240,6 +240,16 @@ impl ServerClient {
             .post(&format!("/v1/migrations/{id}/cancel"), &())
             .await
     }
+    /// Settles a migration that needs attention by keeping one side.
+    pub async fn resolve_migration(
+        &self,
+        id: Uuid,
+        req: &ResolveRequest,
+    ) -> Result<Migration, ClientError> {
+        self.http
+            .post(&format!("/v1/migrations/{id}/resolve"), req)
+            .await
+    }
     pub async fn disks(&self, host: &str, pool: &str) -> Result<Vec<DiskImage>, ClientError> {
         self.http
             .get(&format!(
@@ -426,10 +436,18 @@ impl AgentClient {
             .post(&format!("/v1/vms/{}/migration/resume", seg(name)), req)
             .await
     }
-    /// Source: cancel an outgoing migration and make sure the guest runs here.
+    /// Source: cancel an outgoing migration and make sure the guest runs here. Refused
+    /// once QEMU completed the stream (the destination may run the guest).
     pub async fn cancel_outgoing(&self, name: &str) -> Result<VmRuntime, ClientError> {
         self.http
             .post(&format!("/v1/vms/{}/migration/cancel", seg(name)), &())
+            .await
+    }
+    /// Source whose QEMU completed the stream: resume the guest here. Only on an
+    /// operator's resolution, after the destination was proven stopped.
+    pub async fn reclaim(&self, name: &str) -> Result<VmRuntime, ClientError> {
+        self.http
+            .post(&format!("/v1/vms/{}/migration/reclaim", seg(name)), &())
             .await
     }
     pub async fn pools(&self) -> Result<Vec<PoolInfo>, ClientError> {

@@ -11,6 +11,7 @@
 pub mod checks;
 pub mod client;
 pub mod error;
+pub mod events;
 pub mod host;
 #[cfg(feature = "server")]
 pub mod http;
@@ -23,6 +24,7 @@ pub mod vm;
 
 pub use checks::*;
 pub use error::{ApiError, ErrorBody, ErrorCode};
+pub use events::*;
 pub use host::*;
 pub use migration::*;
 pub use names::validate_name;

@@ -4,9 +4,11 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+pub use ferry_migration::convergence::History as ConvergenceHistory;
+pub use ferry_migration::recovery::{Keep, SideFacts};
 pub use ferry_migration::{
-    disk_totals, disks_in_sync, DiskCopyProgress, MigrationProgress, MigrationReport, Phase,
-    PhaseEvent,
+    disk_totals, disks_in_sync, BlockJobStatus, DiskCopyProgress, MigrationProgress,
+    MigrationReport, MigrationStatus, Phase, PhaseEvent,
 };
 
 use crate::{ApiError, VmSpec};
@@ -113,6 +115,93 @@ pub struct Migration {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// What the orchestrator must remember across a restart (see [`RunState`]).
+    #[serde(default)]
+    pub run: RunState,
+    /// Why the migration needs an operator, with what each side reported
+    /// (`needs_attention` only).
+    #[serde(default)]
+    pub attention: Option<Attention>,
+}
+
+/// Everything recovery needs that is not in the phase: saved with every phase change, so
+/// a restarted server acts on the same facts the running one had.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RunState {
+    /// The source was told to send memory or to copy disks (saved before the call).
+    pub outgoing_started: bool,
+    /// The local-pool disks this migration copies (decided before anything moved).
+    pub copies: Vec<PlannedCopy>,
+    /// The convergence controller's memory (its step among it).
+    pub controller: ConvergenceHistory,
+    /// Guest RAM, MiB (completion deadline, XBZRLE cache).
+    pub ram_mib: u64,
+    /// The operator asked to cancel (a restarted server still honours it).
+    pub cancel_requested: bool,
+    /// After `completed`: the source QEMU was shut down.
+    pub source_retired: bool,
+    /// After `completed`: the source's copies of moved disks were dealt with (deleted,
+    /// or kept on request).
+    pub source_disks_done: bool,
+    /// After a rollback: the destination could not be cleaned up yet (its agent was away).
+    pub destination_cleanup_pending: bool,
+    /// Post-copy: how often the link broke, and how long the stream stood paused, ms.
+    pub postcopy_pauses: u32,
+    pub postcopy_paused_ms: u64,
+}
+
+impl RunState {
+    /// Work left after the VM runs on the destination.
+    pub fn cleanup_pending(&self) -> bool {
+        !self.source_retired || !self.source_disks_done
+    }
+}
+
+/// One local-pool disk a migration copies to the destination's pool of the same name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedCopy {
+    /// Index into the spec's disks.
+    pub index: usize,
+    pub pool: String,
+    pub image: String,
+    pub virtual_size: u64,
+    /// Bytes the source image occupies: what has to fit on the destination.
+    pub actual_size: u64,
+}
+
+impl PlannedCopy {
+    pub fn target(&self) -> DiskCopyTarget {
+        DiskCopyTarget {
+            index: self.index,
+            virtual_size: self.virtual_size,
+        }
+    }
+    pub fn label(&self) -> String {
+        format!("{}/{}", self.pool, self.image)
+    }
+}
+
+/// Why a migration waits for an operator.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attention {
+    pub reason: String,
+    pub since: DateTime<Utc>,
+    /// What each side's agent reported when recovery stopped.
+    pub source: SideFacts,
+    pub destination: SideFacts,
+}
+
+/// `POST /v1/migrations/{id}/resolve`: an operator settles a migration that needs
+/// attention.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResolveRequest {
+    pub keep: Keep,
+    /// The other side cannot be checked, and the operator made sure it does not run the
+    /// guest. Never overrides a refusal that would lose the VM.
+    #[serde(default)]
+    pub force: bool,
 }
 
 // ---- agent-level steps ------------------------------------------------------------------
@@ -199,9 +288,11 @@ pub struct OutgoingRequest {
     pub stream: crate::StreamSettings,
 }
 
-/// A side's view of its migration (`query-migrate`, normalised).
+/// A side's view of its migration (`query-migrate`, normalised), and of its QEMU.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AgentMigrationStatus {
+    /// The VM's QEMU as the agent sees it: running, paused, crashed, unresponsive, ...
+    pub vm_state: crate::VmState,
     pub progress: MigrationProgress,
     /// The guest pause QEMU measured, once completed.
     pub downtime_ms: Option<u64>,
@@ -210,71 +301,28 @@ pub struct AgentMigrationStatus {
 }
 
 impl AgentMigrationStatus {
+    /// QEMU's migration status.
+    pub fn status(&self) -> MigrationStatus {
+        self.progress.qemu_status
+    }
     pub fn is_completed(&self) -> bool {
-        self.progress.qemu_status == "completed"
+        self.status() == MigrationStatus::Completed
     }
     /// In one of QEMU's post-copy states (active, paused, recovering).
     pub fn is_postcopy(&self) -> bool {
-        self.progress.qemu_status.starts_with("postcopy")
+        self.status().is_postcopy()
     }
     pub fn is_failed(&self) -> bool {
-        matches!(self.progress.qemu_status.as_str(), "failed" | "cancelled")
+        self.status().is_failed()
     }
-}
 
-// ---- event log --------------------------------------------------------------------------
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Outcome {
-    Ok,
-    Error,
-    Info,
-}
-
-impl Outcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Ok => "ok",
-            Outcome::Error => "error",
-            Outcome::Info => "info",
+    /// What recovery reads from this answer.
+    pub fn facts(&self) -> SideFacts {
+        use crate::VmState;
+        match self.vm_state {
+            VmState::Crashed | VmState::Stopped => SideFacts::Exited,
+            VmState::Unresponsive => SideFacts::Unresponsive,
+            state => SideFacts::qemu(self.status(), state == VmState::Running),
         }
     }
-    pub fn parse(s: &str) -> Outcome {
-        match s {
-            "ok" => Outcome::Ok,
-            "error" => Outcome::Error,
-            _ => Outcome::Info,
-        }
-    }
-}
-
-/// One line of the append-only event log.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Event {
-    pub id: i64,
-    pub at: DateTime<Utc>,
-    /// Who asked: the client's `x-ferry-actor`, or `server` / `agent:NAME` for the system.
-    pub actor: String,
-    /// What: `vm.create`, `migration.phase`, `migration.pass`, `host.register`, ...
-    pub kind: String,
-    pub vm: Option<String>,
-    pub host: Option<String>,
-    pub migration: Option<Uuid>,
-    pub outcome: Outcome,
-    pub message: String,
-    /// The numbers behind it.
-    #[serde(default)]
-    pub data: serde_json::Value,
-}
-
-/// Filters for `GET /v1/events`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct EventQuery {
-    pub vm: Option<String>,
-    pub migration: Option<Uuid>,
-    pub kind: Option<String>,
-    /// Only events with an id greater than this (for following the log).
-    pub after: Option<i64>,
-    pub limit: Option<u32>,
 }

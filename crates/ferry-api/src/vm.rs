@@ -24,6 +24,9 @@ pub enum VmState {
     Stopped,
     /// QEMU exited without being asked to.
     Crashed,
+    /// QEMU's process lives but its monitor did not answer in time (busy or hung): its
+    /// state is unknown, which is not the same as starting or gone.
+    Unresponsive,
 }
 
 impl VmState {
@@ -41,6 +44,7 @@ impl VmState {
             VmState::MigratedAway => "migrated_away",
             VmState::Stopped => "stopped",
             VmState::Crashed => "crashed",
+            VmState::Unresponsive => "unresponsive",
         }
     }
 }

@@ -226,7 +226,7 @@ pub fn progress_line(phase: Phase, p: &MigrationProgress) -> (f64, String) {
         // The guest runs on the destination; what is left is the source's share of pages.
         let message = format!(
             "post-copy {}: {} still on the source  {}  [{}]",
-            p.qemu_status.trim_start_matches("postcopy-"),
+            p.qemu_status.as_str().trim_start_matches("postcopy-"),
             bytes(p.remaining_bytes),
             rate(p.bandwidth_bytes_per_s),
             p.controller_step

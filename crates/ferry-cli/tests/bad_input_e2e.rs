@@ -169,7 +169,7 @@ async fn bad_requests_are_refused_with_reasons_and_change_nothing() {
         .filter(|e| e.id > events_before.last().map(|e| e.id).unwrap_or(0))
         .collect();
     assert!(
-        new.iter().any(|e| e.kind == "migration.request"
+        new.iter().any(|e| e.kind == EventKind::MigrationRequest
             && e.outcome == Outcome::Error
             && e.message.contains("already runs on a")
             && e.actor.starts_with("cli:")),

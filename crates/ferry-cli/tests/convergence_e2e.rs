@@ -87,7 +87,7 @@ async fn the_controller_aborts_when_it_may_not_throttle_and_converges_when_it_ma
         .unwrap();
     let raised: Vec<String> = events
         .iter()
-        .filter(|e| e.kind == "migration.controller")
+        .filter(|e| e.kind == EventKind::MigrationController)
         .filter_map(|e| {
             e.message
                 .split("throttling the guest to ")
@@ -104,7 +104,7 @@ async fn the_controller_aborts_when_it_may_not_throttle_and_converges_when_it_ma
     );
     let applied = events
         .iter()
-        .filter(|e| e.kind == "migration.pass")
+        .filter(|e| e.kind == EventKind::MigrationPass)
         .filter_map(|e| e.data["throttle_pct"].as_u64())
         .max()
         .unwrap_or(0);

@@ -121,11 +121,11 @@ async fn disks_are_created_listed_and_deleted_in_pools_with_names_checked() {
         .unwrap();
     assert!(ev
         .iter()
-        .any(|e| e.kind == "disk.create" && e.outcome == Outcome::Ok));
+        .any(|e| e.kind == EventKind::DiskCreate && e.outcome == Outcome::Ok));
     assert!(ev
         .iter()
-        .any(|e| e.kind == "disk.delete" && e.outcome == Outcome::Ok));
-    assert!(ev.iter().any(|e| e.kind == "disk.create"
+        .any(|e| e.kind == EventKind::DiskDelete && e.outcome == Outcome::Ok));
+    assert!(ev.iter().any(|e| e.kind == EventKind::DiskCreate
         && e.outcome == Outcome::Error
         && e.message.contains("already exists")));
 }

@@ -65,17 +65,19 @@ async fn a_running_guest_migrates_there_and_back_with_zero_corrupt_pages() {
     for m in [&there, &back] {
         let phases: Vec<&str> = events
             .iter()
-            .filter(|e| e.migration == Some(m.id) && e.kind == "migration.phase")
+            .filter(|e| e.migration == Some(m.id) && e.kind == EventKind::MigrationPhase)
             .map(|e| e.message.as_str())
             .collect();
         assert!(phases.len() >= 4, "phases of {}: {phases:?}", m.id);
         assert!(events.iter().any(|e| e.migration == Some(m.id)
-            && e.kind == "migration.request"
+            && e.kind == EventKind::MigrationRequest
             && e.actor.starts_with("cli:")));
         let done = events
             .iter()
             .find(|e| {
-                e.migration == Some(m.id) && e.outcome == Outcome::Ok && e.kind == "migration.phase"
+                e.migration == Some(m.id)
+                    && e.outcome == Outcome::Ok
+                    && e.kind == EventKind::MigrationPhase
             })
             .expect("a completion event");
         assert!(
@@ -86,5 +88,5 @@ async fn a_running_guest_migrates_there_and_back_with_zero_corrupt_pages() {
     }
     assert!(events
         .iter()
-        .any(|e| e.kind == "vm.create" && e.outcome == Outcome::Ok));
+        .any(|e| e.kind == EventKind::VmCreate && e.outcome == Outcome::Ok));
 }

@@ -166,7 +166,7 @@ async fn post_copy_survives_a_broken_link_and_the_guest_finishes_clean_on_the_de
     log.sort_by_key(|e| e.id);
     for e in log
         .iter()
-        .filter(|e| e.kind != "migration.postcopy_progress")
+        .filter(|e| e.kind != EventKind::MigrationPostcopyProgress)
     {
         eprintln!("  {} {} {}", e.at.format("%H:%M:%S%.3f"), e.kind, e.message);
     }

@@ -1,30 +1,55 @@
 //! The convergence controller: after every pre-copy pass, decide from the measurements
-//! whether the migration will get under its downtime budget by itself, and if not, take
-//! the next step the policy allows — or abort with the reason.
+//! whether the migration gets under its downtime budget by itself, and if not, take the
+//! next step the policy allows. It is fair: it never gives up on (or escalates) a pre-copy
+//! before that pre-copy had a fair chance.
 //!
 //! ```text
-//!   pass done ──▶ predicted downtime = remaining / bandwidth
-//!                    │ ≤ budget ──────────────────────────▶ Continue (QEMU switches over)
-//!                    │ > budget
-//!                    ▼
-//!   dirty rate < bandwidth and the passes still needed ≤ MAX_EXTRA_PASSES ──▶ Continue
-//!                    │ no (or the completion deadline passed)
-//!                    ▼
-//!   post-copy `automatic`? ──────────────────────────────▶ StartPostcopy
-//!   throttle below its ceiling? ─────────────────────────▶ RaiseThrottle(next)
-//!   post-copy `allowed`? ────────────────────────────────▶ StartPostcopy
-//!   otherwise ───────────────────────────────────────────▶ Abort(reason)
+//!   pass done ──▶ update the history: a new low of the remaining bytes? best link rate?
+//!                    │
+//!   predicted pause = remaining / link, link = max(best pass rate, the pre-check's probe)
+//!                    │ ≤ target ───────────────────────────────────────▶ Continue
+//!                    ▼ > target
+//!   stalled (STALL_PASSES passes without a new low), or hopeless (from pass
+//!   MIN_PASSES_TO_JUDGE on, more than MAX_EXTRA_PASSES still needed at these rates),
+//!   or past the completion deadline?
+//!                    │ no ─────────────────────────────────────────────▶ Continue
+//!                    ▼ yes
+//!   post-copy `automatic`? ───────────────────────────────────────────▶ StartPostcopy
+//!   the last throttle step not applied yet, or not run a whole pass? ─▶ Continue
+//!   throttle below its ceiling? ──────────────────────────────────────▶ RaiseThrottle(next)
+//!   post-copy `allowed`? ─────────────────────────────────────────────▶ StartPostcopy
+//!   past the completion deadline and the last pass made no new low? ──▶ Abort(reason)
+//!   otherwise (nothing left to escalate to) ──────────────────────────▶ Continue: QEMU
+//!                                                  keeps trying until the deadline
 //! ```
+//!
+//! So an abort needs the completion deadline (by default
+//! [`DEFAULT_COMPLETION_TIMEOUT_S_PER_GIB`] per GiB of RAM) *and* a pass that did not
+//! shrink what is left: a pre-copy whose remaining bytes keep falling towards the
+//! switch-over threshold is never aborted (property-tested). The link is judged by the best
+//! rate any pass reached and by the pre-check's probe, never by the first pass alone (QEMU's
+//! first pass reads cold pages and runs slower than later ones).
 //!
 //! Streams (multifd) and compression are chosen before the stream starts (QEMU cannot
 //! change them mid-stream), so they are not steps here but inputs: the bandwidth they
 //! achieve is what the controller measures. Pure: no clock, no I/O; the orchestrator feeds
-//! it samples and carries out (and logs) its decisions.
+//! it samples, persists the [`History`] it returns (so a restarted server judges on), and
+//! carries out (and logs) its decisions.
 
 use serde::{Deserialize, Serialize};
 
 /// A pre-copy that needs more passes than this to reach the budget is not converging.
 pub const MAX_EXTRA_PASSES: f64 = 6.0;
+/// No judgement from the predicted passes before this pass (the first passes' rates are
+/// not representative: cold pages, a dirty rate not measured yet).
+pub const MIN_PASSES_TO_JUDGE: u64 = 3;
+/// Passes in a row without a new low of the remaining bytes: pre-copy stopped shrinking.
+pub const STALL_PASSES: u32 = 3;
+/// A new low must be at least this much (percent) below the previous one to count.
+pub const PROGRESS_MARGIN_PCT: u64 = 2;
+/// Completion deadline when the migration sets none: seconds per GiB of guest RAM (as
+/// KubeVirt's `completionTimeoutPerGiB`).
+pub const DEFAULT_COMPLETION_TIMEOUT_S_PER_GIB: u64 = 150;
 /// First throttle step, and how much each later step adds (percent of vCPU time taken).
 pub const THROTTLE_FIRST_PCT: u8 = 30;
 pub const THROTTLE_STEP_PCT: u8 = 20;
@@ -40,6 +65,16 @@ pub const RAM_SHARE_OF_BUDGET_PCT: u64 = 67;
 /// The pause QEMU is told to aim for (its `downtime-limit`), for a downtime budget.
 pub fn switchover_target_ms(budget_ms: u64) -> u64 {
     (budget_ms * RAM_SHARE_OF_BUDGET_PCT / 100).max(1)
+}
+
+/// The completion deadline of a migration, ms: `per_gib_s` (or the default) for each
+/// started GiB of RAM.
+pub fn completion_deadline_ms(per_gib_s: Option<u64>, ram_mib: u64) -> u64 {
+    let gib = ram_mib.div_ceil(1024).max(1);
+    per_gib_s
+        .unwrap_or(DEFAULT_COMPLETION_TIMEOUT_S_PER_GIB)
+        .saturating_mul(1000)
+        .saturating_mul(gib)
 }
 
 /// When post-copy may be used.
@@ -63,7 +98,8 @@ pub struct Policy {
     /// Highest vCPU throttle, percent (0: never throttle).
     pub max_throttle_pct: u8,
     pub postcopy: PostcopyPolicy,
-    /// Give up on pre-copy converging by itself after this long, ms (0: no deadline).
+    /// Past this (ms since the stream started) a pre-copy that stopped shrinking is
+    /// escalated or, with nothing left to escalate to, aborted (0: no deadline).
     pub completion_deadline_ms: u64,
 }
 
@@ -77,12 +113,10 @@ pub struct Sample {
     pub bandwidth_bytes_per_s: u64,
     /// Guest dirty rate, bytes/s.
     pub dirty_rate_bytes_per_s: u64,
-    /// The throttle QEMU applies now, and applied at the previous pass, percent. QEMU's
-    /// auto-converge moves the throttle only at some passes, so a requested step can lag.
+    /// The throttle QEMU applies now, percent. QEMU's auto-converge moves the throttle
+    /// only at some passes, so a requested step can lag.
     #[serde(default)]
     pub throttle_pct: u8,
-    #[serde(default)]
-    pub prev_throttle_pct: u8,
 }
 
 /// The controller's current step (persisted with the migration, shown by the CLI).
@@ -108,6 +142,71 @@ impl std::fmt::Display for Step {
     }
 }
 
+/// What the controller remembers between passes. Persisted with the migration, so a
+/// restarted server goes on judging where it left off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct History {
+    pub step: Step,
+    /// The lowest remaining bytes any pass ended with.
+    pub best_remaining_bytes: Option<u64>,
+    /// Passes in a row that made no new low (since the last one, or the last step).
+    pub passes_without_progress: u32,
+    /// Whether the latest pass made a new low.
+    pub last_pass_progressed: bool,
+    /// The best rate any pass reached, bytes/s.
+    pub best_bandwidth_bytes_per_s: u64,
+    /// The pre-check's probe of the migration link, bytes/s (0: none).
+    pub link_estimate_bytes_per_s: u64,
+    /// Whole passes run at the current step with its throttle applied.
+    pub passes_at_step: u32,
+}
+
+impl History {
+    /// A fresh history for a link the pre-check measured at `link_estimate` bytes/s.
+    pub fn with_link_estimate(link_estimate: u64) -> History {
+        History {
+            link_estimate_bytes_per_s: link_estimate,
+            ..Default::default()
+        }
+    }
+
+    /// The rate the link is judged by: the best any pass reached, or the probe's.
+    pub fn link_bytes_per_s(&self, s: &Sample) -> u64 {
+        self.best_bandwidth_bytes_per_s
+            .max(self.link_estimate_bytes_per_s)
+            .max(s.bandwidth_bytes_per_s)
+    }
+
+    /// The bookkeeping after pass `s` (before any decision).
+    fn after(&self, s: &Sample) -> History {
+        let mut h = *self;
+        let progressed = match self.best_remaining_bytes {
+            None => true,
+            Some(best) => {
+                s.remaining_bytes < best
+                    && best - s.remaining_bytes >= best * PROGRESS_MARGIN_PCT / 100
+            }
+        };
+        h.last_pass_progressed = progressed;
+        if progressed {
+            h.best_remaining_bytes = Some(s.remaining_bytes);
+            h.passes_without_progress = 0;
+        } else {
+            h.passes_without_progress += 1;
+        }
+        h.best_bandwidth_bytes_per_s = h.best_bandwidth_bytes_per_s.max(s.bandwidth_bytes_per_s);
+        let applied = match h.step {
+            Step::Throttled(p) => s.throttle_pct >= p,
+            _ => true,
+        };
+        if applied {
+            h.passes_at_step += 1;
+        }
+        h
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "action")]
 pub enum Action {
@@ -125,6 +224,9 @@ pub struct Decision {
     pub predicted_downtime_ms: Option<u64>,
     /// Further passes pre-copy needs to reach the budget at these rates (None: never).
     pub passes_needed: Option<f64>,
+    /// The link rate judged by, bytes/s.
+    #[serde(default)]
+    pub link_bytes_per_s: u64,
     pub reason: String,
 }
 
@@ -132,18 +234,18 @@ fn mib(b: u64) -> f64 {
     b as f64 / (1u64 << 20) as f64
 }
 
-/// Passes needed for `remaining` to shrink to what `bandwidth` moves within the budget,
-/// if each pass leaves `dirty/bandwidth` of the previous one to re-send.
-pub fn passes_needed(s: &Sample, budget_ms: u64) -> Option<f64> {
-    if s.bandwidth_bytes_per_s == 0 {
+/// Passes needed for `remaining` to shrink to what `link` moves within `budget_ms`, if
+/// each pass leaves `dirty/link` of the previous one to re-send.
+pub fn passes_needed(remaining: u64, link: u64, dirty: u64, budget_ms: u64) -> Option<f64> {
+    if link == 0 {
         return None;
     }
-    let target = s.bandwidth_bytes_per_s as f64 * budget_ms as f64 / 1000.0;
-    let remaining = s.remaining_bytes as f64;
+    let target = link as f64 * budget_ms as f64 / 1000.0;
+    let remaining = remaining as f64;
     if remaining <= target {
         return Some(0.0);
     }
-    let ratio = s.dirty_rate_bytes_per_s as f64 / s.bandwidth_bytes_per_s as f64;
+    let ratio = dirty as f64 / link as f64;
     if ratio >= 1.0 {
         return None;
     }
@@ -153,79 +255,112 @@ pub fn passes_needed(s: &Sample, budget_ms: u64) -> Option<f64> {
     Some(((target / remaining).ln() / ratio.ln()).max(0.0))
 }
 
-/// The decision after a pass, given the step the migration is at.
-pub fn decide(policy: &Policy, step: Step, s: &Sample) -> Decision {
-    let predicted = (s.bandwidth_bytes_per_s > 0)
-        .then(|| (s.remaining_bytes as f64 / s.bandwidth_bytes_per_s as f64 * 1000.0) as u64);
+/// The decision after pass `s`, given what the controller remembers; returns the history
+/// to remember next (with the step the decision moves to).
+pub fn decide(policy: &Policy, history: &History, s: &Sample) -> (Decision, History) {
+    let mut h = history.after(s);
+    let link = h.link_bytes_per_s(s);
+    let predicted = (link > 0).then(|| (s.remaining_bytes as f64 / link as f64 * 1000.0) as u64);
     let target = switchover_target_ms(policy.downtime_budget_ms);
-    let needed = passes_needed(s, target);
+    let needed = passes_needed(s.remaining_bytes, link, s.dirty_rate_bytes_per_s, target);
     let decision = |action, reason: String| Decision {
         action,
         predicted_downtime_ms: predicted,
         passes_needed: needed,
+        link_bytes_per_s: link,
         reason,
     };
-    if step == Step::Postcopy {
-        return decision(Action::Continue, "post-copy is running".into());
+    if h.step == Step::Postcopy {
+        return (decision(Action::Continue, "post-copy is running".into()), h);
     }
     let rates = format!(
-        "dirty {:.0} MiB/s vs link {:.0} MiB/s, {:.0} MiB remaining",
+        "dirty {:.0} MiB/s vs link {:.0} MiB/s (best pass {:.0}, probe {:.0}), {:.0} MiB remaining",
         mib(s.dirty_rate_bytes_per_s),
-        mib(s.bandwidth_bytes_per_s),
+        mib(link),
+        mib(h.best_bandwidth_bytes_per_s),
+        mib(h.link_estimate_bytes_per_s),
         mib(s.remaining_bytes)
     );
     let Some(pred) = predicted else {
-        return decision(Action::Continue, "no bandwidth measured yet".into());
+        return (
+            decision(Action::Continue, "no bandwidth measured yet".into()),
+            h,
+        );
     };
     if pred <= target {
-        return decision(
-            Action::Continue,
-            format!(
-                "predicted downtime {pred} ms is within the {target} ms target for the {} ms \
-                 budget ({rates})",
-                policy.downtime_budget_ms
-            ),
+        let why = format!(
+            "predicted downtime {pred} ms is within the {target} ms target for the {} ms budget \
+             ({rates})",
+            policy.downtime_budget_ms
         );
+        return (decision(Action::Continue, why), h);
     }
     let overdue = policy.completion_deadline_ms > 0 && s.elapsed_ms > policy.completion_deadline_ms;
-    if let (Some(n), false) = (needed, overdue) {
-        if n <= MAX_EXTRA_PASSES {
-            return decision(
-                Action::Continue,
-                format!("converging: about {n:.1} more pass(es) to reach the budget ({rates})"),
-            );
-        }
+    let stalled = h.passes_without_progress >= STALL_PASSES;
+    let hopeless = s.pass >= MIN_PASSES_TO_JUDGE && needed.is_none_or(|n| n > MAX_EXTRA_PASSES);
+    if !(overdue || stalled || hopeless) {
+        let why = match needed {
+            Some(n) if s.pass >= MIN_PASSES_TO_JUDGE => {
+                format!("converging: about {n:.1} more pass(es) to reach the budget ({rates})")
+            }
+            _ if h.last_pass_progressed => format!(
+                "pass {} still shrinks what is left; judging from pass {MIN_PASSES_TO_JUDGE} \
+                 ({rates})",
+                s.pass
+            ),
+            _ => format!(
+                "{} pass(es) without a new low of {} MiB; escalating after {STALL_PASSES} \
+                 ({rates})",
+                h.passes_without_progress,
+                mib(h.best_remaining_bytes.unwrap_or(0)) as u64
+            ),
+        };
+        return (decision(Action::Continue, why), h);
     }
     let why = if overdue {
         format!(
             "past the completion deadline of {} s ({rates})",
             policy.completion_deadline_ms / 1000
         )
+    } else if stalled {
+        format!(
+            "not converging: {} passes without a new low (best {:.0} MiB); predicted downtime \
+             {pred} ms > {target} ms target ({rates})",
+            h.passes_without_progress,
+            mib(h.best_remaining_bytes.unwrap_or(0))
+        )
     } else {
         format!(
             "not converging: predicted downtime {pred} ms > {target} ms target for the {} ms \
-             budget ({rates})",
+             budget, more than {MAX_EXTRA_PASSES} passes still needed ({rates})",
             policy.downtime_budget_ms
         )
     };
     if policy.postcopy == PostcopyPolicy::Automatic {
-        return decision(
-            Action::StartPostcopy,
-            format!("{why}; switching to post-copy (policy: automatic)"),
+        h.step = Step::Postcopy;
+        return (
+            decision(
+                Action::StartPostcopy,
+                format!("{why}; switching to post-copy (policy: automatic)"),
+            ),
+            h,
         );
     }
-    let current = match step {
+    let current = match h.step {
         Step::Throttled(p) => p,
         _ => 0,
     };
     if current > 0 && s.throttle_pct < current.min(policy.max_throttle_pct) {
-        return decision(
-            Action::Continue,
-            format!(
-                "{why}; waiting for the {current}% throttle to take effect (QEMU applies {}% now)",
-                s.throttle_pct
-            ),
+        let why = format!(
+            "{why}; waiting for the {current}% throttle to take effect (QEMU applies {}% now)",
+            s.throttle_pct
         );
+        return (decision(Action::Continue, why), h);
+    }
+    if current > 0 && h.passes_at_step < 2 {
+        // The pass that applied the step does not show its effect yet: judge a whole one.
+        let why = format!("{why}; one whole pass at {current}% before the next step");
+        return (decision(Action::Continue, why), h);
     }
     if current < policy.max_throttle_pct {
         let next = if current == 0 {
@@ -234,31 +369,59 @@ pub fn decide(policy: &Policy, step: Step, s: &Sample) -> Decision {
             current.saturating_add(THROTTLE_STEP_PCT)
         }
         .min(policy.max_throttle_pct);
-        return decision(
-            Action::RaiseThrottle { to_pct: next },
-            format!("{why}; throttling the guest to {next}%"),
-        );
-    }
-    if current > 0 && s.prev_throttle_pct < current {
-        // Judge the ceiling only on a whole pass run at it.
-        return decision(
-            Action::Continue,
-            format!("{why}; one pass at the {current}% ceiling before deciding"),
+        h.step = Step::Throttled(next);
+        h.passes_at_step = 0;
+        h.passes_without_progress = 0;
+        return (
+            decision(
+                Action::RaiseThrottle { to_pct: next },
+                format!("{why}; throttling the guest to {next}%"),
+            ),
+            h,
         );
     }
     if policy.postcopy == PostcopyPolicy::Allowed {
-        return decision(
-            Action::StartPostcopy,
-            format!("{why}; throttle at its {current}% ceiling, switching to post-copy (policy: allowed)"),
+        h.step = Step::Postcopy;
+        let at = if current > 0 {
+            format!("throttle at its {current}% ceiling, ")
+        } else {
+            String::new()
+        };
+        return (
+            decision(
+                Action::StartPostcopy,
+                format!("{why}; {at}switching to post-copy (policy: allowed)"),
+            ),
+            h,
         );
     }
-    decision(
-        Action::Abort {
-            reason: format!(
-                "{why}; throttle at its {current}% ceiling and post-copy not allowed by the policy"
+    let exhausted = if current > 0 {
+        format!("throttle at its {current}% ceiling and post-copy not allowed by the policy")
+    } else {
+        "no throttle and no post-copy allowed by the policy".to_string()
+    };
+    if overdue && !h.last_pass_progressed {
+        return (
+            decision(
+                Action::Abort {
+                    reason: format!("{why}; {exhausted}"),
+                },
+                String::new(),
             ),
-        },
-        String::new(),
+            h,
+        );
+    }
+    let left = if policy.completion_deadline_ms > 0 {
+        format!(
+            "QEMU keeps trying until the completion deadline ({} s left)",
+            policy.completion_deadline_ms.saturating_sub(s.elapsed_ms) / 1000
+        )
+    } else {
+        "QEMU keeps trying (no completion deadline)".to_string()
+    };
+    (
+        decision(Action::Continue, format!("{why}; {exhausted}; {left}")),
+        h,
     )
 }
 
@@ -278,113 +441,160 @@ mod tests {
         }
     }
 
-    fn sample(remaining_mib: u64, bw_mib: u64, dirty_mib: u64) -> Sample {
+    fn sample(pass: u64, remaining_mib: u64, bw_mib: u64, dirty_mib: u64) -> Sample {
         Sample {
-            pass: 2,
-            elapsed_ms: 10_000,
+            pass,
+            elapsed_ms: pass * 2_000,
             remaining_bytes: remaining_mib * MIB,
             bandwidth_bytes_per_s: bw_mib * MIB,
             dirty_rate_bytes_per_s: dirty_mib * MIB,
             throttle_pct: 0,
-            prev_throttle_pct: 0,
         }
     }
 
-    /// The same sample with QEMU's throttle at `now` (and `prev` the pass before).
-    fn throttled(mut s: Sample, now: u8, prev: u8) -> Sample {
-        s.throttle_pct = now;
-        s.prev_throttle_pct = prev;
-        s
+    /// Runs a trace of samples through the controller, returning every decision.
+    fn run(p: &Policy, start: History, trace: &[Sample]) -> (Vec<Decision>, History) {
+        let mut h = start;
+        let mut out = Vec::new();
+        for s in trace {
+            let (d, next) = decide(p, &h, s);
+            out.push(d);
+            h = next;
+        }
+        (out, h)
     }
 
     #[test]
     fn within_budget_continues() {
         // 20 MiB at 100 MiB/s: 200 ms.
-        let d = decide(
+        let (d, _) = decide(
             &policy(PostcopyPolicy::Never),
-            Step::Precopy,
-            &sample(20, 100, 500),
+            &History::default(),
+            &sample(2, 20, 100, 500),
         );
         assert_eq!(d.action, Action::Continue);
         assert_eq!(d.predicted_downtime_ms, Some(200));
     }
 
     #[test]
-    fn a_converging_precopy_is_left_alone() {
-        // dirty 25 % of the link: each pass leaves a quarter; 1000 MiB -> 30 MiB in ~2.5 passes.
-        let d = decide(
-            &policy(PostcopyPolicy::Never),
-            Step::Precopy,
-            &sample(1000, 100, 25),
-        );
+    fn the_link_is_judged_by_its_best_pass_and_the_probe_not_the_first_pass() {
+        // The issue's loopback case: pass 1 ran at 173 MiB/s against a 199 MiB/s dirty
+        // rate; later passes run faster. A probe of 900 MiB/s says the link can do it.
+        let p = Policy {
+            max_throttle_pct: 0,
+            completion_deadline_ms: completion_deadline_ms(None, 1024),
+            ..policy(PostcopyPolicy::Never)
+        };
+        let h = History::with_link_estimate(900 * MIB);
+        let (d, _) = decide(&p, &h, &sample(2, 600, 173, 199));
         assert_eq!(d.action, Action::Continue, "{}", d.reason);
-        assert!(d.passes_needed.unwrap() < 3.0);
+        assert_eq!(d.link_bytes_per_s, 900 * MIB);
     }
 
     #[test]
-    fn escalation_order_throttle_then_postcopy_or_abort() {
-        let s = sample(1000, 100, 150);
-        let never = policy(PostcopyPolicy::Never);
-        let act = |step, s: &Sample| decide(&never, step, s).action;
-        assert_eq!(act(Step::Precopy, &s), Action::RaiseThrottle { to_pct: 30 });
-        // QEMU has not applied the 30 % yet: wait rather than pile up steps.
-        let waiting = decide(&never, Step::Throttled(30), &s);
-        assert_eq!(waiting.action, Action::Continue);
-        assert!(waiting.reason.contains("take effect"), "{}", waiting.reason);
-        assert_eq!(
-            act(Step::Throttled(30), &throttled(s, 30, 0)),
-            Action::RaiseThrottle { to_pct: 50 }
-        );
-        assert_eq!(
-            act(Step::Throttled(80), &throttled(s, 80, 80)),
-            Action::RaiseThrottle { to_pct: 90 }
-        );
-        // At the ceiling: one whole pass there before giving up.
-        assert_eq!(
-            act(Step::Throttled(90), &throttled(s, 90, 80)),
-            Action::Continue
-        );
-        let s = throttled(s, 90, 90);
-        let abort = decide(&never, Step::Throttled(90), &s);
-        match abort.action {
-            Action::Abort { reason } => {
-                assert!(reason.contains("post-copy not allowed"), "{reason}");
-                assert!(
-                    reason.contains("dirty 150 MiB/s vs link 100 MiB/s"),
-                    "{reason}"
-                );
+    fn with_nothing_to_escalate_qemu_keeps_trying_until_the_deadline() {
+        let p = Policy {
+            max_throttle_pct: 0,
+            completion_deadline_ms: 60_000,
+            ..policy(PostcopyPolicy::Never)
+        };
+        // A guest that out-dirties the link: stuck at 500 MiB for ever.
+        let trace: Vec<Sample> = (2..40).map(|i| sample(i, 500, 100, 150)).collect();
+        let (ds, _) = run(&p, History::default(), &trace);
+        for (d, s) in ds.iter().zip(&trace) {
+            match &d.action {
+                Action::Continue => assert!(s.elapsed_ms <= 60_000, "{}", d.reason),
+                Action::Abort { reason } => {
+                    assert!(s.elapsed_ms > 60_000);
+                    assert!(reason.contains("completion deadline"), "{reason}");
+                    return;
+                }
+                other => panic!("unexpected {other:?}"),
             }
-            other => panic!("expected abort, got {other:?}"),
         }
-        let allowed = policy(PostcopyPolicy::Allowed);
-        assert_eq!(
-            decide(&allowed, Step::Throttled(90), &s).action,
-            Action::StartPostcopy
-        );
+        panic!("never aborted past the deadline");
+    }
+
+    #[test]
+    fn escalation_waits_for_a_fair_chance_then_goes_throttle_then_postcopy() {
+        let never = policy(PostcopyPolicy::Never);
+        // Hopeless from the start (dirty > link), but not judged before pass 3.
+        let (d2, h) = decide(&never, &History::default(), &sample(2, 1000, 100, 150));
+        assert_eq!(d2.action, Action::Continue, "{}", d2.reason);
+        let (d3, h) = decide(&never, &h, &sample(3, 1000, 100, 150));
+        assert_eq!(d3.action, Action::RaiseThrottle { to_pct: 30 });
+        assert_eq!(h.step, Step::Throttled(30));
+        // QEMU has not applied the 30 % yet: wait rather than pile up steps.
+        let (w, h) = decide(&never, &h, &sample(4, 1000, 100, 150));
+        assert_eq!(w.action, Action::Continue);
+        assert!(w.reason.contains("take effect"), "{}", w.reason);
+        // Applied: one whole pass at 30 % before the next step.
+        let mut s = sample(5, 1000, 100, 150);
+        s.throttle_pct = 30;
+        let (w, h) = decide(&never, &h, &s);
+        assert_eq!(w.action, Action::Continue, "{}", w.reason);
+        s.pass = 6;
+        let (n, h) = decide(&never, &h, &s);
+        assert_eq!(n.action, Action::RaiseThrottle { to_pct: 50 });
+        // At the ceiling with post-copy allowed: post-copy after a whole pass there.
+        let allowed = Policy {
+            max_throttle_pct: 50,
+            ..policy(PostcopyPolicy::Allowed)
+        };
+        s.throttle_pct = 50;
+        s.pass = 7;
+        let (w, h) = decide(&allowed, &h, &s);
+        assert_eq!(w.action, Action::Continue, "{}", w.reason);
+        s.pass = 8;
+        let (pc, h) = decide(&allowed, &h, &s);
+        assert_eq!(pc.action, Action::StartPostcopy, "{}", pc.reason);
+        assert_eq!(h.step, Step::Postcopy);
+        // Automatic: post-copy as soon as it is judged not converging.
         let auto = policy(PostcopyPolicy::Automatic);
-        assert_eq!(
-            decide(&auto, Step::Precopy, &s).action,
-            Action::StartPostcopy
-        );
+        let (_, h) = decide(&auto, &History::default(), &sample(2, 1000, 100, 150));
+        let (d, _) = decide(&auto, &h, &sample(3, 1000, 100, 150));
+        assert_eq!(d.action, Action::StartPostcopy);
+    }
+
+    #[test]
+    fn a_plateau_counts_as_stalled_after_a_few_passes() {
+        let p = policy(PostcopyPolicy::Never);
+        // Converging by prediction (dirty 25 % of the link) yet stuck at 400 MiB.
+        let trace: Vec<Sample> = (2..7).map(|i| sample(i, 400, 100, 25)).collect();
+        let (ds, _) = run(&p, History::default(), &trace);
+        let first_step = ds
+            .iter()
+            .position(|d| d.action != Action::Continue)
+            .expect("escalated");
+        // Pass 2 sets the low; passes 3, 4, 5 make none: the third is the stall.
+        assert_eq!(trace[first_step].pass, 5, "{:?}", ds);
+        assert_eq!(ds[first_step].action, Action::RaiseThrottle { to_pct: 30 });
     }
 
     #[test]
     fn the_completion_deadline_escalates_even_a_slowly_converging_copy() {
         let mut p = policy(PostcopyPolicy::Never);
         p.completion_deadline_ms = 5_000;
-        let d = decide(&p, Step::Precopy, &sample(1000, 100, 25));
+        let (d, _) = decide(&p, &History::default(), &sample(3, 1000, 100, 25));
         assert_eq!(d.action, Action::RaiseThrottle { to_pct: 30 });
         assert!(d.reason.contains("completion deadline"), "{}", d.reason);
     }
 
     #[test]
     fn passes_needed_arithmetic() {
-        assert_eq!(passes_needed(&sample(10, 100, 50), 300), Some(0.0));
-        assert_eq!(passes_needed(&sample(1000, 100, 100), 300), None);
-        assert_eq!(passes_needed(&sample(1000, 0, 10), 300), None);
+        assert_eq!(passes_needed(10 * MIB, 100 * MIB, 50 * MIB, 300), Some(0.0));
+        assert_eq!(passes_needed(1000 * MIB, 100 * MIB, 100 * MIB, 300), None);
+        assert_eq!(passes_needed(1000 * MIB, 0, 10 * MIB, 300), None);
         // 1000 -> 30 MiB with each pass leaving half: log(0.03)/log(0.5) = 5.06
-        let n = passes_needed(&sample(1000, 100, 50), 300).unwrap();
+        let n = passes_needed(1000 * MIB, 100 * MIB, 50 * MIB, 300).unwrap();
         assert!((n - 5.06).abs() < 0.01, "{n}");
+    }
+
+    #[test]
+    fn completion_deadlines_scale_with_memory() {
+        assert_eq!(completion_deadline_ms(None, 512), 150_000);
+        assert_eq!(completion_deadline_ms(None, 1025), 300_000);
+        assert_eq!(completion_deadline_ms(Some(10), 4096), 40_000);
     }
 
     fn any_policy() -> impl Strategy<Value = Policy> {
@@ -400,42 +610,95 @@ mod tests {
         })
     }
 
-    proptest! {
-        /// Whatever the measurements: never post-copy under `never`, the throttle only
-        /// rises and never past its ceiling, within budget always continues, and an abort
-        /// only comes once throttling is exhausted and post-copy is forbidden.
-        #[test]
-        fn decisions_respect_the_policy(
-            p in any_policy(),
-            throttle in 0u8..=99,
-            remaining in 0u64..(64u64 << 30),
-            bw in 0u64..(2u64 << 30),
-            dirty in 0u64..(2u64 << 30),
-            elapsed in 0u64..200_000,
-            applied in 0u8..=99,
-            prev_applied in 0u8..=99,
-        ) {
-            let step = if throttle == 0 || throttle > p.max_throttle_pct { Step::Precopy } else { Step::Throttled(throttle) };
-            let s = Sample { pass: 3, elapsed_ms: elapsed, remaining_bytes: remaining, bandwidth_bytes_per_s: bw, dirty_rate_bytes_per_s: dirty, throttle_pct: applied, prev_throttle_pct: prev_applied };
-            let d = decide(&p, step, &s);
-            let current = match step { Step::Throttled(t) => t, _ => 0 };
-            match &d.action {
-                Action::StartPostcopy => prop_assert_ne!(p.postcopy, PostcopyPolicy::Never),
-                Action::RaiseThrottle { to_pct } => {
-                    prop_assert!(*to_pct > current && *to_pct <= p.max_throttle_pct);
-                }
-                Action::Abort { .. } => {
-                    prop_assert_eq!(p.postcopy, PostcopyPolicy::Never);
-                    prop_assert!(current >= p.max_throttle_pct);
-                    // Never before a whole pass ran at the ceiling.
-                    prop_assert!(current == 0 || (applied >= current && prev_applied >= current));
-                }
-                Action::Continue => {}
+    /// A trace of passes: rates and throttle at random, remaining bytes from `shrink`
+    /// (None: at random).
+    fn any_trace(shrinking: bool) -> impl Strategy<Value = Vec<Sample>> {
+        proptest::collection::vec(
+            (
+                0u64..(2u64 << 30),
+                0u64..(2u64 << 30),
+                0u8..=99,
+                1u64..20_000,
+                0u64..(64u64 << 30),
+                3u64..50,
+            ),
+            1..40,
+        )
+        .prop_map(move |steps| {
+            let mut out = Vec::new();
+            let (mut elapsed, mut remaining) = (0u64, 64u64 << 30);
+            for (i, (bw, dirty, throttle, dt, r, shrink_pct)) in steps.into_iter().enumerate() {
+                elapsed += dt;
+                remaining = if shrinking {
+                    // At least PROGRESS_MARGIN_PCT + 1 % less than the pass before.
+                    remaining.saturating_sub((remaining * shrink_pct / 100).max(1))
+                } else {
+                    r
+                };
+                out.push(Sample {
+                    pass: i as u64 + 2,
+                    elapsed_ms: elapsed,
+                    remaining_bytes: remaining,
+                    bandwidth_bytes_per_s: bw,
+                    dirty_rate_bytes_per_s: dirty,
+                    throttle_pct: throttle,
+                });
             }
-            if let Some(pred) = d.predicted_downtime_ms {
-                if pred <= switchover_target_ms(p.downtime_budget_ms) {
+            out
+        })
+    }
+
+    proptest! {
+        /// The issue's promise: a pre-copy whose remaining bytes keep shrinking towards the
+        /// switch-over threshold is never aborted, whatever the rates, policy or deadline.
+        #[test]
+        fn a_shrinking_precopy_is_never_aborted(p in any_policy(), probe in 0u64..(2u64 << 30), trace in any_trace(true)) {
+            let (ds, _) = run(&p, History::with_link_estimate(probe), &trace);
+            for d in ds {
+                prop_assert!(!matches!(d.action, Action::Abort { .. }), "{}", d.reason);
+            }
+        }
+
+        /// Whatever the trace: never post-copy under `never`, the throttle only rises and
+        /// never past its ceiling, within the target always continues, nothing escalates
+        /// before pass MIN_PASSES_TO_JUDGE unless it stalled or is overdue, and an abort
+        /// only comes past the deadline with nothing left to escalate to.
+        #[test]
+        fn decisions_respect_the_policy(p in any_policy(), probe in 0u64..(2u64 << 30), trace in any_trace(false)) {
+            let mut h = History::with_link_estimate(probe);
+            for s in &trace {
+                let (d, next) = decide(&p, &h, s);
+                let current = match h.step { Step::Throttled(t) => t, _ => 0 };
+                let overdue = p.completion_deadline_ms > 0 && s.elapsed_ms > p.completion_deadline_ms;
+                match &d.action {
+                    Action::StartPostcopy => {
+                        prop_assert_ne!(p.postcopy, PostcopyPolicy::Never);
+                        prop_assert_eq!(next.step, Step::Postcopy);
+                    }
+                    Action::RaiseThrottle { to_pct } => {
+                        prop_assert!(*to_pct > current && *to_pct <= p.max_throttle_pct);
+                        prop_assert_eq!(next.step, Step::Throttled(*to_pct));
+                    }
+                    Action::Abort { .. } => {
+                        prop_assert!(overdue);
+                        prop_assert_eq!(p.postcopy, PostcopyPolicy::Never);
+                        prop_assert!(current >= p.max_throttle_pct);
+                        prop_assert!(!next.last_pass_progressed);
+                    }
+                    Action::Continue => {}
+                }
+                if !matches!(d.action, Action::Continue) {
+                    prop_assert!(overdue || s.pass >= MIN_PASSES_TO_JUDGE || next.passes_without_progress >= STALL_PASSES);
+                }
+                if let Some(pred) = d.predicted_downtime_ms {
+                    if pred <= switchover_target_ms(p.downtime_budget_ms) && h.step != Step::Postcopy {
+                        prop_assert_eq!(&d.action, &Action::Continue);
+                    }
+                }
+                if h.step == Step::Postcopy {
                     prop_assert_eq!(&d.action, &Action::Continue);
                 }
+                h = next;
             }
         }
     }

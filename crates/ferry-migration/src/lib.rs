@@ -34,8 +34,12 @@ pub mod disk_sync;
 pub mod phase;
 pub mod postcopy;
 pub mod progress;
+pub mod recovery;
+pub mod status;
+pub mod watch;
 
 pub use phase::{Phase, PhaseEvent, TransitionError};
 pub use progress::{
     disk_totals, disks_in_sync, DiskCopyProgress, MigrationProgress, MigrationReport,
 };
+pub use status::{BlockJobStatus, MigrationStatus};

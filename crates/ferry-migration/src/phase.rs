@@ -33,6 +33,11 @@ pub enum Phase {
     Failed,
     /// Rolled back on the operator's request; the VM runs on the source.
     Cancelled,
+    /// Ferry could not prove which side holds the whole VM (a side did not answer within
+    /// its bound, or the two sides report what no safe step follows from). Nothing is
+    /// killed, resumed or deleted until an operator settles it (`ferry migration resolve
+    /// ID --keep source|destination`); the VM stays claimed by the migration meanwhile.
+    NeedsAttention,
 }
 
 impl Phase {
@@ -52,6 +57,7 @@ impl Phase {
             Phase::RollingBack => "rolling_back",
             Phase::Failed => "failed",
             Phase::Cancelled => "cancelled",
+            Phase::NeedsAttention => "needs_attention",
         }
     }
 
@@ -60,7 +66,7 @@ impl Phase {
     }
 }
 
-pub const ALL_PHASES: [Phase; 10] = [
+pub const ALL_PHASES: [Phase; 11] = [
     Phase::Pending,
     Phase::Preparing,
     Phase::CopyingDisks,
@@ -71,6 +77,7 @@ pub const ALL_PHASES: [Phase; 10] = [
     Phase::RollingBack,
     Phase::Failed,
     Phase::Cancelled,
+    Phase::NeedsAttention,
 ];
 
 impl std::fmt::Display for Phase {
@@ -98,9 +105,17 @@ pub enum PhaseEvent {
     PostcopyStarted,
     /// Post-copy finished: the source sent its last page and the destination runs.
     PostcopyFinished,
-    /// Post-copy cannot finish (the destination QEMU died, or the source's did, with pages
-    /// only it held): the VM is lost and the migration failed without a rollback.
-    PostcopyLost,
+    /// The VM's only whole copy is gone (the source QEMU died before the destination held
+    /// everything; in post-copy, either QEMU died): the migration failed without a
+    /// rollback and the VM is reported crashed.
+    Lost,
+    /// The facts do not prove which side holds the whole VM: stop and ask the operator.
+    Unresolved,
+    /// The operator checked and keeps the VM on the source (the destination is proven not
+    /// to run it).
+    ResolvedKeepSource,
+    /// The operator checked and keeps the VM on the destination (proven to hold it).
+    ResolvedKeepDestination,
     /// Any failure (agent error, QEMU error, timeout, lost host).
     Failure,
     /// The operator asked to cancel.
@@ -131,7 +146,21 @@ impl Phase {
             (SwitchingOver, DestinationRunning) => Completed,
             (Transferring, PostcopyStarted) => PostCopy,
             (PostCopy, PostcopyFinished) => Completed,
-            (PostCopy, PostcopyLost) => Failed,
+            // The only whole copy died: no rollback can bring it back.
+            (
+                Preparing | CopyingDisks | Transferring | SwitchingOver | PostCopy | RollingBack
+                | NeedsAttention,
+                Lost,
+            ) => Failed,
+            // Not provable either way: stop, and let an operator decide.
+            (
+                Pending | Preparing | CopyingDisks | Transferring | SwitchingOver | PostCopy
+                | RollingBack,
+                Unresolved,
+            ) => NeedsAttention,
+            (NeedsAttention, Unresolved) => NeedsAttention,
+            (NeedsAttention, ResolvedKeepSource) => Failed,
+            (NeedsAttention, ResolvedKeepDestination) => Completed,
             // Until the destination runs, every failure or cancel rolls back.
             (
                 Pending | Preparing | CopyingDisks | Transferring | SwitchingOver,
@@ -144,6 +173,12 @@ impl Phase {
             (from, event) => return Err(TransitionError { from, event }),
         };
         Ok(next)
+    }
+
+    /// Whether the orchestrator is done with this migration until an operator acts:
+    /// terminal, or waiting for a resolution.
+    pub fn is_settled(self) -> bool {
+        self.is_terminal() || self == Phase::NeedsAttention
     }
 
     /// Whether the VM's record still points at the source in this phase. Only `Completed`
@@ -230,11 +265,44 @@ mod tests {
             p.next(PhaseEvent::PostcopyFinished).unwrap(),
             Phase::Completed
         );
-        assert_eq!(p.next(PhaseEvent::PostcopyLost).unwrap(), Phase::Failed);
+        assert_eq!(p.next(PhaseEvent::Lost).unwrap(), Phase::Failed);
         // Post-copy starts only from a running pre-copy.
         assert!(Phase::CopyingDisks
             .next(PhaseEvent::PostcopyStarted)
             .is_err());
+    }
+
+    #[test]
+    fn an_unprovable_situation_waits_for_the_operator() {
+        for p in [
+            Phase::Preparing,
+            Phase::Transferring,
+            Phase::SwitchingOver,
+            Phase::PostCopy,
+            Phase::RollingBack,
+        ] {
+            let n = p.next(PhaseEvent::Unresolved).unwrap();
+            assert_eq!(n, Phase::NeedsAttention);
+            assert!(!n.is_terminal() && n.is_settled());
+            // Nothing automatic moves it on.
+            for e in [
+                PhaseEvent::Failure,
+                PhaseEvent::CancelRequested,
+                PhaseEvent::DestinationRunning,
+                PhaseEvent::RolledBack { cancelled: false },
+            ] {
+                assert!(n.next(e).is_err(), "{e:?}");
+            }
+            assert_eq!(
+                n.next(PhaseEvent::ResolvedKeepSource).unwrap(),
+                Phase::Failed
+            );
+            assert_eq!(
+                n.next(PhaseEvent::ResolvedKeepDestination).unwrap(),
+                Phase::Completed
+            );
+        }
+        assert!(Phase::Completed.next(PhaseEvent::Unresolved).is_err());
     }
 
     #[test]
@@ -262,7 +330,10 @@ mod tests {
             Just(PhaseEvent::DestinationRunning),
             Just(PhaseEvent::PostcopyStarted),
             Just(PhaseEvent::PostcopyFinished),
-            Just(PhaseEvent::PostcopyLost),
+            Just(PhaseEvent::Lost),
+            Just(PhaseEvent::Unresolved),
+            Just(PhaseEvent::ResolvedKeepSource),
+            Just(PhaseEvent::ResolvedKeepDestination),
             Just(PhaseEvent::Failure),
             Just(PhaseEvent::CancelRequested),
             any::<bool>().prop_map(|cancelled| PhaseEvent::RolledBack { cancelled }),
@@ -282,13 +353,27 @@ mod tests {
                     Ok(n) => {
                         prop_assert!(!p.is_terminal(), "terminal {p} moved to {n}");
                         if n == Phase::Completed {
-                            prop_assert!(matches!(p, Phase::SwitchingOver | Phase::PostCopy));
+                            // The destination was seen running, post-copy ended, or an
+                            // operator proved the destination holds the VM.
+                            prop_assert!(matches!(p, Phase::SwitchingOver | Phase::PostCopy | Phase::NeedsAttention));
+                            if p == Phase::NeedsAttention {
+                                prop_assert_eq!(e, PhaseEvent::ResolvedKeepDestination);
+                            }
                         }
                         if n == Phase::Cancelled {
                             prop_assert_eq!(p, Phase::RollingBack);
                         }
                         if n == Phase::Failed {
-                            prop_assert!(matches!(p, Phase::RollingBack | Phase::PostCopy));
+                            // Rolled back, lost, or settled by an operator: never straight
+                            // from a running phase for an ordinary failure.
+                            prop_assert!(
+                                matches!(p, Phase::RollingBack | Phase::NeedsAttention)
+                                    || e == PhaseEvent::Lost
+                            );
+                        }
+                        if p == Phase::NeedsAttention {
+                            // Only an operator (or the proof that the VM is gone) moves it.
+                            prop_assert!(matches!(e, PhaseEvent::Unresolved | PhaseEvent::Lost | PhaseEvent::ResolvedKeepSource | PhaseEvent::ResolvedKeepDestination));
                         }
                         if p == Phase::PostCopy {
                             prop_assert!(n != Phase::RollingBack);

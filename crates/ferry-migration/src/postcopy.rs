@@ -23,6 +23,9 @@ pub const STALL_MS: u64 = 3_000;
 /// abandoned and tried again from a clean pause.
 pub const RECOVER_LIMIT_MS: u64 = 10_000;
 
+use crate::recovery::SideFacts;
+use crate::status::MigrationStatus;
+
 /// One QEMU's migration state as its agent reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {
@@ -40,14 +43,25 @@ pub enum Side {
 }
 
 impl Side {
-    /// From QEMU's migration status string (`query-migrate`).
-    pub fn from_qemu_status(status: &str) -> Side {
+    /// From QEMU's migration status (`query-migrate`).
+    pub fn from_status(status: MigrationStatus) -> Side {
         match status {
-            "postcopy-active" => Side::Active,
-            "postcopy-paused" => Side::Paused,
-            "postcopy-recover-setup" | "postcopy-recover" => Side::Recovering,
-            "completed" => Side::Completed,
+            MigrationStatus::PostcopyActive | MigrationStatus::PostcopyDevice => Side::Active,
+            MigrationStatus::PostcopyPaused => Side::Paused,
+            MigrationStatus::PostcopyRecoverSetup | MigrationStatus::PostcopyRecover => {
+                Side::Recovering
+            }
+            MigrationStatus::Completed => Side::Completed,
             _ => Side::Other,
+        }
+    }
+
+    /// From what the agent reported (see [`crate::recovery`]).
+    pub fn from_facts(facts: SideFacts) -> Side {
+        match facts {
+            SideFacts::Unreachable | SideFacts::Unresponsive => Side::Unknown,
+            SideFacts::Absent | SideFacts::Exited => Side::Exited,
+            SideFacts::Qemu { migration, .. } => Side::from_status(migration),
         }
     }
 }

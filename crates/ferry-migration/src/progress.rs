@@ -2,12 +2,14 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::status::{BlockJobStatus, MigrationStatus};
+
 /// A snapshot of a running migration, as the source QEMU reports it (`query-migrate`),
 /// normalised to bytes and milliseconds.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct MigrationProgress {
     /// QEMU's own migration status: setup, active, device, completed, failed, ...
-    pub qemu_status: String,
+    pub qemu_status: MigrationStatus,
     /// Milliseconds since the source started sending.
     pub elapsed_ms: u64,
     /// Guest RAM size in bytes.
@@ -54,7 +56,7 @@ pub struct DiskCopyProgress {
     #[serde(default)]
     pub writes_blocking: bool,
     /// QEMU's job status (running, ready, concluded, ...).
-    pub status: String,
+    pub status: BlockJobStatus,
     /// Why the copy failed, if it did.
     #[serde(default)]
     pub error: Option<String>,

@@ -540,6 +540,8 @@ impl Server {
             created_at: now,
             updated_at: now,
             finished_at: None,
+            run: Default::default(),
+            attention: None,
         };
         if !self.store.begin_migration(&m)? {
             return Err(ApiError::conflict(format!(

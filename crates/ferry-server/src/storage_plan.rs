@@ -7,34 +7,11 @@
 
 use std::collections::BTreeMap;
 
-use ferry_api::{ApiError, DiskCopyTarget, DiskImage, PoolInfo, VmSpec};
+pub use ferry_api::PlannedCopy;
+use ferry_api::{ApiError, DiskImage, PoolInfo, VmSpec};
 
 /// Free space kept beyond the data to copy: a tenth of it, and at least this.
 pub const MIN_MARGIN_BYTES: u64 = 64 << 20;
-
-/// One local-pool disk to copy.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PlannedCopy {
-    /// Index into the spec's disks.
-    pub index: usize,
-    pub pool: String,
-    pub image: String,
-    pub virtual_size: u64,
-    /// Bytes the source image occupies: what has to fit on the destination.
-    pub actual_size: u64,
-}
-
-impl PlannedCopy {
-    pub fn target(&self) -> DiskCopyTarget {
-        DiskCopyTarget {
-            index: self.index,
-            virtual_size: self.virtual_size,
-        }
-    }
-    pub fn label(&self) -> String {
-        format!("{}/{}", self.pool, self.image)
-    }
-}
 
 /// What each side reports about its storage.
 pub struct StorageView<'a> {

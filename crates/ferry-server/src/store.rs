@@ -570,6 +570,8 @@ fn migration_row(r: &Row) -> rusqlite::Result<R<Migration>> {
             updated_at: parse_ts(&updated)?,
             finished_at: finished.as_deref().map(parse_ts).transpose()?,
             addresses: addresses.as_deref().map(from_json).transpose()?,
+            run: Default::default(),
+            attention: None,
         })
     })())
 }
@@ -587,7 +589,7 @@ fn event_row(r: &Row) -> rusqlite::Result<R<Event>> {
             id,
             at: parse_ts(&at)?,
             actor,
-            kind,
+            kind: EventKind::parse(&kind),
             vm,
             host,
             migration: migration

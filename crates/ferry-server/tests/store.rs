@@ -46,6 +46,8 @@ fn migration(vm: &str, from: &str, to: &str) -> Migration {
         created_at: Utc::now(),
         updated_at: Utc::now(),
         finished_at: None,
+        run: Default::default(),
+        attention: None,
     }
 }
 
@@ -171,7 +173,7 @@ fn a_phase_change_and_its_event_land_together_or_not_at_all() {
     assert_eq!(store.vm("web1").unwrap().unwrap().host, "b");
     let log = logged(&store);
     assert_eq!(log.len(), 1);
-    assert_eq!(log[0].kind, "migration.phase");
+    assert_eq!(log[0].kind, EventKind::MigrationPhase);
 
     // The same for a VM's state.
     let err = store

@@ -36,30 +36,25 @@ impl Run {
             bandwidth_bytes_per_s: p.bandwidth_bytes_per_s,
             dirty_rate_bytes_per_s: p.dirty_rate_bytes_per_s,
             throttle_pct: p.throttle_pct,
-            prev_throttle_pct: self
-                .m
-                .progress
-                .as_ref()
-                .map(|o| o.throttle_pct)
-                .unwrap_or(0),
         };
         let policy = self.policy();
-        let d = decide(&policy, self.step, &sample);
+        let (d, history) = decide(&policy, &self.m.run.controller, &sample);
+        self.m.run.controller = history;
         p.predicted_downtime_ms = d.predicted_downtime_ms;
         let data = serde_json::json!({
             "decision": d, "sample": sample, "policy": policy, "step": self.step,
         });
         let (outcome, message, result) = match &d.action {
             Action::Continue => (Outcome::Info, d.reason.clone(), Ok(())),
-            Action::RaiseThrottle { to_pct } => {
+            &Action::RaiseThrottle { to_pct } => {
                 let req = TuneRequest {
-                    throttle_pct: Some(*to_pct),
+                    throttle_pct: Some(to_pct),
                     ..Default::default()
                 };
                 source.tune(&self.m.vm, &req).await.map_err(|e| {
                     Abort::fail(format!("the source could not throttle the guest: {e}"))
                 })?;
-                self.step = ControllerStep::Throttled(*to_pct);
+                self.step = ControllerStep::Throttled(to_pct);
                 (Outcome::Info, d.reason.clone(), Ok(()))
             }
             Action::StartPostcopy => {

@@ -87,7 +87,7 @@ impl Run {
                     d.error.clone().unwrap_or_default()
                 )));
             }
-            if let Some(d) = disks.iter().find(|d| d.status == "concluded" && !d.ready) {
+            if let Some(d) = disks.iter().find(|d| d.status.is_concluded() && !d.ready) {
                 return Err(Abort::fail(format!(
                     "copying disk {} stopped before it was in sync ({})",
                     d.disk, d.status
@@ -116,7 +116,7 @@ impl Run {
             }
             let rate = (copied as f64 / started.elapsed().as_secs_f64().max(0.001)) as u64;
             self.m.progress = Some(MigrationProgress {
-                qemu_status: "copying-disks".into(),
+                qemu_status: MigrationStatus::None,
                 elapsed_ms: started.elapsed().as_millis() as u64,
                 bandwidth_bytes_per_s: rate,
                 disks: disks.clone(),

@@ -90,11 +90,11 @@ impl Run {
                 within(dest.migration_status(&self.m.vm))
             );
             let source_side = match &src {
-                Ok(s) => Side::from_qemu_status(&s.progress.qemu_status),
+                Ok(s) => Side::from_status(s.status()),
                 Err(e) => exited_or_unknown(e),
             };
             let destination_side = match &dst {
-                Ok(s) => Side::from_qemu_status(&s.progress.qemu_status),
+                Ok(s) => Side::from_status(s.status()),
                 Err(e) => exited_or_unknown(e),
             };
             if let Ok(s) = &src {
@@ -196,7 +196,7 @@ impl Run {
         outage.recovering_since = None;
         outage.listener = None;
         let note = |r: Result<AgentMigrationStatus, ClientError>| match r {
-            Ok(st) => st.progress.qemu_status,
+            Ok(st) => st.progress.qemu_status.to_string(),
             Err(e) => format!("not paused ({e})"),
         };
         self.event(
@@ -335,7 +335,7 @@ impl Run {
         self.m.error = Some(error.clone());
         let _ = self.server.store.set_vm_state(&self.m.vm, VmState::Crashed);
         self.advance(
-            PhaseEvent::PostcopyLost,
+            PhaseEvent::Lost,
             format!("failed in post-copy: {error}"),
             serde_json::Value::Null,
         );
