@@ -31,6 +31,7 @@
 
 pub mod convergence;
 pub mod disk_sync;
+pub mod follow;
 pub mod phase;
 pub mod postcopy;
 pub mod progress;

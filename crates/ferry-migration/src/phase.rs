@@ -143,8 +143,14 @@ impl Phase {
             (Preparing, DestinationReadyWithDisks) => CopyingDisks,
             (CopyingDisks, DisksInSync) => Transferring,
             (Transferring, SourceCompleted) => SwitchingOver,
+            // A rollback that finds the destination holding the whole VM (the stream
+            // completed before anything was torn down) switches over instead: nothing is
+            // removed until the destination is proven partial.
+            (RollingBack, SourceCompleted) => SwitchingOver,
             (SwitchingOver, DestinationRunning) => Completed,
-            (Transferring, PostcopyStarted) => PostCopy,
+            // QEMU may switch to post-copy just before a failure is saved; post-copy then
+            // wins (it cannot be rolled back).
+            (Transferring | RollingBack, PostcopyStarted) => PostCopy,
             (PostCopy, PostcopyFinished) => Completed,
             // The only whole copy died: no rollback can bring it back.
             (

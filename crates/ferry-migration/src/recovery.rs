@@ -403,6 +403,13 @@ pub fn resolve(keep: Keep, s: SideFacts, d: SideFacts, force: bool) -> Result<Re
                      sure it does not and pass --force"
                 ));
             }
+            if d.destination_holds() && d.running() {
+                return Err(format!(
+                    "the destination runs the VM ({d}): its guest has run there since the \
+                     switch, so the source's memory is out of date (and on shared disks, older \
+                     than what the guest wrote); keep the destination"
+                ));
+            }
             if d.running() && !d.destination_holds() && !d.is_unknown() {
                 return Err(format!(
                     "the destination runs something that is not this migration's result ({d})"
@@ -600,6 +607,14 @@ mod tests {
     #[test]
     fn resolutions_refuse_what_would_lose_the_vm() {
         assert!(resolve(Keep::Source, SideFacts::Exited, q(M::Active, false), false).is_err());
+        // The destination's guest ran since the switch: the source's memory is stale.
+        let stale = resolve(
+            Keep::Source,
+            q(M::Completed, false),
+            q(M::Completed, true),
+            true,
+        );
+        assert!(stale.is_err_and(|e| e.contains("out of date")));
         assert!(resolve(
             Keep::Destination,
             q(M::Completed, false),
