@@ -86,9 +86,20 @@ pub struct ServerArgs {
     /// How often running migrations are polled (ms).
     #[arg(long, default_value_t = 250)]
     pub poll_ms: u64,
+    /// When an interrupted migration's facts cannot be had (an agent does not answer),
+    /// recovery asks again for this long, then marks it needs_attention (s).
+    #[arg(long, default_value_t = 90)]
+    pub recovery_bound_s: u64,
     /// Write the bound address to this file once listening.
     #[arg(long)]
     pub ready_file: Option<PathBuf>,
+    /// Fault tests: hold migrations at these points (preparing, copying_disks,
+    /// transferring, switching_over, post_copy) until a file in --test-hold-dir goes.
+    #[arg(long, value_delimiter = ',', requires = "test_hold_dir", hide = true)]
+    pub test_hold_at: Vec<String>,
+    /// Fault tests: where held migrations write `<id>.<point>`.
+    #[arg(long, requires = "test_hold_at", hide = true)]
+    pub test_hold_dir: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]

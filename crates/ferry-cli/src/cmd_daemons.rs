@@ -4,16 +4,38 @@ use std::time::Duration;
 
 use anyhow::Context;
 
+use ferry_server::orchestrator::{Hold, HoldPoint, OrchestratorConfig};
+
 use crate::cli::{AgentArgs, ServerArgs};
 use crate::exit::{CliError, CliResult};
 
 pub async fn server(a: ServerArgs) -> CliResult {
     let data_dir = absolute(&a.data_dir)?;
+    let hold = match &a.test_hold_dir {
+        Some(dir) => {
+            let at = a
+                .test_hold_at
+                .iter()
+                .map(|p| p.parse::<HoldPoint>())
+                .collect::<Result<Vec<_>, String>>()
+                .map_err(CliError::refused)?;
+            Some(Hold {
+                dir: absolute(dir)?,
+                at,
+            })
+        }
+        None => None,
+    };
     let config = ferry_server::ServerConfig {
         listen: a.listen,
         data_dir,
         host_timeout: Duration::from_millis(a.host_timeout_ms.max(100)),
-        poll_interval: Duration::from_millis(a.poll_ms.clamp(20, 10_000)),
+        orchestrator: OrchestratorConfig {
+            poll_interval: Duration::from_millis(a.poll_ms.clamp(20, 10_000)),
+            recovery_bound: Duration::from_secs(a.recovery_bound_s.clamp(1, 86_400)),
+            hold,
+            ..Default::default()
+        },
         ready_file: a.ready_file,
     };
     ferry_server::run(config).await.map_err(CliError::failed)

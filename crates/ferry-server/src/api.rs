@@ -22,6 +22,7 @@
 //! POST   /v1/cluster/migration-defaults MigrationOptions -> ClusterInfo
 //! GET    /v1/migrations/{id}          Migration
 //! POST   /v1/migrations/{id}/cancel   Migration
+//! POST   /v1/migrations/{id}/resolve  ResolveRequest -> Migration (needs_attention only)
 //! GET    /v1/events                   [Event] (?vm= &migration= &kind= &after= &limit=)
 //! GET    /v1/hosts/{host}/pools/{pool}/disks          [DiskImage]
 //! POST   /v1/hosts/{host}/pools/{pool}/disks          CreateDiskRequest -> DiskImage
@@ -65,6 +66,7 @@ pub fn router(server: Arc<Server>) -> Router {
         )
         .route("/v1/migrations/{id}", get(migration))
         .route("/v1/migrations/{id}/cancel", post(cancel))
+        .route("/v1/migrations/{id}/resolve", post(resolve))
         .route("/v1/events", get(events))
         .route(
             "/v1/hosts/{host}/pools/{pool}/disks",
@@ -296,6 +298,22 @@ async fn cancel(State(s): Shared, h: HeaderMap, Path(id): Path<String>) -> Answe
     let id = parse_id(&id)?;
     expect(
         act(&s, &h, Action::CancelMigration(id)).await?,
+        |o| match o {
+            ActionOutcome::Migration(m) => Some(m),
+            _ => None,
+        },
+    )
+}
+
+async fn resolve(
+    State(s): Shared,
+    h: HeaderMap,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<ResolveRequest>,
+) -> Answer<Migration> {
+    let id = parse_id(&id)?;
+    expect(
+        act(&s, &h, Action::ResolveMigration { id, req }).await?,
         |o| match o {
             ActionOutcome::Migration(m) => Some(m),
             _ => None,

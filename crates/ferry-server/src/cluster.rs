@@ -138,7 +138,7 @@ impl Server {
         if let Some(p) = info.hosts_without_baseline.iter().find(|p| p.host == host) {
             self.event(NewEvent {
                 actor: actor.to_string(),
-                kind: "host.baseline".into(),
+                kind: EventKind::HostBaseline,
                 vm: None,
                 host: Some(host.to_string()),
                 migration: None,
@@ -166,7 +166,7 @@ impl Server {
             self.store.set_setting(EFFECTIVE_KEY, &now)?;
             self.event(NewEvent {
                 actor: "server".into(),
-                kind: "cluster.baseline".into(),
+                kind: EventKind::ClusterBaseline,
                 vm: None,
                 host: None,
                 migration: None,

@@ -7,6 +7,7 @@
 //! state-changing action is logged with its actor and outcome. Each migration runs as a
 //! task in [`orchestrator`], which drives the two agents and persists every phase.
 
+pub mod admission;
 pub mod api;
 pub mod baseline;
 pub mod checks;
@@ -25,7 +26,7 @@ use std::sync::Arc;
 pub async fn run(config: ServerConfig) -> Result<(), String> {
     let (listener, bound) = ferry_api::http::bind(config.listen).await?;
     let server = Arc::new(Server::open(config.clone()).map_err(|e| e.to_string())?);
-    orchestrator::resume_unfinished(server.clone());
+    server.orchestrator.resume_unfinished();
     if let Some(file) = &config.ready_file {
         ferry_api::http::write_ready_file(file, &bound.to_string())?;
     }

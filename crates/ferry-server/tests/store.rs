@@ -56,12 +56,7 @@ fn the_event_log_refuses_updates_and_deletes() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("ferry.db")).unwrap();
     store
-        .append_event(&NewEvent {
-            actor: "t".into(),
-            kind: "vm.create".into(),
-            message: "m".into(),
-            ..Default::default()
-        })
+        .append_event(&NewEvent::new("t", EventKind::VmCreate, "m"))
         .unwrap();
     drop(store);
     let conn = rusqlite::Connection::open(dir.path().join("ferry.db")).unwrap();
@@ -82,8 +77,14 @@ fn only_one_migration_per_vm_can_begin() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("ferry.db")).unwrap();
     store.insert_vm(&vm("web1", "a")).unwrap();
-    assert!(store.begin_migration(&migration("web1", "a", "b")).unwrap());
-    assert!(!store.begin_migration(&migration("web1", "a", "c")).unwrap());
+    store
+        .begin_migration(&migration("web1", "a", "b"), &|_| Ok(()))
+        .unwrap();
+    let second = store
+        .begin_migration(&migration("web1", "a", "c"), &|_| Ok(()))
+        .unwrap_err()
+        .to_string();
+    assert!(second.contains("already migrating"), "{second}");
 }
 
 #[test]
@@ -92,14 +93,14 @@ fn completing_moves_the_vm_and_failing_keeps_it() {
     let store = Store::open(&dir.path().join("ferry.db")).unwrap();
     store.insert_vm(&vm("web1", "a")).unwrap();
     let mut m = migration("web1", "a", "b");
-    store.begin_migration(&m).unwrap();
+    store.begin_migration(&m, &|_| Ok(())).unwrap();
     m.phase = Phase::Failed;
     store.save_migration(&m).unwrap();
     let v = store.vm("web1").unwrap().unwrap();
     assert_eq!((v.host.as_str(), v.migration), ("a", None));
 
     let mut m = migration("web1", "a", "b");
-    store.begin_migration(&m).unwrap();
+    store.begin_migration(&m, &|_| Ok(())).unwrap();
     m.phase = Phase::SwitchingOver;
     store.save_migration(&m).unwrap();
     assert_eq!(
@@ -124,13 +125,10 @@ fn a_phase_change_and_its_event_land_together_or_not_at_all() {
     let store = Store::open(&path).unwrap();
     store.insert_vm(&vm("web1", "a")).unwrap();
     let mut m = migration("web1", "a", "b");
-    store.begin_migration(&m).unwrap();
+    store.begin_migration(&m, &|_| Ok(())).unwrap();
     let event = |kind: &str| NewEvent {
-        actor: "server".into(),
-        kind: kind.into(),
         migration: Some(m.id),
-        message: "VM web1 runs on b".into(),
-        ..Default::default()
+        ..NewEvent::new("server", EventKind::parse(kind), "VM web1 runs on b")
     };
     let logged = |store: &Store| {
         store
@@ -243,4 +241,117 @@ fn a_version_1_database_is_upgraded_in_place() {
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
     assert_eq!(v, ferry_server::store::SCHEMA_VERSION);
+}
+
+#[test]
+fn a_version_3_database_gains_run_state_and_in_flight_streams_count_as_started() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ferry.db");
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE hosts (name TEXT PRIMARY KEY, url TEXT NOT NULL, migration_address TEXT NOT NULL,
+                registered_at TEXT NOT NULL, last_seen TEXT NOT NULL, inventory TEXT NOT NULL,
+                maintenance INTEGER NOT NULL DEFAULT 0);
+             CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+             CREATE TABLE vms (name TEXT PRIMARY KEY, spec TEXT NOT NULL, host TEXT NOT NULL, state TEXT NOT NULL,
+                migration TEXT, created_at TEXT NOT NULL, updated_at TEXT NOT NULL);
+             CREATE TABLE migrations (id TEXT PRIMARY KEY, vm TEXT NOT NULL, source TEXT NOT NULL,
+                destination TEXT NOT NULL, phase TEXT NOT NULL, options TEXT NOT NULL, stream_uri TEXT,
+                progress TEXT, report TEXT, error TEXT, created_at TEXT NOT NULL, updated_at TEXT NOT NULL,
+                finished_at TEXT, addresses TEXT);
+             CREATE TABLE events (id INTEGER PRIMARY KEY AUTOINCREMENT, at TEXT NOT NULL, actor TEXT NOT NULL,
+                kind TEXT NOT NULL, vm TEXT, host TEXT, migration TEXT, outcome TEXT NOT NULL,
+                message TEXT NOT NULL, data TEXT NOT NULL);
+             INSERT INTO migrations VALUES ('6f9619ff-8b86-d011-b42d-00c04fc964ff', 'web1', 'a', 'b', 'transferring',
+                '{}', 'tcp:127.0.0.1:1', NULL, NULL, NULL, '2026-01-01T00:00:00.000Z',
+                '2026-01-01T00:00:00.000Z', NULL, NULL);
+             INSERT INTO migrations VALUES ('7f9619ff-8b86-d011-b42d-00c04fc964ff', 'web2', 'a', 'b', 'preparing',
+                '{}', NULL, NULL, NULL, NULL, '2026-01-01T00:00:00.000Z',
+                '2026-01-01T00:00:00.000Z', NULL, NULL);
+             PRAGMA user_version = 3;",
+        )
+        .unwrap();
+    }
+    let store = Store::open(&path).unwrap();
+    let streaming = store
+        .migration(Uuid::parse_str("6f9619ff-8b86-d011-b42d-00c04fc964ff").unwrap())
+        .unwrap()
+        .unwrap();
+    assert!(streaming.run.outgoing_started, "{:?}", streaming.run);
+    assert_eq!(streaming.attention, None);
+    let preparing = store
+        .migration(Uuid::parse_str("7f9619ff-8b86-d011-b42d-00c04fc964ff").unwrap())
+        .unwrap()
+        .unwrap();
+    assert!(!preparing.run.outgoing_started);
+    // The new columns round-trip.
+    let mut m = preparing;
+    m.run.copies.push(PlannedCopy {
+        index: 0,
+        pool: "local".into(),
+        image: "d".into(),
+        virtual_size: 1 << 30,
+        actual_size: 1 << 20,
+    });
+    m.run.controller.step = ControllerStep::Throttled(30);
+    m.phase = Phase::NeedsAttention;
+    m.attention = Some(Attention {
+        reason: "r".into(),
+        since: Utc::now(),
+        source: SideFacts::Unreachable,
+        destination: SideFacts::qemu(MigrationStatus::Completed, true),
+    });
+    store.save_migration(&m).unwrap();
+    let back = store.migration(m.id).unwrap().unwrap();
+    assert_eq!(back.run, m.run);
+    assert_eq!(back.attention, m.attention);
+    assert_eq!(
+        store
+            .unfinished_migrations()
+            .unwrap()
+            .iter()
+            .filter(|u| u.phase == Phase::NeedsAttention)
+            .count(),
+        1
+    );
+}
+
+#[test]
+fn twenty_concurrent_claims_on_a_host_that_fits_three_admit_three() {
+    use ferry_server::admission::admit;
+    let dir = tempfile::tempdir().unwrap();
+    let store = std::sync::Arc::new(Store::open(&dir.path().join("ferry.db")).unwrap());
+    let mut reg = HostRegistration {
+        name: "a".into(),
+        url: "http://127.0.0.1:1".into(),
+        migration_address: "127.0.0.1".into(),
+        inventory: HostInventory::default(),
+        vms: vec![],
+    };
+    // 256 MiB guests with one vCPU take 256 + 96 + 4 + 16 = 372 MiB: 1200 MiB fit three.
+    reg.inventory.memory_total_mib = 1200;
+    reg.inventory.cpus = 64;
+    reg.inventory.vcpu_overcommit = 1.0;
+    store.upsert_host(&reg, Utc::now()).unwrap();
+    let handles: Vec<_> = (0..20)
+        .map(|i| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                let mut v = vm(&format!("v{i}"), "a");
+                v.state = VmState::Starting;
+                let spec = v.spec.clone();
+                store
+                    .claim_new_vm(&v, &|view| admit(view, "a", &spec))
+                    .is_ok()
+            })
+        })
+        .collect();
+    let admitted = handles
+        .into_iter()
+        .map(|h| h.join().unwrap())
+        .filter(|ok| *ok)
+        .count();
+    assert_eq!(admitted, 3);
+    assert_eq!(store.vms().unwrap().len(), 3);
 }

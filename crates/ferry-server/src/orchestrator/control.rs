@@ -1,34 +1,31 @@
 //! Runs the convergence controller ([`ferry_migration::convergence`]) after each pass and
 //! carries out its decision on the source; every decision is an event with its numbers.
+//! The controller's history (its step among it) is saved before a step is carried out,
+//! so a restarted server knows post-copy was asked for even if QEMU had not switched yet.
 
-use ferry_api::client::AgentClient;
 use ferry_api::*;
-use ferry_migration::convergence::{decide, Action, Policy, Sample};
+use ferry_migration::convergence::{completion_deadline_ms, decide, Action, Policy, Sample};
 
-use super::{Abort, Run};
+use super::{Run, Step};
 
 impl Run {
     fn policy(&self) -> Policy {
         let o = &self.m.options;
-        let ram_gib = self.ram_mib.div_ceil(1024).max(1);
         Policy {
             downtime_budget_ms: o.downtime_limit_ms.unwrap_or(DEFAULT_DOWNTIME_LIMIT_MS),
             max_throttle_pct: o.max_throttle_pct.unwrap_or(0),
             postcopy: o.postcopy.unwrap_or_default(),
-            completion_deadline_ms: o
-                .completion_timeout_s_per_gib
-                .map(|s| s * 1000 * ram_gib)
-                .unwrap_or(0),
+            completion_deadline_ms: completion_deadline_ms(
+                o.completion_timeout_s_per_gib,
+                self.m.run.ram_mib,
+            ),
         }
     }
 
     /// One controller round on `p` (the progress after a pass): records the prediction in
-    /// `p`, acts, and fails the migration when the controller aborts.
-    pub(super) async fn control(
-        &mut self,
-        source: &AgentClient,
-        p: &mut MigrationProgress,
-    ) -> Result<(), Abort> {
+    /// `p` and acts. `Ok(Err(reason))`: the migration must stop (the controller aborted,
+    /// or the source refused a step); recovery decides what that allows.
+    pub(super) async fn control(&mut self, p: &mut MigrationProgress) -> Step<Result<(), String>> {
         let sample = Sample {
             pass: p.passes,
             elapsed_ms: p.elapsed_ms,
@@ -38,50 +35,53 @@ impl Run {
             throttle_pct: p.throttle_pct,
         };
         let policy = self.policy();
-        let (d, history) = decide(&policy, &self.m.run.controller, &sample);
-        self.m.run.controller = history;
+        let before = self.m.run.controller;
+        let (d, history) = decide(&policy, &before, &sample);
         p.predicted_downtime_ms = d.predicted_downtime_ms;
         let data = serde_json::json!({
-            "decision": d, "sample": sample, "policy": policy, "step": self.step,
+            "decision": d, "sample": sample, "policy": policy, "history": history,
         });
-        let (outcome, message, result) = match &d.action {
-            Action::Continue => (Outcome::Info, d.reason.clone(), Ok(())),
-            &Action::RaiseThrottle { to_pct } => {
-                let req = TuneRequest {
-                    throttle_pct: Some(to_pct),
-                    ..Default::default()
-                };
-                source.tune(&self.m.vm, &req).await.map_err(|e| {
-                    Abort::fail(format!("the source could not throttle the guest: {e}"))
-                })?;
-                self.step = ControllerStep::Throttled(to_pct);
-                (Outcome::Info, d.reason.clone(), Ok(()))
+        let request = match &d.action {
+            Action::Continue => None,
+            Action::RaiseThrottle { to_pct } => Some(TuneRequest {
+                throttle_pct: Some(*to_pct),
+                ..Default::default()
+            }),
+            Action::StartPostcopy => Some(TuneRequest {
+                start_postcopy: true,
+                ..Default::default()
+            }),
+            Action::Abort { reason } => {
+                self.m.run.controller = history;
+                self.event(
+                    EventKind::MigrationController,
+                    Outcome::Error,
+                    format!("pass {}: aborting: {reason}", p.passes),
+                    data,
+                );
+                return Ok(Err(format!("the convergence controller aborted: {reason}")));
             }
-            Action::StartPostcopy => {
-                let req = TuneRequest {
-                    start_postcopy: true,
-                    ..Default::default()
-                };
-                source.tune(&self.m.vm, &req).await.map_err(|e| {
-                    Abort::fail(format!("the source could not switch to post-copy: {e}"))
-                })?;
-                self.step = ControllerStep::Postcopy;
-                (Outcome::Info, d.reason.clone(), Ok(()))
-            }
-            Action::Abort { reason } => (
-                Outcome::Error,
-                format!("aborting: {reason}"),
-                Err(Abort::fail(format!(
-                    "the convergence controller aborted: {reason}"
-                ))),
-            ),
         };
+        self.m.run.controller = history;
+        if history.step != before.step {
+            // Saved before QEMU is asked, so recovery knows the step was requested.
+            self.save_run().await?;
+        }
         self.event(
-            "migration.controller",
-            outcome,
-            format!("pass {}: {message}", p.passes),
+            EventKind::MigrationController,
+            Outcome::Info,
+            format!("pass {}: {}", p.passes, d.reason),
             data,
         );
-        result
+        if let Some(req) = request {
+            let source = self.m.source.clone();
+            if let Err(e) = self.agents().tune(&source, &self.m.vm, &req).await {
+                return Ok(Err(format!(
+                    "the source could not carry out the controller's step ({}): {e}",
+                    history.step
+                )));
+            }
+        }
+        Ok(Ok(()))
     }
 }

@@ -1,38 +1,31 @@
 //! The storage-copy half of a migration: local-pool disks are mirrored to the destination
-//! while the guest runs (`CopyingDisks`), before memory moves. The agents do the QEMU
-//! work (see `ferry_agent::disk_copy`); this side watches both ends and decides.
+//! while the guest runs (`CopyingDisks`), before memory moves. The agents do the QEMU work
+//! (see `ferry_agent::disk_copy`); this side watches both ends and hands what it sees to
+//! the pure [`copy_next`].
 
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
-use ferry_api::client::AgentClient;
 use ferry_api::*;
+use ferry_migration::follow::{copy_next, Answer, CopyNext, CopyObservation};
+use ferry_migration::watch::{Role, Watch};
 
-use super::{Abort, Run, AGENT_SILENCE_LIMIT};
+use super::agents::side_facts;
+use super::{HoldPoint, Next, Run, Step, Why};
 
 /// How often the copy's progress goes into the event log.
 const PROGRESS_EVENT_EVERY: Duration = Duration::from_secs(2);
-/// After a rollback, how long the destination gets to come back so its partial copy
-/// targets can be removed.
-pub(super) const DEST_CLEANUP_WAIT: Duration = Duration::from_secs(60);
 
 fn mib(b: u64) -> u64 {
     b >> 20
 }
 
 impl Run {
-    /// Starts the copy on the source and follows it until every disk is in sync. Fails
-    /// when a copy fails, the destination's QEMU exits or its agent stops answering, or
-    /// nothing moves for the progress timeout.
-    pub(super) async fn copy_disks(
-        &mut self,
-        source: &AgentClient,
-        dest: &AgentClient,
-        export: &str,
-    ) -> Result<(), Abort> {
+    /// Starts the copy on the source (its start saved first: from here the destination may
+    /// hold data and a rollback must cancel the copy).
+    pub(super) async fn start_copy(&mut self, export: &str) -> Step<Next> {
         let req = DiskCopyRequest {
             export: export.to_string(),
-            disks: self.copies.iter().map(|c| c.index).collect(),
+            disks: self.m.run.copies.iter().map(|c| c.index).collect(),
             max_bandwidth_bytes: self
                 .m
                 .options
@@ -40,108 +33,103 @@ impl Run {
                 .map(|m| m << 20)
                 .unwrap_or(0),
         };
-        self.outgoing_started = true;
-        source
-            .start_disk_copy(&self.m.vm, &req)
+        self.m.run.outgoing_started = true;
+        self.save_run().await?;
+        let source = self.m.source.clone();
+        if let Err(e) = self
+            .agents()
+            .start_disk_copy(&source, &self.m.vm, &req)
             .await
-            .map_err(|e| {
-                Abort::fail(format!(
-                    "source {} could not start copying disks to {export}: {e}",
-                    self.m.source
-                ))
-            })?;
-        let poll = self.server.config.poll_interval;
-        let progress_timeout = Duration::from_secs(
-            self.m
-                .options
-                .progress_timeout_s
-                .unwrap_or(DEFAULT_PROGRESS_TIMEOUT_S),
+        {
+            return Ok(Next::Settle(Why::Failure(format!(
+                "source {source} could not start copying disks to {export}: {e}"
+            ))));
+        }
+        self.hold(HoldPoint::CopyingDisks).await;
+        Ok(Next::FollowCopy)
+    }
+
+    /// Follows the copy until every disk is in sync (then memory moves), or fails.
+    pub(super) async fn follow_copy(&mut self) -> Step<Next> {
+        let poll = self.o.config.poll_interval;
+        let within = self.o.config.call_timeout;
+        let progress_limit = self
+            .m
+            .options
+            .progress_timeout_s
+            .unwrap_or(DEFAULT_PROGRESS_TIMEOUT_S)
+            * 1000;
+        let clock = Instant::now();
+        let now = |c: Instant| c.elapsed().as_millis() as u64;
+        let mut watch = Watch::new(
+            0,
+            self.o.config.silence_limit.as_millis() as u64,
+            progress_limit,
         );
-        let started = Instant::now();
-        let (mut source_ok, mut dest_ok) = (Instant::now(), Instant::now());
-        let mut last_progress = (0u64, Instant::now());
         let mut last_event = Instant::now();
         loop {
-            self.check_cancel()?;
-            let disks = match source.migration_status(&self.m.vm).await {
-                Ok(s) => {
-                    source_ok = Instant::now();
-                    s.progress.disks
-                }
-                Err(e) if source_ok.elapsed() > AGENT_SILENCE_LIMIT => {
-                    return Err(Abort::fail(format!(
-                        "source {} stopped answering during the disk copy: {e}",
-                        self.m.source
-                    )))
-                }
-                Err(_) => {
-                    tokio::time::sleep(poll).await;
-                    continue;
-                }
-            };
-            if let Some(d) = disks.iter().find(|d| d.error.is_some()) {
-                return Err(Abort::fail(format!(
-                    "copying disk {} to {} failed: {}",
-                    d.disk,
-                    self.m.destination,
-                    d.error.clone().unwrap_or_default()
-                )));
+            let agents = self.o.agents.clone();
+            let ((s, status), (d, _)) = tokio::join!(
+                side_facts(agents.as_ref(), &self.m.source, &self.m.vm, within),
+                side_facts(agents.as_ref(), &self.m.destination, &self.m.vm, within)
+            );
+            let disks = status
+                .as_ref()
+                .map(|st| st.progress.disks.clone())
+                .unwrap_or_default();
+            if status.is_some() {
+                watch.answered(Role::Source, now(clock));
+                let (copied, _, _) = disk_totals(&disks);
+                watch.counter(copied, now(clock));
             }
-            if let Some(d) = disks.iter().find(|d| d.status.is_concluded() && !d.ready) {
-                return Err(Abort::fail(format!(
-                    "copying disk {} stopped before it was in sync ({})",
-                    d.disk, d.status
-                )));
+            if !d.is_unknown() {
+                watch.answered(Role::Destination, now(clock));
             }
-            match dest.vm(&self.m.vm).await {
-                Ok(rt) if matches!(rt.state, VmState::Crashed | VmState::Stopped) => {
-                    return Err(Abort::fail(format!(
-                        "destination QEMU on {} exited during the disk copy: {}",
-                        self.m.destination,
-                        rt.exit_reason.unwrap_or_else(|| "no reason given".into())
-                    )))
-                }
-                Ok(_) => dest_ok = Instant::now(),
-                Err(e) if dest_ok.elapsed() > AGENT_SILENCE_LIMIT => {
-                    return Err(Abort::fail(format!(
-                        "destination {} stopped answering during the disk copy: {e}",
-                        self.m.destination
-                    )))
-                }
-                Err(_) => {}
-            }
-            let (copied, total, outstanding) = disk_totals(&disks);
-            if copied > last_progress.0 {
-                last_progress = (copied, Instant::now());
-            }
-            let rate = (copied as f64 / started.elapsed().as_secs_f64().max(0.001)) as u64;
-            self.m.progress = Some(MigrationProgress {
-                qemu_status: MigrationStatus::None,
-                elapsed_ms: started.elapsed().as_millis() as u64,
-                bandwidth_bytes_per_s: rate,
+            let obs = CopyObservation {
+                source: status.as_ref().map(|st| Answer {
+                    facts: s,
+                    error: st.error.clone(),
+                }),
+                destination: (!d.is_unknown()).then_some(d),
                 disks: disks.clone(),
-                ..Default::default()
-            });
-            self.m.updated_at = Utc::now();
-            self.persist();
-            if disks_in_sync(&disks) {
-                self.advance(
-                    PhaseEvent::DisksInSync,
-                    format!(
-                        "{} disk(s) in sync with {} after {:.1}s: {} MiB copied; guest writes now reach both hosts",
-                        disks.len(),
-                        self.m.destination,
-                        started.elapsed().as_secs_f64(),
-                        mib(copied)
-                    ),
-                    serde_json::to_value(&disks).unwrap_or_default(),
-                );
-                return Ok(());
+                cancel_requested: self.cancel_requested(),
+                timeout: watch.check(now(clock)),
+            };
+            let (copied, total, outstanding) = disk_totals(&disks);
+            let rate = (copied as f64 / clock.elapsed().as_secs_f64().max(0.001)) as u64;
+            if status.is_some() {
+                self.m.progress = Some(MigrationProgress {
+                    elapsed_ms: now(clock),
+                    bandwidth_bytes_per_s: rate,
+                    disks: disks.clone(),
+                    ..Default::default()
+                });
+                self.save_progress()?;
             }
-            if last_event.elapsed() >= PROGRESS_EVENT_EVERY {
+            match copy_next(&obs) {
+                CopyNext::Wait => {}
+                CopyNext::InSync => {
+                    self.advance(
+                        PhaseEvent::DisksInSync,
+                        format!(
+                            "{} disk(s) in sync with {} after {:.1}s: {} MiB copied; guest writes now reach both hosts",
+                            disks.len(),
+                            self.m.destination,
+                            clock.elapsed().as_secs_f64(),
+                            mib(copied)
+                        ),
+                        serde_json::to_value(&disks).unwrap_or_default(),
+                    )
+                    .await?;
+                    return Ok(Next::StartStream);
+                }
+                CopyNext::Fail(reason) => return Ok(Next::Settle(Why::Failure(reason))),
+                CopyNext::Cancel => return Ok(Next::Settle(Why::Cancel)),
+            }
+            if last_event.elapsed() >= PROGRESS_EVENT_EVERY && status.is_some() {
                 last_event = Instant::now();
                 self.event(
-                    "migration.disks",
+                    EventKind::MigrationDisks,
                     Outcome::Info,
                     format!(
                         "copying disks: {} / {} MiB, {} MiB outstanding, {} MiB/s",
@@ -156,44 +144,27 @@ impl Run {
                     }),
                 );
             }
-            if last_progress.1.elapsed() > progress_timeout {
-                return Err(Abort::fail(format!(
-                    "the disk copy made no progress for {}s (progress timeout)",
-                    progress_timeout.as_secs()
-                )));
-            }
             tokio::time::sleep(poll).await;
         }
     }
 
-    /// After a rollback whose first destination clean-up failed: retry for a while (an
-    /// agent that restarts adopts its QEMU and can then remove it and its partial copy
-    /// targets). Returns the last error if it never succeeded.
-    pub(super) async fn retry_destination_cleanup(&self) -> Result<(), String> {
-        let deadline = Instant::now() + DEST_CLEANUP_WAIT;
-        loop {
-            let outcome = match self.agent(&self.m.destination) {
-                Ok(dest) => dest.remove(&self.m.vm).await.map_err(|e| e.to_string()),
-                Err(a) => Err(a.reason),
-            };
-            match outcome {
-                Ok(_) => return Ok(()),
-                Err(e) if Instant::now() > deadline => return Err(e),
-                Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
-            }
+    /// After the destination runs (`Completed` is saved): the source's copies of moved
+    /// disks go, unless the operator asked to keep them. Saved as done either way once
+    /// settled; a failure is reported, never retried against the destination's copy.
+    pub(super) async fn retire_source_disks(&mut self) -> Step<()> {
+        if self.m.run.source_disks_done {
+            return Ok(());
         }
-    }
-
-    /// After the destination runs: the source's copies of moved disks go, unless the
-    /// operator asked to keep them.
-    pub(super) async fn retire_source_disks(&self) {
-        if self.copies.is_empty() {
-            return;
+        if self.m.run.copies.is_empty() {
+            self.m.run.source_disks_done = true;
+            return self.save_run().await;
         }
-        let labels: Vec<String> = self.copies.iter().map(|c| c.label()).collect();
+        let labels: Vec<String> = self.m.run.copies.iter().map(|c| c.label()).collect();
         if self.m.options.keep_source {
+            self.m.run.source_disks_done = true;
+            self.save_run().await?;
             self.event(
-                "migration.source_disks",
+                EventKind::MigrationSourceDisks,
                 Outcome::Info,
                 format!(
                     "kept the source copies of {} on {} (--keep-source)",
@@ -202,17 +173,22 @@ impl Run {
                 ),
                 serde_json::json!({ "kept": labels }),
             );
-            return;
+            return Ok(());
         }
-        let Ok(source) = self.agent(&self.m.source) else {
-            return;
-        };
         let mut failed = Vec::new();
-        for c in &self.copies {
-            if let Err(e) = source.delete_disk(&c.pool, &c.image).await {
-                failed.push(format!("{}: {e}", c.label()));
+        for c in self.m.run.copies.clone() {
+            if let Err(e) = self
+                .agents()
+                .delete_disk(&self.m.source, &c.pool, &c.image)
+                .await
+            {
+                if !e.is_not_found() {
+                    failed.push(format!("{}: {e}", c.label()));
+                }
             }
         }
+        self.m.run.source_disks_done = failed.is_empty();
+        self.save_run().await?;
         let (outcome, message) = if failed.is_empty() {
             (
                 Outcome::Ok,
@@ -233,10 +209,11 @@ impl Run {
             )
         };
         self.event(
-            "migration.source_disks",
+            EventKind::MigrationSourceDisks,
             outcome,
             message,
             serde_json::json!({ "disks": labels, "failed": failed }),
         );
+        Ok(())
     }
 }

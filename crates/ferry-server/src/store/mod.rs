@@ -9,10 +9,18 @@ use std::sync::Mutex;
 
 use chrono::{DateTime, Utc};
 use ferry_api::*;
-use rusqlite::{params, Connection, OptionalExtension, Row};
+use rusqlite::{params, Connection, OptionalExtension};
 use uuid::Uuid;
 
-pub const SCHEMA_VERSION: i64 = 3;
+mod claims;
+mod rows;
+
+pub use claims::{ClaimError, ClusterView};
+use rows::{
+    event_row, insert_event, migration_row, stored_host_row, vm_row, MIGRATION_SELECT, VM_SELECT,
+};
+
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// Upgrades from each older schema version to the next, in order. Index i upgrades
 /// version i+1 to i+2.
@@ -22,6 +30,15 @@ const UPGRADES: &[&str] = &[
     // 2 -> 3: hosts in maintenance; cluster settings.
     "ALTER TABLE hosts ADD COLUMN maintenance INTEGER NOT NULL DEFAULT 0;
      CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
+    // 3 -> 4: what recovery needs beyond the phase (RunState), and why a migration waits
+    // for an operator.
+    // A migration in flight across the upgrade may have started its stream: recovery must
+    // not take it for one that never sent a byte.
+    "ALTER TABLE migrations ADD COLUMN run TEXT;
+     ALTER TABLE migrations ADD COLUMN attention TEXT;
+     UPDATE migrations SET run = '{\"outgoing_started\":true}'
+         WHERE phase IN ('copying_disks', 'transferring', 'switching_over', 'post_copy',
+                         'rolling_back');",
 ];
 
 const SCHEMA: &str = r#"
@@ -61,7 +78,9 @@ CREATE TABLE migrations (
     error TEXT,
     created_at TEXT NOT NULL,
     updated_at TEXT NOT NULL,
-    finished_at TEXT
+    finished_at TEXT,
+    run TEXT,
+    attention TEXT
 );
 CREATE INDEX migrations_vm ON migrations(vm);
 CREATE TABLE events (
@@ -103,10 +122,10 @@ impl From<StoreError> for ApiError {
 }
 
 /// A new event, before the log gives it an id and a time.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct NewEvent {
     pub actor: String,
-    pub kind: String,
+    pub kind: EventKind,
     pub vm: Option<String>,
     pub host: Option<String>,
     pub migration: Option<Uuid>,
@@ -115,27 +134,43 @@ pub struct NewEvent {
     pub data: serde_json::Value,
 }
 
+impl NewEvent {
+    /// An event of `kind` by `actor`, with nothing else filled in yet.
+    pub fn new(actor: impl Into<String>, kind: EventKind, message: impl Into<String>) -> NewEvent {
+        NewEvent {
+            actor: actor.into(),
+            kind,
+            vm: None,
+            host: None,
+            migration: None,
+            outcome: None,
+            message: message.into(),
+            data: serde_json::Value::Null,
+        }
+    }
+}
+
 pub struct Store {
     conn: Mutex<Connection>,
 }
 
-type R<T> = Result<T, StoreError>;
+pub(crate) type R<T> = Result<T, StoreError>;
 
-fn ts(t: &DateTime<Utc>) -> String {
+pub(crate) fn ts(t: &DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
-fn parse_ts(s: &str) -> R<DateTime<Utc>> {
+pub(crate) fn parse_ts(s: &str) -> R<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(s)
         .map(|t| t.with_timezone(&Utc))
         .map_err(|e| StoreError::Corrupt(format!("timestamp '{s}': {e}")))
 }
 
-fn json<T: serde::Serialize>(v: &T) -> R<String> {
+pub(crate) fn json<T: serde::Serialize>(v: &T) -> R<String> {
     serde_json::to_string(v).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
-fn from_json<T: serde::de::DeserializeOwned>(s: &str) -> R<T> {
+pub(crate) fn from_json<T: serde::de::DeserializeOwned>(s: &str) -> R<T> {
     serde_json::from_str(s).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
@@ -206,19 +241,19 @@ impl Store {
 
     /// Hosts with the raw last-seen time; the caller decides connected/disconnected.
     pub fn hosts(&self) -> R<Vec<StoredHost>> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare(
-            "SELECT h.name, h.url, h.migration_address, h.registered_at, h.last_seen, h.inventory,
-                    (SELECT COUNT(*) FROM vms v WHERE v.host = h.name), h.maintenance
-             FROM hosts h ORDER BY h.name",
-        )?;
-        let rows = stmt.query_map([], stored_host_row)?;
-        rows.map(|r| r.map_err(StoreError::from).and_then(|h| h))
-            .collect()
+        rows::load_hosts(&self.conn())
     }
 
     pub fn host(&self, name: &str) -> R<Option<StoredHost>> {
-        Ok(self.hosts()?.into_iter().find(|h| h.name == name))
+        let conn = self.conn();
+        let row = conn
+            .query_row(
+                &format!("{} WHERE h.name = ?1", rows::HOST_SELECT),
+                [name],
+                stored_host_row,
+            )
+            .optional()?;
+        row.transpose()
     }
 
     /// Puts a host into or out of maintenance; false if there is no such host.
@@ -266,24 +301,23 @@ impl Store {
         Ok(n == 1)
     }
 
-    pub fn vms(&self) -> R<Vec<Vm>> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare(
-            "SELECT name, spec, host, state, migration, created_at, updated_at FROM vms ORDER BY name",
+    /// After a launch: the spec as the agent resolved it (machine alias) and the state.
+    pub fn set_vm_launched(&self, name: &str, spec: &VmSpec, state: VmState) -> R<()> {
+        self.conn().execute(
+            "UPDATE vms SET spec = ?2, state = ?3, updated_at = ?4 WHERE name = ?1",
+            params![name, json(spec)?, state.as_str(), ts(&Utc::now())],
         )?;
-        let rows = stmt.query_map([], vm_row)?;
-        rows.map(|r| r.map_err(StoreError::from).and_then(|v| v))
-            .collect()
+        Ok(())
+    }
+
+    pub fn vms(&self) -> R<Vec<Vm>> {
+        rows::load_vms(&self.conn())
     }
 
     pub fn vm(&self, name: &str) -> R<Option<Vm>> {
         let conn = self.conn();
         let row = conn
-            .query_row(
-                "SELECT name, spec, host, state, migration, created_at, updated_at FROM vms WHERE name = ?1",
-                [name],
-                vm_row,
-            )
+            .query_row(&format!("{VM_SELECT} WHERE name = ?1"), [name], vm_row)
             .optional()?;
         row.transpose()
     }
@@ -322,38 +356,10 @@ impl Store {
 
     // ---- migrations -------------------------------------------------------------------
 
-    /// Records a new migration and marks the VM as migrating, atomically: two concurrent
-    /// requests for the same VM cannot both start (the second gets `false`).
-    pub fn begin_migration(&self, m: &Migration) -> R<bool> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        let claimed = tx.execute(
-            "UPDATE vms SET migration = ?2, updated_at = ?3 WHERE name = ?1 AND migration IS NULL",
-            params![m.vm, m.id.to_string(), ts(&m.created_at)],
-        )?;
-        if claimed != 1 {
-            return Ok(false);
-        }
-        tx.execute(
-            "INSERT INTO migrations (id, vm, source, destination, phase, options, created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
-            params![
-                m.id.to_string(),
-                m.vm,
-                m.source,
-                m.destination,
-                m.phase.as_str(),
-                json(&m.options)?,
-                ts(&m.created_at)
-            ],
-        )?;
-        tx.commit()?;
-        Ok(true)
-    }
-
-    /// Saves a migration's phase and figures. When the phase is terminal the VM is released
-    /// (and, for `Completed`, moved to the destination) in the same transaction: the VM
-    /// record and the migration record can never disagree about where the VM is.
+    /// Saves a migration's phase, figures and run state. When the phase is terminal the VM
+    /// is released (and, for `Completed`, moved to the destination) in the same
+    /// transaction: the VM record and the migration record can never disagree about where
+    /// the VM is.
     pub fn save_migration(&self, m: &Migration) -> R<()> {
         self.save_migration_logged(m, None)
     }
@@ -362,35 +368,20 @@ impl Store {
     /// transaction: whoever sees a migration's new phase also finds its log entry (the
     /// audit trail never lags the state it describes).
     pub fn save_migration_logged(&self, m: &Migration, event: Option<&NewEvent>) -> R<()> {
+        self.save_migration_with(m, event, None)
+    }
+
+    /// [`Store::save_migration_logged`], also setting the VM's state in the same
+    /// transaction (a migration that lost the VM marks it crashed).
+    pub fn save_migration_with(
+        &self,
+        m: &Migration,
+        event: Option<&NewEvent>,
+        vm_state: Option<VmState>,
+    ) -> R<()> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        tx.execute(
-            "UPDATE migrations SET phase = ?2, stream_uri = ?3, progress = ?4, report = ?5, error = ?6,
-                 updated_at = ?7, finished_at = ?8, addresses = ?9 WHERE id = ?1",
-            params![
-                m.id.to_string(),
-                m.phase.as_str(),
-                m.stream_uri,
-                m.progress.as_ref().map(json).transpose()?,
-                m.report.as_ref().map(json).transpose()?,
-                m.error,
-                ts(&m.updated_at),
-                m.finished_at.as_ref().map(ts),
-                m.addresses.as_ref().map(json).transpose()?,
-            ],
-        )?;
-        if m.phase == Phase::Completed {
-            tx.execute(
-                "UPDATE vms SET host = ?2, state = 'running', migration = NULL, updated_at = ?3
-                 WHERE name = ?1 AND migration = ?4",
-                params![m.vm, m.destination, ts(&m.updated_at), m.id.to_string()],
-            )?;
-        } else if m.phase.is_terminal() {
-            tx.execute(
-                "UPDATE vms SET migration = NULL, updated_at = ?2 WHERE name = ?1 AND migration = ?3",
-                params![m.vm, ts(&m.updated_at), m.id.to_string()],
-            )?;
-        }
+        rows::write_migration(&tx, m, vm_state)?;
         if let Some(e) = event {
             insert_event(&tx, e)?;
         }
@@ -420,11 +411,27 @@ impl Store {
             .collect()
     }
 
+    /// Migrations not ended: in flight, or waiting for an operator.
     pub fn unfinished_migrations(&self) -> R<Vec<Migration>> {
-        Ok(self
-            .migrations(u32::MAX)?
+        rows::load_unfinished(&self.conn())
+    }
+
+    /// Completed migrations whose clean-up (retiring the source, its disk copies) did not
+    /// finish, e.g. because the server stopped right after the switch.
+    pub fn completed_with_cleanup_pending(&self) -> R<Vec<Migration>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!(
+            "{MIGRATION_SELECT} WHERE phase = 'completed' AND finished_at > ?1 ORDER BY created_at"
+        ))?;
+        // Only recent ones: older clean-ups were settled or reported long ago.
+        let since = ts(&(Utc::now() - chrono::Duration::days(1)));
+        let rows = stmt.query_map([since], migration_row)?;
+        let all: R<Vec<Migration>> = rows
+            .map(|r| r.map_err(StoreError::from).and_then(|m| m))
+            .collect();
+        Ok(all?
             .into_iter()
-            .filter(|m| !m.phase.is_terminal())
+            .filter(|m| m.run.cleanup_pending())
             .collect())
     }
 
@@ -471,133 +478,4 @@ pub struct StoredHost {
     pub inventory: HostInventory,
     pub vms: u32,
     pub maintenance: bool,
-}
-
-/// Appends one event (the table refuses UPDATE and DELETE: the log only grows).
-fn insert_event(conn: &Connection, e: &NewEvent) -> R<i64> {
-    conn.execute(
-        "INSERT INTO events (at, actor, kind, vm, host, migration, outcome, message, data)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-        params![
-            ts(&Utc::now()),
-            e.actor,
-            e.kind,
-            e.vm,
-            e.host,
-            e.migration.map(|m| m.to_string()),
-            e.outcome.unwrap_or(Outcome::Info).as_str(),
-            e.message,
-            json(&e.data)?,
-        ],
-    )?;
-    Ok(conn.last_insert_rowid())
-}
-
-fn stored_host_row(r: &Row) -> rusqlite::Result<R<StoredHost>> {
-    let registered: String = r.get(3)?;
-    let seen: String = r.get(4)?;
-    let inv: String = r.get(5)?;
-    let (name, url, addr): (String, String, String) = (r.get(0)?, r.get(1)?, r.get(2)?);
-    let vms: u32 = r.get(6)?;
-    let maintenance: i64 = r.get(7)?;
-    Ok((|| {
-        Ok(StoredHost {
-            name,
-            url,
-            migration_address: addr,
-            registered_at: parse_ts(&registered)?,
-            last_seen: parse_ts(&seen)?,
-            inventory: from_json(&inv)?,
-            vms,
-            maintenance: maintenance != 0,
-        })
-    })())
-}
-
-fn vm_row(r: &Row) -> rusqlite::Result<R<Vm>> {
-    let spec: String = r.get(1)?;
-    let host: String = r.get(2)?;
-    let state: String = r.get(3)?;
-    let migration: Option<String> = r.get(4)?;
-    let created: String = r.get(5)?;
-    let updated: String = r.get(6)?;
-    Ok((|| {
-        Ok(Vm {
-            spec: from_json(&spec)?,
-            host,
-            state: from_json(&format!("\"{state}\""))?,
-            migration: migration
-                .map(|m| Uuid::parse_str(&m).map_err(|e| StoreError::Corrupt(e.to_string())))
-                .transpose()?,
-            created_at: parse_ts(&created)?,
-            updated_at: parse_ts(&updated)?,
-            runtime: None,
-        })
-    })())
-}
-
-const MIGRATION_SELECT: &str =
-    "SELECT id, vm, source, destination, phase, options, stream_uri, progress,
-    report, error, created_at, updated_at, finished_at, addresses FROM migrations";
-
-fn migration_row(r: &Row) -> rusqlite::Result<R<Migration>> {
-    let id: String = r.get(0)?;
-    let phase: String = r.get(4)?;
-    let options: String = r.get(5)?;
-    let progress: Option<String> = r.get(7)?;
-    let report: Option<String> = r.get(8)?;
-    let created: String = r.get(10)?;
-    let updated: String = r.get(11)?;
-    let finished: Option<String> = r.get(12)?;
-    let addresses: Option<String> = r.get(13)?;
-    let (vm, source, destination): (String, String, String) = (r.get(1)?, r.get(2)?, r.get(3)?);
-    let stream_uri: Option<String> = r.get(6)?;
-    let error: Option<String> = r.get(9)?;
-    Ok((|| {
-        Ok(Migration {
-            id: Uuid::parse_str(&id).map_err(|e| StoreError::Corrupt(e.to_string()))?,
-            vm,
-            source,
-            destination,
-            phase: Phase::parse(&phase)
-                .ok_or_else(|| StoreError::Corrupt(format!("unknown phase '{phase}'")))?,
-            options: from_json(&options)?,
-            stream_uri,
-            progress: progress.as_deref().map(from_json).transpose()?,
-            report: report.as_deref().map(from_json).transpose()?,
-            error,
-            created_at: parse_ts(&created)?,
-            updated_at: parse_ts(&updated)?,
-            finished_at: finished.as_deref().map(parse_ts).transpose()?,
-            addresses: addresses.as_deref().map(from_json).transpose()?,
-            run: Default::default(),
-            attention: None,
-        })
-    })())
-}
-
-fn event_row(r: &Row) -> rusqlite::Result<R<Event>> {
-    let id: i64 = r.get(0)?;
-    let at: String = r.get(1)?;
-    let migration: Option<String> = r.get(6)?;
-    let outcome: String = r.get(7)?;
-    let data: String = r.get(9)?;
-    let (actor, kind, vm, host, message): (String, String, Option<String>, Option<String>, String) =
-        (r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(8)?);
-    Ok((|| {
-        Ok(Event {
-            id,
-            at: parse_ts(&at)?,
-            actor,
-            kind: EventKind::parse(&kind),
-            vm,
-            host,
-            migration: migration
-                .map(|m| Uuid::parse_str(&m).map_err(|e| StoreError::Corrupt(e.to_string())))
-                .transpose()?,
-            outcome: Outcome::parse(&outcome),
-            message,
-            data: from_json(&data)?,
-        })
-    })())
 }

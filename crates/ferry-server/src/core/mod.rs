@@ -1,0 +1,303 @@
+//! The server core: actions in, outcomes out, every change in the event log.
+//!
+//! [`Action`] is the one enum between the HTTP front and the core; [`Server::handle`]
+//! runs it and logs it with its actor and outcome. The work is split by what it is about:
+//! [`hosts`] (registration, heartbeats, reconciliation), [`vms`] (create, start, stop,
+//! delete, disks — all admitted by [`crate::admission`] inside the store's claim
+//! transactions), [`migrations`] (admission of a migration, cancel, resolve; the runs
+//! themselves are the [`crate::orchestrator`]'s).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_api::*;
+use uuid::Uuid;
+
+use crate::orchestrator::{HttpAgents, Orchestrator, OrchestratorConfig};
+use crate::store::{NewEvent, Store, StoreError};
+
+mod hosts;
+mod lock;
+mod migrations;
+mod vms;
+
+pub use lock::DataDirLock;
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// A host with no heartbeat for this long is disconnected.
+    pub host_timeout: Duration,
+    /// How the orchestrator polls, waits and retries (and, for fault tests, holds).
+    pub orchestrator: OrchestratorConfig,
+    pub ready_file: Option<PathBuf>,
+}
+
+/// Every request that changes state. The HTTP layer builds these; tests can too.
+#[derive(Debug, Clone)]
+pub enum Action {
+    RegisterHost(HostRegistration),
+    CreateVm(CreateVmRequest),
+    StopVm(String),
+    StartVm(String),
+    DeleteVm(String),
+    StartMigration(MigrateRequest),
+    CheckMigration(MigrateRequest),
+    CancelMigration(Uuid),
+    /// An operator settles a migration that needs attention.
+    ResolveMigration {
+        id: Uuid,
+        req: ResolveRequest,
+    },
+    SetMaintenance {
+        host: String,
+        on: bool,
+    },
+    SetBaseline(BaselineSetting),
+    SetMigrationDefaults(MigrationOptions),
+    CreateDisk {
+        host: String,
+        pool: String,
+        req: CreateDiskRequest,
+    },
+    DeleteDisk {
+        host: String,
+        pool: String,
+        disk: String,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub enum ActionOutcome {
+    Host(Host),
+    Vm(Vm),
+    Migration(Migration),
+    Deleted(String),
+    Disk(DiskImage),
+    Checks(CheckReport),
+    Cluster(ClusterInfo),
+}
+
+pub struct Server {
+    pub config: ServerConfig,
+    pub store: Arc<Store>,
+    pub orchestrator: Arc<Orchestrator>,
+    /// Serialises what attaches or deletes disk images (claims and deletes), so an image
+    /// is never deleted between the ownership check and a launch that attaches it.
+    pub(crate) disk_ops: tokio::sync::Mutex<()>,
+    /// Held for the server's life: a second server on the same data directory refuses.
+    _lock: DataDirLock,
+}
+
+/// Why a server could not open its data directory.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(transparent)]
+    Lock(#[from] lock::LockError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl Server {
+    /// Locks the data directory (refusing if another server holds it), opens the store
+    /// and the orchestrator with the real agents.
+    pub fn open(config: ServerConfig) -> Result<Server, OpenError> {
+        let lock = DataDirLock::acquire(&config.data_dir, &config.listen.to_string())?;
+        let store = Arc::new(Store::open(&config.data_dir.join("ferry.db"))?);
+        let agents = Arc::new(HttpAgents::new(store.clone()));
+        let orchestrator = Arc::new(Orchestrator::new(
+            store.clone(),
+            agents,
+            config.orchestrator.clone(),
+        ));
+        Ok(Server {
+            config,
+            store,
+            orchestrator,
+            disk_ops: tokio::sync::Mutex::new(()),
+            _lock: lock,
+        })
+    }
+
+    pub fn event(&self, e: NewEvent) {
+        if let Err(err) = self.store.append_event(&e) {
+            tracing::error!("cannot append to the event log: {err}");
+        }
+    }
+
+    /// Handles one action and logs it (heartbeats only when something changed).
+    pub async fn handle(
+        self: &Arc<Self>,
+        actor: &str,
+        action: Action,
+    ) -> Result<ActionOutcome, ApiError> {
+        let (kind, vm, host, migration) = describe(&action);
+        let quiet = matches!(action, Action::RegisterHost(_));
+        let result = self.dispatch(actor, action).await;
+        let log = match &result {
+            Ok(_) if quiet => None,
+            Ok(ActionOutcome::Checks(r)) => Some((
+                if r.verdict() == Verdict::Fail {
+                    Outcome::Error
+                } else {
+                    Outcome::Ok
+                },
+                summary_of_checks(r),
+                serde_json::to_value(r).unwrap_or_default(),
+            )),
+            Ok(outcome) => Some((Outcome::Ok, summary(outcome), serde_json::Value::Null)),
+            Err(e) => Some((
+                Outcome::Error,
+                e.message.clone(),
+                e.details.clone().unwrap_or_default(),
+            )),
+        };
+        if let Some((outcome, message, data)) = log {
+            let migration = migration.or(match &result {
+                Ok(ActionOutcome::Migration(m)) => Some(m.id),
+                _ => None,
+            });
+            self.event(NewEvent {
+                actor: actor.to_string(),
+                kind,
+                vm,
+                host,
+                migration,
+                outcome: Some(outcome),
+                message,
+                data,
+            });
+        }
+        result
+    }
+
+    async fn dispatch(
+        self: &Arc<Self>,
+        actor: &str,
+        action: Action,
+    ) -> Result<ActionOutcome, ApiError> {
+        match action {
+            Action::RegisterHost(reg) => self.register_host(actor, reg).map(ActionOutcome::Host),
+            Action::CreateVm(req) => self.create_vm(req).await.map(ActionOutcome::Vm),
+            Action::StopVm(name) => self.stop_vm(&name).await.map(ActionOutcome::Vm),
+            Action::StartVm(name) => self.start_vm(&name).await.map(ActionOutcome::Vm),
+            Action::DeleteVm(name) => self.delete_vm(&name).await.map(ActionOutcome::Deleted),
+            Action::StartMigration(req) => self
+                .start_migration(actor, req)
+                .await
+                .map(ActionOutcome::Migration),
+            Action::CheckMigration(req) => {
+                self.check_migration(&req).await.map(ActionOutcome::Checks)
+            }
+            Action::SetBaseline(s) => self.set_baseline(s).map(ActionOutcome::Cluster),
+            Action::SetMigrationDefaults(o) => {
+                self.set_migration_defaults(o).map(ActionOutcome::Cluster)
+            }
+            Action::SetMaintenance { host, on } => {
+                validate_name("host name", &host)?;
+                if !self.store.set_maintenance(&host, on)? {
+                    return Err(ApiError::not_found(format!("no host named '{host}'")));
+                }
+                self.host(&host).map(ActionOutcome::Host)
+            }
+            Action::CancelMigration(id) => self.cancel_migration(id).map(ActionOutcome::Migration),
+            Action::ResolveMigration { id, req } => self
+                .orchestrator
+                .resolve(id, &req, actor)
+                .await
+                .map(ActionOutcome::Migration),
+            Action::CreateDisk { host, pool, req } => self
+                .create_disk(&host, &pool, &req)
+                .await
+                .map(ActionOutcome::Disk),
+            Action::DeleteDisk { host, pool, disk } => self
+                .delete_disk(&host, &pool, &disk)
+                .await
+                .map(ActionOutcome::Deleted),
+        }
+    }
+}
+
+fn describe(action: &Action) -> (EventKind, Option<String>, Option<String>, Option<Uuid>) {
+    use EventKind as K;
+    match action {
+        Action::RegisterHost(r) => (K::HostRegister, None, Some(r.name.clone()), None),
+        Action::CreateVm(r) => (
+            K::VmCreate,
+            Some(r.spec.name.clone()),
+            Some(r.host.clone()),
+            None,
+        ),
+        Action::StopVm(n) => (K::VmStop, Some(n.clone()), None, None),
+        Action::StartVm(n) => (K::VmStart, Some(n.clone()), None, None),
+        Action::DeleteVm(n) => (K::VmDelete, Some(n.clone()), None, None),
+        Action::StartMigration(r) => (
+            K::MigrationRequest,
+            Some(r.vm.clone()),
+            Some(r.to.clone()),
+            None,
+        ),
+        Action::CheckMigration(r) => (
+            K::MigrationCheck,
+            Some(r.vm.clone()),
+            Some(r.to.clone()),
+            None,
+        ),
+        Action::CancelMigration(id) => (K::MigrationCancel, None, None, Some(*id)),
+        Action::ResolveMigration { id, .. } => (K::MigrationResolve, None, None, Some(*id)),
+        Action::SetBaseline(_) => (K::ClusterBaseline, None, None, None),
+        Action::SetMigrationDefaults(_) => (K::ClusterMigrationDefaults, None, None, None),
+        Action::SetMaintenance { host, .. } => (K::HostMaintenance, None, Some(host.clone()), None),
+        Action::CreateDisk { host, .. } => (K::DiskCreate, None, Some(host.clone()), None),
+        Action::DeleteDisk { host, .. } => (K::DiskDelete, None, Some(host.clone()), None),
+    }
+}
+
+fn summary_of_checks(r: &CheckReport) -> String {
+    let count = |v| r.with(v).len();
+    format!(
+        "checks for VM {} from {} to {}: {} ({} pass, {} warn, {} fail) in {} ms",
+        r.vm,
+        r.source,
+        r.destination,
+        r.verdict(),
+        count(Verdict::Pass),
+        count(Verdict::Warn),
+        count(Verdict::Fail),
+        r.elapsed_ms
+    )
+}
+
+fn summary(outcome: &ActionOutcome) -> String {
+    match outcome {
+        // Registrations are logged by register_host; this is the maintenance switch.
+        ActionOutcome::Host(h) if h.maintenance => format!("host {} is in maintenance", h.name),
+        ActionOutcome::Host(h) => format!("host {} takes VMs (not in maintenance)", h.name),
+        ActionOutcome::Vm(v) => format!("VM {} is {} on {}", v.spec.name, v.state, v.host),
+        ActionOutcome::Migration(m) => format!(
+            "migration {} of VM {} from {} to {}: {}",
+            m.id, m.vm, m.source, m.destination, m.phase
+        ),
+        ActionOutcome::Deleted(n) => format!("{n} deleted"),
+        ActionOutcome::Checks(r) => summary_of_checks(r),
+        ActionOutcome::Cluster(c) => format!(
+            "CPU baseline set to {} ({})",
+            match &c.baseline_setting {
+                BaselineSetting::Auto => "auto".to_string(),
+                BaselineSetting::Fixed(m) => m.clone(),
+            },
+            c.baseline_model
+                .as_deref()
+                .unwrap_or("no model common to every host")
+        ),
+        ActionOutcome::Disk(d) => format!(
+            "disk {} created in pool {} ({} MiB)",
+            d.name,
+            d.pool,
+            d.virtual_size >> 20
+        ),
+    }
+}

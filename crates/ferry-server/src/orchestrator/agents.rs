@@ -1,0 +1,280 @@
+//! What the orchestrator needs from the host agents, as a trait with its own error type:
+//! the orchestrator depends on this and nothing else of the server's plumbing, so its
+//! every phase and fault is unit-tested against a scripted fake (see `fake.rs`), while
+//! [`HttpAgents`] talks to the real agents.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use ferry_api::client::{AgentClient, ClientError};
+use ferry_api::*;
+
+use crate::store::Store;
+
+/// Why an agent call failed, as far as the orchestrator's decisions care.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AgentError {
+    /// The server has no record of the host (a bug, or the host was removed).
+    #[error("host {host} is not registered")]
+    UnknownHost { host: String },
+    /// Nothing answered in time: the agent, its host or the network is down. Nothing is
+    /// known about what the call did.
+    #[error("host {host} did not answer: {reason}")]
+    Unreachable { host: String, reason: String },
+    /// The agent answered: what was named is not there (e.g. no QEMU for the VM).
+    #[error("host {host}: {reason}")]
+    NotFound { host: String, reason: String },
+    /// The agent answered and refused (a conflict with its state, or a bad request).
+    #[error("host {host} refused: {reason}")]
+    Refused { host: String, reason: String },
+    /// The agent answered with a failure of its own (or something unreadable).
+    #[error("host {host} failed: {reason}")]
+    Failed { host: String, reason: String },
+}
+
+impl AgentError {
+    pub fn from_client(host: &str, e: ClientError) -> AgentError {
+        let host = host.to_string();
+        match e {
+            ClientError::Unreachable { reason, .. } => AgentError::Unreachable { host, reason },
+            ClientError::Api(a) => match a.code {
+                ErrorCode::NotFound => AgentError::NotFound {
+                    host,
+                    reason: a.message,
+                },
+                ErrorCode::Conflict | ErrorCode::BadRequest => AgentError::Refused {
+                    host,
+                    reason: a.message,
+                },
+                _ => AgentError::Failed {
+                    host,
+                    reason: a.message,
+                },
+            },
+            ClientError::Decode { reason, .. } => AgentError::Failed { host, reason },
+        }
+    }
+
+    /// The agent answered that what was asked about is not there.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, AgentError::NotFound { .. })
+    }
+
+    /// Nothing is known: no answer, or no record of the host.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(
+            self,
+            AgentError::Unreachable { .. } | AgentError::UnknownHost { .. }
+        )
+    }
+}
+
+pub type AgentResult<T> = Result<T, AgentError>;
+
+/// The agent operations a migration uses, by host name.
+#[async_trait]
+pub trait Agents: Send + Sync {
+    /// Destination: start QEMU waiting for the stream (and export copy targets).
+    async fn prepare_incoming(
+        &self,
+        host: &str,
+        req: &IncomingRequest,
+    ) -> AgentResult<IncomingResponse>;
+    /// Source: mirror local-pool disks to the destination's export.
+    async fn start_disk_copy(
+        &self,
+        host: &str,
+        vm: &str,
+        req: &DiskCopyRequest,
+    ) -> AgentResult<AgentMigrationStatus>;
+    /// Source: start sending memory.
+    async fn start_outgoing(
+        &self,
+        host: &str,
+        vm: &str,
+        req: &OutgoingRequest,
+    ) -> AgentResult<AgentMigrationStatus>;
+    /// Either side: QEMU's migration status and the VM's state.
+    async fn migration_status(&self, host: &str, vm: &str) -> AgentResult<AgentMigrationStatus>;
+    /// Source: a controller step (throttle, post-copy).
+    async fn tune(
+        &self,
+        host: &str,
+        vm: &str,
+        req: &TuneRequest,
+    ) -> AgentResult<AgentMigrationStatus>;
+    /// Source: cancel the stream and make sure the guest runs (refused once completed).
+    async fn cancel_outgoing(&self, host: &str, vm: &str) -> AgentResult<()>;
+    /// Source whose QEMU completed: resume it (an operator's resolution only).
+    async fn reclaim(&self, host: &str, vm: &str) -> AgentResult<()>;
+    /// Either side: kill the VM's QEMU (if any) and forget it, with partial copy targets.
+    async fn remove(&self, host: &str, vm: &str) -> AgentResult<()>;
+    /// Source: shut down a QEMU that completed the stream (refused otherwise).
+    async fn hand_over(&self, host: &str, vm: &str) -> AgentResult<()>;
+    /// Destination: announce the VM's MACs.
+    async fn announce(&self, host: &str, vm: &str) -> AgentResult<()>;
+    async fn delete_disk(&self, host: &str, pool: &str, image: &str) -> AgentResult<()>;
+    /// Post-copy: drop the connection (either side).
+    async fn pause_postcopy(&self, host: &str, vm: &str) -> AgentResult<AgentMigrationStatus>;
+    /// Post-copy, destination: listen again.
+    async fn recover_incoming(&self, host: &str, vm: &str) -> AgentResult<IncomingResponse>;
+    /// Post-copy, source: reconnect.
+    async fn resume_outgoing(
+        &self,
+        host: &str,
+        vm: &str,
+        req: &ResumeRequest,
+    ) -> AgentResult<AgentMigrationStatus>;
+    /// A real connection from `source` to `destination`'s migration address carrying up
+    /// to `bytes` in `max_ms`.
+    async fn probe_link(
+        &self,
+        source: &str,
+        destination: &str,
+        bytes: u64,
+        max_ms: u64,
+    ) -> AgentResult<ProbeSendResponse>;
+}
+
+/// What one side reports about the VM, as recovery reads it ([`SideFacts`]): one status
+/// call bounded by `within`; no answer is `Unreachable`, "no such VM" is `Absent`.
+pub async fn side_facts(
+    agents: &dyn Agents,
+    host: &str,
+    vm: &str,
+    within: Duration,
+) -> (SideFacts, Option<AgentMigrationStatus>) {
+    match tokio::time::timeout(within, agents.migration_status(host, vm)).await {
+        Ok(Ok(status)) => (status.facts(), Some(status)),
+        Ok(Err(e)) if e.is_not_found() => (SideFacts::Absent, None),
+        Ok(Err(AgentError::Refused { .. } | AgentError::Failed { .. })) => {
+            (SideFacts::Unresponsive, None)
+        }
+        Ok(Err(_)) | Err(_) => (SideFacts::Unreachable, None),
+    }
+}
+
+/// The real agents, over HTTP, found by their registered URL (read afresh for every call:
+/// a restarted agent may come back on another port).
+pub struct HttpAgents {
+    store: Arc<Store>,
+}
+
+/// Calls that only read or flip a flag: a live agent answers these at once.
+const QUICK: Duration = Duration::from_secs(5);
+/// Calls that start QEMU, create disks or wait for QEMU to settle.
+const SLOW: Duration = Duration::from_secs(120);
+
+impl HttpAgents {
+    pub fn new(store: Arc<Store>) -> HttpAgents {
+        HttpAgents { store }
+    }
+
+    fn client(&self, host: &str, timeout: Duration) -> AgentResult<AgentClient> {
+        let h = self
+            .store
+            .host(host)
+            .map_err(|e| AgentError::Failed {
+                host: host.to_string(),
+                reason: e.to_string(),
+            })?
+            .ok_or_else(|| AgentError::UnknownHost {
+                host: host.to_string(),
+            })?;
+        AgentClient::with_timeout(&h.url, timeout).map_err(|e| AgentError::from_client(host, e))
+    }
+}
+
+/// One call: the client for `host` with `timeout`, then `f`, errors typed.
+macro_rules! call {
+    ($self:ident, $host:expr, $timeout:expr, |$c:ident| $body:expr) => {{
+        let $c = $self.client($host, $timeout)?;
+        $body.await.map_err(|e| AgentError::from_client($host, e))
+    }};
+}
+
+#[async_trait]
+impl Agents for HttpAgents {
+    async fn prepare_incoming(
+        &self,
+        host: &str,
+        req: &IncomingRequest,
+    ) -> AgentResult<IncomingResponse> {
+        call!(self, host, SLOW, |c| c.prepare_incoming(req))
+    }
+    async fn start_disk_copy(
+        &self,
+        host: &str,
+        vm: &str,
+        req: &DiskCopyRequest,
+    ) -> AgentResult<AgentMigrationStatus> {
+        call!(self, host, SLOW, |c| c.start_disk_copy(vm, req))
+    }
+    async fn start_outgoing(
+        &self,
+        host: &str,
+        vm: &str,
+        req: &OutgoingRequest,
+    ) -> AgentResult<AgentMigrationStatus> {
+        call!(self, host, SLOW, |c| c.start_outgoing(vm, req))
+    }
+    async fn migration_status(&self, host: &str, vm: &str) -> AgentResult<AgentMigrationStatus> {
+        call!(self, host, QUICK, |c| c.migration_status(vm))
+    }
+    async fn tune(
+        &self,
+        host: &str,
+        vm: &str,
+        req: &TuneRequest,
+    ) -> AgentResult<AgentMigrationStatus> {
+        call!(self, host, QUICK, |c| c.tune(vm, req))
+    }
+    async fn cancel_outgoing(&self, host: &str, vm: &str) -> AgentResult<()> {
+        call!(self, host, SLOW, |c| c.cancel_outgoing(vm)).map(|_| ())
+    }
+    async fn reclaim(&self, host: &str, vm: &str) -> AgentResult<()> {
+        call!(self, host, SLOW, |c| c.reclaim(vm)).map(|_| ())
+    }
+    async fn remove(&self, host: &str, vm: &str) -> AgentResult<()> {
+        call!(self, host, SLOW, |c| c.remove(vm)).map(|_| ())
+    }
+    async fn hand_over(&self, host: &str, vm: &str) -> AgentResult<()> {
+        call!(self, host, SLOW, |c| c.hand_over(vm)).map(|_| ())
+    }
+    async fn announce(&self, host: &str, vm: &str) -> AgentResult<()> {
+        call!(self, host, QUICK, |c| c.announce(vm)).map(|_| ())
+    }
+    async fn delete_disk(&self, host: &str, pool: &str, image: &str) -> AgentResult<()> {
+        call!(self, host, SLOW, |c| c.delete_disk(pool, image)).map(|_| ())
+    }
+    async fn pause_postcopy(&self, host: &str, vm: &str) -> AgentResult<AgentMigrationStatus> {
+        call!(self, host, QUICK, |c| c.pause_postcopy(vm))
+    }
+    async fn recover_incoming(&self, host: &str, vm: &str) -> AgentResult<IncomingResponse> {
+        call!(self, host, QUICK, |c| c.recover_incoming(vm))
+    }
+    async fn resume_outgoing(
+        &self,
+        host: &str,
+        vm: &str,
+        req: &ResumeRequest,
+    ) -> AgentResult<AgentMigrationStatus> {
+        call!(self, host, QUICK, |c| c.resume_outgoing(vm, req))
+    }
+    async fn probe_link(
+        &self,
+        source: &str,
+        destination: &str,
+        bytes: u64,
+        max_ms: u64,
+    ) -> AgentResult<ProbeSendResponse> {
+        let listen = call!(self, destination, QUICK, |c| c.probe_listen())?;
+        call!(self, source, QUICK, |c| c.probe_send(&ProbeSendRequest {
+            target: listen.advertised,
+            bytes,
+            max_ms,
+            connect_timeout_ms: 1000,
+        }))
+    }
+}
