@@ -400,8 +400,9 @@ pub struct TuningArgs {
     /// moved: a broken link pauses it and Ferry resumes it when the link is back.
     #[arg(long, value_parser = ["never", "allowed", "automatic"])]
     pub postcopy: Option<String>,
-    /// Seconds per GiB of guest RAM pre-copy gets to converge before the controller
-    /// escalates.
+    /// Completion deadline, seconds per started GiB of guest RAM (default 150). Until then a
+    /// migration with nothing left to escalate to (no throttle, no post-copy) keeps trying;
+    /// past it, a pass that sets no new low aborts it.
     #[arg(long, value_name = "S")]
     pub completion_timeout_per_gib: Option<u64>,
 }
@@ -418,6 +419,30 @@ pub enum MigrationCmd {
     },
     /// Cancel a running migration (the VM keeps running on its source).
     Cancel { id: String },
+    /// Settle a migration that needs attention by keeping one side, after checking both
+    /// hosts. Ferry checks the choice again and refuses one that would lose the VM (the
+    /// kept side must hold the whole VM) or run two copies.
+    #[command(
+        after_help = "Examples:\n  ferry migration show 6f1c...            # what each side reported\n  ferry migration resolve 6f1c... --keep destination\n  ferry migration resolve 6f1c... --keep source --force   # the destination host is down for good"
+    )]
+    Resolve {
+        id: String,
+        /// The side that keeps the VM.
+        #[arg(long, value_enum)]
+        keep: KeepSide,
+        /// The other side cannot be reached and you made sure it does not run the guest.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+}
+
+/// `--keep` of `ferry migration resolve`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeepSide {
+    Source,
+    Destination,
 }
 
 #[derive(Args, Debug)]

@@ -6,7 +6,7 @@ use ferry_api::client::{ClientError, ServerClient};
 use ferry_api::*;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::cli::{MigrateArgs, MigrationCmd, TuningArgs};
+use crate::cli::{KeepSide, MigrateArgs, MigrationCmd, TuningArgs};
 use crate::cmd_cluster::client;
 use crate::exit::{CliError, CliResult};
 use crate::output::{bytes, millis, print_json, print_table, rate};
@@ -77,15 +77,26 @@ pub async fn migrate(server: &str, a: MigrateArgs) -> CliResult {
     } else {
         print_report(&done);
     }
-    if done.phase == Phase::Completed {
-        Ok(())
-    } else {
-        Err(CliError::failed(format!(
+    settled_result(&done)
+}
+
+/// A settled migration as the command's result: success only for `completed`.
+fn settled_result(m: &Migration) -> CliResult {
+    match m.phase {
+        Phase::Completed => Ok(()),
+        Phase::NeedsAttention => Err(CliError::attention(format!(
+            "migration {} needs attention: {}; settle it with `ferry migration resolve {} \
+             --keep source|destination` after checking both hosts",
+            m.id,
+            m.error.as_deref().unwrap_or("no reason recorded"),
+            m.id
+        ))),
+        _ => Err(CliError::failed(format!(
             "migration {} {}: {}",
-            done.id,
-            done.phase,
-            done.error.as_deref().unwrap_or("no reason recorded")
-        )))
+            m.id,
+            m.phase,
+            m.error.as_deref().unwrap_or("no reason recorded")
+        ))),
     }
 }
 
@@ -124,7 +135,7 @@ pub async fn follow(c: &ServerClient, m: &Migration, bar: bool) -> Result<Migrat
             pb.set_position((fraction * 1000.0) as u64);
             pb.set_message(message);
         }
-        if cur.phase.is_terminal() {
+        if cur.phase.is_settled() {
             if cur.phase == Phase::Completed {
                 pb.set_position(1000);
             }
@@ -275,6 +286,18 @@ pub fn print_report(m: &Migration) {
     if let Some(e) = &m.error {
         println!("  reason         {e}");
     }
+    if let Some(a) = &m.attention {
+        println!(
+            "  needs attention since {}",
+            a.since.format("%Y-%m-%d %H:%M:%S")
+        );
+        println!("    source       {}: {}", m.source, a.source);
+        println!("    destination  {}: {}", m.destination, a.destination);
+        println!(
+            "    settle with  ferry migration resolve {} --keep source|destination",
+            m.id
+        );
+    }
 }
 
 pub async fn migration(server: &str, cmd: MigrationCmd) -> CliResult {
@@ -344,6 +367,34 @@ pub async fn migration(server: &str, cmd: MigrationCmd) -> CliResult {
                     rate(p.dirty_rate_bytes_per_s)
                 );
             }
+            Ok(())
+        }
+        MigrationCmd::Resolve {
+            id,
+            keep,
+            force,
+            json,
+        } => {
+            let req = ResolveRequest {
+                keep: match keep {
+                    KeepSide::Source => Keep::Source,
+                    KeepSide::Destination => Keep::Destination,
+                },
+                force,
+            };
+            let m = c.resolve_migration(parse(&id)?, &req).await?;
+            if json.json {
+                return print_json(&m);
+            }
+            let host = if m.phase == Phase::Completed {
+                &m.destination
+            } else {
+                &m.source
+            };
+            println!(
+                "migration {} resolved ({}): VM {} runs on {host}",
+                m.id, m.phase, m.vm
+            );
             Ok(())
         }
         MigrationCmd::Cancel { id } => {

@@ -12,6 +12,8 @@ pub enum Exit {
     Refused = 2,
     /// The server (or an agent) could not be reached.
     Unreachable = 3,
+    /// A migration stopped because it needs an operator (`ferry migration resolve`).
+    NeedsAttention = 4,
 }
 
 /// An error with the exit status it should produce.
@@ -25,6 +27,12 @@ impl CliError {
     pub fn failed(message: impl Into<String>) -> CliError {
         CliError {
             exit: Exit::Failed,
+            message: message.into(),
+        }
+    }
+    pub fn attention(message: impl Into<String>) -> CliError {
+        CliError {
+            exit: Exit::NeedsAttention,
             message: message.into(),
         }
     }

@@ -43,15 +43,19 @@ async fn the_controller_aborts_when_it_may_not_throttle_and_converges_when_it_ma
     // 64 MiB rewritten at 48 MiB/s over a 16 MiB/s link: pre-copy alone never converges.
     boot_guest(&lab, VM, "a", 64, 48.0).await;
 
-    let (code, m, err) = migrate(&lab, "b", "16", &[]);
+    // With nothing to escalate to, QEMU keeps trying until the completion deadline (20 s
+    // per GiB here, so the test does not wait the default 150 s): then the controller
+    // aborts, saying why.
+    let (code, m, err) = migrate(&lab, "b", "16", &["--completion-timeout-per-gib", "20"]);
     assert_eq!(code, Some(1), "{err}");
     assert_eq!(m.phase, Phase::Failed);
     let reason = m.error.clone().unwrap_or_default();
     assert!(
-        reason.contains("convergence controller aborted") && reason.contains("not converging"),
+        reason.contains("convergence controller aborted")
+            && reason.contains("past the completion deadline of 20 s"),
         "{reason}"
     );
-    assert!(reason.contains("post-copy not allowed"), "{reason}");
+    assert!(reason.contains("no post-copy allowed"), "{reason}");
     let vm = c.vm(VM).await.unwrap();
     assert_eq!((vm.host.as_str(), vm.state), ("a", VmState::Running));
     let agent = ferry_api::client::AgentClient::new(&lab.agents[0].url).unwrap();
@@ -77,7 +81,12 @@ async fn the_controller_aborts_when_it_may_not_throttle_and_converges_when_it_ma
     // by the wall clock, catches up in bursts, so whether even 99 % brings it under the
     // link varies from run to run. Either outcome must be clean: converged (the guest
     // verifies on b), or aborted at the ceiling (the guest runs on a, unthrottled).
-    let (code, m, err) = migrate(&lab, "b", "16", &["--max-throttle", "99"]);
+    let (code, m, err) = migrate(
+        &lab,
+        "b",
+        "16",
+        &["--max-throttle", "99", "--completion-timeout-per-gib", "90"],
+    );
     let events = c
         .events(&EventQuery {
             migration: Some(m.id),
