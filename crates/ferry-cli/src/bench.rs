@@ -17,6 +17,8 @@ use crate::output::{bytes, millis, print_json, print_table};
 
 #[derive(Serialize)]
 struct Row {
+    /// `ferry` (default options) or `qemu-uncapped` (QEMU alone, no bandwidth cap).
+    mode: &'static str,
     dirty_rate_mib_s: f64,
     completed: bool,
     total_time_ms: u64,
@@ -116,6 +118,7 @@ pub async fn migrate(a: BenchMigrateArgs) -> CliResult {
             None
         };
         rows.push(Row {
+            mode: "ferry",
             dirty_rate_mib_s: *rate,
             completed: m.phase == Phase::Completed,
             total_time_ms: r.total_time_ms,
@@ -129,6 +132,9 @@ pub async fn migrate(a: BenchMigrateArgs) -> CliResult {
         });
         let _ = c.stop_vm(&vm).await;
         let _ = c.delete_vm(&vm).await;
+        if a.vs_qemu {
+            rows.push(plain_row(&lab, &a, i, *rate).await?);
+        }
     }
     drop(lab);
 
@@ -161,6 +167,7 @@ pub async fn migrate(a: BenchMigrateArgs) -> CliResult {
             .iter()
             .map(|r| {
                 vec![
+                    r.mode.to_string(),
                     format!("{}", r.dirty_rate_mib_s),
                     if r.completed {
                         "yes".into()
@@ -189,6 +196,7 @@ pub async fn migrate(a: BenchMigrateArgs) -> CliResult {
         );
         print_table(
             &[
+                "MODE",
                 "DIRTY MiB/s",
                 "DONE",
                 "TOTAL",
@@ -208,6 +216,38 @@ pub async fn migrate(a: BenchMigrateArgs) -> CliResult {
             "some runs did not complete cleanly (see the table)",
         ))
     }
+}
+
+/// The same guest and rate moved by QEMU alone, uncapped (a fresh guest; the lab's
+/// shutdown ends both QEMUs).
+async fn plain_row(lab: &Lab, a: &BenchMigrateArgs, i: usize, rate: f64) -> Result<Row, CliError> {
+    let c = lab.client();
+    let vm = format!("plain{i}");
+    eprintln!("bench: {vm}: the same guest and rate, moved by QEMU alone (uncapped)");
+    c.create_vm(&CreateVmRequest {
+        host: "a".into(),
+        spec: test_vm_spec(&vm, a.memory, a.workload_mem, rate),
+    })
+    .await?;
+    wait_ready(&c, &vm, Duration::from_secs(600))
+        .await
+        .map_err(CliError::failed)?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let r = crate::bench_plain::plain_qemu_uncapped(lab, &c, &vm, Duration::from_secs(600)).await?;
+    Ok(Row {
+        mode: "qemu-uncapped",
+        dirty_rate_mib_s: rate,
+        completed: r.completed,
+        total_time_ms: r.total_ms,
+        transfer_time_ms: r.total_ms.saturating_sub(r.downtime_ms),
+        downtime_ms: r.downtime_ms,
+        bytes_sent: r.bytes_sent,
+        passes: r.passes,
+        guest_mismatches: None,
+        // The guest is not re-verified after a move the server did not make.
+        guest_ok: r.completed,
+        error: (!r.completed).then_some(r.outcome),
+    })
 }
 
 /// The machine a benchmark ran on, as the namespaced benchmarks record it.

@@ -512,6 +512,9 @@ pub struct DemoArgs {
 pub enum BenchCmd {
     /// Migrate one guest over loopback at several guest dirty rates; print a table and
     /// write bench/results/migrate-loopback.json.
+    #[command(
+        after_help = "Examples:\n  ferry bench migrate\n  ferry bench migrate --memory 1024 --workload-mem 768 --rates 200 --vs-qemu"
+    )]
     Migrate(BenchMigrateArgs),
     /// What a client outside the VM sees: hosts in network namespaces, the migration network
     /// shaped to 1 Gbit/s, one TCP connection asking every 10 ms; then a 100 ms RTT link.
@@ -613,6 +616,10 @@ pub struct BenchMigrateArgs {
     /// Guest dirty rates to run, MiB/s.
     #[arg(long, value_delimiter = ',', default_values_t = vec![0.0, 10.0, 50.0])]
     pub rates: Vec<f64>,
+    /// Also move the same guest at each rate with QEMU alone, uncapped (what a user gets
+    /// from QEMU by hand), for comparison.
+    #[arg(long)]
+    pub vs_qemu: bool,
     /// Where to write the result file.
     #[arg(long, default_value = "bench/results")]
     pub out: PathBuf,

@@ -3,6 +3,7 @@
 mod bench;
 mod bench_converge;
 mod bench_net;
+mod bench_plain;
 mod bench_storage;
 mod cli;
 mod cmd_cluster;

@@ -287,7 +287,13 @@ pub fn decide(policy: &Policy, history: &History, s: &Sample) -> (Decision, Hist
             h,
         );
     };
-    if pred <= target {
+    let overdue = policy.completion_deadline_ms > 0 && s.elapsed_ms > policy.completion_deadline_ms;
+    let stalled = h.passes_without_progress >= STALL_PASSES;
+    // Past the deadline and stalled while the prediction says "within target": QEMU, which
+    // switches over as soon as it sees the rest fit, evidently sees a slower link than
+    // the estimate. The prediction is wrong; judge by the stall instead.
+    let prediction_disproved = overdue && stalled;
+    if pred <= target && !prediction_disproved {
         let why = format!(
             "predicted downtime {pred} ms is within the {target} ms target for the {} ms budget \
              ({rates})",
@@ -295,8 +301,6 @@ pub fn decide(policy: &Policy, history: &History, s: &Sample) -> (Decision, Hist
         );
         return (decision(Action::Continue, why), h);
     }
-    let overdue = policy.completion_deadline_ms > 0 && s.elapsed_ms > policy.completion_deadline_ms;
-    let stalled = h.passes_without_progress >= STALL_PASSES;
     let hopeless = s.pass >= MIN_PASSES_TO_JUDGE && needed.is_none_or(|n| n > MAX_EXTRA_PASSES);
     if !(overdue || stalled || hopeless) {
         let why = match needed {
@@ -450,6 +454,30 @@ mod tests {
             dirty_rate_bytes_per_s: dirty_mib * MIB,
             throttle_pct: 0,
         }
+    }
+
+    /// A capped stream whose estimate says "fits" while QEMU never switches over (the
+    /// estimate counted a faster link than the stream gets): past the deadline, with the
+    /// remaining bytes stuck, the prediction is disproved and the controller stops.
+    #[test]
+    fn a_prediction_the_stream_never_bears_out_is_disproved_past_the_deadline() {
+        let p = Policy {
+            max_throttle_pct: 0,
+            completion_deadline_ms: 20_000,
+            ..policy(PostcopyPolicy::Never)
+        };
+        let trace: Vec<Sample> = (1..=20).map(|i| sample(i, 60, 16, 16)).collect();
+        let (ds, _) = run(&p, History::with_link_estimate(1480 * MIB), &trace);
+        for (d, s) in ds.iter().zip(&trace) {
+            if s.elapsed_ms <= 20_000 {
+                assert_eq!(d.action, Action::Continue, "{}", d.reason);
+            }
+        }
+        let last = ds.last().expect("decisions");
+        assert!(
+            matches!(&last.action, Action::Abort { reason } if reason.contains("completion deadline")),
+            "{last:?}"
+        );
     }
 
     /// Runs a trace of samples through the controller, returning every decision.
@@ -691,7 +719,8 @@ mod tests {
                     prop_assert!(overdue || s.pass >= MIN_PASSES_TO_JUDGE || next.passes_without_progress >= STALL_PASSES);
                 }
                 if let Some(pred) = d.predicted_downtime_ms {
-                    if pred <= switchover_target_ms(p.downtime_budget_ms) && h.step != Step::Postcopy {
+                    let disproved = overdue && h.after(s).passes_without_progress >= STALL_PASSES;
+                    if pred <= switchover_target_ms(p.downtime_budget_ms) && h.step != Step::Postcopy && !disproved {
                         prop_assert_eq!(&d.action, &Action::Continue);
                     }
                 }

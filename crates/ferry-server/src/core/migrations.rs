@@ -15,14 +15,20 @@ use crate::storage_plan::{plan_storage, PlannedCopy, StorageView};
 use crate::store::NewEvent;
 
 /// The pre-check's bandwidth probe, bytes/s (0 if it did not measure).
-fn probed_link(report: &CheckReport) -> u64 {
-    report
+/// The link rate the controller may count on: what the pre-check's probe measured, but
+/// never more than the migration's own bandwidth cap (QEMU will not send faster).
+fn link_estimate(report: &CheckReport, options: &MigrationOptions) -> u64 {
+    let probed = report
         .checks
         .iter()
         .find(|c| c.name == "migration_network.bandwidth")
         .and_then(|c| c.data.get("bytes_per_s"))
         .and_then(|v| v.as_u64())
-        .unwrap_or(0)
+        .unwrap_or(0);
+    match options.max_bandwidth_mib {
+        Some(cap) if cap > 0 => probed.min(cap << 20),
+        _ => probed,
+    }
 }
 
 impl Server {
@@ -108,7 +114,10 @@ impl Server {
             run: RunState {
                 copies,
                 ram_mib: vm.spec.memory_mib,
-                controller: ConvergenceHistory::with_link_estimate(probed_link(&report)),
+                controller: ConvergenceHistory::with_link_estimate(link_estimate(
+                    &report,
+                    &req.options,
+                )),
                 ..Default::default()
             },
             attention: None,

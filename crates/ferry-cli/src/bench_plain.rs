@@ -1,0 +1,95 @@
+//! The plain-QEMU arm of `ferry bench migrate --vs-qemu`: the same guest moved by QEMU alone,
+//! uncapped, the way a user drives it by hand: the destination agent starts QEMU with
+//! `-incoming`, the source gets `migrate-set-parameters max-bandwidth` (1 TiB/s, i.e. no
+//! cap) and one `migrate`, and nothing else (no throttle, no post-copy, QEMU's 300 ms
+//! downtime limit). What Ferry's controller must at least match.
+
+use std::time::{Duration, Instant};
+
+use ferry_api::client::{AgentClient, ServerClient};
+use ferry_api::*;
+use ferry_lab::Lab;
+use ferry_qmp::{MigrationParameters, MigrationStatus, QmpClient};
+
+use crate::exit::CliError;
+
+/// What one plain run did.
+pub struct PlainRun {
+    pub completed: bool,
+    pub outcome: String,
+    pub total_ms: u64,
+    pub downtime_ms: u64,
+    pub bytes_sent: u64,
+    pub passes: u64,
+}
+
+fn fail(e: impl std::fmt::Display) -> CliError {
+    CliError::failed(e.to_string())
+}
+
+/// Moves `vm` from the lab's first host to its second with QEMU alone (see the module doc).
+/// The server is not told (the lab is torn down afterwards, QEMUs with it).
+pub async fn plain_qemu_uncapped(
+    lab: &Lab,
+    c: &ServerClient,
+    vm: &str,
+    limit: Duration,
+) -> Result<PlainRun, CliError> {
+    let spec = c.vm(vm).await?.spec;
+    let (Some(a), Some(b)) = (lab.agents.first(), lab.agents.get(1)) else {
+        return Err(fail("the lab needs two hosts"));
+    };
+    let dest = AgentClient::new(&b.url).map_err(fail)?;
+    let incoming = dest
+        .prepare_incoming(&IncomingRequest {
+            spec,
+            copy_disks: Vec::new(),
+            stream: StreamSettings::default(),
+        })
+        .await?;
+    let socket = a
+        .state_dir
+        .join("vms")
+        .join(vm)
+        .join(ferry_agent::runtime::AUX_QMP_SOCKET);
+    let qmp = QmpClient::connect(&socket).await.map_err(fail)?;
+    qmp.migrate_set_parameters(&MigrationParameters {
+        max_bandwidth: Some(1 << 40),
+        ..Default::default()
+    })
+    .await
+    .map_err(fail)?;
+    let started = Instant::now();
+    qmp.migrate(&format!("tcp:{}", incoming.advertised), false)
+        .await
+        .map_err(fail)?;
+    let (info, completed, outcome) = loop {
+        let info = qmp.query_migrate().await.map_err(fail)?;
+        match info.status {
+            Some(MigrationStatus::Completed) => break (info, true, "completed".to_string()),
+            Some(MigrationStatus::Failed | MigrationStatus::Cancelled) => {
+                let why = info.error_desc.clone().unwrap_or_default();
+                break (info, false, format!("failed: {why}"));
+            }
+            _ if started.elapsed() > limit => {
+                let _ = qmp.migrate_cancel().await;
+                break (
+                    info,
+                    false,
+                    format!("not done after {} s; cancelled", limit.as_secs()),
+                );
+            }
+            _ => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    };
+    let total_ms = started.elapsed().as_millis() as u64;
+    let ram = info.ram.clone().unwrap_or_default();
+    Ok(PlainRun {
+        completed,
+        outcome,
+        total_ms: info.total_time.unwrap_or(total_ms),
+        downtime_ms: info.downtime.unwrap_or(0),
+        bytes_sent: ram.transferred,
+        passes: ram.dirty_sync_count,
+    })
+}
