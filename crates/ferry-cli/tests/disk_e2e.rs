@@ -179,7 +179,7 @@ async fn a_vm_with_a_shared_pool_disk_migrates_and_a_local_disk_that_cannot_be_c
     );
     assert_eq!(out.status.code(), Some(2));
     assert!(
-        stderr(&out).contains("attached to VM local1"),
+        stderr(&out).contains("belongs to VM local1"),
         "{}",
         stderr(&out)
     );

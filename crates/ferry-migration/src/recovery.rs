@@ -38,6 +38,7 @@
 //! | any | holds | gone | roll back (nothing to remove) |
 //! | any (stream never started) | holds or unknown | unknown | roll back; the destination's clean-up waits for its agent |
 //! | any (stream never started) | unknown | partial, gone | roll back: remove the destination, leave the source alone |
+//! | CopyingDisks | holds | unknown | roll back: stop the copy; the destination's clean-up waits for its agent (no memory was sent) |
 //! | any (stream started) | holds | unknown | retry, then needs attention |
 //! | any | unknown | any else | retry, then needs attention |
 //! | any | contradictory (e.g. the destination runs but did not complete) | | needs attention |
@@ -303,6 +304,15 @@ pub fn decide(phase: Phase, saved: Saved, trigger: Trigger, s: SideFacts, d: Sid
                 return Verdict::RollBack {
                     destination: Teardown::Later,
                     cancel_source: false,
+                };
+            }
+            if phase == Phase::CopyingDisks {
+                // Only disk blocks went over (memory moves after the phase changes, which
+                // is saved first): whatever the destination holds cannot run. Stop the
+                // copy; the destination's partial QEMU goes once its agent answers.
+                return Verdict::RollBack {
+                    destination: Teardown::Later,
+                    cancel_source: true,
                 };
             }
             return retry(format!(
@@ -726,7 +736,9 @@ mod tests {
                     if *destination == Teardown::Remove {
                         prop_assert!(d.destination_partial() || d.is_gone(), "{d:?}");
                     } else {
-                        prop_assert!(!started && d.is_unknown());
+                        // Later: only while nothing runnable can have reached it.
+                        prop_assert!(d.is_unknown());
+                        prop_assert!(!started || phase == Phase::CopyingDisks);
                     }
                     if *cancel_source {
                         prop_assert!(started && s.source_holds());

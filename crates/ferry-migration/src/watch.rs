@@ -36,7 +36,11 @@ impl std::fmt::Display for Timeout {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Timeout::Silent { side, ms } => {
-                write!(f, "the {side} agent has not answered for {} s", ms / 1000)
+                write!(
+                    f,
+                    "the {side} agent stopped answering (nothing for {} s)",
+                    ms / 1000
+                )
             }
             Timeout::NoProgress { ms } => {
                 write!(f, "no progress for {} s (progress timeout)", ms / 1000)

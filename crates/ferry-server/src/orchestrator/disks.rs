@@ -123,7 +123,13 @@ impl Run {
                     .await?;
                     return Ok(Next::StartStream);
                 }
-                CopyNext::Fail(reason) => return Ok(Next::Settle(Why::Failure(reason))),
+                CopyNext::Fail(reason) => {
+                    let hosts = format!(
+                        "source {}, destination {}",
+                        self.m.source, self.m.destination
+                    );
+                    return Ok(Next::Settle(Why::Failure(format!("{reason} ({hosts})"))));
+                }
                 CopyNext::Cancel => return Ok(Next::Settle(Why::Cancel)),
             }
             if last_event.elapsed() >= PROGRESS_EVENT_EVERY && status.is_some() {

@@ -97,6 +97,8 @@ struct State {
     stream: Option<(String, String)>,
     /// The guest out-dirties the link (so the controller escalates).
     hopeless: bool,
+    /// Polls of the source a disk copy needs to get in sync (0: the default, 3).
+    copy_polls_needed: u32,
     /// A fault fired during the current call: the call yields before it returns, so the
     /// test can act (kill the orchestrator) at exactly that moment.
     just_fired: bool,
@@ -137,6 +139,11 @@ impl FakeCluster {
         self.lock()
             .triggers
             .push((call.to_string(), host.to_string(), fault));
+    }
+
+    /// Disk copies need this many polls of the source to get in sync.
+    pub fn copy_polls(&self, polls: u32) {
+        self.lock().copy_polls_needed = polls;
     }
 
     /// The guest dirties memory faster than the link moves it.
@@ -427,6 +434,11 @@ impl FakeCluster {
 
     fn copy_step(s: &mut State, vm: &str) {
         let link_up = s.link_cut_until.is_none_or(|t| Instant::now() >= t);
+        let needed = if s.copy_polls_needed == 0 {
+            3
+        } else {
+            s.copy_polls_needed
+        };
         if let Some(v) = s.hosts.get_mut("a").and_then(|h| h.get_mut(vm)) {
             if v.disks.is_empty() || !link_up || v.disks.iter().any(|d| d.error.is_some()) {
                 return;
@@ -434,7 +446,7 @@ impl FakeCluster {
             v.copy_polls += 1;
             for d in &mut v.disks {
                 d.copied_bytes = (d.copied_bytes + (64 << 20)).min(d.total_bytes);
-                if v.copy_polls >= 3 {
+                if v.copy_polls >= needed {
                     d.ready = true;
                     d.writes_blocking = true;
                     d.status = BlockJobStatus::Ready;

@@ -626,3 +626,27 @@ async fn a_long_silent_source_mid_stream_needs_an_operator() {
         "the destination was killed"
     );
 }
+
+/// The destination's agent goes silent during the disk copy, longer than the silence
+/// limit: no memory was sent, so the copy is stopped and the migration rolls back; the
+/// destination's partial QEMU is removed once its agent answers again.
+#[tokio::test]
+async fn a_destination_silent_during_the_disk_copy_is_rolled_back_and_cleaned_up_when_back() {
+    let lab = Lab::new(6);
+    lab.fake.copy_polls(100_000); // the copy goes on while the agent is down
+    lab.fake.after(
+        "start_disk_copy",
+        "a",
+        Fault::AgentDown {
+            host: "b".into(),
+            for_: Duration::from_millis(1000),
+        },
+    );
+    let id = lab.start(MigrationOptions::default(), true);
+    let m = lab.settled(id).await;
+    lab.check(&m, Expect::RolledBack, "silent destination during the copy");
+    let e = m.error.clone().unwrap_or_default();
+    assert!(e.contains("stopped answering"), "{e}");
+    assert!(lab.fake.calls("remove").contains(&"b".to_string()));
+    assert_eq!(lab.fake.calls("cancel_outgoing"), vec!["a".to_string()]);
+}
