@@ -65,9 +65,16 @@ pub async fn migrate(a: BenchMigrateArgs) -> CliResult {
     let exe = std::env::current_exe().map_err(|e| CliError::failed(e.to_string()))?;
     let mut cfg = LabConfig::new(exe, &["a", "b"]);
     cfg.image_dir = Some(image_dir);
-    let lab = Lab::start(cfg)
+    let mut lab = Lab::start(cfg.clone())
         .await
         .map_err(|e| CliError::failed(e.to_string()))?;
+    if a.vs_qemu {
+        // The plain arm drives the source QEMU over its second monitor, which the agent
+        // opens only when asked to.
+        lab.restart_agent_with(&cfg, "a", &["--aux-qmp"])
+            .await
+            .map_err(|e| CliError::failed(e.to_string()))?;
+    }
     let c = lab.client();
     let hosts = c.hosts().await?;
     let inv = hosts
