@@ -39,7 +39,21 @@ use ferry_api::{
 };
 use serde::Deserialize;
 
+use crate::error::AgentError;
 use crate::host::Agent;
+
+/// The HTTP edge: the code by kind, the message as is.
+impl From<AgentError> for ApiError {
+    fn from(e: AgentError) -> Self {
+        ApiError::new(e.code(), e.to_string())
+    }
+}
+
+impl From<AgentError> for Failure {
+    fn from(e: AgentError) -> Self {
+        Failure(e.into())
+    }
+}
 
 type Shared = State<Arc<Agent>>;
 type Answer<T> = Result<Json<T>, Failure>;
@@ -235,4 +249,44 @@ async fn delete_disk(
 ) -> Answer<serde_json::Value> {
     a.delete_disk(&pool, &disk).await?;
     Ok(Json(serde_json::json!({"deleted": disk, "pool": pool})))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_kind_maps_to_its_http_code_with_its_reason() {
+        let cases = [
+            (AgentError::bad_request("disk index 7 is wrong"), 400),
+            (AgentError::not_found("no VM named 'web1'"), 404),
+            (AgentError::refused("VM 'web1' is already migrating"), 409),
+            (
+                AgentError::QemuGone {
+                    command: "cont".into(),
+                    reason: "closed".into(),
+                },
+                409,
+            ),
+            (AgentError::upstream("cannot reach 10.0.0.2:4000"), 502),
+            (
+                AgentError::Qmp {
+                    command: "cont".into(),
+                    reason: "boom".into(),
+                },
+                500,
+            ),
+            (AgentError::process("QEMU did not come up"), 500),
+            (AgentError::storage("qemu-img failed"), 500),
+            (AgentError::net("cannot create tap fy1n0"), 500),
+            (AgentError::Persist("cannot write vm.json".into()), 500),
+            (AgentError::internal("bug"), 500),
+        ];
+        for (e, status) in cases {
+            let text = e.to_string();
+            let api = ApiError::from(e);
+            assert_eq!(api.http_status(), status, "{text}");
+            assert_eq!(api.message, text);
+        }
+    }
 }

@@ -18,11 +18,12 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ferry_api::{ApiError, DiskCopyProgress};
+use ferry_api::DiskCopyProgress;
 use ferry_migration::disk_sync::CopyWatch;
 use ferry_qmp::{BlockJobInfo, MigrationStatus, MirrorArgs, QmpClient, QmpEvent};
 use tokio::sync::broadcast;
 
+use crate::error::AgentError;
 use crate::runtime::{qmp_err, QemuVm};
 
 /// The guest's format node of data disk `i` (fixed by the command line), also the name
@@ -43,11 +44,11 @@ const ABORT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A port on `address` nothing listens on right now (QEMU's NBD server cannot report the
 /// port it picked, so the agent picks one; a lost race is retried).
-fn free_port(address: IpAddr) -> Result<u16, ApiError> {
+fn free_port(address: IpAddr) -> Result<u16, AgentError> {
     std::net::TcpListener::bind((address, 0))
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
-        .map_err(|e| ApiError::internal(format!("no free port on {address}: {e}")))
+        .map_err(|e| AgentError::internal(format!("no free port on {address}: {e}")))
 }
 
 fn progress_of(disk: &str, job: &BlockJobInfo) -> DiskCopyProgress {
@@ -80,7 +81,7 @@ impl QemuVm {
         address: IpAddr,
         fixed_port: Option<u16>,
         disks: &[usize],
-    ) -> Result<u16, ApiError> {
+    ) -> Result<u16, AgentError> {
         let host = address.to_string();
         if let Some(port) = fixed_port {
             self.qmp
@@ -104,7 +105,7 @@ impl QemuVm {
         Ok(port)
     }
 
-    async fn add_exports(&self, disks: &[usize]) -> Result<(), ApiError> {
+    async fn add_exports(&self, disks: &[usize]) -> Result<(), AgentError> {
         for &i in disks {
             self.qmp
                 .block_export_add_nbd(
@@ -156,7 +157,7 @@ impl QemuVm {
         port: u16,
         disks: &[usize],
         speed: u64,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), AgentError> {
         *self.copy_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
         *self.disk_progress.lock().unwrap_or_else(|p| p.into_inner()) = disks
             .iter()
@@ -176,7 +177,7 @@ impl QemuVm {
                 .await
             {
                 self.abort_copies().await;
-                return Err(ApiError::upstream(format!(
+                return Err(AgentError::upstream(format!(
                     "cannot reach the destination's disk export {host}:{port} for {label}: {e}"
                 )));
             }
@@ -189,7 +190,7 @@ impl QemuVm {
             .background();
             if let Err(e) = self.qmp.blockdev_mirror(&args).await {
                 self.abort_copies().await;
-                return Err(ApiError::internal(format!(
+                return Err(AgentError::internal(format!(
                     "cannot start copying {label}: {e}"
                 )));
             }
@@ -264,7 +265,7 @@ impl QemuVm {
     }
 
     /// Source: refuses to start the memory migration before every disk is in sync.
-    pub async fn check_disks_in_sync(&self) -> Result<(), ApiError> {
+    pub async fn check_disks_in_sync(&self) -> Result<(), AgentError> {
         let disks = self.disk_copy_progress().await;
         if ferry_api::disks_in_sync(&disks) {
             return Ok(());
@@ -277,7 +278,7 @@ impl QemuVm {
                 format!("{} ({why})", d.disk)
             })
             .collect();
-        Err(ApiError::conflict(format!(
+        Err(AgentError::refused(format!(
             "disks not in sync yet: {}",
             behind.join(", ")
         )))

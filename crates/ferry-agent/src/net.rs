@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use ferry_api::ApiError;
+use crate::error::AgentError;
 
 /// The tap of NIC `index` of `vm` on `host`: unique per host (the host name is hashed in,
 /// so two agents sharing one network namespace never collide during a migration), and
@@ -57,9 +57,9 @@ pub fn bridge_exists(bridge: &str) -> bool {
 }
 
 /// Creates `tap` (replacing a stale one) and attaches it to `bridge`, up.
-pub fn create_tap(tap: &str, bridge: &str) -> Result<(), ApiError> {
+pub fn create_tap(tap: &str, bridge: &str) -> Result<(), AgentError> {
     if !bridge_exists(bridge) {
-        return Err(ApiError::bad_request(format!(
+        return Err(AgentError::bad_request(format!(
             "bridge '{bridge}' does not exist on this host"
         )));
     }
@@ -72,7 +72,7 @@ pub fn create_tap(tap: &str, bridge: &str) -> Result<(), ApiError> {
     for step in steps {
         if let Err(e) = ip(step) {
             let _ = ip(&["link", "del", tap]);
-            return Err(ApiError::internal(format!("cannot create tap {tap}: {e}")));
+            return Err(AgentError::net(format!("cannot create tap {tap}: {e}")));
         }
     }
     Ok(())

@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferry_api::{
-    AgentMigrationStatus, ApiError, Compression, DiskCopyProgress, MigrationProgress,
-    OutgoingRequest, StreamSettings, TuneRequest, VmRuntime, VmState, ZeroPage,
+    AgentMigrationStatus, Compression, DiskCopyProgress, MigrationProgress, OutgoingRequest,
+    StreamSettings, TuneRequest, VmRuntime, VmState, ZeroPage,
 };
 use ferry_qemu::{build_args, QemuProcess, ResolvedBoot, RuntimePaths, StartMode};
 use ferry_qmp::{
@@ -20,6 +20,7 @@ use ferry_qmp::{
 };
 use tokio::sync::watch;
 
+use crate::error::AgentError;
 use crate::persist::{PersistedVm, Role};
 
 /// How long QEMU gets to open its QMP socket after start.
@@ -31,8 +32,8 @@ pub const MONITOR_TIMEOUT: Duration = Duration::from_secs(3);
 /// Pausing and resuming the guest's vCPUs.
 #[allow(async_fn_in_trait)]
 pub trait Pausable {
-    async fn pause(&self) -> Result<(), ApiError>;
-    async fn resume(&self) -> Result<(), ApiError>;
+    async fn pause(&self) -> Result<(), AgentError>;
+    async fn resume(&self) -> Result<(), AgentError>;
 }
 
 /// Either side of a live migration.
@@ -45,13 +46,13 @@ pub trait Migratable {
         address: IpAddr,
         port: u16,
         stream: &StreamSettings,
-    ) -> Result<u16, ApiError>;
+    ) -> Result<u16, AgentError>;
     /// Source: start sending.
-    async fn send(&self, req: &OutgoingRequest) -> Result<(), ApiError>;
+    async fn send(&self, req: &OutgoingRequest) -> Result<(), AgentError>;
     /// Either side: where the migration is.
-    async fn migration_status(&self) -> Result<AgentMigrationStatus, ApiError>;
+    async fn migration_status(&self) -> Result<AgentMigrationStatus, AgentError>;
     /// Source: stop sending and make sure the guest runs here.
-    async fn cancel_outgoing(&self) -> Result<(), ApiError>;
+    async fn cancel_outgoing(&self) -> Result<(), AgentError>;
 }
 
 /// A VM's QEMU as this agent runs it.
@@ -93,8 +94,8 @@ fn record_path(dir: &Path) -> PathBuf {
     dir.join("vm.json")
 }
 
-fn internal(what: &str) -> impl Fn(String) -> ApiError + '_ {
-    move |reason| ApiError::internal(format!("{what}: {reason}"))
+fn internal(what: &str) -> impl Fn(String) -> AgentError + '_ {
+    move |reason| AgentError::process(format!("{what}: {reason}"))
 }
 
 impl QemuVm {
@@ -107,7 +108,7 @@ impl QemuVm {
         disks: &[PathBuf],
         dir: PathBuf,
         start: StartMode,
-    ) -> Result<Arc<QemuVm>, ApiError> {
+    ) -> Result<Arc<QemuVm>, AgentError> {
         std::fs::create_dir_all(&dir)
             .map_err(|e| internal("cannot create the VM directory")(e.to_string()))?;
         let paths = paths_in(&dir, record.aux_qmp);
@@ -117,13 +118,11 @@ impl QemuVm {
         // A new QEMU instance gets a fresh console: readers look for this instance's lines.
         std::fs::write(&paths.console_log, b"")
             .map_err(|e| internal("cannot create the console log")(e.to_string()))?;
-        record
-            .save(&record_path(&dir))
-            .map_err(|e| ApiError::internal(e.to_string()))?;
+        record.save(&record_path(&dir)).map_err(AgentError::from)?;
         let args = build_args(&record.spec, boot, record.accel, &paths, taps, disks, start);
         let log = dir.join("qemu.log");
-        let mut process =
-            QemuProcess::spawn(qemu, &args, &log).map_err(|e| ApiError::internal(e.to_string()))?;
+        let mut process = QemuProcess::spawn(qemu, &args, &log)
+            .map_err(|e| AgentError::process(e.to_string()))?;
         tracing::info!(vm = %record.spec.name, pid = process.pid, ?start, "QEMU started");
         let qmp = match QmpClient::connect_with_retry(&paths.qmp_socket, QMP_CONNECT_TIMEOUT).await
         {
@@ -133,7 +132,7 @@ impl QemuVm {
                 if let Some(child) = process.child.as_mut() {
                     let _ = child.wait().await;
                 }
-                return Err(ApiError::internal(format!(
+                return Err(AgentError::process(format!(
                     "QEMU did not come up: {e}; QEMU said: {}",
                     log_tail(&log)
                 )));
@@ -229,16 +228,15 @@ impl QemuVm {
         self.record().role
     }
 
-    pub fn set_role(&self, role: Role) -> Result<(), ApiError> {
+    pub fn set_role(&self, role: Role) -> Result<(), AgentError> {
         self.update_record(|r| r.role = role)
     }
 
     /// Changes the record and saves it (atomically) before returning.
-    pub fn update_record(&self, change: impl FnOnce(&mut PersistedVm)) -> Result<(), ApiError> {
+    pub fn update_record(&self, change: impl FnOnce(&mut PersistedVm)) -> Result<(), AgentError> {
         let mut rec = self.record.lock().unwrap_or_else(|p| p.into_inner());
         change(&mut rec);
-        rec.save(&record_path(&self.dir))
-            .map_err(|e| ApiError::internal(e.to_string()))
+        rec.save(&record_path(&self.dir)).map_err(AgentError::from)
     }
 
     /// Why QEMU exited, once it did.
@@ -274,7 +272,7 @@ impl QemuVm {
     }
 
     /// QEMU's self-announce with its configured timing (RARP from every NIC).
-    pub async fn announce(&self) -> Result<(), ApiError> {
+    pub async fn announce(&self) -> Result<(), AgentError> {
         self.qmp
             .announce_self(None)
             .await
@@ -355,7 +353,7 @@ impl QemuVm {
         &self,
         stream: &StreamSettings,
         pause_before_switchover: bool,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), AgentError> {
         let mut caps = stream.capabilities();
         caps.push(("pause-before-switchover", pause_before_switchover));
         self.qmp
@@ -385,7 +383,7 @@ impl QemuVm {
     }
 
     /// Source: the controller's live changes.
-    pub async fn tune(&self, req: &TuneRequest) -> Result<(), ApiError> {
+    pub async fn tune(&self, req: &TuneRequest) -> Result<(), AgentError> {
         if let Some(p) = req.throttle_pct {
             let p = p.clamp(1, 99) as u64;
             // QEMU moves an active throttle by `increment` up to `max` at its next trigger:
@@ -445,10 +443,10 @@ pub fn derive_state(role: Role, status: &RunState) -> VmState {
 }
 
 impl Pausable for QemuVm {
-    async fn pause(&self) -> Result<(), ApiError> {
+    async fn pause(&self) -> Result<(), AgentError> {
         self.qmp.stop().await.map_err(|e| qmp_err("stop", e))
     }
-    async fn resume(&self) -> Result<(), ApiError> {
+    async fn resume(&self) -> Result<(), AgentError> {
         self.qmp.cont().await.map_err(|e| qmp_err("cont", e))
     }
 }
@@ -459,7 +457,7 @@ impl Migratable for QemuVm {
         address: IpAddr,
         port: u16,
         stream: &StreamSettings,
-    ) -> Result<u16, ApiError> {
+    ) -> Result<u16, AgentError> {
         self.set_up_stream(stream, false).await?;
         let host = match address {
             IpAddr::V4(a) => a.to_string(),
@@ -475,11 +473,11 @@ impl Migratable for QemuVm {
             .await
             .map_err(|e| qmp_err("query-migrate", e))?;
         info.listening_port().ok_or_else(|| {
-            ApiError::internal("QEMU listens for the migration but did not say on which port")
+            AgentError::internal("QEMU listens for the migration but did not say on which port")
         })
     }
 
-    async fn send(&self, req: &OutgoingRequest) -> Result<(), ApiError> {
+    async fn send(&self, req: &OutgoingRequest) -> Result<(), AgentError> {
         // With disks being copied, QEMU pauses before the switch so the copies can finish
         // while the vCPUs are stopped (see `disk_copy`). Set either way: capabilities
         // outlive a migration inside QEMU.
@@ -517,7 +515,7 @@ impl Migratable for QemuVm {
         Ok(())
     }
 
-    async fn migration_status(&self) -> Result<AgentMigrationStatus, ApiError> {
+    async fn migration_status(&self) -> Result<AgentMigrationStatus, AgentError> {
         let (vm_state, _) = self.state().await;
         if matches!(
             vm_state,
@@ -566,10 +564,10 @@ impl Migratable for QemuVm {
         Ok(status)
     }
 
-    async fn cancel_outgoing(&self) -> Result<(), ApiError> {
+    async fn cancel_outgoing(&self) -> Result<(), AgentError> {
         if self.in_postcopy().await {
             // Resuming this QEMU now would run a stale copy next to the live one.
-            return Err(ApiError::conflict(
+            return Err(AgentError::refused(
                 "post-copy has started: the guest runs on the destination and this host holds \
                  part of its memory; the migration can only finish, not be cancelled",
             ));
@@ -648,12 +646,8 @@ pub fn to_agent_status(info: &ferry_qmp::MigrationInfo, vm_state: VmState) -> Ag
     }
 }
 
-pub(crate) fn qmp_err(command: &str, e: ferry_qmp::QmpError) -> ApiError {
-    if e.is_disconnected() {
-        ApiError::conflict(format!("{command}: QEMU is not running ({e})"))
-    } else {
-        ApiError::internal(format!("{command}: {e}"))
-    }
+pub(crate) fn qmp_err(command: &str, e: ferry_qmp::QmpError) -> AgentError {
+    AgentError::qmp(command, e)
 }
 
 /// The last meaningful lines QEMU wrote to its log, for error messages.
