@@ -12,7 +12,10 @@
 //! POST   /v1/vms/{name}/incoming            IncomingRequest -> IncomingResponse (destination)
 //! POST   /v1/vms/{name}/migration           OutgoingRequest -> AgentMigrationStatus (source)
 //! GET    /v1/vms/{name}/migration           AgentMigrationStatus
-//! POST   /v1/vms/{name}/migration/cancel    VmRuntime (source resumes; refused in post-copy)
+//! POST   /v1/vms/{name}/migration/cancel    VmRuntime (source resumes; refused once the
+//!                                           switch-over started, completed or post-copy)
+//! POST   /v1/vms/{name}/migration/reclaim   VmRuntime (source whose migration completed
+//!                                           resumes: the destination is proven not to hold it)
 //! POST   /v1/vms/{name}/migration/pause     AgentMigrationStatus (post-copy, either side)
 //! POST   /v1/vms/{name}/migration/recover   IncomingResponse (destination, post-copy paused)
 //! POST   /v1/vms/{name}/migration/resume    ResumeRequest -> AgentMigrationStatus (source)
@@ -74,6 +77,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/vms/{name}/migration/disks", post(disk_copy))
         .route("/v1/vms/{name}/migration/tune", post(tune))
         .route("/v1/vms/{name}/migration/cancel", post(cancel))
+        .route("/v1/vms/{name}/migration/reclaim", post(reclaim))
         .route("/v1/vms/{name}/migration/pause", post(pause_postcopy))
         .route("/v1/vms/{name}/migration/recover", post(recover_incoming))
         .route("/v1/vms/{name}/migration/resume", post(resume_outgoing))
@@ -183,6 +187,10 @@ async fn migration_status(
 
 async fn cancel(State(a): Shared, Path(name): Path<String>) -> Answer<VmRuntime> {
     Ok(Json(a.cancel_outgoing(&name).await?))
+}
+
+async fn reclaim(State(a): Shared, Path(name): Path<String>) -> Answer<VmRuntime> {
+    Ok(Json(a.reclaim(&name).await?))
 }
 
 async fn pause_postcopy(

@@ -802,6 +802,16 @@ impl Agent {
         Ok(vm.runtime().await)
     }
 
+    /// Source whose migration is over with the guest paused here: resume it. Only on the
+    /// server's (operator's) proof that the destination does not hold the VM; QEMU's own
+    /// status decides whether it is allowed at all (see [`crate::cancel::reclaim_rule`]).
+    pub async fn reclaim(&self, name: &str) -> Result<VmRuntime, AgentError> {
+        let vm = self.find(name).await?;
+        let _op = vm.op_lock.lock().await;
+        vm.reclaim().await?;
+        Ok(vm.runtime().await)
+    }
+
     /// Source: the destination runs, so this QEMU (paused in `postmigrate`) goes away.
     /// Refused unless QEMU itself reports the migration completed: the only state in which
     /// shutting the source down cannot lose the VM.

@@ -14,6 +14,7 @@
 //! resuming a post-copy migration across a broken link).
 
 pub mod api;
+pub mod cancel;
 pub mod config;
 pub mod disk_copy;
 pub mod error;

@@ -565,49 +565,7 @@ impl Migratable for QemuVm {
     }
 
     async fn cancel_outgoing(&self) -> Result<(), AgentError> {
-        if self.in_postcopy().await {
-            // Resuming this QEMU now would run a stale copy next to the live one.
-            return Err(AgentError::refused(
-                "post-copy has started: the guest runs on the destination and this host holds \
-                 part of its memory; the migration can only finish, not be cancelled",
-            ));
-        }
-        // Cancelling a finished migration is a no-op for QEMU; ignore "not active" errors.
-        let _ = self.qmp.migrate_cancel().await;
-        self.abort_copies().await;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-        loop {
-            let info = self
-                .qmp
-                .query_migrate()
-                .await
-                .map_err(|e| qmp_err("query-migrate", e))?;
-            let settled = !matches!(
-                info.status,
-                Some(
-                    MigrationStatus::Active
-                        | MigrationStatus::Setup
-                        | MigrationStatus::Cancelling
-                        | MigrationStatus::Device
-                        | MigrationStatus::PreSwitchover
-                )
-            );
-            if settled || tokio::time::Instant::now() > deadline {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let status = self
-            .qmp
-            .query_status()
-            .await
-            .map_err(|e| qmp_err("query-status", e))?;
-        if !status.running {
-            // QEMU resumes the source itself when a pre-copy fails; this covers the cases
-            // where it was left paused (cancelled at switch-over, or completed and rolled back).
-            self.resume().await?;
-        }
-        self.set_role(Role::Normal)
+        self.cancel_outgoing_checked().await
     }
 }
 
