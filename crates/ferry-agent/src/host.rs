@@ -152,6 +152,9 @@ impl Agent {
                 }
                 Ok(None) => {
                     tracing::info!(dir = %dir.display(), "VM record without a running QEMU; removed");
+                    if let Ok(record) = PersistedVm::load(&crate::runtime::record_path(&dir)) {
+                        self.delete_taps_of(&record);
+                    }
                     let _ = std::fs::remove_dir_all(&dir);
                 }
                 Err(e) => tracing::warn!(dir = %dir.display(), "cannot adopt VM: {e}"),
@@ -304,6 +307,8 @@ impl Agent {
                     self.config.name
                 )));
             }
+            // Its QEMU is gone, so its taps are unused; the new QEMU gets its own.
+            self.delete_taps_of(&existing.record());
             vms.remove(name);
         }
         Ok(vms)
@@ -334,6 +339,7 @@ impl Agent {
         record.exports_disks = !created_disks.is_empty();
         record.created_disks = created_disks;
         record.aux_qmp = self.config.aux_qmp;
+        record.taps = taps.clone();
         let launched = QemuVm::launch(
             &self.qemu.path,
             record,
@@ -407,14 +413,33 @@ impl Agent {
     fn create_taps(&self, vm: &str, bridges: &[String]) -> Result<Vec<String>, AgentError> {
         let mut taps: Vec<String> = Vec::new();
         for (i, bridge) in bridges.iter().enumerate() {
-            let tap = crate::net::tap_name(&self.config.name, vm, i);
-            if let Err(e) = crate::net::create_tap(&tap, bridge) {
-                taps.iter().for_each(|t| crate::net::delete_tap(t.as_str()));
-                return Err(e);
+            match crate::net::create_tap(&self.config.name, vm, i, bridge) {
+                Ok(tap) => taps.push(tap),
+                Err(e) => {
+                    taps.iter().for_each(|t| crate::net::delete_tap(t.as_str()));
+                    return Err(e);
+                }
             }
-            taps.push(tap);
         }
         Ok(taps)
+    }
+
+    /// The taps `record`'s VM owns. A record from before taps were recorded names none,
+    /// while its QEMU uses the hashed names the agent of then always created (replacing
+    /// whatever was there), so those are its own.
+    fn taps_of(&self, record: &PersistedVm) -> Vec<String> {
+        if !record.taps.is_empty() || record.spec.nics.is_empty() {
+            return record.taps.clone();
+        }
+        (0..record.spec.nics.len())
+            .map(|i| crate::net::tap_name(&self.config.name, &record.spec.name, i))
+            .collect()
+    }
+
+    fn delete_taps_of(&self, record: &PersistedVm) {
+        for tap in self.taps_of(record) {
+            crate::net::delete_tap(&tap);
+        }
     }
 
     /// Boots a VM.
@@ -468,11 +493,17 @@ impl Agent {
         removed_disks
     }
 
+    /// Drops the VM from the agent: its directory and the taps recorded for it (only
+    /// those: another VM may hold a tap whose name the hash would also give this one).
     async fn forget(&self, name: &str) {
-        self.vms.lock().await.remove(name);
+        let vm = self.vms.lock().await.remove(name);
+        let record = match vm {
+            Some(vm) => Some(vm.record()),
+            None => PersistedVm::load(&crate::runtime::record_path(&self.vm_dir(name))).ok(),
+        };
         let _ = std::fs::remove_dir_all(self.vm_dir(name));
-        for i in 0..ferry_api::MAX_NICS {
-            crate::net::delete_tap(&crate::net::tap_name(&self.config.name, name, i));
+        if let Some(record) = record {
+            self.delete_taps_of(&record);
         }
     }
 

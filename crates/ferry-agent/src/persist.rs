@@ -45,6 +45,11 @@ pub struct PersistedVm {
     /// QEMU was started with a second QMP socket for the operator's tools (`--aux-qmp`).
     #[serde(default)]
     pub aux_qmp: bool,
+    /// The taps this agent created for the VM's NICs, in NIC order. Cleanup deletes these
+    /// and only these (a name recomputed from a hash could be another VM's). Empty in a
+    /// record written before taps were recorded.
+    #[serde(default)]
+    pub taps: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +74,7 @@ impl PersistedVm {
             exports_disks: false,
             copying_disks: Vec::new(),
             aux_qmp: false,
+            taps: Vec::new(),
         }
     }
 
@@ -140,6 +146,30 @@ mod tests {
         let r = record();
         r.save(&path).unwrap();
         assert_eq!(PersistedVm::load(&path).unwrap(), r);
+    }
+
+    #[test]
+    fn records_without_later_fields_still_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vm.json");
+        let old = record();
+        let mut r = old.clone();
+        r.taps = vec!["fy0123abcdn0".into()];
+        r.save(&path).unwrap();
+        assert_eq!(PersistedVm::load(&path).unwrap().taps, r.taps);
+        let mut v = serde_json::to_value(&old).unwrap();
+        let fields = v.as_object_mut().unwrap();
+        for later in [
+            "taps",
+            "aux_qmp",
+            "copying_disks",
+            "exports_disks",
+            "created_disks",
+        ] {
+            fields.remove(later);
+        }
+        std::fs::write(&path, v.to_string()).unwrap();
+        assert_eq!(PersistedVm::load(&path).unwrap(), old);
     }
 
     #[test]

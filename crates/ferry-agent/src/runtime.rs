@@ -90,7 +90,7 @@ fn paths_in(dir: &Path, aux_qmp: bool) -> RuntimePaths {
     }
 }
 
-fn record_path(dir: &Path) -> PathBuf {
+pub(crate) fn record_path(dir: &Path) -> PathBuf {
     dir.join("vm.json")
 }
 
