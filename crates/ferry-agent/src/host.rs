@@ -22,6 +22,8 @@ use crate::persist::{PersistedVm, Role};
 use crate::postcopy::PostcopyRecoverable;
 use crate::runtime::{Migratable, QemuVm};
 
+mod adopt;
+
 /// The line the test guest's init prints once it reaches user space (the accel probe waits
 /// for it).
 pub const GUEST_BOOT_MARKER: &str = "FERRY-GUEST boot";
@@ -33,7 +35,10 @@ pub struct Agent {
     pub url: String,
     qemu: QemuBinary,
     accel: RwLock<AccelDecision>,
-    vms: Mutex<HashMap<String, Arc<QemuVm>>>,
+    vms: adopt::Vms,
+    /// VMs whose QEMU runs but whose monitor has not answered since the agent started
+    /// (see [`adopt`]): listed as unresponsive, refused for operations, killed on remove.
+    unadopted: adopt::Unadopteds,
     /// The CPU models this host offers (asked of QEMU once at start, under the decided
     /// accelerator, restricted by `--cpu-models`). Empty if QEMU could not be asked.
     cpu_models: Vec<CpuModelAvailability>,
@@ -61,7 +66,8 @@ impl Agent {
             url,
             qemu,
             accel: RwLock::new(accel),
-            vms: Mutex::new(HashMap::new()),
+            vms: Arc::new(Mutex::new(HashMap::new())),
+            unadopted: Arc::new(Mutex::new(HashMap::new())),
             cpu_models: Vec::new(),
             probes: crate::probe::ProbeListeners::default(),
             config,
@@ -131,37 +137,6 @@ impl Agent {
             .unwrap_or_else(|p| p.into_inner().clone())
     }
 
-    async fn adopt_running(&self) {
-        let Ok(entries) = std::fs::read_dir(self.config.vms_dir()) else {
-            return;
-        };
-        let mut vms = self.vms.lock().await;
-        for entry in entries.flatten() {
-            let dir = entry.path();
-            if !dir.is_dir() {
-                continue;
-            }
-            match QemuVm::adopt(dir.clone()).await {
-                Ok(Some(vm)) => {
-                    tracing::info!(vm = %vm.name, pid = vm.pid(), "adopted running QEMU");
-                    let rec = vm.record();
-                    if rec.role == Role::Incoming && rec.exports_disks {
-                        vm.release_after_stream();
-                    }
-                    vms.insert(vm.name.clone(), vm);
-                }
-                Ok(None) => {
-                    tracing::info!(dir = %dir.display(), "VM record without a running QEMU; removed");
-                    if let Ok(record) = PersistedVm::load(&crate::runtime::record_path(&dir)) {
-                        self.delete_taps_of(&record);
-                    }
-                    let _ = std::fs::remove_dir_all(&dir);
-                }
-                Err(e) => tracing::warn!(dir = %dir.display(), "cannot adopt VM: {e}"),
-            }
-        }
-    }
-
     pub async fn inventory(&self) -> HostInventory {
         let mut inv = crate::inventory::base_inventory();
         let accel = self.accel_decision();
@@ -175,9 +150,22 @@ impl Agent {
         inv.cpu_models = self.cpu_models.clone();
         inv.memory_reserve_mib = self.config.memory_reserve_mib;
         inv.vcpu_overcommit = self.config.vcpu_overcommit;
-        let vms = self.vms.lock().await;
-        for vm in vms.values().filter(|v| v.is_running_process()) {
-            let spec = vm.record().spec;
+        let mut specs: Vec<VmSpec> = {
+            let vms = self.vms.lock().await;
+            vms.values()
+                .filter(|v| v.is_running_process())
+                .map(|v| v.record().spec)
+                .collect()
+        };
+        // An unadopted QEMU runs and holds its memory all the same.
+        specs.extend(
+            self.unadopted
+                .lock()
+                .await
+                .values()
+                .map(|u| u.record.spec.clone()),
+        );
+        for spec in specs {
             inv.vms_running += 1;
             inv.vm_memory_mib += spec.memory_mib;
             inv.vcpus_committed += spec.vcpus;
@@ -207,9 +195,24 @@ impl Agent {
 
     async fn find(&self, name: &str) -> Result<Arc<QemuVm>, AgentError> {
         validate_name("VM name", name)?;
-        self.vms.lock().await.get(name).cloned().ok_or_else(|| {
-            AgentError::not_found(format!("no VM named '{name}' on host {}", self.config.name))
-        })
+        if let Some(vm) = self.vms.lock().await.get(name).cloned() {
+            return Ok(vm);
+        }
+        if let Some(u) = self.unadopted.lock().await.get(name) {
+            return Err(AgentError::refused(format!(
+                "VM '{name}' runs on host {} (QEMU pid {}) but its monitor has not answered                  since the agent started ({}); adoption is being retried",
+                self.config.name, u.pid, u.reason
+            )));
+        }
+        Err(AgentError::not_found(format!(
+            "no VM named '{name}' on host {}",
+            self.config.name
+        )))
+    }
+
+    /// The VM if its QEMU runs but has not been adopted yet (its monitor does not answer).
+    async fn unadopted(&self, name: &str) -> Option<crate::runtime::Unadopted> {
+        self.unadopted.lock().await.get(name).cloned()
     }
 
     pub async fn list(&self) -> Vec<VmRuntime> {
@@ -218,11 +221,16 @@ impl Agent {
         for vm in vms {
             out.push(vm.runtime().await);
         }
+        out.extend(self.unadopted.lock().await.values().map(|u| u.runtime()));
         out.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
         out
     }
 
     pub async fn get(&self, name: &str) -> Result<VmRuntime, AgentError> {
+        validate_name("VM name", name)?;
+        if let Some(u) = self.unadopted(name).await {
+            return Ok(u.runtime());
+        }
         Ok(self.find(name).await?.runtime().await)
     }
 
@@ -300,6 +308,13 @@ impl Agent {
         name: &str,
     ) -> Result<tokio::sync::MutexGuard<'_, HashMap<String, Arc<QemuVm>>>, AgentError> {
         let mut vms = self.vms.lock().await;
+        if let Some(u) = self.unadopted.lock().await.get(name) {
+            return Err(AgentError::refused(format!(
+                "a VM named '{name}' already runs on host {} (QEMU pid {}, its monitor not \
+                 answering yet)",
+                self.config.name, u.pid
+            )));
+        }
         if let Some(existing) = vms.get(name) {
             if existing.is_running_process() {
                 return Err(AgentError::refused(format!(
@@ -424,20 +439,8 @@ impl Agent {
         Ok(taps)
     }
 
-    /// The taps `record`'s VM owns. A record from before taps were recorded names none,
-    /// while its QEMU uses the hashed names the agent of then always created (replacing
-    /// whatever was there), so those are its own.
-    fn taps_of(&self, record: &PersistedVm) -> Vec<String> {
-        if !record.taps.is_empty() || record.spec.nics.is_empty() {
-            return record.taps.clone();
-        }
-        (0..record.spec.nics.len())
-            .map(|i| crate::net::tap_name(&self.config.name, &record.spec.name, i))
-            .collect()
-    }
-
     fn delete_taps_of(&self, record: &PersistedVm) {
-        for tap in self.taps_of(record) {
+        for tap in crate::net::recorded_taps(&self.config.name, record) {
             crate::net::delete_tap(&tap);
         }
     }
@@ -469,6 +472,19 @@ impl Agent {
     /// (only those: an image that existed before is never touched).
     pub async fn remove(&self, name: &str) -> Result<(), AgentError> {
         validate_name("VM name", name)?;
+        if let Some(u) = self.unadopted.lock().await.remove(name) {
+            // Its monitor cannot be asked to quit; the record goes with the process.
+            u.kill();
+            for _ in 0..50 {
+                if !u.is_alive() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            tracing::info!(vm = %name, pid = u.pid, "unresponsive QEMU killed");
+            adopt::forget_files(&self.config.name, &u.record, &u.dir);
+            return Ok(());
+        }
         let vm = self.vms.lock().await.get(name).cloned();
         let mut removed_disks = Ok(());
         if let Some(vm) = vm {
@@ -499,7 +515,7 @@ impl Agent {
         let vm = self.vms.lock().await.remove(name);
         let record = match vm {
             Some(vm) => Some(vm.record()),
-            None => PersistedVm::load(&crate::runtime::record_path(&self.vm_dir(name))).ok(),
+            None => adopt::load_record(&self.vm_dir(name)),
         };
         let _ = std::fs::remove_dir_all(self.vm_dir(name));
         if let Some(record) = record {
@@ -529,6 +545,11 @@ impl Agent {
         for vm in vms.iter().filter(|v| v.is_running_process()) {
             for d in vm.record().spec.disks {
                 users.push((d.pool, d.image, vm.name.clone()));
+            }
+        }
+        for u in self.unadopted.lock().await.values() {
+            for d in &u.record.spec.disks {
+                users.push((d.pool.clone(), d.image.clone(), u.record.spec.name.clone()));
             }
         }
         users
@@ -821,6 +842,19 @@ impl Agent {
     }
 
     pub async fn migration_status(&self, name: &str) -> Result<AgentMigrationStatus, AgentError> {
+        validate_name("VM name", name)?;
+        if self.unadopted(name).await.is_some() {
+            // Runs, state unknown: as a VM whose monitor stopped answering reads.
+            return Ok(AgentMigrationStatus {
+                vm_state: ferry_api::VmState::Unresponsive,
+                progress: ferry_api::MigrationProgress {
+                    qemu_status: ferry_api::MigrationStatus::Unknown,
+                    ..Default::default()
+                },
+                downtime_ms: None,
+                error: None,
+            });
+        }
         self.find(name).await?.migration_status().await
     }
 

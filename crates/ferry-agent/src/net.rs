@@ -123,6 +123,18 @@ pub fn create_tap(host: &str, vm: &str, index: usize, bridge: &str) -> Result<St
     create_tap_from(&tap_candidates(host, vm, index), bridge)
 }
 
+/// The taps `record`'s VM owns on `host`. A record from before taps were recorded names
+/// none, while its QEMU uses the hashed names the agent of then always created (replacing
+/// whatever was there), so those are its own.
+pub fn recorded_taps(host: &str, record: &crate::persist::PersistedVm) -> Vec<String> {
+    if !record.taps.is_empty() || record.spec.nics.is_empty() {
+        return record.taps.clone();
+    }
+    (0..record.spec.nics.len())
+        .map(|i| tap_name(host, &record.spec.name, i))
+        .collect()
+}
+
 /// Removes a tap if it exists.
 pub fn delete_tap(tap: &str) {
     if interface_exists(tap) {

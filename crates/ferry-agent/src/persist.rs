@@ -50,6 +50,23 @@ pub struct PersistedVm {
     /// record written before taps were recorded.
     #[serde(default)]
     pub taps: Vec<String>,
+    /// The files QEMU was started with (its monitors, pidfile, console). A restarted agent
+    /// adopts QEMU through these, not through paths it would compute today. None in a
+    /// record written before they were recorded.
+    #[serde(default)]
+    pub files: Option<QemuFiles>,
+}
+
+/// Where a QEMU's monitors, pidfile and console are, as it was started.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QemuFiles {
+    pub qmp_socket: PathBuf,
+    pub oob_qmp_socket: PathBuf,
+    /// The operator's second monitor (`--aux-qmp`), if QEMU was started with one.
+    #[serde(default)]
+    pub aux_qmp_socket: Option<PathBuf>,
+    pub console_log: PathBuf,
+    pub pidfile: PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +92,7 @@ impl PersistedVm {
             copying_disks: Vec::new(),
             aux_qmp: false,
             taps: Vec::new(),
+            files: None,
         }
     }
 

@@ -21,7 +21,7 @@ use ferry_qmp::{
 use tokio::sync::watch;
 
 use crate::error::AgentError;
-use crate::persist::{PersistedVm, Role};
+use crate::persist::{PersistedVm, QemuFiles, Role};
 
 /// How long QEMU gets to open its QMP socket after start.
 const QMP_CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
@@ -53,6 +53,64 @@ pub trait Migratable {
     async fn migration_status(&self) -> Result<AgentMigrationStatus, AgentError>;
     /// Source: stop sending and make sure the guest runs here.
     async fn cancel_outgoing(&self) -> Result<(), AgentError>;
+}
+
+/// What a restarted agent found in a VM's directory.
+pub enum Adoption {
+    /// Its QEMU runs and its monitor answered.
+    Adopted(Arc<QemuVm>),
+    /// No QEMU runs for this record any more.
+    Gone(PersistedVm),
+    /// Its QEMU runs but its monitor does not answer (yet).
+    Unresponsive(Unadopted),
+}
+
+/// A QEMU that runs but whose monitor has not answered the restarted agent: shown as
+/// `Unresponsive` (never as gone) while adoption is retried.
+#[derive(Debug, Clone)]
+pub struct Unadopted {
+    pub dir: PathBuf,
+    pub record: PersistedVm,
+    pub pid: u32,
+    /// Why the last attempt failed.
+    pub reason: String,
+}
+
+impl Unadopted {
+    fn new(dir: PathBuf, record: PersistedVm, pid: u32, reason: String) -> Unadopted {
+        Unadopted {
+            dir,
+            record,
+            pid,
+            reason,
+        }
+    }
+
+    pub fn runtime(&self) -> VmRuntime {
+        VmRuntime {
+            spec: self.record.spec.clone(),
+            state: VmState::Unresponsive,
+            qemu_status: None,
+            pid: Some(self.pid),
+            accel: self.record.accel,
+            started_at: self.record.started_at,
+            exit_reason: None,
+        }
+    }
+
+    /// Whether its QEMU still runs.
+    pub fn is_alive(&self) -> bool {
+        ferry_qemu::process::pid_alive(self.pid)
+    }
+
+    /// Ends its QEMU (SIGKILL: its monitor does not answer, so it cannot be asked).
+    pub fn kill(&self) {
+        QemuProcess {
+            pid: self.pid,
+            child: None,
+        }
+        .kill();
+    }
 }
 
 /// A VM's QEMU as this agent runs it.
@@ -90,6 +148,33 @@ fn paths_in(dir: &Path, aux_qmp: bool) -> RuntimePaths {
     }
 }
 
+impl From<&RuntimePaths> for QemuFiles {
+    fn from(p: &RuntimePaths) -> Self {
+        QemuFiles {
+            qmp_socket: p.qmp_socket.clone(),
+            oob_qmp_socket: p.oob_qmp_socket.clone(),
+            aux_qmp_socket: p.aux_qmp_socket.clone(),
+            console_log: p.console_log.clone(),
+            pidfile: p.pidfile.clone(),
+        }
+    }
+}
+
+/// The files of the QEMU `record` describes: as recorded at its start, or (a record from
+/// before they were recorded) where the agent of then put them.
+pub(crate) fn recorded_paths(dir: &Path, record: &PersistedVm) -> RuntimePaths {
+    match &record.files {
+        Some(f) => RuntimePaths {
+            qmp_socket: f.qmp_socket.clone(),
+            oob_qmp_socket: f.oob_qmp_socket.clone(),
+            aux_qmp_socket: f.aux_qmp_socket.clone(),
+            console_log: f.console_log.clone(),
+            pidfile: f.pidfile.clone(),
+        },
+        None => paths_in(dir, record.aux_qmp),
+    }
+}
+
 pub(crate) fn record_path(dir: &Path) -> PathBuf {
     dir.join("vm.json")
 }
@@ -102,7 +187,7 @@ impl QemuVm {
     /// Starts QEMU for `record` in `dir` and connects to it.
     pub async fn launch(
         qemu: &Path,
-        record: PersistedVm,
+        mut record: PersistedVm,
         boot: &ResolvedBoot,
         taps: &[String],
         disks: &[PathBuf],
@@ -112,6 +197,7 @@ impl QemuVm {
         std::fs::create_dir_all(&dir)
             .map_err(|e| internal("cannot create the VM directory")(e.to_string()))?;
         let paths = paths_in(&dir, record.aux_qmp);
+        record.files = Some(QemuFiles::from(&paths));
         for stale in [&paths.qmp_socket, &paths.oob_qmp_socket, &paths.pidfile] {
             let _ = std::fs::remove_file(stale);
         }
@@ -142,21 +228,48 @@ impl QemuVm {
         Ok(Self::supervise(record, dir, paths, process, qmp, oob_qmp))
     }
 
-    /// Adopts a QEMU left running by an earlier agent, from its directory.
-    pub async fn adopt(dir: PathBuf) -> Result<Option<Arc<QemuVm>>, String> {
-        let record = PersistedVm::load(&record_path(&dir)).map_err(|e| e.to_string())?;
-        let paths = paths_in(&dir, false);
+    /// Adopts a QEMU left running by an earlier agent, from its directory, through the
+    /// files its record names. `monitor_wait`: how long its monitor gets to answer.
+    pub async fn adopt(dir: PathBuf, monitor_wait: Duration) -> Result<Adoption, AgentError> {
+        let record = PersistedVm::load(&record_path(&dir))?;
+        let paths = recorded_paths(&dir, &record);
         let Some(pid) = ferry_qemu::process::read_pidfile(&paths.pidfile) else {
-            return Ok(None);
+            return Ok(Adoption::Gone(record));
         };
         let Some(process) = QemuProcess::adopt(pid, &paths.qmp_socket) else {
-            return Ok(None);
+            return Ok(Adoption::Gone(record));
         };
-        let qmp = QmpClient::connect_with_retry(&paths.qmp_socket, Duration::from_secs(5))
-            .await
-            .map_err(|e| format!("QEMU pid {pid} runs but its QMP does not answer: {e}"))?;
+        // Bounded as a whole: a QEMU whose main loop hangs accepts the connection but
+        // never greets.
+        let connect = QmpClient::connect_with_retry(&paths.qmp_socket, monitor_wait);
+        let qmp = match tokio::time::timeout(monitor_wait + MONITOR_TIMEOUT, connect).await {
+            Ok(Ok(q)) => q,
+            Ok(Err(e)) => {
+                return Ok(Adoption::Unresponsive(Unadopted::new(
+                    dir,
+                    record,
+                    pid,
+                    format!(
+                        "QEMU pid {pid} runs but its monitor {} does not answer: {e}",
+                        paths.qmp_socket.display()
+                    ),
+                )))
+            }
+            Err(_) => {
+                return Ok(Adoption::Unresponsive(Unadopted::new(
+                    dir,
+                    record,
+                    pid,
+                    format!(
+                        "QEMU pid {pid} runs but its monitor {} did not greet within {} s",
+                        paths.qmp_socket.display(),
+                        (monitor_wait + MONITOR_TIMEOUT).as_secs()
+                    ),
+                )))
+            }
+        };
         let oob_qmp = connect_oob(&paths.oob_qmp_socket).await;
-        Ok(Some(Self::supervise(
+        Ok(Adoption::Adopted(Self::supervise(
             record, dir, paths, process, qmp, oob_qmp,
         )))
     }
@@ -646,6 +759,83 @@ mod tests {
             derive_state(Role::Normal, &RunState::Paused),
             VmState::Paused
         );
+    }
+
+    fn record(name: &str) -> PersistedVm {
+        PersistedVm::new(
+            ferry_api::VmSpec {
+                name: name.into(),
+                vcpus: 1,
+                memory_mib: 256,
+                boot: ferry_api::Boot::Image {
+                    image: "test-guest".into(),
+                    cmdline: String::new(),
+                },
+                accel: ferry_api::Accel::Auto,
+                machine: "pc-q35-10.0".into(),
+                cpu_model: "qemu64".into(),
+                nics: vec![],
+                disks: vec![],
+            },
+            ferry_api::Accel::Tcg,
+            Role::Normal,
+        )
+    }
+
+    /// A process standing in for a QEMU whose monitor hangs: it runs with its recorded QMP
+    /// socket in its command line (what adoption checks), and the socket accepts but never
+    /// greets.
+    #[tokio::test]
+    async fn a_running_qemu_whose_monitor_hangs_is_unresponsive_not_gone() {
+        let state = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        let dir = state.path().join("web1");
+        std::fs::create_dir_all(&dir).unwrap();
+        // Recorded paths differ from what `paths_in` would compute: adoption must use them.
+        let mut paths = paths_in(elsewhere.path(), true);
+        paths.qmp_socket = elsewhere.path().join("monitor.sock");
+        let _listener = tokio::net::UnixListener::bind(&paths.qmp_socket).unwrap();
+        let mut rec = record("web1");
+        rec.aux_qmp = true;
+        rec.files = Some(QemuFiles::from(&paths));
+        rec.save(&record_path(&dir)).unwrap();
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "sleep 30; :"])
+            .arg(&paths.qmp_socket)
+            .spawn()
+            .unwrap();
+        std::fs::write(&paths.pidfile, child.id().to_string()).unwrap();
+        let outcome = QemuVm::adopt(dir.clone(), Duration::from_millis(200)).await;
+        let _ = child.kill();
+        let _ = child.wait();
+        match outcome.unwrap() {
+            Adoption::Unresponsive(u) => {
+                assert_eq!(u.pid, child.id());
+                assert!(u.reason.contains("monitor.sock"), "{}", u.reason);
+                let rt = u.runtime();
+                assert_eq!(rt.state, VmState::Unresponsive);
+                assert_eq!(rt.pid, Some(child.id()));
+            }
+            Adoption::Adopted(_) => panic!("a monitor that never greets cannot be adopted"),
+            Adoption::Gone(_) => panic!("a running QEMU must not read as gone"),
+        }
+        // Once the process is gone, so is the VM.
+        assert!(matches!(
+            QemuVm::adopt(dir, Duration::from_millis(200))
+                .await
+                .unwrap(),
+            Adoption::Gone(_)
+        ));
+    }
+
+    #[test]
+    fn old_records_find_their_files_where_the_agent_put_them() {
+        let dir = Path::new("/state/vms/web1");
+        let mut rec = record("web1");
+        rec.aux_qmp = true;
+        let paths = recorded_paths(dir, &rec);
+        assert_eq!(paths.qmp_socket, dir.join("qmp.sock"));
+        assert_eq!(paths.aux_qmp_socket, Some(dir.join(AUX_QMP_SOCKET)));
     }
 
     #[test]
