@@ -33,7 +33,7 @@ pub fn export_name(i: usize) -> String {
 }
 
 /// The source's NBD client node for disk `i`, and the id of the mirror job writing to it.
-fn copy_node(i: usize) -> String {
+pub(crate) fn copy_node(i: usize) -> String {
     format!("copy-disk{i}")
 }
 
@@ -51,7 +51,7 @@ fn free_port(address: IpAddr) -> Result<u16, AgentError> {
         .map_err(|e| AgentError::internal(format!("no free port on {address}: {e}")))
 }
 
-fn progress_of(disk: &str, job: &BlockJobInfo) -> DiskCopyProgress {
+pub(crate) fn progress_of(disk: &str, job: &BlockJobInfo) -> DiskCopyProgress {
     DiskCopyProgress {
         disk: disk.to_string(),
         total_bytes: job.len,
@@ -64,7 +64,7 @@ fn progress_of(disk: &str, job: &BlockJobInfo) -> DiskCopyProgress {
 }
 
 impl QemuVm {
-    fn disk_label(&self, i: usize) -> String {
+    pub(crate) fn disk_label(&self, i: usize) -> String {
         self.record()
             .spec
             .disks
@@ -201,7 +201,7 @@ impl QemuVm {
 
     /// Switches each mirror from background copying to write-blocking when
     /// [`CopyWatch`] says so. Ends when every disk switched or the copy is over.
-    fn watch_copies(&self, disks: &[usize]) {
+    pub(crate) fn watch_copies(&self, disks: &[usize]) {
         let qmp = self.qmp.clone();
         let name = self.name.clone();
         let mut pending: Vec<(usize, String, CopyWatch)> = disks

@@ -16,6 +16,7 @@
 pub mod api;
 pub mod cancel;
 pub mod config;
+pub mod copy_resume;
 pub mod disk_copy;
 pub mod error;
 pub mod heartbeat;

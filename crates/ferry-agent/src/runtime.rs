@@ -664,7 +664,9 @@ impl Migratable for QemuVm {
         };
         let mut status = to_agent_status(&info, vm_state);
         status.progress.disks = self.disk_copy_progress().await;
-        if status.is_failed() {
+        // A copy that failed or was aborted shows with the migration that failed with it,
+        // or on its own before any memory migration started.
+        if status.is_failed() || status.progress.qemu_status == ferry_api::MigrationStatus::None {
             if let Some(reason) = self
                 .copy_error
                 .lock()

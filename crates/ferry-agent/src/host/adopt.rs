@@ -54,6 +54,8 @@ async fn adopt_one(host: &str, vms: &Vms, unadopted: &Unadopteds, dir: PathBuf, 
     let wait = if first { FIRST_WAIT } else { RETRY_WAIT };
     match QemuVm::adopt(dir.clone(), wait).await {
         Ok(Adoption::Adopted(vm)) => {
+            // Before taking the locks: aborting a copy may take seconds.
+            restart_watchers(&vm).await;
             // Both locks, so a `remove` of the unadopted VM in between is seen: a retry
             // adopts only a VM still waiting.
             let mut vms = vms.lock().await;
@@ -61,7 +63,6 @@ async fn adopt_one(host: &str, vms: &Vms, unadopted: &Unadopteds, dir: PathBuf, 
             let retried = waiting.remove(&vm.name).is_some();
             if first || retried {
                 tracing::info!(vm = %vm.name, pid = vm.pid(), "adopted running QEMU");
-                restart_watchers(&vm).await;
                 vms.insert(vm.name.clone(), vm);
             }
         }
@@ -119,4 +120,5 @@ async fn restart_watchers(vm: &Arc<QemuVm>) {
     if rec.role == Role::Incoming && rec.exports_disks {
         vm.release_after_stream();
     }
+    vm.resume_copies().await;
 }
