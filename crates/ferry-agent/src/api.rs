@@ -12,7 +12,10 @@
 //! POST   /v1/vms/{name}/incoming            IncomingRequest -> IncomingResponse (destination)
 //! POST   /v1/vms/{name}/migration           OutgoingRequest -> AgentMigrationStatus (source)
 //! GET    /v1/vms/{name}/migration           AgentMigrationStatus
-//! POST   /v1/vms/{name}/migration/cancel    VmRuntime (source resumes; refused in post-copy)
+//! POST   /v1/vms/{name}/migration/cancel    VmRuntime (source resumes; refused once the
+//!                                           switch-over started, completed or post-copy)
+//! POST   /v1/vms/{name}/migration/reclaim   VmRuntime (source whose migration completed
+//!                                           resumes: the destination is proven not to hold it)
 //! POST   /v1/vms/{name}/migration/pause     AgentMigrationStatus (post-copy, either side)
 //! POST   /v1/vms/{name}/migration/recover   IncomingResponse (destination, post-copy paused)
 //! POST   /v1/vms/{name}/migration/resume    ResumeRequest -> AgentMigrationStatus (source)
@@ -39,7 +42,21 @@ use ferry_api::{
 };
 use serde::Deserialize;
 
+use crate::error::AgentError;
 use crate::host::Agent;
+
+/// The HTTP edge: the code by kind, the message as is.
+impl From<AgentError> for ApiError {
+    fn from(e: AgentError) -> Self {
+        ApiError::new(e.code(), e.to_string())
+    }
+}
+
+impl From<AgentError> for Failure {
+    fn from(e: AgentError) -> Self {
+        Failure(e.into())
+    }
+}
 
 type Shared = State<Arc<Agent>>;
 type Answer<T> = Result<Json<T>, Failure>;
@@ -60,6 +77,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/vms/{name}/migration/disks", post(disk_copy))
         .route("/v1/vms/{name}/migration/tune", post(tune))
         .route("/v1/vms/{name}/migration/cancel", post(cancel))
+        .route("/v1/vms/{name}/migration/reclaim", post(reclaim))
         .route("/v1/vms/{name}/migration/pause", post(pause_postcopy))
         .route("/v1/vms/{name}/migration/recover", post(recover_incoming))
         .route("/v1/vms/{name}/migration/resume", post(resume_outgoing))
@@ -171,6 +189,10 @@ async fn cancel(State(a): Shared, Path(name): Path<String>) -> Answer<VmRuntime>
     Ok(Json(a.cancel_outgoing(&name).await?))
 }
 
+async fn reclaim(State(a): Shared, Path(name): Path<String>) -> Answer<VmRuntime> {
+    Ok(Json(a.reclaim(&name).await?))
+}
+
 async fn pause_postcopy(
     State(a): Shared,
     Path(name): Path<String>,
@@ -235,4 +257,44 @@ async fn delete_disk(
 ) -> Answer<serde_json::Value> {
     a.delete_disk(&pool, &disk).await?;
     Ok(Json(serde_json::json!({"deleted": disk, "pool": pool})))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_kind_maps_to_its_http_code_with_its_reason() {
+        let cases = [
+            (AgentError::bad_request("disk index 7 is wrong"), 400),
+            (AgentError::not_found("no VM named 'web1'"), 404),
+            (AgentError::refused("VM 'web1' is already migrating"), 409),
+            (
+                AgentError::QemuGone {
+                    command: "cont".into(),
+                    reason: "closed".into(),
+                },
+                409,
+            ),
+            (AgentError::upstream("cannot reach 10.0.0.2:4000"), 502),
+            (
+                AgentError::Qmp {
+                    command: "cont".into(),
+                    reason: "boom".into(),
+                },
+                500,
+            ),
+            (AgentError::process("QEMU did not come up"), 500),
+            (AgentError::storage("qemu-img failed"), 500),
+            (AgentError::net("cannot create tap fy1n0"), 500),
+            (AgentError::Persist("cannot write vm.json".into()), 500),
+            (AgentError::internal("bug"), 500),
+        ];
+        for (e, status) in cases {
+            let text = e.to_string();
+            let api = ApiError::from(e);
+            assert_eq!(api.http_status(), status, "{text}");
+            assert_eq!(api.message, text);
+        }
+    }
 }

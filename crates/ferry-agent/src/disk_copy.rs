@@ -18,11 +18,12 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ferry_api::{ApiError, DiskCopyProgress};
+use ferry_api::DiskCopyProgress;
 use ferry_migration::disk_sync::CopyWatch;
 use ferry_qmp::{BlockJobInfo, MigrationStatus, MirrorArgs, QmpClient, QmpEvent};
 use tokio::sync::broadcast;
 
+use crate::error::AgentError;
 use crate::runtime::{qmp_err, QemuVm};
 
 /// The guest's format node of data disk `i` (fixed by the command line), also the name
@@ -32,7 +33,7 @@ pub fn export_name(i: usize) -> String {
 }
 
 /// The source's NBD client node for disk `i`, and the id of the mirror job writing to it.
-fn copy_node(i: usize) -> String {
+pub(crate) fn copy_node(i: usize) -> String {
     format!("copy-disk{i}")
 }
 
@@ -43,14 +44,14 @@ const ABORT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A port on `address` nothing listens on right now (QEMU's NBD server cannot report the
 /// port it picked, so the agent picks one; a lost race is retried).
-fn free_port(address: IpAddr) -> Result<u16, ApiError> {
+fn free_port(address: IpAddr) -> Result<u16, AgentError> {
     std::net::TcpListener::bind((address, 0))
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
-        .map_err(|e| ApiError::internal(format!("no free port on {address}: {e}")))
+        .map_err(|e| AgentError::internal(format!("no free port on {address}: {e}")))
 }
 
-fn progress_of(disk: &str, job: &BlockJobInfo) -> DiskCopyProgress {
+pub(crate) fn progress_of(disk: &str, job: &BlockJobInfo) -> DiskCopyProgress {
     DiskCopyProgress {
         disk: disk.to_string(),
         total_bytes: job.len,
@@ -63,7 +64,7 @@ fn progress_of(disk: &str, job: &BlockJobInfo) -> DiskCopyProgress {
 }
 
 impl QemuVm {
-    fn disk_label(&self, i: usize) -> String {
+    pub(crate) fn disk_label(&self, i: usize) -> String {
         self.record()
             .spec
             .disks
@@ -80,7 +81,7 @@ impl QemuVm {
         address: IpAddr,
         fixed_port: Option<u16>,
         disks: &[usize],
-    ) -> Result<u16, ApiError> {
+    ) -> Result<u16, AgentError> {
         let host = address.to_string();
         if let Some(port) = fixed_port {
             self.qmp
@@ -104,7 +105,7 @@ impl QemuVm {
         Ok(port)
     }
 
-    async fn add_exports(&self, disks: &[usize]) -> Result<(), ApiError> {
+    async fn add_exports(&self, disks: &[usize]) -> Result<(), AgentError> {
         for &i in disks {
             self.qmp
                 .block_export_add_nbd(
@@ -156,7 +157,7 @@ impl QemuVm {
         port: u16,
         disks: &[usize],
         speed: u64,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), AgentError> {
         *self.copy_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
         *self.disk_progress.lock().unwrap_or_else(|p| p.into_inner()) = disks
             .iter()
@@ -176,7 +177,7 @@ impl QemuVm {
                 .await
             {
                 self.abort_copies().await;
-                return Err(ApiError::upstream(format!(
+                return Err(AgentError::upstream(format!(
                     "cannot reach the destination's disk export {host}:{port} for {label}: {e}"
                 )));
             }
@@ -189,7 +190,7 @@ impl QemuVm {
             .background();
             if let Err(e) = self.qmp.blockdev_mirror(&args).await {
                 self.abort_copies().await;
-                return Err(ApiError::internal(format!(
+                return Err(AgentError::internal(format!(
                     "cannot start copying {label}: {e}"
                 )));
             }
@@ -200,7 +201,7 @@ impl QemuVm {
 
     /// Switches each mirror from background copying to write-blocking when
     /// [`CopyWatch`] says so. Ends when every disk switched or the copy is over.
-    fn watch_copies(&self, disks: &[usize]) {
+    pub(crate) fn watch_copies(&self, disks: &[usize]) {
         let qmp = self.qmp.clone();
         let name = self.name.clone();
         let mut pending: Vec<(usize, String, CopyWatch)> = disks
@@ -264,7 +265,7 @@ impl QemuVm {
     }
 
     /// Source: refuses to start the memory migration before every disk is in sync.
-    pub async fn check_disks_in_sync(&self) -> Result<(), ApiError> {
+    pub async fn check_disks_in_sync(&self) -> Result<(), AgentError> {
         let disks = self.disk_copy_progress().await;
         if ferry_api::disks_in_sync(&disks) {
             return Ok(());
@@ -277,7 +278,7 @@ impl QemuVm {
                 format!("{} ({why})", d.disk)
             })
             .collect();
-        Err(ApiError::conflict(format!(
+        Err(AgentError::refused(format!(
             "disks not in sync yet: {}",
             behind.join(", ")
         )))

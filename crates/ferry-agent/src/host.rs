@@ -8,18 +8,21 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use ferry_api::{
-    validate_name, AgentMigrationStatus, ApiError, Boot, ConsoleTail, CpuModelAvailability,
-    DiskCopyRequest, HostInventory, IncomingRequest, IncomingResponse, OutgoingRequest,
-    ProbeListenResponse, ProbeSendRequest, ProbeSendResponse, VmRuntime, VmSpec,
+    validate_name, AgentMigrationStatus, Boot, ConsoleTail, CpuModelAvailability, DiskCopyRequest,
+    HostInventory, IncomingRequest, IncomingResponse, OutgoingRequest, ProbeListenResponse,
+    ProbeSendRequest, ProbeSendResponse, VmRuntime, VmSpec,
 };
 use ferry_qemu::accel::{boot_probe, host_facts, resolve_requested, BootProbe};
 use ferry_qemu::{decide_accel, AccelDecision, QemuBinary, ResolvedBoot, StartMode};
 use tokio::sync::Mutex;
 
 use crate::config::AgentConfig;
+use crate::error::AgentError;
 use crate::persist::{PersistedVm, Role};
 use crate::postcopy::PostcopyRecoverable;
 use crate::runtime::{Migratable, QemuVm};
+
+mod adopt;
 
 /// The line the test guest's init prints once it reaches user space (the accel probe waits
 /// for it).
@@ -32,7 +35,10 @@ pub struct Agent {
     pub url: String,
     qemu: QemuBinary,
     accel: RwLock<AccelDecision>,
-    vms: Mutex<HashMap<String, Arc<QemuVm>>>,
+    vms: adopt::Vms,
+    /// VMs whose QEMU runs but whose monitor has not answered since the agent started
+    /// (see [`adopt`]): listed as unresponsive, refused for operations, killed on remove.
+    unadopted: adopt::Unadopteds,
     /// The CPU models this host offers (asked of QEMU once at start, under the decided
     /// accelerator, restricted by `--cpu-models`). Empty if QEMU could not be asked.
     cpu_models: Vec<CpuModelAvailability>,
@@ -60,7 +66,8 @@ impl Agent {
             url,
             qemu,
             accel: RwLock::new(accel),
-            vms: Mutex::new(HashMap::new()),
+            vms: Arc::new(Mutex::new(HashMap::new())),
+            unadopted: Arc::new(Mutex::new(HashMap::new())),
             cpu_models: Vec::new(),
             probes: crate::probe::ProbeListeners::default(),
             config,
@@ -130,34 +137,6 @@ impl Agent {
             .unwrap_or_else(|p| p.into_inner().clone())
     }
 
-    async fn adopt_running(&self) {
-        let Ok(entries) = std::fs::read_dir(self.config.vms_dir()) else {
-            return;
-        };
-        let mut vms = self.vms.lock().await;
-        for entry in entries.flatten() {
-            let dir = entry.path();
-            if !dir.is_dir() {
-                continue;
-            }
-            match QemuVm::adopt(dir.clone()).await {
-                Ok(Some(vm)) => {
-                    tracing::info!(vm = %vm.name, pid = vm.pid(), "adopted running QEMU");
-                    let rec = vm.record();
-                    if rec.role == Role::Incoming && rec.exports_disks {
-                        vm.release_after_stream();
-                    }
-                    vms.insert(vm.name.clone(), vm);
-                }
-                Ok(None) => {
-                    tracing::info!(dir = %dir.display(), "VM record without a running QEMU; removed");
-                    let _ = std::fs::remove_dir_all(&dir);
-                }
-                Err(e) => tracing::warn!(dir = %dir.display(), "cannot adopt VM: {e}"),
-            }
-        }
-    }
-
     pub async fn inventory(&self) -> HostInventory {
         let mut inv = crate::inventory::base_inventory();
         let accel = self.accel_decision();
@@ -171,9 +150,22 @@ impl Agent {
         inv.cpu_models = self.cpu_models.clone();
         inv.memory_reserve_mib = self.config.memory_reserve_mib;
         inv.vcpu_overcommit = self.config.vcpu_overcommit;
-        let vms = self.vms.lock().await;
-        for vm in vms.values().filter(|v| v.is_running_process()) {
-            let spec = vm.record().spec;
+        let mut specs: Vec<VmSpec> = {
+            let vms = self.vms.lock().await;
+            vms.values()
+                .filter(|v| v.is_running_process())
+                .map(|v| v.record().spec)
+                .collect()
+        };
+        // An unadopted QEMU runs and holds its memory all the same.
+        specs.extend(
+            self.unadopted
+                .lock()
+                .await
+                .values()
+                .map(|u| u.record.spec.clone()),
+        );
+        for spec in specs {
             inv.vms_running += 1;
             inv.vm_memory_mib += spec.memory_mib;
             inv.vcpus_committed += spec.vcpus;
@@ -183,7 +175,7 @@ impl Agent {
 
     /// Destination: a one-shot probe listener on the migration address (see
     /// [`crate::probe`]).
-    pub async fn probe_listen(&self) -> Result<ProbeListenResponse, ApiError> {
+    pub async fn probe_listen(&self) -> Result<ProbeListenResponse, AgentError> {
         self.probes
             .listen(
                 self.config.migration_address,
@@ -194,15 +186,33 @@ impl Agent {
     }
 
     /// Source: send a probe to a destination's listener.
-    pub async fn probe_send(&self, req: &ProbeSendRequest) -> Result<ProbeSendResponse, ApiError> {
+    pub async fn probe_send(
+        &self,
+        req: &ProbeSendRequest,
+    ) -> Result<ProbeSendResponse, AgentError> {
         crate::probe::send(req).await
     }
 
-    async fn find(&self, name: &str) -> Result<Arc<QemuVm>, ApiError> {
+    async fn find(&self, name: &str) -> Result<Arc<QemuVm>, AgentError> {
         validate_name("VM name", name)?;
-        self.vms.lock().await.get(name).cloned().ok_or_else(|| {
-            ApiError::not_found(format!("no VM named '{name}' on host {}", self.config.name))
-        })
+        if let Some(vm) = self.vms.lock().await.get(name).cloned() {
+            return Ok(vm);
+        }
+        if let Some(u) = self.unadopted.lock().await.get(name) {
+            return Err(AgentError::refused(format!(
+                "VM '{name}' runs on host {} (QEMU pid {}) but its monitor has not answered                  since the agent started ({}); adoption is being retried",
+                self.config.name, u.pid, u.reason
+            )));
+        }
+        Err(AgentError::not_found(format!(
+            "no VM named '{name}' on host {}",
+            self.config.name
+        )))
+    }
+
+    /// The VM if its QEMU runs but has not been adopted yet (its monitor does not answer).
+    async fn unadopted(&self, name: &str) -> Option<crate::runtime::Unadopted> {
+        self.unadopted.lock().await.get(name).cloned()
     }
 
     pub async fn list(&self) -> Vec<VmRuntime> {
@@ -211,30 +221,35 @@ impl Agent {
         for vm in vms {
             out.push(vm.runtime().await);
         }
+        out.extend(self.unadopted.lock().await.values().map(|u| u.runtime()));
         out.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
         out
     }
 
-    pub async fn get(&self, name: &str) -> Result<VmRuntime, ApiError> {
+    pub async fn get(&self, name: &str) -> Result<VmRuntime, AgentError> {
+        validate_name("VM name", name)?;
+        if let Some(u) = self.unadopted(name).await {
+            return Ok(u.runtime());
+        }
         Ok(self.find(name).await?.runtime().await)
     }
 
     /// Resolves what the spec leaves to the host: the machine alias (fixed from now on)
     /// and the boot files.
-    fn resolve(&self, spec: &VmSpec) -> Result<(VmSpec, ResolvedBoot), ApiError> {
+    fn resolve(&self, spec: &VmSpec) -> Result<(VmSpec, ResolvedBoot), AgentError> {
         spec.validate()?;
         let mut spec = spec.clone();
         spec.machine = self
             .qemu
             .machines
             .resolve(&spec.machine, &self.qemu.version.to_string())
-            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+            .map_err(|e| AgentError::bad_request(e.to_string()))?;
         let boot = match &spec.boot {
             Boot::Image { image, cmdline } => {
                 let dir = self.config.image_dir.join(image);
                 let (kernel, initrd) = (dir.join("vmlinuz"), dir.join("initrd.img"));
                 if !kernel.is_file() || !initrd.is_file() {
-                    return Err(ApiError::bad_request(format!(
+                    return Err(AgentError::bad_request(format!(
                         "image '{image}' is not built on host {} (looked in {}); run `ferry image build` there",
                         self.config.name,
                         dir.display()
@@ -253,7 +268,7 @@ impl Agent {
             } => {
                 for f in std::iter::once(kernel).chain(initrd.iter()) {
                     if !f.is_file() {
-                        return Err(ApiError::bad_request(format!(
+                        return Err(AgentError::bad_request(format!(
                             "boot file {} does not exist on host {}",
                             f.display(),
                             self.config.name
@@ -268,7 +283,7 @@ impl Agent {
             }
             Boot::Disk { path, format } => {
                 if !path.is_file() {
-                    return Err(ApiError::bad_request(format!(
+                    return Err(AgentError::bad_request(format!(
                         "boot disk {} does not exist on host {}",
                         path.display(),
                         self.config.name
@@ -291,15 +306,24 @@ impl Agent {
     async fn reserve(
         &self,
         name: &str,
-    ) -> Result<tokio::sync::MutexGuard<'_, HashMap<String, Arc<QemuVm>>>, ApiError> {
+    ) -> Result<tokio::sync::MutexGuard<'_, HashMap<String, Arc<QemuVm>>>, AgentError> {
         let mut vms = self.vms.lock().await;
+        if let Some(u) = self.unadopted.lock().await.get(name) {
+            return Err(AgentError::refused(format!(
+                "a VM named '{name}' already runs on host {} (QEMU pid {}, its monitor not \
+                 answering yet)",
+                self.config.name, u.pid
+            )));
+        }
         if let Some(existing) = vms.get(name) {
             if existing.is_running_process() {
-                return Err(ApiError::conflict(format!(
+                return Err(AgentError::refused(format!(
                     "a VM named '{name}' already runs on host {}",
                     self.config.name
                 )));
             }
+            // Its QEMU is gone, so its taps are unused; the new QEMU gets its own.
+            self.delete_taps_of(&existing.record());
             vms.remove(name);
         }
         Ok(vms)
@@ -312,10 +336,10 @@ impl Agent {
         spec: &VmSpec,
         role: Role,
         created_disks: Vec<usize>,
-    ) -> Result<Arc<QemuVm>, ApiError> {
+    ) -> Result<Arc<QemuVm>, AgentError> {
         let (spec, boot) = self.resolve(spec)?;
-        let accel =
-            resolve_requested(spec.accel, &self.accel_decision()).map_err(ApiError::bad_request)?;
+        let accel = resolve_requested(spec.accel, &self.accel_decision())
+            .map_err(AgentError::bad_request)?;
         let bridges = self.bridges_for(&spec)?;
         let disks = self.disk_paths(&spec)?;
         let mut vms = self.reserve(&spec.name).await?;
@@ -330,6 +354,7 @@ impl Agent {
         record.exports_disks = !created_disks.is_empty();
         record.created_disks = created_disks;
         record.aux_qmp = self.config.aux_qmp;
+        record.taps = taps.clone();
         let launched = QemuVm::launch(
             &self.qemu.path,
             record,
@@ -354,7 +379,7 @@ impl Agent {
     }
 
     /// The host bridge of each of the spec's NICs, or a refusal naming the missing network.
-    fn bridges_for(&self, spec: &VmSpec) -> Result<Vec<String>, ApiError> {
+    fn bridges_for(&self, spec: &VmSpec) -> Result<Vec<String>, AgentError> {
         spec.nics
             .iter()
             .map(|nic| {
@@ -365,7 +390,7 @@ impl Agent {
                     .ok_or_else(|| {
                         let known: Vec<&str> =
                             self.config.networks.keys().map(|k| k.as_str()).collect();
-                        ApiError::bad_request(format!(
+                        AgentError::bad_request(format!(
                             "host {} has no network '{}' (it has: {})",
                             self.config.name,
                             nic.network,
@@ -381,16 +406,16 @@ impl Agent {
     }
 
     /// The host path of each of the spec's data disks, or a refusal naming what is missing.
-    fn disk_paths(&self, spec: &VmSpec) -> Result<Vec<PathBuf>, ApiError> {
+    fn disk_paths(&self, spec: &VmSpec) -> Result<Vec<PathBuf>, AgentError> {
         spec.disks
             .iter()
             .map(|d| {
                 let pool = self
                     .pool(&d.pool)
-                    .map_err(|e| ApiError::bad_request(e.message))?;
+                    .map_err(|e| AgentError::bad_request(e.to_string()))?;
                 let path = pool.image_path(&d.image)?;
                 if !path.is_file() {
-                    return Err(ApiError::bad_request(format!(
+                    return Err(AgentError::bad_request(format!(
                         "disk '{}' does not exist in pool {} on host {}",
                         d.image, d.pool, self.config.name
                     )));
@@ -400,32 +425,39 @@ impl Agent {
             .collect()
     }
 
-    fn create_taps(&self, vm: &str, bridges: &[String]) -> Result<Vec<String>, ApiError> {
+    fn create_taps(&self, vm: &str, bridges: &[String]) -> Result<Vec<String>, AgentError> {
         let mut taps: Vec<String> = Vec::new();
         for (i, bridge) in bridges.iter().enumerate() {
-            let tap = crate::net::tap_name(&self.config.name, vm, i);
-            if let Err(e) = crate::net::create_tap(&tap, bridge) {
-                taps.iter().for_each(|t| crate::net::delete_tap(t.as_str()));
-                return Err(e);
+            match crate::net::create_tap(&self.config.name, vm, i, bridge) {
+                Ok(tap) => taps.push(tap),
+                Err(e) => {
+                    taps.iter().for_each(|t| crate::net::delete_tap(t.as_str()));
+                    return Err(e);
+                }
             }
-            taps.push(tap);
         }
         Ok(taps)
     }
 
+    fn delete_taps_of(&self, record: &PersistedVm) {
+        for tap in crate::net::recorded_taps(&self.config.name, record) {
+            crate::net::delete_tap(&tap);
+        }
+    }
+
     /// Boots a VM.
-    pub async fn launch(&self, spec: &VmSpec) -> Result<VmRuntime, ApiError> {
+    pub async fn launch(&self, spec: &VmSpec) -> Result<VmRuntime, AgentError> {
         let vm = self.launch_inner(spec, Role::Normal, Vec::new()).await?;
         tracing::info!(vm = %vm.name, "VM launched");
         Ok(vm.runtime().await)
     }
 
     /// Stops a VM's QEMU and forgets it (its spec lives on at the server).
-    pub async fn stop(&self, name: &str) -> Result<VmRuntime, ApiError> {
+    pub async fn stop(&self, name: &str) -> Result<VmRuntime, AgentError> {
         let vm = self.find(name).await?;
         let _op = vm.op_lock.lock().await;
         if vm.role() == Role::Outgoing || !vm.record().copying_disks.is_empty() {
-            return Err(ApiError::conflict(format!(
+            return Err(AgentError::refused(format!(
                 "VM '{name}' is migrating away; cancel the migration first"
             )));
         }
@@ -438,8 +470,21 @@ impl Agent {
     /// Kills any QEMU of this VM and removes its directory. Idempotent: used for rollback.
     /// A destination that never ran also loses the disks it created for a storage copy
     /// (only those: an image that existed before is never touched).
-    pub async fn remove(&self, name: &str) -> Result<(), ApiError> {
+    pub async fn remove(&self, name: &str) -> Result<(), AgentError> {
         validate_name("VM name", name)?;
+        if let Some(u) = self.unadopted.lock().await.remove(name) {
+            // Its monitor cannot be asked to quit; the record goes with the process.
+            u.kill();
+            for _ in 0..50 {
+                if !u.is_alive() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            tracing::info!(vm = %name, pid = u.pid, "unresponsive QEMU killed");
+            adopt::forget_files(&self.config.name, &u.record, &u.dir);
+            return Ok(());
+        }
         let vm = self.vms.lock().await.get(name).cloned();
         let mut removed_disks = Ok(());
         if let Some(vm) = vm {
@@ -464,22 +509,28 @@ impl Agent {
         removed_disks
     }
 
+    /// Drops the VM from the agent: its directory and the taps recorded for it (only
+    /// those: another VM may hold a tap whose name the hash would also give this one).
     async fn forget(&self, name: &str) {
-        self.vms.lock().await.remove(name);
+        let vm = self.vms.lock().await.remove(name);
+        let record = match vm {
+            Some(vm) => Some(vm.record()),
+            None => adopt::load_record(&self.vm_dir(name)),
+        };
         let _ = std::fs::remove_dir_all(self.vm_dir(name));
-        for i in 0..ferry_api::MAX_NICS {
-            crate::net::delete_tap(&crate::net::tap_name(&self.config.name, name, i));
+        if let Some(record) = record {
+            self.delete_taps_of(&record);
         }
     }
 
-    fn pool(&self, name: &str) -> Result<&crate::storage::Pool, ApiError> {
+    fn pool(&self, name: &str) -> Result<&crate::storage::Pool, AgentError> {
         validate_name("pool name", name)?;
         self.config
             .pools
             .iter()
             .find(|p| p.name == name)
             .ok_or_else(|| {
-                ApiError::not_found(format!("host {} has no pool '{name}'", self.config.name))
+                AgentError::not_found(format!("host {} has no pool '{name}'", self.config.name))
             })
     }
 
@@ -496,10 +547,15 @@ impl Agent {
                 users.push((d.pool, d.image, vm.name.clone()));
             }
         }
+        for u in self.unadopted.lock().await.values() {
+            for d in &u.record.spec.disks {
+                users.push((d.pool.clone(), d.image.clone(), u.record.spec.name.clone()));
+            }
+        }
         users
     }
 
-    pub async fn disks(&self, pool: &str) -> Result<Vec<ferry_api::DiskImage>, ApiError> {
+    pub async fn disks(&self, pool: &str) -> Result<Vec<ferry_api::DiskImage>, AgentError> {
         let users = self.disk_users().await;
         self.pool(pool)?.list(&|p, i| {
             users
@@ -513,13 +569,13 @@ impl Agent {
         &self,
         pool: &str,
         req: &ferry_api::CreateDiskRequest,
-    ) -> Result<ferry_api::DiskImage, ApiError> {
+    ) -> Result<ferry_api::DiskImage, AgentError> {
         let img = self.pool(pool)?.create(req)?;
         tracing::info!(pool, disk = %req.name, size_mib = req.size_mib, "disk created");
         Ok(img)
     }
 
-    pub async fn delete_disk(&self, pool: &str, name: &str) -> Result<(), ApiError> {
+    pub async fn delete_disk(&self, pool: &str, name: &str) -> Result<(), AgentError> {
         let user = self
             .disk_users()
             .await
@@ -534,11 +590,11 @@ impl Agent {
     /// Makes the network learn where the VM's MACs are now (QEMU's self-announce: RARP
     /// broadcasts from each NIC). QEMU does this by itself after an incoming migration; the
     /// server asks once more when it sees the destination running.
-    pub async fn announce(&self, name: &str) -> Result<(), ApiError> {
+    pub async fn announce(&self, name: &str) -> Result<(), AgentError> {
         self.find(name).await?.announce().await
     }
 
-    pub async fn console(&self, name: &str, bytes: u64) -> Result<ConsoleTail, ApiError> {
+    pub async fn console(&self, name: &str, bytes: u64) -> Result<ConsoleTail, AgentError> {
         let vm = self.find(name).await?;
         read_tail(&vm.paths.console_log, bytes.clamp(1, 4 << 20))
     }
@@ -552,7 +608,7 @@ impl Agent {
     pub async fn prepare_incoming(
         &self,
         req: &IncomingRequest,
-    ) -> Result<IncomingResponse, ApiError> {
+    ) -> Result<IncomingResponse, AgentError> {
         req.spec.validate()?;
         let created = self.create_copy_targets(req)?;
         let vm = match self
@@ -577,7 +633,7 @@ impl Agent {
         }
     }
 
-    fn create_copy_targets(&self, req: &IncomingRequest) -> Result<Vec<usize>, ApiError> {
+    fn create_copy_targets(&self, req: &IncomingRequest) -> Result<Vec<usize>, AgentError> {
         let mut created: Vec<usize> = Vec::new();
         let undo = |created: &[usize]| {
             for &i in created {
@@ -588,7 +644,7 @@ impl Agent {
         for t in &req.copy_disks {
             let Some(d) = req.spec.disks.get(t.index) else {
                 undo(&created);
-                return Err(ApiError::bad_request(format!(
+                return Err(AgentError::bad_request(format!(
                     "copy_disks names disk {} but the spec has {} disks",
                     t.index,
                     req.spec.disks.len()
@@ -596,7 +652,7 @@ impl Agent {
             };
             if created.contains(&t.index) {
                 undo(&created);
-                return Err(ApiError::bad_request(format!(
+                return Err(AgentError::bad_request(format!(
                     "copy_disks names disk {} twice",
                     t.index
                 )));
@@ -606,10 +662,7 @@ impl Agent {
                 .and_then(|p| p.create_copy_target(&d.image, t.virtual_size));
             if let Err(e) = made {
                 undo(&created);
-                return Err(ApiError::new(
-                    e.code,
-                    format!("host {}: {}", self.config.name, e.message),
-                ));
+                return Err(e.prefixed(&format!("host {}", self.config.name)));
             }
             created.push(t.index);
         }
@@ -621,7 +674,7 @@ impl Agent {
         vm: &Arc<QemuVm>,
         created: &[usize],
         stream: &ferry_api::StreamSettings,
-    ) -> Result<IncomingResponse, ApiError> {
+    ) -> Result<IncomingResponse, AgentError> {
         let port = vm
             .listen_incoming(
                 self.config.migration_address,
@@ -659,30 +712,30 @@ impl Agent {
         &self,
         name: &str,
         req: &DiskCopyRequest,
-    ) -> Result<AgentMigrationStatus, ApiError> {
+    ) -> Result<AgentMigrationStatus, AgentError> {
         let vm = self.find(name).await?;
         let _op = vm.op_lock.lock().await;
         let rec = vm.record();
         if !vm.is_running_process() || rec.role != Role::Normal {
-            return Err(ApiError::conflict(format!(
+            return Err(AgentError::refused(format!(
                 "VM '{name}' is not running normally on host {} (it is {:?})",
                 self.config.name, rec.role
             )));
         }
         if !rec.copying_disks.is_empty() {
-            return Err(ApiError::conflict(format!(
+            return Err(AgentError::refused(format!(
                 "VM '{name}' is already copying its disks"
             )));
         }
         let export: std::net::SocketAddr = req.export.parse().map_err(|_| {
-            ApiError::bad_request(format!("disk export '{}' is not ADDRESS:PORT", req.export))
+            AgentError::bad_request(format!("disk export '{}' is not ADDRESS:PORT", req.export))
         })?;
         if req.disks.is_empty() {
-            return Err(ApiError::bad_request("no disks to copy"));
+            return Err(AgentError::bad_request("no disks to copy"));
         }
         for (n, &i) in req.disks.iter().enumerate() {
             if i >= rec.spec.disks.len() || req.disks[..n].contains(&i) {
-                return Err(ApiError::bad_request(format!(
+                return Err(AgentError::bad_request(format!(
                     "disk index {i} is not one of the VM's {} disks (or is listed twice)",
                     rec.spec.disks.len()
                 )));
@@ -704,17 +757,17 @@ impl Agent {
         &self,
         name: &str,
         req: &OutgoingRequest,
-    ) -> Result<AgentMigrationStatus, ApiError> {
+    ) -> Result<AgentMigrationStatus, AgentError> {
         let vm = self.find(name).await?;
         let _op = vm.op_lock.lock().await;
         if !vm.is_running_process() {
-            return Err(ApiError::conflict(format!(
+            return Err(AgentError::refused(format!(
                 "VM '{name}' is not running on host {}",
                 self.config.name
             )));
         }
         if vm.role() != Role::Normal {
-            return Err(ApiError::conflict(format!(
+            return Err(AgentError::refused(format!(
                 "VM '{name}' is already migrating"
             )));
         }
@@ -728,10 +781,10 @@ impl Agent {
         &self,
         name: &str,
         req: &ferry_api::TuneRequest,
-    ) -> Result<AgentMigrationStatus, ApiError> {
+    ) -> Result<AgentMigrationStatus, AgentError> {
         let vm = self.find(name).await?;
         if vm.role() != Role::Outgoing {
-            return Err(ApiError::conflict(format!(
+            return Err(AgentError::refused(format!(
                 "VM '{name}' is not migrating away from host {}",
                 self.config.name
             )));
@@ -743,7 +796,7 @@ impl Agent {
 
     /// Either side, during post-copy: drop the migration connection (QEMU `migrate-pause`)
     /// so it can be re-established; a side already paused stays as it is.
-    pub async fn pause_postcopy(&self, name: &str) -> Result<AgentMigrationStatus, ApiError> {
+    pub async fn pause_postcopy(&self, name: &str) -> Result<AgentMigrationStatus, AgentError> {
         let vm = self.find(name).await?;
         vm.pause_postcopy().await?;
         tracing::info!(vm = %name, "post-copy paused");
@@ -752,7 +805,7 @@ impl Agent {
 
     /// Destination, post-copy paused: listen for the source again on the migration
     /// address (the fixed migration port when one is configured).
-    pub async fn recover_incoming(&self, name: &str) -> Result<IncomingResponse, ApiError> {
+    pub async fn recover_incoming(&self, name: &str) -> Result<IncomingResponse, AgentError> {
         let vm = self.find(name).await?;
         let port = vm
             .recover_incoming(self.config.migration_address, self.config.migration_port)
@@ -773,13 +826,13 @@ impl Agent {
         &self,
         name: &str,
         req: &ferry_api::ResumeRequest,
-    ) -> Result<AgentMigrationStatus, ApiError> {
+    ) -> Result<AgentMigrationStatus, AgentError> {
         let target = req
             .uri
             .strip_prefix("tcp:")
             .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
             .ok_or_else(|| {
-                ApiError::bad_request(format!("uri '{}' is not tcp:ADDRESS:PORT", req.uri))
+                AgentError::bad_request(format!("uri '{}' is not tcp:ADDRESS:PORT", req.uri))
             })?;
         let vm = self.find(name).await?;
         let _op = vm.op_lock.lock().await;
@@ -788,12 +841,25 @@ impl Agent {
         vm.migration_status().await
     }
 
-    pub async fn migration_status(&self, name: &str) -> Result<AgentMigrationStatus, ApiError> {
+    pub async fn migration_status(&self, name: &str) -> Result<AgentMigrationStatus, AgentError> {
+        validate_name("VM name", name)?;
+        if self.unadopted(name).await.is_some() {
+            // Runs, state unknown: as a VM whose monitor stopped answering reads.
+            return Ok(AgentMigrationStatus {
+                vm_state: ferry_api::VmState::Unresponsive,
+                progress: ferry_api::MigrationProgress {
+                    qemu_status: ferry_api::MigrationStatus::Unknown,
+                    ..Default::default()
+                },
+                downtime_ms: None,
+                error: None,
+            });
+        }
         self.find(name).await?.migration_status().await
     }
 
     /// Source: cancel and keep running here.
-    pub async fn cancel_outgoing(&self, name: &str) -> Result<VmRuntime, ApiError> {
+    pub async fn cancel_outgoing(&self, name: &str) -> Result<VmRuntime, AgentError> {
         let vm = self.find(name).await?;
         let _op = vm.op_lock.lock().await;
         vm.cancel_outgoing().await?;
@@ -801,15 +867,25 @@ impl Agent {
         Ok(vm.runtime().await)
     }
 
+    /// Source whose migration is over with the guest paused here: resume it. Only on the
+    /// server's (operator's) proof that the destination does not hold the VM; QEMU's own
+    /// status decides whether it is allowed at all (see [`crate::cancel::reclaim_rule`]).
+    pub async fn reclaim(&self, name: &str) -> Result<VmRuntime, AgentError> {
+        let vm = self.find(name).await?;
+        let _op = vm.op_lock.lock().await;
+        vm.reclaim().await?;
+        Ok(vm.runtime().await)
+    }
+
     /// Source: the destination runs, so this QEMU (paused in `postmigrate`) goes away.
     /// Refused unless QEMU itself reports the migration completed: the only state in which
     /// shutting the source down cannot lose the VM.
-    pub async fn hand_over(&self, name: &str) -> Result<(), ApiError> {
+    pub async fn hand_over(&self, name: &str) -> Result<(), AgentError> {
         let vm = self.find(name).await?;
         let _op = vm.op_lock.lock().await;
         let status = vm.migration_status().await?;
         if !status.is_completed() {
-            return Err(ApiError::conflict(format!(
+            return Err(AgentError::refused(format!(
                 "VM '{name}': migration is '{}', not completed; refusing to shut the source down",
                 status.progress.qemu_status
             )));
@@ -823,21 +899,21 @@ impl Agent {
 }
 
 /// The last `bytes` of a file, as lossy UTF-8, and its size.
-pub fn read_tail(path: &std::path::Path, bytes: u64) -> Result<ConsoleTail, ApiError> {
+pub fn read_tail(path: &std::path::Path, bytes: u64) -> Result<ConsoleTail, AgentError> {
     use std::io::{Read, Seek, SeekFrom};
     let mut f = std::fs::File::open(path)
-        .map_err(|e| ApiError::internal(format!("cannot open {}: {e}", path.display())))?;
+        .map_err(|e| AgentError::internal(format!("cannot open {}: {e}", path.display())))?;
     let total = f
         .metadata()
-        .map_err(|e| ApiError::internal(format!("cannot stat {}: {e}", path.display())))?
+        .map_err(|e| AgentError::internal(format!("cannot stat {}: {e}", path.display())))?
         .len();
     let start = total.saturating_sub(bytes);
     f.seek(SeekFrom::Start(start))
-        .map_err(|e| ApiError::internal(e.to_string()))?;
+        .map_err(|e| AgentError::internal(e.to_string()))?;
     let mut buf = Vec::new();
     f.take(bytes)
         .read_to_end(&mut buf)
-        .map_err(|e| ApiError::internal(e.to_string()))?;
+        .map_err(|e| AgentError::internal(e.to_string()))?;
     Ok(ConsoleTail {
         total_bytes: total,
         text: String::from_utf8_lossy(&buf).into_owned(),

@@ -9,12 +9,16 @@
 //! Layout: [`config`] (validated settings), [`runtime`] (one VM's QEMU and QMP), [`host`]
 //! (the set of VMs and the operations on them), [`api`] (HTTP routes, thin), [`heartbeat`]
 //! (registration with the server), [`inventory`] (what the host offers), [`probe`] (the
-//! reachability and bandwidth probe of the pre-migration checks), [`postcopy`] (pausing and
+//! reachability and bandwidth probe of the pre-migration checks), [`error`] (the agent's
+//! failures, turned into API errors only in [`api`]), [`postcopy`] (pausing and
 //! resuming a post-copy migration across a broken link).
 
 pub mod api;
+pub mod cancel;
 pub mod config;
+pub mod copy_resume;
 pub mod disk_copy;
+pub mod error;
 pub mod heartbeat;
 pub mod host;
 pub mod inventory;

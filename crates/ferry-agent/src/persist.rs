@@ -45,6 +45,28 @@ pub struct PersistedVm {
     /// QEMU was started with a second QMP socket for the operator's tools (`--aux-qmp`).
     #[serde(default)]
     pub aux_qmp: bool,
+    /// The taps this agent created for the VM's NICs, in NIC order. Cleanup deletes these
+    /// and only these (a name recomputed from a hash could be another VM's). Empty in a
+    /// record written before taps were recorded.
+    #[serde(default)]
+    pub taps: Vec<String>,
+    /// The files QEMU was started with (its monitors, pidfile, console). A restarted agent
+    /// adopts QEMU through these, not through paths it would compute today. None in a
+    /// record written before they were recorded.
+    #[serde(default)]
+    pub files: Option<QemuFiles>,
+}
+
+/// Where a QEMU's monitors, pidfile and console are, as it was started.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QemuFiles {
+    pub qmp_socket: PathBuf,
+    pub oob_qmp_socket: PathBuf,
+    /// The operator's second monitor (`--aux-qmp`), if QEMU was started with one.
+    #[serde(default)]
+    pub aux_qmp_socket: Option<PathBuf>,
+    pub console_log: PathBuf,
+    pub pidfile: PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +91,8 @@ impl PersistedVm {
             exports_disks: false,
             copying_disks: Vec::new(),
             aux_qmp: false,
+            taps: Vec::new(),
+            files: None,
         }
     }
 
@@ -140,6 +164,30 @@ mod tests {
         let r = record();
         r.save(&path).unwrap();
         assert_eq!(PersistedVm::load(&path).unwrap(), r);
+    }
+
+    #[test]
+    fn records_without_later_fields_still_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vm.json");
+        let old = record();
+        let mut r = old.clone();
+        r.taps = vec!["fy0123abcdn0".into()];
+        r.save(&path).unwrap();
+        assert_eq!(PersistedVm::load(&path).unwrap().taps, r.taps);
+        let mut v = serde_json::to_value(&old).unwrap();
+        let fields = v.as_object_mut().unwrap();
+        for later in [
+            "taps",
+            "aux_qmp",
+            "copying_disks",
+            "exports_disks",
+            "created_disks",
+        ] {
+            fields.remove(later);
+        }
+        std::fs::write(&path, v.to_string()).unwrap();
+        assert_eq!(PersistedVm::load(&path).unwrap(), old);
     }
 
     #[test]

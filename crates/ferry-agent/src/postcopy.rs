@@ -19,7 +19,7 @@
 
 use std::net::IpAddr;
 
-use ferry_api::ApiError;
+use crate::error::AgentError;
 use ferry_qmp::MigrationStatus;
 
 use crate::runtime::{qmp_err, QemuVm};
@@ -28,16 +28,16 @@ use crate::runtime::{qmp_err, QemuVm};
 #[allow(async_fn_in_trait)]
 pub trait PostcopyRecoverable {
     /// Drop the migration connection; a side already paused stays paused.
-    async fn pause_postcopy(&self) -> Result<(), ApiError>;
+    async fn pause_postcopy(&self) -> Result<(), AgentError>;
     /// Destination: listen for the source again on `address`:`port` (0: any free port);
     /// returns the port. A destination already listening answers with its port.
-    async fn recover_incoming(&self, address: IpAddr, port: u16) -> Result<u16, ApiError>;
+    async fn recover_incoming(&self, address: IpAddr, port: u16) -> Result<u16, AgentError>;
     /// Source: reconnect to the destination's recovery listener at `uri`.
-    async fn resume_outgoing(&self, uri: &str) -> Result<(), ApiError>;
+    async fn resume_outgoing(&self, uri: &str) -> Result<(), AgentError>;
 }
 
 impl QemuVm {
-    async fn migration_state(&self) -> Result<(Option<MigrationStatus>, Option<u16>), ApiError> {
+    async fn migration_state(&self) -> Result<(Option<MigrationStatus>, Option<u16>), AgentError> {
         // Short: on a stuck destination an in-band command waits for the main loop.
         let info = self
             .qmp
@@ -50,15 +50,15 @@ impl QemuVm {
     }
 }
 
-fn not_in_postcopy(status: Option<MigrationStatus>) -> ApiError {
+fn not_in_postcopy(status: Option<MigrationStatus>) -> AgentError {
     let shown = status
         .map(|s| s.to_string())
         .unwrap_or_else(|| "none".into());
-    ApiError::conflict(format!("the migration is '{shown}', not in post-copy"))
+    AgentError::refused(format!("the migration is '{shown}', not in post-copy"))
 }
 
 impl PostcopyRecoverable for QemuVm {
-    async fn pause_postcopy(&self) -> Result<(), ApiError> {
+    async fn pause_postcopy(&self) -> Result<(), AgentError> {
         if let Some(oob) = &self.oob_qmp {
             // Out of band first: on a destination whose guest waits for a page, the main
             // loop (and with it every in-band command) may be stuck until the link is back.
@@ -82,7 +82,7 @@ impl PostcopyRecoverable for QemuVm {
         }
     }
 
-    async fn recover_incoming(&self, address: IpAddr, port: u16) -> Result<u16, ApiError> {
+    async fn recover_incoming(&self, address: IpAddr, port: u16) -> Result<u16, AgentError> {
         let Some(oob) = &self.oob_qmp else {
             return self.recover_incoming_in_band(address, port).await;
         };
@@ -93,7 +93,7 @@ impl PostcopyRecoverable for QemuVm {
                 .and_then(|l| l.local_addr())
                 .map(|a| a.port())
                 .map_err(|e| {
-                    ApiError::internal(format!("no free port on {address} for the recovery: {e}"))
+                    AgentError::internal(format!("no free port on {address} for the recovery: {e}"))
                 })?,
             p => p,
         };
@@ -103,14 +103,14 @@ impl PostcopyRecoverable for QemuVm {
         Ok(port)
     }
 
-    async fn resume_outgoing(&self, uri: &str) -> Result<(), ApiError> {
+    async fn resume_outgoing(&self, uri: &str) -> Result<(), AgentError> {
         match self.migration_state().await?.0 {
             Some(MigrationStatus::PostcopyPaused) => self
                 .qmp
                 .migrate(uri, true)
                 .await
                 .map_err(|e| qmp_err("migrate (resume)", e)),
-            other => Err(ApiError::conflict(format!(
+            other => Err(AgentError::refused(format!(
                 "only a paused post-copy can be resumed; this one is '{}'",
                 other
                     .map(|s| s.to_string())
@@ -122,7 +122,11 @@ impl PostcopyRecoverable for QemuVm {
 
 impl QemuVm {
     /// Without an out-of-band monitor: check the state, listen, read the port back.
-    async fn recover_incoming_in_band(&self, address: IpAddr, port: u16) -> Result<u16, ApiError> {
+    async fn recover_incoming_in_band(
+        &self,
+        address: IpAddr,
+        port: u16,
+    ) -> Result<u16, AgentError> {
         match self.migration_state().await? {
             (Some(MigrationStatus::PostcopyPaused), _) => {}
             // Listening from an earlier attempt whose source never connected.
@@ -134,7 +138,7 @@ impl QemuVm {
             .await
             .map_err(|e| qmp_err("migrate-recover", e))?;
         self.migration_state().await?.1.ok_or_else(|| {
-            ApiError::internal("QEMU listens for the recovery but did not say on which port")
+            AgentError::internal("QEMU listens for the recovery but did not say on which port")
         })
     }
 }

@@ -10,10 +10,12 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ferry_api::{ApiError, ProbeListenResponse, ProbeSendRequest, ProbeSendResponse};
+use ferry_api::{ProbeListenResponse, ProbeSendRequest, ProbeSendResponse};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+
+use crate::error::AgentError;
 
 /// The most a probe may send (and a listener reads).
 pub const MAX_PROBE_BYTES: u64 = 256 << 20;
@@ -66,9 +68,9 @@ impl ProbeListeners {
         bind: IpAddr,
         port: u16,
         advertise: IpAddr,
-    ) -> Result<ProbeListenResponse, ApiError> {
+    ) -> Result<ProbeListenResponse, AgentError> {
         let slot = self.slots.clone().try_acquire_owned().map_err(|_| {
-            ApiError::conflict(format!(
+            AgentError::refused(format!(
                 "{MAX_LISTENERS} probe listeners are already open; try again in a few seconds"
             ))
         })?;
@@ -76,16 +78,18 @@ impl ProbeListeners {
             .await
             .map_err(|e| {
                 if e.kind() == std::io::ErrorKind::AddrInUse {
-                    ApiError::conflict(format!(
+                    AgentError::refused(format!(
                         "the migration port {bind}:{port} is in use (an incoming migration?)"
                     ))
                 } else {
-                    ApiError::internal(format!("cannot listen on {bind}:{port} for a probe: {e}"))
+                    AgentError::internal(format!("cannot listen on {bind}:{port} for a probe: {e}"))
                 }
             })?;
         let port = listener
             .local_addr()
-            .map_err(|e| ApiError::internal(format!("cannot read the probe listener's port: {e}")))?
+            .map_err(|e| {
+                AgentError::internal(format!("cannot read the probe listener's port: {e}"))
+            })?
             .port();
         let (accept_within, read_for) = (self.accept_within, self.read_for);
         tokio::spawn(async move {
@@ -127,15 +131,15 @@ async fn drain(mut stream: TcpStream, read_for: Duration) -> u64 {
 }
 
 /// Checks a send request; the reason names the field and the allowed range.
-pub fn validate_send(req: &ProbeSendRequest) -> Result<SocketAddr, ApiError> {
+pub fn validate_send(req: &ProbeSendRequest) -> Result<SocketAddr, AgentError> {
     let target: SocketAddr = req.target.parse().map_err(|_| {
-        ApiError::bad_request(format!("probe target '{}' is not ADDRESS:PORT", req.target))
+        AgentError::bad_request(format!("probe target '{}' is not ADDRESS:PORT", req.target))
     })?;
     let range = |field: &str, value: u64, max: u64, unit: &str| {
         if (1..=max).contains(&value) {
             Ok(())
         } else {
-            Err(ApiError::bad_request(format!(
+            Err(AgentError::bad_request(format!(
                 "probe {field} is {value}; it must be between 1 and {max} {unit}"
             )))
         }
@@ -152,10 +156,10 @@ pub fn validate_send(req: &ProbeSendRequest) -> Result<SocketAddr, ApiError> {
 }
 
 /// Source: connects to a probe listener and sends `bytes`, or for at most `max_ms`.
-pub async fn send(req: &ProbeSendRequest) -> Result<ProbeSendResponse, ApiError> {
+pub async fn send(req: &ProbeSendRequest) -> Result<ProbeSendResponse, AgentError> {
     let target = validate_send(req)?;
     let unreachable =
-        |reason: String| ApiError::upstream(format!("cannot reach {target}: {reason}"));
+        |reason: String| AgentError::upstream(format!("cannot reach {target}: {reason}"));
     let connect_started = Instant::now();
     let mut stream = match tokio::time::timeout(
         Duration::from_millis(req.connect_timeout_ms),
@@ -187,13 +191,13 @@ pub async fn send(req: &ProbeSendRequest) -> Result<ProbeSendResponse, ApiError>
         // A single `write` that times out wrote nothing, so `sent` stays exact.
         match tokio::time::timeout(deadline - now, stream.write(&chunk[..n])).await {
             Ok(Ok(0)) => {
-                return Err(ApiError::upstream(format!(
+                return Err(AgentError::upstream(format!(
                     "probe stream to {target} was closed after {sent} bytes"
                 )))
             }
             Ok(Ok(w)) => sent += w as u64,
             Ok(Err(e)) => {
-                return Err(ApiError::upstream(format!(
+                return Err(AgentError::upstream(format!(
                     "probe stream to {target} broke after {sent} bytes: {e}"
                 )))
             }
@@ -287,11 +291,12 @@ mod tests {
         };
         let target = format!("127.0.0.1:{port}");
         let e = send(&request(&target, 1 << 20)).await.unwrap_err();
-        assert_eq!(e.code, ErrorCode::Upstream);
+        assert_eq!(e.code(), ErrorCode::Upstream);
         assert!(
-            e.message.starts_with(&format!("cannot reach {target}: ")),
+            e.to_string()
+                .starts_with(&format!("cannot reach {target}: ")),
             "{}",
-            e.message
+            e.to_string()
         );
     }
 
@@ -329,14 +334,14 @@ mod tests {
             listeners.listen(LOOPBACK, 0, LOOPBACK).await.unwrap();
         }
         let e = listeners.listen(LOOPBACK, 0, LOOPBACK).await.unwrap_err();
-        assert_eq!(e.code, ErrorCode::Conflict);
+        assert_eq!(e.code(), ErrorCode::Conflict);
         // A fixed port in use (an incoming migration listening there) is a clear conflict.
         let busy = std::net::TcpListener::bind((LOOPBACK, 0)).unwrap();
         let port = busy.local_addr().unwrap().port();
         let fresh = ProbeListeners::new(1, Duration::from_millis(300), Duration::from_secs(1));
         let e = fresh.listen(LOOPBACK, port, LOOPBACK).await.unwrap_err();
-        assert_eq!(e.code, ErrorCode::Conflict);
-        assert!(e.message.contains("in use"), "{}", e.message);
+        assert_eq!(e.code(), ErrorCode::Conflict);
+        assert!(e.to_string().contains("in use"), "{}", e.to_string());
         drop(busy);
         tokio::time::sleep(Duration::from_millis(500)).await;
         listeners.listen(LOOPBACK, 0, LOOPBACK).await.unwrap();
@@ -375,8 +380,8 @@ mod tests {
         ];
         for (req, word) in cases {
             let e = validate_send(&req).unwrap_err();
-            assert_eq!(e.code, ErrorCode::BadRequest);
-            assert!(e.message.contains(word), "{word}: {}", e.message);
+            assert_eq!(e.code(), ErrorCode::BadRequest);
+            assert!(e.to_string().contains(word), "{word}: {e}");
         }
     }
 }

@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferry_api::{
-    AgentMigrationStatus, ApiError, Compression, DiskCopyProgress, MigrationProgress,
-    OutgoingRequest, StreamSettings, TuneRequest, VmRuntime, VmState, ZeroPage,
+    AgentMigrationStatus, Compression, DiskCopyProgress, MigrationProgress, OutgoingRequest,
+    StreamSettings, TuneRequest, VmRuntime, VmState, ZeroPage,
 };
 use ferry_qemu::{build_args, QemuProcess, ResolvedBoot, RuntimePaths, StartMode};
 use ferry_qmp::{
@@ -20,7 +20,8 @@ use ferry_qmp::{
 };
 use tokio::sync::watch;
 
-use crate::persist::{PersistedVm, Role};
+use crate::error::AgentError;
+use crate::persist::{PersistedVm, QemuFiles, Role};
 
 /// How long QEMU gets to open its QMP socket after start.
 const QMP_CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
@@ -31,8 +32,8 @@ pub const MONITOR_TIMEOUT: Duration = Duration::from_secs(3);
 /// Pausing and resuming the guest's vCPUs.
 #[allow(async_fn_in_trait)]
 pub trait Pausable {
-    async fn pause(&self) -> Result<(), ApiError>;
-    async fn resume(&self) -> Result<(), ApiError>;
+    async fn pause(&self) -> Result<(), AgentError>;
+    async fn resume(&self) -> Result<(), AgentError>;
 }
 
 /// Either side of a live migration.
@@ -45,13 +46,71 @@ pub trait Migratable {
         address: IpAddr,
         port: u16,
         stream: &StreamSettings,
-    ) -> Result<u16, ApiError>;
+    ) -> Result<u16, AgentError>;
     /// Source: start sending.
-    async fn send(&self, req: &OutgoingRequest) -> Result<(), ApiError>;
+    async fn send(&self, req: &OutgoingRequest) -> Result<(), AgentError>;
     /// Either side: where the migration is.
-    async fn migration_status(&self) -> Result<AgentMigrationStatus, ApiError>;
+    async fn migration_status(&self) -> Result<AgentMigrationStatus, AgentError>;
     /// Source: stop sending and make sure the guest runs here.
-    async fn cancel_outgoing(&self) -> Result<(), ApiError>;
+    async fn cancel_outgoing(&self) -> Result<(), AgentError>;
+}
+
+/// What a restarted agent found in a VM's directory.
+pub enum Adoption {
+    /// Its QEMU runs and its monitor answered.
+    Adopted(Arc<QemuVm>),
+    /// No QEMU runs for this record any more.
+    Gone(PersistedVm),
+    /// Its QEMU runs but its monitor does not answer (yet).
+    Unresponsive(Unadopted),
+}
+
+/// A QEMU that runs but whose monitor has not answered the restarted agent: shown as
+/// `Unresponsive` (never as gone) while adoption is retried.
+#[derive(Debug, Clone)]
+pub struct Unadopted {
+    pub dir: PathBuf,
+    pub record: PersistedVm,
+    pub pid: u32,
+    /// Why the last attempt failed.
+    pub reason: String,
+}
+
+impl Unadopted {
+    fn new(dir: PathBuf, record: PersistedVm, pid: u32, reason: String) -> Unadopted {
+        Unadopted {
+            dir,
+            record,
+            pid,
+            reason,
+        }
+    }
+
+    pub fn runtime(&self) -> VmRuntime {
+        VmRuntime {
+            spec: self.record.spec.clone(),
+            state: VmState::Unresponsive,
+            qemu_status: None,
+            pid: Some(self.pid),
+            accel: self.record.accel,
+            started_at: self.record.started_at,
+            exit_reason: None,
+        }
+    }
+
+    /// Whether its QEMU still runs.
+    pub fn is_alive(&self) -> bool {
+        ferry_qemu::process::pid_alive(self.pid)
+    }
+
+    /// Ends its QEMU (SIGKILL: its monitor does not answer, so it cannot be asked).
+    pub fn kill(&self) {
+        QemuProcess {
+            pid: self.pid,
+            child: None,
+        }
+        .kill();
+    }
 }
 
 /// A VM's QEMU as this agent runs it.
@@ -89,41 +148,67 @@ fn paths_in(dir: &Path, aux_qmp: bool) -> RuntimePaths {
     }
 }
 
-fn record_path(dir: &Path) -> PathBuf {
+impl From<&RuntimePaths> for QemuFiles {
+    fn from(p: &RuntimePaths) -> Self {
+        QemuFiles {
+            qmp_socket: p.qmp_socket.clone(),
+            oob_qmp_socket: p.oob_qmp_socket.clone(),
+            aux_qmp_socket: p.aux_qmp_socket.clone(),
+            console_log: p.console_log.clone(),
+            pidfile: p.pidfile.clone(),
+        }
+    }
+}
+
+/// The files of the QEMU `record` describes: as recorded at its start, or (a record from
+/// before they were recorded) where the agent of then put them.
+pub(crate) fn recorded_paths(dir: &Path, record: &PersistedVm) -> RuntimePaths {
+    match &record.files {
+        Some(f) => RuntimePaths {
+            qmp_socket: f.qmp_socket.clone(),
+            oob_qmp_socket: f.oob_qmp_socket.clone(),
+            aux_qmp_socket: f.aux_qmp_socket.clone(),
+            console_log: f.console_log.clone(),
+            pidfile: f.pidfile.clone(),
+        },
+        None => paths_in(dir, record.aux_qmp),
+    }
+}
+
+pub(crate) fn record_path(dir: &Path) -> PathBuf {
     dir.join("vm.json")
 }
 
-fn internal(what: &str) -> impl Fn(String) -> ApiError + '_ {
-    move |reason| ApiError::internal(format!("{what}: {reason}"))
+fn internal(what: &str) -> impl Fn(String) -> AgentError + '_ {
+    move |reason| AgentError::process(format!("{what}: {reason}"))
 }
 
 impl QemuVm {
     /// Starts QEMU for `record` in `dir` and connects to it.
     pub async fn launch(
         qemu: &Path,
-        record: PersistedVm,
+        mut record: PersistedVm,
         boot: &ResolvedBoot,
         taps: &[String],
         disks: &[PathBuf],
         dir: PathBuf,
         start: StartMode,
-    ) -> Result<Arc<QemuVm>, ApiError> {
+    ) -> Result<Arc<QemuVm>, AgentError> {
         std::fs::create_dir_all(&dir)
             .map_err(|e| internal("cannot create the VM directory")(e.to_string()))?;
         let paths = paths_in(&dir, record.aux_qmp);
+        record.files = Some(QemuFiles::from(&paths));
         for stale in [&paths.qmp_socket, &paths.oob_qmp_socket, &paths.pidfile] {
             let _ = std::fs::remove_file(stale);
         }
         // A new QEMU instance gets a fresh console: readers look for this instance's lines.
         std::fs::write(&paths.console_log, b"")
             .map_err(|e| internal("cannot create the console log")(e.to_string()))?;
-        record
-            .save(&record_path(&dir))
-            .map_err(|e| ApiError::internal(e.to_string()))?;
+        record.save(&record_path(&dir)).map_err(AgentError::from)?;
         let args = build_args(&record.spec, boot, record.accel, &paths, taps, disks, start);
         let log = dir.join("qemu.log");
-        let mut process =
-            QemuProcess::spawn(qemu, &args, &log).map_err(|e| ApiError::internal(e.to_string()))?;
+        let mut process = QemuProcess::spawn(qemu, &args, &log)
+            .map_err(|e| AgentError::process(e.to_string()))?;
         tracing::info!(vm = %record.spec.name, pid = process.pid, ?start, "QEMU started");
         let qmp = match QmpClient::connect_with_retry(&paths.qmp_socket, QMP_CONNECT_TIMEOUT).await
         {
@@ -133,7 +218,7 @@ impl QemuVm {
                 if let Some(child) = process.child.as_mut() {
                     let _ = child.wait().await;
                 }
-                return Err(ApiError::internal(format!(
+                return Err(AgentError::process(format!(
                     "QEMU did not come up: {e}; QEMU said: {}",
                     log_tail(&log)
                 )));
@@ -143,21 +228,48 @@ impl QemuVm {
         Ok(Self::supervise(record, dir, paths, process, qmp, oob_qmp))
     }
 
-    /// Adopts a QEMU left running by an earlier agent, from its directory.
-    pub async fn adopt(dir: PathBuf) -> Result<Option<Arc<QemuVm>>, String> {
-        let record = PersistedVm::load(&record_path(&dir)).map_err(|e| e.to_string())?;
-        let paths = paths_in(&dir, false);
+    /// Adopts a QEMU left running by an earlier agent, from its directory, through the
+    /// files its record names. `monitor_wait`: how long its monitor gets to answer.
+    pub async fn adopt(dir: PathBuf, monitor_wait: Duration) -> Result<Adoption, AgentError> {
+        let record = PersistedVm::load(&record_path(&dir))?;
+        let paths = recorded_paths(&dir, &record);
         let Some(pid) = ferry_qemu::process::read_pidfile(&paths.pidfile) else {
-            return Ok(None);
+            return Ok(Adoption::Gone(record));
         };
         let Some(process) = QemuProcess::adopt(pid, &paths.qmp_socket) else {
-            return Ok(None);
+            return Ok(Adoption::Gone(record));
         };
-        let qmp = QmpClient::connect_with_retry(&paths.qmp_socket, Duration::from_secs(5))
-            .await
-            .map_err(|e| format!("QEMU pid {pid} runs but its QMP does not answer: {e}"))?;
+        // Bounded as a whole: a QEMU whose main loop hangs accepts the connection but
+        // never greets.
+        let connect = QmpClient::connect_with_retry(&paths.qmp_socket, monitor_wait);
+        let qmp = match tokio::time::timeout(monitor_wait + MONITOR_TIMEOUT, connect).await {
+            Ok(Ok(q)) => q,
+            Ok(Err(e)) => {
+                return Ok(Adoption::Unresponsive(Unadopted::new(
+                    dir,
+                    record,
+                    pid,
+                    format!(
+                        "QEMU pid {pid} runs but its monitor {} does not answer: {e}",
+                        paths.qmp_socket.display()
+                    ),
+                )))
+            }
+            Err(_) => {
+                return Ok(Adoption::Unresponsive(Unadopted::new(
+                    dir,
+                    record,
+                    pid,
+                    format!(
+                        "QEMU pid {pid} runs but its monitor {} did not greet within {} s",
+                        paths.qmp_socket.display(),
+                        (monitor_wait + MONITOR_TIMEOUT).as_secs()
+                    ),
+                )))
+            }
+        };
         let oob_qmp = connect_oob(&paths.oob_qmp_socket).await;
-        Ok(Some(Self::supervise(
+        Ok(Adoption::Adopted(Self::supervise(
             record, dir, paths, process, qmp, oob_qmp,
         )))
     }
@@ -229,16 +341,15 @@ impl QemuVm {
         self.record().role
     }
 
-    pub fn set_role(&self, role: Role) -> Result<(), ApiError> {
+    pub fn set_role(&self, role: Role) -> Result<(), AgentError> {
         self.update_record(|r| r.role = role)
     }
 
     /// Changes the record and saves it (atomically) before returning.
-    pub fn update_record(&self, change: impl FnOnce(&mut PersistedVm)) -> Result<(), ApiError> {
+    pub fn update_record(&self, change: impl FnOnce(&mut PersistedVm)) -> Result<(), AgentError> {
         let mut rec = self.record.lock().unwrap_or_else(|p| p.into_inner());
         change(&mut rec);
-        rec.save(&record_path(&self.dir))
-            .map_err(|e| ApiError::internal(e.to_string()))
+        rec.save(&record_path(&self.dir)).map_err(AgentError::from)
     }
 
     /// Why QEMU exited, once it did.
@@ -274,7 +385,7 @@ impl QemuVm {
     }
 
     /// QEMU's self-announce with its configured timing (RARP from every NIC).
-    pub async fn announce(&self) -> Result<(), ApiError> {
+    pub async fn announce(&self) -> Result<(), AgentError> {
         self.qmp
             .announce_self(None)
             .await
@@ -355,7 +466,7 @@ impl QemuVm {
         &self,
         stream: &StreamSettings,
         pause_before_switchover: bool,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), AgentError> {
         let mut caps = stream.capabilities();
         caps.push(("pause-before-switchover", pause_before_switchover));
         self.qmp
@@ -385,7 +496,7 @@ impl QemuVm {
     }
 
     /// Source: the controller's live changes.
-    pub async fn tune(&self, req: &TuneRequest) -> Result<(), ApiError> {
+    pub async fn tune(&self, req: &TuneRequest) -> Result<(), AgentError> {
         if let Some(p) = req.throttle_pct {
             let p = p.clamp(1, 99) as u64;
             // QEMU moves an active throttle by `increment` up to `max` at its next trigger:
@@ -445,10 +556,10 @@ pub fn derive_state(role: Role, status: &RunState) -> VmState {
 }
 
 impl Pausable for QemuVm {
-    async fn pause(&self) -> Result<(), ApiError> {
+    async fn pause(&self) -> Result<(), AgentError> {
         self.qmp.stop().await.map_err(|e| qmp_err("stop", e))
     }
-    async fn resume(&self) -> Result<(), ApiError> {
+    async fn resume(&self) -> Result<(), AgentError> {
         self.qmp.cont().await.map_err(|e| qmp_err("cont", e))
     }
 }
@@ -459,7 +570,7 @@ impl Migratable for QemuVm {
         address: IpAddr,
         port: u16,
         stream: &StreamSettings,
-    ) -> Result<u16, ApiError> {
+    ) -> Result<u16, AgentError> {
         self.set_up_stream(stream, false).await?;
         let host = match address {
             IpAddr::V4(a) => a.to_string(),
@@ -475,11 +586,11 @@ impl Migratable for QemuVm {
             .await
             .map_err(|e| qmp_err("query-migrate", e))?;
         info.listening_port().ok_or_else(|| {
-            ApiError::internal("QEMU listens for the migration but did not say on which port")
+            AgentError::internal("QEMU listens for the migration but did not say on which port")
         })
     }
 
-    async fn send(&self, req: &OutgoingRequest) -> Result<(), ApiError> {
+    async fn send(&self, req: &OutgoingRequest) -> Result<(), AgentError> {
         // With disks being copied, QEMU pauses before the switch so the copies can finish
         // while the vCPUs are stopped (see `disk_copy`). Set either way: capabilities
         // outlive a migration inside QEMU.
@@ -517,7 +628,7 @@ impl Migratable for QemuVm {
         Ok(())
     }
 
-    async fn migration_status(&self) -> Result<AgentMigrationStatus, ApiError> {
+    async fn migration_status(&self) -> Result<AgentMigrationStatus, AgentError> {
         let (vm_state, _) = self.state().await;
         if matches!(
             vm_state,
@@ -553,7 +664,9 @@ impl Migratable for QemuVm {
         };
         let mut status = to_agent_status(&info, vm_state);
         status.progress.disks = self.disk_copy_progress().await;
-        if status.is_failed() {
+        // A copy that failed or was aborted shows with the migration that failed with it,
+        // or on its own before any memory migration started.
+        if status.is_failed() || status.progress.qemu_status == ferry_api::MigrationStatus::None {
             if let Some(reason) = self
                 .copy_error
                 .lock()
@@ -566,50 +679,8 @@ impl Migratable for QemuVm {
         Ok(status)
     }
 
-    async fn cancel_outgoing(&self) -> Result<(), ApiError> {
-        if self.in_postcopy().await {
-            // Resuming this QEMU now would run a stale copy next to the live one.
-            return Err(ApiError::conflict(
-                "post-copy has started: the guest runs on the destination and this host holds \
-                 part of its memory; the migration can only finish, not be cancelled",
-            ));
-        }
-        // Cancelling a finished migration is a no-op for QEMU; ignore "not active" errors.
-        let _ = self.qmp.migrate_cancel().await;
-        self.abort_copies().await;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-        loop {
-            let info = self
-                .qmp
-                .query_migrate()
-                .await
-                .map_err(|e| qmp_err("query-migrate", e))?;
-            let settled = !matches!(
-                info.status,
-                Some(
-                    MigrationStatus::Active
-                        | MigrationStatus::Setup
-                        | MigrationStatus::Cancelling
-                        | MigrationStatus::Device
-                        | MigrationStatus::PreSwitchover
-                )
-            );
-            if settled || tokio::time::Instant::now() > deadline {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let status = self
-            .qmp
-            .query_status()
-            .await
-            .map_err(|e| qmp_err("query-status", e))?;
-        if !status.running {
-            // QEMU resumes the source itself when a pre-copy fails; this covers the cases
-            // where it was left paused (cancelled at switch-over, or completed and rolled back).
-            self.resume().await?;
-        }
-        self.set_role(Role::Normal)
+    async fn cancel_outgoing(&self) -> Result<(), AgentError> {
+        self.cancel_outgoing_checked().await
     }
 }
 
@@ -648,12 +719,8 @@ pub fn to_agent_status(info: &ferry_qmp::MigrationInfo, vm_state: VmState) -> Ag
     }
 }
 
-pub(crate) fn qmp_err(command: &str, e: ferry_qmp::QmpError) -> ApiError {
-    if e.is_disconnected() {
-        ApiError::conflict(format!("{command}: QEMU is not running ({e})"))
-    } else {
-        ApiError::internal(format!("{command}: {e}"))
-    }
+pub(crate) fn qmp_err(command: &str, e: ferry_qmp::QmpError) -> AgentError {
+    AgentError::qmp(command, e)
 }
 
 /// The last meaningful lines QEMU wrote to its log, for error messages.
@@ -694,6 +761,83 @@ mod tests {
             derive_state(Role::Normal, &RunState::Paused),
             VmState::Paused
         );
+    }
+
+    fn record(name: &str) -> PersistedVm {
+        PersistedVm::new(
+            ferry_api::VmSpec {
+                name: name.into(),
+                vcpus: 1,
+                memory_mib: 256,
+                boot: ferry_api::Boot::Image {
+                    image: "test-guest".into(),
+                    cmdline: String::new(),
+                },
+                accel: ferry_api::Accel::Auto,
+                machine: "pc-q35-10.0".into(),
+                cpu_model: "qemu64".into(),
+                nics: vec![],
+                disks: vec![],
+            },
+            ferry_api::Accel::Tcg,
+            Role::Normal,
+        )
+    }
+
+    /// A process standing in for a QEMU whose monitor hangs: it runs with its recorded QMP
+    /// socket in its command line (what adoption checks), and the socket accepts but never
+    /// greets.
+    #[tokio::test]
+    async fn a_running_qemu_whose_monitor_hangs_is_unresponsive_not_gone() {
+        let state = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        let dir = state.path().join("web1");
+        std::fs::create_dir_all(&dir).unwrap();
+        // Recorded paths differ from what `paths_in` would compute: adoption must use them.
+        let mut paths = paths_in(elsewhere.path(), true);
+        paths.qmp_socket = elsewhere.path().join("monitor.sock");
+        let _listener = tokio::net::UnixListener::bind(&paths.qmp_socket).unwrap();
+        let mut rec = record("web1");
+        rec.aux_qmp = true;
+        rec.files = Some(QemuFiles::from(&paths));
+        rec.save(&record_path(&dir)).unwrap();
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "sleep 30; :"])
+            .arg(&paths.qmp_socket)
+            .spawn()
+            .unwrap();
+        std::fs::write(&paths.pidfile, child.id().to_string()).unwrap();
+        let outcome = QemuVm::adopt(dir.clone(), Duration::from_millis(200)).await;
+        let _ = child.kill();
+        let _ = child.wait();
+        match outcome.unwrap() {
+            Adoption::Unresponsive(u) => {
+                assert_eq!(u.pid, child.id());
+                assert!(u.reason.contains("monitor.sock"), "{}", u.reason);
+                let rt = u.runtime();
+                assert_eq!(rt.state, VmState::Unresponsive);
+                assert_eq!(rt.pid, Some(child.id()));
+            }
+            Adoption::Adopted(_) => panic!("a monitor that never greets cannot be adopted"),
+            Adoption::Gone(_) => panic!("a running QEMU must not read as gone"),
+        }
+        // Once the process is gone, so is the VM.
+        assert!(matches!(
+            QemuVm::adopt(dir, Duration::from_millis(200))
+                .await
+                .unwrap(),
+            Adoption::Gone(_)
+        ));
+    }
+
+    #[test]
+    fn old_records_find_their_files_where_the_agent_put_them() {
+        let dir = Path::new("/state/vms/web1");
+        let mut rec = record("web1");
+        rec.aux_qmp = true;
+        let paths = recorded_paths(dir, &rec);
+        assert_eq!(paths.qmp_socket, dir.join("qmp.sock"));
+        assert_eq!(paths.aux_qmp_socket, Some(dir.join(AUX_QMP_SOCKET)));
     }
 
     #[test]

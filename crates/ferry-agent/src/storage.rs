@@ -7,7 +7,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use ferry_api::{validate_name, ApiError, CreateDiskRequest, DiskImage, PoolInfo};
+use ferry_api::{validate_name, CreateDiskRequest, DiskImage, PoolInfo};
+
+use crate::error::AgentError;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pool {
@@ -65,7 +67,7 @@ impl Pool {
         })
     }
 
-    pub fn image_path(&self, image: &str) -> Result<PathBuf, ApiError> {
+    pub fn image_path(&self, image: &str) -> Result<PathBuf, AgentError> {
         validate_name("disk name", image)?;
         Ok(self.dir.join(format!("{image}{SUFFIX}")))
     }
@@ -94,9 +96,9 @@ impl Pool {
     pub fn list(
         &self,
         in_use: &dyn Fn(&str, &str) -> Option<String>,
-    ) -> Result<Vec<DiskImage>, ApiError> {
+    ) -> Result<Vec<DiskImage>, AgentError> {
         let entries = std::fs::read_dir(&self.dir).map_err(|e| {
-            ApiError::internal(format!(
+            AgentError::storage(format!(
                 "pool {}: cannot read {}: {e}",
                 self.name,
                 self.dir.display()
@@ -117,7 +119,7 @@ impl Pool {
         Ok(out)
     }
 
-    fn describe(&self, name: &str, in_use_by: Option<String>) -> Result<DiskImage, ApiError> {
+    fn describe(&self, name: &str, in_use_by: Option<String>) -> Result<DiskImage, AgentError> {
         let path = self.image_path(name)?;
         let info = qemu_img_info(&path)?;
         Ok(DiskImage {
@@ -130,11 +132,11 @@ impl Pool {
         })
     }
 
-    pub fn create(&self, req: &CreateDiskRequest) -> Result<DiskImage, ApiError> {
+    pub fn create(&self, req: &CreateDiskRequest) -> Result<DiskImage, AgentError> {
         req.validate()?;
         let path = self.image_path(&req.name)?;
         if path.exists() {
-            return Err(ApiError::conflict(format!(
+            return Err(AgentError::refused(format!(
                 "disk '{}' already exists in pool {}",
                 req.name, self.name
             )));
@@ -143,7 +145,7 @@ impl Pool {
         let free = self.info().free_bytes;
         if !self.shared && free < needed / 16 {
             // qcow2 is thin, but a pool that cannot even hold the metadata is full.
-            return Err(ApiError::conflict(format!(
+            return Err(AgentError::refused(format!(
                 "pool {} has {} MiB free; refusing a {} MiB disk",
                 self.name,
                 free >> 20,
@@ -163,23 +165,23 @@ impl Pool {
 
     /// An empty image of exactly `virtual_size` bytes, as the target of a storage copy.
     /// Refuses to touch an image that already exists.
-    pub fn create_copy_target(&self, name: &str, virtual_size: u64) -> Result<PathBuf, ApiError> {
+    pub fn create_copy_target(&self, name: &str, virtual_size: u64) -> Result<PathBuf, AgentError> {
         let path = self.image_path(name)?;
         if self.shared {
-            return Err(ApiError::conflict(format!(
+            return Err(AgentError::refused(format!(
                 "pool {} is shared; a copied disk needs a local pool",
                 self.name
             )));
         }
         if path.exists() {
-            return Err(ApiError::conflict(format!(
+            return Err(AgentError::refused(format!(
                 "disk '{name}' already exists in pool {} (a copy kept from an earlier move?); \
                  refusing to overwrite it",
                 self.name
             )));
         }
         if virtual_size == 0 || !virtual_size.is_multiple_of(512) {
-            return Err(ApiError::bad_request(format!(
+            return Err(AgentError::bad_request(format!(
                 "virtual size {virtual_size} is not a positive multiple of 512 bytes"
             )));
         }
@@ -195,44 +197,44 @@ impl Pool {
     }
 
     /// Removes an image without the in-use check (the caller owns it: a copy target).
-    pub fn remove_image(&self, name: &str) -> Result<(), ApiError> {
+    pub fn remove_image(&self, name: &str) -> Result<(), AgentError> {
         let path = self.image_path(name)?;
         match std::fs::remove_file(&path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(ApiError::internal(format!(
+            Err(e) => Err(AgentError::storage(format!(
                 "cannot remove {}: {e}",
                 path.display()
             ))),
         }
     }
 
-    pub fn delete(&self, name: &str, in_use_by: Option<String>) -> Result<(), ApiError> {
+    pub fn delete(&self, name: &str, in_use_by: Option<String>) -> Result<(), AgentError> {
         let path = self.image_path(name)?;
         if let Some(vm) = in_use_by {
-            return Err(ApiError::conflict(format!(
+            return Err(AgentError::refused(format!(
                 "disk '{name}' in pool {} is attached to VM {vm}; stop or delete the VM first",
                 self.name
             )));
         }
         if !path.exists() {
-            return Err(ApiError::not_found(format!(
+            return Err(AgentError::not_found(format!(
                 "no disk '{name}' in pool {}",
                 self.name
             )));
         }
         std::fs::remove_file(&path)
-            .map_err(|e| ApiError::internal(format!("cannot remove {}: {e}", path.display())))
+            .map_err(|e| AgentError::storage(format!("cannot remove {}: {e}", path.display())))
     }
 }
 
-fn run_qemu_img(args: &[&std::ffi::OsStr]) -> Result<Vec<u8>, ApiError> {
+fn run_qemu_img(args: &[&std::ffi::OsStr]) -> Result<Vec<u8>, AgentError> {
     let out = Command::new("qemu-img")
         .args(args)
         .output()
-        .map_err(|e| ApiError::internal(format!("cannot run qemu-img: {e}")))?;
+        .map_err(|e| AgentError::storage(format!("cannot run qemu-img: {e}")))?;
     if !out.status.success() {
-        return Err(ApiError::internal(format!(
+        return Err(AgentError::storage(format!(
             "qemu-img {} failed: {}",
             args.first()
                 .map(|a| a.to_string_lossy())
@@ -244,14 +246,14 @@ fn run_qemu_img(args: &[&std::ffi::OsStr]) -> Result<Vec<u8>, ApiError> {
 }
 
 /// `qemu-img info -U`: -U (force share) because the image may be open by a running QEMU.
-fn qemu_img_info(path: &Path) -> Result<serde_json::Value, ApiError> {
+fn qemu_img_info(path: &Path) -> Result<serde_json::Value, AgentError> {
     let out = run_qemu_img(&[
         "info".as_ref(),
         "-U".as_ref(),
         "--output=json".as_ref(),
         path.as_os_str(),
     ])?;
-    serde_json::from_slice(&out).map_err(|e| ApiError::internal(format!("qemu-img info: {e}")))
+    serde_json::from_slice(&out).map_err(|e| AgentError::storage(format!("qemu-img info: {e}")))
 }
 
 #[cfg(test)]
@@ -294,16 +296,16 @@ mod tests {
             name: "data1".into(),
             size_mib: 64,
         });
-        assert!(again.unwrap_err().message.contains("already exists"));
+        assert!(again.unwrap_err().to_string().contains("already exists"));
         assert_eq!(pool.list(&none).unwrap().len(), 1);
         let busy = pool.delete("data1", Some("web1".into())).unwrap_err();
-        assert!(busy.message.contains("attached to VM web1"));
+        assert!(busy.to_string().contains("attached to VM web1"));
         pool.delete("data1", None).unwrap();
         assert!(pool.list(&none).unwrap().is_empty());
         assert!(pool
             .delete("data1", None)
             .unwrap_err()
-            .message
+            .to_string()
             .contains("no disk"));
         assert!(pool.image_path("../../etc/passwd").is_err());
     }
@@ -321,11 +323,7 @@ mod tests {
         pool.create_copy_target("d1", odd).unwrap();
         assert_eq!(pool.list(&none).unwrap()[0].virtual_size, odd);
         let again = pool.create_copy_target("d1", odd).unwrap_err();
-        assert!(
-            again.message.contains("already exists"),
-            "{}",
-            again.message
-        );
+        assert!(again.to_string().contains("already exists"), "{}", again);
         assert!(pool.create_copy_target("d2", 1000).is_err());
         assert!(pool.create_copy_target("../x", 4096).is_err());
         pool.remove_image("d1").unwrap();
