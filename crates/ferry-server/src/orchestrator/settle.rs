@@ -378,15 +378,18 @@ impl Run {
     }
 
     /// The VM's only whole copy is gone: the migration fails and the VM is reported
-    /// crashed. In pre-copy a destination that never held the VM is removed; in post-copy
-    /// the survivor keeps its share of the memory for whoever investigates.
+    /// crashed. A destination that never held the VM is removed; in post-copy so is the
+    /// survivor, which holds only part of the memory: left alone, a destination survivor's
+    /// guest would run on (and write to shared disks) until it faults on a page that will
+    /// never come, next to the VM the operator boots again from the same disks.
     pub(super) async fn lose(&mut self, reason: String, s: SideFacts, d: SideFacts) -> Step<Next> {
         let postcopy = self.m.phase == Phase::PostCopy || s.is_postcopy() || d.is_postcopy();
         let error = if postcopy {
             format!(
                 "{reason}; the VM cannot be recovered (its memory was split between {} and {}); \
-                 the surviving QEMU is left as it is",
-                self.m.source, self.m.destination
+                 the surviving QEMU, which holds only part of it, is stopped, and the disks are \
+                 untouched, so `ferry vm start {}` boots it again",
+                self.m.source, self.m.destination, self.m.vm
             )
         } else {
             format!(
@@ -403,8 +406,27 @@ impl Run {
             Some(VmState::Crashed),
         )
         .await?;
-        if !postcopy && (d.destination_partial() || d.is_gone()) {
-            let _ = self.agents().remove(&self.m.destination, &self.m.vm).await;
+        let mut doomed = Vec::new();
+        if postcopy || d.destination_partial() || d.is_gone() {
+            doomed.push(self.m.destination.clone());
+        }
+        if postcopy {
+            doomed.push(self.m.source.clone());
+        }
+        for host in doomed {
+            match self.agents().remove(&host, &self.m.vm).await {
+                Ok(()) => {}
+                Err(e) if e.is_not_found() => {}
+                Err(e) => self.event(
+                    EventKind::MigrationDestinationCleanup,
+                    Outcome::Error,
+                    format!(
+                        "could not stop what is left of VM {} on {host}: {e}",
+                        self.m.vm
+                    ),
+                    serde_json::Value::Null,
+                ),
+            }
         }
         Ok(Next::Done)
     }

@@ -245,6 +245,15 @@ impl Lab {
                     e.contains("lost") || e.contains("cannot be recovered"),
                     "{what}: {e}"
                 );
+                // Nothing of the VM is left running anywhere (a post-copy survivor holds
+                // only part of the memory and is stopped too).
+                for host in ["a", "b"] {
+                    assert!(
+                        self.fake.vm_on(host).is_none_or(|v| v.exited),
+                        "{what}: a QEMU is left on {host}: {:?}",
+                        self.fake.vm_on(host)
+                    );
+                }
             }
             Expect::Attention => {
                 assert_eq!(m.phase, Phase::NeedsAttention, "{what}: {m:#?}");
