@@ -11,6 +11,7 @@
 //! `tc tbf`, long distances emulated by the delaying TCP relay ([`relay`]); see [`netlab`].
 
 pub mod guest;
+pub mod hold;
 pub mod lab;
 pub mod probe;
 pub mod testvm;
