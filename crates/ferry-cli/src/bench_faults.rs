@@ -1,6 +1,8 @@
 //! `ferry bench faults`: the fault matrix ([`ferry_lab::faults`]) on real daemons, QEMU and
 //! the guest. Every cell gets its own lab; a cell whose outcome the recovery rules do not
 //! allow, or that broke an invariant, makes the command fail after the whole table.
+//!
+//! `ferry bench soak`: [`ferry_lab::soak`], rounds of migrations with seeded faults.
 
 use std::time::Instant;
 
@@ -8,9 +10,9 @@ use ferry_lab::ensure_test_image;
 use ferry_lab::faults::{self, Cell, MatrixConfig, Outcome};
 
 use crate::bench::{machine_json, write_result};
-use crate::cli::BenchFaultsArgs;
+use crate::cli::{BenchFaultsArgs, BenchSoakArgs};
 use crate::exit::{CliError, CliResult};
-use crate::output::print_json;
+use crate::output::{print_json, print_table};
 
 pub async fn faults(a: BenchFaultsArgs) -> CliResult {
     let cells: Vec<Cell> = if a.cells.is_empty() {
@@ -99,6 +101,113 @@ pub async fn faults(a: BenchFaultsArgs) -> CliResult {
             bad.join(", ")
         )))
     }
+}
+
+pub async fn soak(a: BenchSoakArgs) -> CliResult {
+    if !nix_is_root() {
+        return Err(CliError::refused("ferry bench soak needs root"));
+    }
+    eprintln!("bench: preparing the test guest image");
+    let image_dir =
+        tokio::task::spawn_blocking(|| ensure_test_image(&mut |s: &str| eprintln!("  {s}")))
+            .await
+            .map_err(|e| CliError::failed(e.to_string()))?
+            .map_err(CliError::failed)?;
+    let exe = std::env::current_exe().map_err(|e| CliError::failed(e.to_string()))?;
+    let cfg = ferry_lab::soak::SoakConfig {
+        ferry_bin: exe,
+        image_dir: Some(image_dir),
+        count: a.count,
+        seed: a.seed,
+        keep: a.keep,
+        recovery_bound_s: a.recovery_bound,
+    };
+    let report = ferry_lab::soak::run(&cfg, |r| {
+        eprintln!(
+            "bench: round {}: {} {} -> {}, {}: {} ({:.0} s){}",
+            r.n,
+            r.vm,
+            r.from,
+            r.to,
+            r.fault,
+            r.result,
+            r.seconds,
+            if r.problems.is_empty() {
+                String::new()
+            } else {
+                format!(" PROBLEMS: {}", r.problems.join("; "))
+            }
+        )
+    })
+    .await
+    .map_err(CliError::failed)?;
+    let doc = serde_json::json!({
+        "benchmark": "soak",
+        "date": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        "machine": machine_json("tcg"),
+        "guest_memory_mib": 256,
+        "workload_mib": 32,
+        "report": report,
+    });
+    let file = write_result(&a.out, "soak", &doc)?;
+    let s = &report.summary;
+    if a.json.json {
+        print_json(&doc)?;
+    } else {
+        print_table(
+            &[
+                "ROUNDS",
+                "OK",
+                "FAILED CLEANLY",
+                "NEEDS ATTENTION",
+                "LOST",
+                "ERRORS",
+            ],
+            &[vec![
+                s.rounds.to_string(),
+                s.ok.to_string(),
+                s.failed_cleanly.to_string(),
+                s.needs_attention.to_string(),
+                s.lost.to_string(),
+                s.errors.to_string(),
+            ]],
+        );
+        print_table(
+            &[
+                "MISMATCHES",
+                "LEAKED QEMUS",
+                "SOCKETS",
+                "FILES",
+                "TAPS",
+                "WALL",
+            ],
+            &[vec![
+                s.guest_mismatches.to_string(),
+                s.leaked_qemus.to_string(),
+                s.leaked_sockets.to_string(),
+                s.leaked_files.to_string(),
+                s.leaked_taps.to_string(),
+                format!("{:.0} s", s.wall_s),
+            ]],
+        );
+        println!(
+            "seed {}; results written to {}",
+            report.seed,
+            file.display()
+        );
+    }
+    let problems = report
+        .rounds
+        .iter()
+        .filter(|r| !r.problems.is_empty())
+        .count();
+    if s.lost + s.errors > 0 || s.guest_mismatches > 0 || problems > 0 {
+        return Err(CliError::failed(format!(
+            "{problems} rounds with problems, {} lost, {} errors, {} mismatches",
+            s.lost, s.errors, s.guest_mismatches
+        )));
+    }
+    Ok(())
 }
 
 fn nix_is_root() -> bool {

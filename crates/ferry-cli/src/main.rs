@@ -81,6 +81,7 @@ async fn run(cli: Cli) -> CliResult {
             interruptible(bench_converge::convergence(a)).await
         }
         Command::Bench(cli::BenchCmd::Faults(a)) => interruptible(bench_faults::faults(a)).await,
+        Command::Bench(cli::BenchCmd::Soak(a)) => interruptible(bench_faults::soak(a)).await,
     }
 }
 

@@ -366,7 +366,7 @@ pub async fn run_cell(cfg: &MatrixConfig, cell: Cell) -> CellResult {
 }
 
 /// Unmounts a tmpfs laid over a pool directory, also when the cell fails.
-struct Tmpfs(PathBuf);
+pub(crate) struct Tmpfs(PathBuf);
 
 impl Tmpfs {
     fn mount(dir: &Path, size_mib: u64) -> Result<Tmpfs, String> {
@@ -479,44 +479,19 @@ async fn run(cfg: &MatrixConfig, cell: Cell, r: &mut CellResult) -> Result<(), S
 
     // The fault, at the moment the phase begins; then what was killed comes back.
     let fault_at = Instant::now();
-    match cell.fault {
-        Fault::KillServer => {
-            lab.kill_server().map_err(|e| e.to_string())?;
-            lab.restart_server(&lcfg).await.map_err(|e| e.to_string())?;
-        }
-        Fault::KillSourceAgent | Fault::KillDestAgent => {
-            let host = if cell.fault == Fault::KillSourceAgent {
-                "a"
-            } else {
-                "b"
-            };
-            lab.kill_agent(host).map_err(|e| e.to_string())?;
-            lab.restart_agent_with(&lcfg, host, &[])
-                .await
-                .map_err(|e| e.to_string())?;
-        }
-        Fault::KillDestQemu | Fault::KillSourceQemu => {
-            let host = if cell.fault == Fault::KillSourceQemu {
-                "a"
-            } else {
-                "b"
-            };
-            if !lab.kill_qemu(host, VM) {
-                return Err(format!("no QEMU of {VM} on {host} to kill"));
-            }
-        }
-        Fault::DestPoolFull => {
-            pool.as_ref().ok_or("no tmpfs over the pool")?.fill()?;
-        }
-        Fault::LinkCut => return Err("link cut needs the network lab".into()),
-    }
+    let route = Route {
+        vm: VM,
+        source: "a",
+        destination: "b",
+    };
+    inject(&mut lab, &lcfg, cell.fault, route, pool.as_ref()).await?;
     hold::release(&held)?;
     let settled = settle(&c, holds.path(), m.id).await;
     let mut m = settled.map_err(|e| format!("{e}\nserver: {}", lab.server_logs()))?;
     r.detail = describe(&m);
     if m.phase == Phase::NeedsAttention {
         r.outcome = Outcome::NeedsAttention;
-        let keep = keep_side(&lab);
+        let keep = keep_side(&lab, route);
         match keep {
             Some(keep) => {
                 let side = match keep {
@@ -546,6 +521,55 @@ async fn run(cfg: &MatrixConfig, cell: Cell, r: &mut CellResult) -> Result<(), S
     }
     drop(pool);
     drop(lab);
+    Ok(())
+}
+
+/// Which VM moves where (the soak moves two VMs both ways).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Route<'a> {
+    pub vm: &'a str,
+    pub source: &'a str,
+    pub destination: &'a str,
+}
+
+/// Injects `fault` into `route`'s migration and brings back whatever was killed (a QEMU
+/// is not brought back: its death is the fault).
+pub(crate) async fn inject(
+    lab: &mut Lab,
+    lcfg: &LabConfig,
+    fault: Fault,
+    route: Route<'_>,
+    pool: Option<&Tmpfs>,
+) -> Result<(), String> {
+    match fault {
+        Fault::KillServer => {
+            lab.kill_server().map_err(|e| e.to_string())?;
+            lab.restart_server(lcfg).await.map_err(|e| e.to_string())?;
+        }
+        Fault::KillSourceAgent | Fault::KillDestAgent => {
+            let host = if fault == Fault::KillSourceAgent {
+                route.source
+            } else {
+                route.destination
+            };
+            lab.kill_agent(host).map_err(|e| e.to_string())?;
+            lab.restart_agent_with(lcfg, host, &[])
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        Fault::KillDestQemu | Fault::KillSourceQemu => {
+            let host = if fault == Fault::KillSourceQemu {
+                route.source
+            } else {
+                route.destination
+            };
+            if !lab.kill_qemu(host, route.vm) {
+                return Err(format!("no QEMU of {} on {host} to kill", route.vm));
+            }
+        }
+        Fault::DestPoolFull => pool.ok_or("no tmpfs over the pool")?.fill()?,
+        Fault::LinkCut => return Err("link cut needs the network lab".into()),
+    }
     Ok(())
 }
 
@@ -620,7 +644,11 @@ fn options(cell: Cell) -> MigrationOptions {
 /// Waits (4 min at most) until the migration is settled: completed, failed, cancelled or
 /// needs_attention. Runs held again after a restart are released at once: the fault was
 /// injected already. Answers that fail (a server coming back) are asked again.
-async fn settle(c: &ServerClient, holds: &Path, id: uuid::Uuid) -> Result<Migration, String> {
+pub(crate) async fn settle(
+    c: &ServerClient,
+    holds: &Path,
+    id: uuid::Uuid,
+) -> Result<Migration, String> {
     let deadline = Instant::now() + Duration::from_secs(240);
     loop {
         hold::release_all(holds);
@@ -638,7 +666,7 @@ async fn settle(c: &ServerClient, holds: &Path, id: uuid::Uuid) -> Result<Migrat
     }
 }
 
-fn describe(m: &Migration) -> String {
+pub(crate) fn describe(m: &Migration) -> String {
     let mut s = m.phase.to_string();
     if let Some(a) = &m.attention {
         s.push_str(&format!(": {}", a.reason));
@@ -649,8 +677,11 @@ fn describe(m: &Migration) -> String {
 }
 
 /// The side an operator would keep: the one whose QEMU still lives, when exactly one does.
-fn keep_side(lab: &Lab) -> Option<Keep> {
-    match (lab.qemu_pid("a", VM), lab.qemu_pid("b", VM)) {
+pub(crate) fn keep_side(lab: &Lab, route: Route<'_>) -> Option<Keep> {
+    match (
+        lab.qemu_pid(route.source, route.vm),
+        lab.qemu_pid(route.destination, route.vm),
+    ) {
         (Some(_), None) => Some(Keep::Source),
         (None, Some(_)) => Some(Keep::Destination),
         _ => None,

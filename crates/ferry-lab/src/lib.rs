@@ -15,6 +15,7 @@ pub mod guest;
 pub mod hold;
 pub mod lab;
 pub mod probe;
+pub mod soak;
 pub mod testvm;
 
 pub use guest::{verdict_after, wait_ready, GuestVerdict, Observer};
