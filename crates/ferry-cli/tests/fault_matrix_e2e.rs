@@ -2,11 +2,11 @@
 //! cells (`ferry bench faults` runs them all) that covers every phase and every fault at
 //! least once. Each cell is its own lab: the server holds the migration the moment the
 //! phase begins, the fault strikes there (a daemon or a QEMU SIGKILLed and the daemon
-//! restarted, the destination pool filled), the run is released, and the cell checks
-//! that the migration settles the way the recovery rules say, that exactly one QEMU runs
-//! the VM on the host the server names (none, and reported crashed, when the VM is lost),
-//! that the guest verifies clean in memory and on disk, and that nothing leaked.
-//! Two cells run side by side.
+//! restarted, the destination pool filled, the migration link cut in the network lab),
+//! the run is released, and the cell checks that the migration settles the way the
+//! recovery rules say, that exactly one QEMU runs the VM on the host the server names
+//! (none, and reported crashed, when the VM is lost), that the guest verifies clean in
+//! memory and on disk, and that nothing leaked. Two cells run side by side.
 
 mod common;
 
@@ -29,7 +29,7 @@ async fn every_phase_and_every_fault_settles_safely() {
         Cell::new(Point::Transferring, Fault::KillDestQemu),
         Cell::new(Point::SwitchingOver, Fault::KillDestQemu),
         Cell::new(Point::SwitchingOver, Fault::KillSourceQemu),
-        // The loopback lab has no separate migration link: reported n/a, with why.
+        // In the network lab: the destination's migration link down for 20 s.
         Cell::new(Point::Transferring, Fault::LinkCut),
     ];
     for f in Fault::ALL {

@@ -21,8 +21,10 @@ use ferry_api::client::ServerClient;
 use ferry_api::*;
 use serde::Serialize;
 
+use crate::cluster::{Cluster, Route};
 use crate::hold;
-use crate::lab::{Lab, LabConfig};
+use crate::lab::LabConfig;
+use crate::netlab::NetLabConfig;
 use crate::{test_vm_spec, verdict_after, wait_ready, Observer};
 
 const VM: &str = "fm";
@@ -35,6 +37,8 @@ const AREA_MIB: u64 = 16;
 const FULL_DISK_MIB: u64 = 64;
 const FULL_AREA_MIB: u64 = 48;
 const DISK_WRITE_MIB_S: f64 = 1.0;
+/// How long a cut migration link stays down.
+const LINK_DOWN: Duration = Duration::from_secs(20);
 
 /// (disk size, guest area) for `cell`, MiB.
 fn disk_size(cell: Cell) -> (u64, u64) {
@@ -149,8 +153,6 @@ impl Cell {
     /// Why this cell cannot be run, if it cannot.
     pub fn not_applicable(self) -> Option<&'static str> {
         match (self.point, self.fault) {
-            // The loopback lab has one network; a cut would cut the agents off as well.
-            (_, Fault::LinkCut) => Some("loopback lab: no separate migration link"),
             (Point::SwitchingOver, Fault::DestPoolFull) => {
                 Some("the disk copy finished before the switch-over")
             }
@@ -164,7 +166,11 @@ impl Cell {
     pub fn expected(self) -> &'static [Outcome] {
         use crate::faults::Outcome::*;
         match (self.point, self.fault) {
-            (_, Fault::LinkCut) => &[NotApplicable],
+            // Before the switch, a 20 s cut either outlasts the watchdog (rolled back) or
+            // the stream picks up again when the link is back (moved); after it, the
+            // destination has everything, and post-copy pauses and recovers.
+            (Point::SwitchingOver | Point::PostCopy, Fault::LinkCut) => &[Moved],
+            (_, Fault::LinkCut) => &[Moved, RolledBack],
             (Point::PostCopy, Fault::KillDestQemu | Fault::KillSourceQemu) => &[Lost],
             (Point::SwitchingOver, Fault::KillDestQemu) => &[NeedsAttention],
             (Point::SwitchingOver, Fault::KillSourceQemu) => &[Moved],
@@ -388,7 +394,7 @@ impl Tmpfs {
     /// Takes every free byte, as another tenant of the pool would: grows a file in 4 MiB
     /// steps, then 64 KiB steps, until the file system refuses. (One request of "all that
     /// statvfs says is free" can be refused outright while the copy writes.)
-    fn fill(&self) -> Result<(), String> {
+    pub(crate) fn fill(&self) -> Result<(), String> {
         use std::os::fd::AsRawFd;
         let path = self.0.join("filler.bin");
         let file = std::fs::File::create(&path)
@@ -421,23 +427,32 @@ async fn run(cfg: &MatrixConfig, cell: Cell, r: &mut CellResult) -> Result<(), S
         .tempdir()
         .map_err(|e| format!("cannot create a hold directory: {e}"))?;
     let with_disk = cell.point != Point::PostCopy;
-    let mut lcfg = LabConfig::new(cfg.ferry_bin.clone(), &["a", "b"]);
-    lcfg.image_dir = cfg.image_dir.clone();
-    lcfg.keep = cfg.keep;
-    lcfg.pools = with_disk;
-    lcfg.server_args = hold::server_args(&[cell.point.as_str()], holds.path());
-    lcfg.server_args.extend([
+    let mut server_args = hold::server_args(&[cell.point.as_str()], holds.path());
+    server_args.extend([
         "--recovery-bound-s".to_string(),
         cfg.recovery_bound_s.to_string(),
     ]);
-    let mut lab = Lab::start(lcfg.clone())
-        .await
-        .map_err(|e| format!("lab: {e}"))?;
+    let mut lab = if cell.fault == Fault::LinkCut {
+        // Only the network lab has a migration link to cut that is not also the link
+        // between the agents and the server.
+        let mut ncfg = NetLabConfig::new(cfg.ferry_bin.clone(), &["a", "b"]);
+        ncfg.image_dir = cfg.image_dir.clone();
+        ncfg.keep = cfg.keep;
+        let pools = with_disk.then(|| holds.path().join("pools"));
+        Cluster::start_net(ncfg, server_args, pools.as_deref()).await?
+    } else {
+        let mut lcfg = LabConfig::new(cfg.ferry_bin.clone(), &["a", "b"]);
+        lcfg.image_dir = cfg.image_dir.clone();
+        lcfg.keep = cfg.keep;
+        lcfg.pools = with_disk;
+        lcfg.server_args = server_args;
+        Cluster::start_loop(lcfg).await?
+    };
     let c = lab.client();
     boot(cfg, &c, cell).await?;
     // Declared after the lab so it is unmounted before the lab removes its directory.
     let pool = if cell.fault == Fault::DestPoolFull {
-        let dir = lab.dir().join("b").join("pool-local");
+        let dir = lab.state_dir("b").join("pool-local");
         // Room for the copy and the pre-migration check's 64 MiB margin; filled at the hold.
         Some(Tmpfs::mount(&dir, disk_size(cell).0 + 96)?)
     } else {
@@ -484,8 +499,23 @@ async fn run(cfg: &MatrixConfig, cell: Cell, r: &mut CellResult) -> Result<(), S
         source: "a",
         destination: "b",
     };
-    inject(&mut lab, &lcfg, cell.fault, route, pool.as_ref()).await?;
+    lab.inject(cell.fault, route, pool.as_ref()).await?;
     hold::release(&held)?;
+    if cell.fault == Fault::LinkCut {
+        // The link stays down for LINK_DOWN (or until the migration settles), then comes
+        // back, as a flapping link would.
+        let deadline = Instant::now() + LINK_DOWN;
+        while Instant::now() < deadline {
+            hold::release_all(holds.path());
+            if let Ok(cur) = c.migration(m.id).await {
+                if cur.phase.is_terminal() || cur.phase == Phase::NeedsAttention {
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        lab.set_link("b", true)?;
+    }
     let settled = settle(&c, holds.path(), m.id).await;
     let mut m = settled.map_err(|e| format!("{e}\nserver: {}", lab.server_logs()))?;
     r.detail = describe(&m);
@@ -521,55 +551,6 @@ async fn run(cfg: &MatrixConfig, cell: Cell, r: &mut CellResult) -> Result<(), S
     }
     drop(pool);
     drop(lab);
-    Ok(())
-}
-
-/// Which VM moves where (the soak moves two VMs both ways).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Route<'a> {
-    pub vm: &'a str,
-    pub source: &'a str,
-    pub destination: &'a str,
-}
-
-/// Injects `fault` into `route`'s migration and brings back whatever was killed (a QEMU
-/// is not brought back: its death is the fault).
-pub(crate) async fn inject(
-    lab: &mut Lab,
-    lcfg: &LabConfig,
-    fault: Fault,
-    route: Route<'_>,
-    pool: Option<&Tmpfs>,
-) -> Result<(), String> {
-    match fault {
-        Fault::KillServer => {
-            lab.kill_server().map_err(|e| e.to_string())?;
-            lab.restart_server(lcfg).await.map_err(|e| e.to_string())?;
-        }
-        Fault::KillSourceAgent | Fault::KillDestAgent => {
-            let host = if fault == Fault::KillSourceAgent {
-                route.source
-            } else {
-                route.destination
-            };
-            lab.kill_agent(host).map_err(|e| e.to_string())?;
-            lab.restart_agent_with(lcfg, host, &[])
-                .await
-                .map_err(|e| e.to_string())?;
-        }
-        Fault::KillDestQemu | Fault::KillSourceQemu => {
-            let host = if fault == Fault::KillSourceQemu {
-                route.source
-            } else {
-                route.destination
-            };
-            if !lab.kill_qemu(host, route.vm) {
-                return Err(format!("no QEMU of {} on {host} to kill", route.vm));
-            }
-        }
-        Fault::DestPoolFull => pool.ok_or("no tmpfs over the pool")?.fill()?,
-        Fault::LinkCut => return Err("link cut needs the network lab".into()),
-    }
     Ok(())
 }
 
@@ -677,7 +658,7 @@ pub(crate) fn describe(m: &Migration) -> String {
 }
 
 /// The side an operator would keep: the one whose QEMU still lives, when exactly one does.
-pub(crate) fn keep_side(lab: &Lab, route: Route<'_>) -> Option<Keep> {
+pub(crate) fn keep_side(lab: &Cluster, route: Route<'_>) -> Option<Keep> {
     match (
         lab.qemu_pid(route.source, route.vm),
         lab.qemu_pid(route.destination, route.vm),
@@ -690,7 +671,7 @@ pub(crate) fn keep_side(lab: &Lab, route: Route<'_>) -> Option<Keep> {
 
 /// Waits up to 30 s for `host` to have no QEMU left (retirement and teardown finish a
 /// moment after the phase is saved).
-async fn no_qemu_within(lab: &Lab, host: &str) -> Vec<u32> {
+async fn no_qemu_within(lab: &Cluster, host: &str) -> Vec<u32> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let left = lab.qemus_on(host);
@@ -725,7 +706,7 @@ async fn wait_disk(
 
 /// Classifies the settled migration and checks the invariants into `r`.
 async fn check(
-    lab: &Lab,
+    lab: &Cluster,
     c: &ServerClient,
     m: &Migration,
     before: &ferry_guest::status::StatusLine,

@@ -10,6 +10,7 @@
 //! agent, joined by separate management, migration and VM segments, links shaped with
 //! `tc tbf`, long distances emulated by the delaying TCP relay ([`relay`]); see [`netlab`].
 
+mod cluster;
 pub mod faults;
 pub mod guest;
 pub mod hold;

@@ -15,9 +15,10 @@ use ferry_api::client::ServerClient;
 use ferry_api::*;
 use serde::Serialize;
 
-use crate::faults::{describe, inject, keep_side, settle, Fault, Route};
+use crate::cluster::{Cluster, Route};
+use crate::faults::{describe, keep_side, settle, Fault};
 use crate::hold;
-use crate::lab::{Lab, LabConfig};
+use crate::lab::LabConfig;
 use crate::{test_vm_spec, wait_ready, Observer};
 
 const VMS: [&str; 2] = ["s0", "s1"];
@@ -124,9 +125,7 @@ pub async fn run(cfg: &SoakConfig, mut progress: impl FnMut(&Round)) -> Result<S
         "--recovery-bound-s".to_string(),
         cfg.recovery_bound_s.to_string(),
     ]);
-    let mut lab = Lab::start(lcfg.clone())
-        .await
-        .map_err(|e| format!("lab: {e}"))?;
+    let mut lab = Cluster::start_loop(lcfg).await?;
     let c = lab.client();
     for (vm, host) in VMS.iter().zip(HOSTS) {
         c.create_vm(&CreateVmRequest {
@@ -175,10 +174,10 @@ pub async fn run(cfg: &SoakConfig, mut progress: impl FnMut(&Round)) -> Result<S
             problems: Vec::new(),
         };
         if let (Some(f), false) = (fault, during) {
-            inject(&mut lab, &lcfg, f, route, None).await?;
+            lab.inject(f, route, None).await?;
         }
         let strike = if during { fault } else { None };
-        match one_round(&mut lab, &lcfg, &c, holds.path(), route, strike, point).await {
+        match one_round(&mut lab, &c, holds.path(), route, strike, point).await {
             Ok((result, detail)) => {
                 round.result = result;
                 round.detail = detail;
@@ -219,8 +218,7 @@ pub async fn run(cfg: &SoakConfig, mut progress: impl FnMut(&Round)) -> Result<S
 
 /// One migration; `strike` (if any) at `point`. Returns (result, detail).
 async fn one_round(
-    lab: &mut Lab,
-    lcfg: &LabConfig,
+    lab: &mut Cluster,
     c: &ServerClient,
     holds: &Path,
     route: Route<'_>,
@@ -244,7 +242,7 @@ async fn one_round(
             let file = hold::hold_file(holds, m.id, point);
             if file.exists() {
                 if let Some(f) = strike {
-                    inject(lab, lcfg, f, route, None).await?;
+                    lab.inject(f, route, None).await?;
                 }
                 struck = true;
             }
@@ -294,7 +292,7 @@ async fn one_round(
 
 /// Both VMs: one QEMU on the host the server names, the guest counting with zero
 /// mismatches; nothing of a VM left on the host it is not on.
-async fn check_all(lab: &Lab, c: &ServerClient, round: &mut Round, s: &mut SoakSummary) {
+async fn check_all(lab: &Cluster, c: &ServerClient, round: &mut Round, s: &mut SoakSummary) {
     for vm in VMS {
         let Ok(rec) = c.vm(vm).await else {
             round
@@ -313,7 +311,7 @@ async fn check_all(lab: &Lab, c: &ServerClient, round: &mut Round, s: &mut SoakS
         }
         for other in HOSTS.iter().filter(|h| **h != home) {
             // Retirement and teardown finish a moment after the phase is saved.
-            let dir = lab.dir().join(other).join("vms").join(vm);
+            let dir = lab.state_dir(other).join("vms").join(vm);
             let deadline = Instant::now() + Duration::from_secs(20);
             while dir.exists() && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(250)).await;
