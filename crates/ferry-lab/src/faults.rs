@@ -609,10 +609,13 @@ fn options(cell: Cell) -> MigrationOptions {
             completion_timeout_s_per_gib: Some(20),
             ..Default::default()
         }
-    } else if cell.fault == Fault::DestPoolFull {
+    } else if cell.fault == Fault::DestPoolFull
+        && matches!(cell.point, Point::Preparing | Point::CopyingDisks)
+    {
         // On loopback the copy would be over before the pool fills; capped, it is still
-        // writing new blocks when the fault strikes (and the memory, dirtied at 2 MiB/s,
-        // still converges).
+        // writing new blocks when the fault strikes. Later phases run uncapped: the copy
+        // is done, and a cap below the guest's dirty rate would end the run through the
+        // convergence controller instead of through the fault.
         MigrationOptions {
             max_bandwidth_mib: Some(4),
             ..Default::default()
