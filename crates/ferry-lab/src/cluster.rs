@@ -141,11 +141,38 @@ impl Cluster {
                 lab.restart_agent_with(cfg, host, &[])
                     .await
                     .map_err(|e| e.to_string())?;
+                // Back means registered again: until then the server still has the dead
+                // agent's address (a restarted agent listens on a new port).
+                wait_registered(lab, host).await?;
             }
             (f, Cluster::Net(_)) => {
                 return Err(format!("{} is not run in the network lab", f.as_str()))
             }
         }
         Ok(())
+    }
+}
+
+/// Waits (30 s at most) until the server has `host`'s current agent address and sees it
+/// connected.
+async fn wait_registered(lab: &Lab, host: &str) -> Result<(), String> {
+    let url = lab
+        .agents
+        .iter()
+        .find(|a| a.name == host)
+        .map(|a| a.url.clone())
+        .ok_or_else(|| format!("no agent {host}"))?;
+    let c = lab.client();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if let Ok(h) = c.host(host).await {
+            if h.url == url && h.state == ferry_api::HostState::Connected {
+                return Ok(());
+            }
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(format!("agent {host} did not register again within 30 s"));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }

@@ -521,7 +521,7 @@ async fn run(cfg: &MatrixConfig, cell: Cell, r: &mut CellResult) -> Result<(), S
     r.detail = describe(&m);
     if m.phase == Phase::NeedsAttention {
         r.outcome = Outcome::NeedsAttention;
-        let keep = keep_side(&lab, route);
+        let keep = keep_side(&lab, route, &m);
         match keep {
             Some(keep) => {
                 let side = match keep {
@@ -660,15 +660,25 @@ pub(crate) fn describe(m: &Migration) -> String {
     s
 }
 
-/// The side an operator would keep: the one whose QEMU still lives, when exactly one does.
-pub(crate) fn keep_side(lab: &Cluster, route: Route<'_>) -> Option<Keep> {
+/// The side an operator would keep: the one whose QEMU still lives, when exactly one
+/// does; when both live, the one whose guest runs according to what the hosts reported
+/// (`attention`), when exactly one does.
+pub(crate) fn keep_side(lab: &Cluster, route: Route<'_>, m: &Migration) -> Option<Keep> {
     match (
         lab.qemu_pid(route.source, route.vm),
         lab.qemu_pid(route.destination, route.vm),
     ) {
         (Some(_), None) => Some(Keep::Source),
         (None, Some(_)) => Some(Keep::Destination),
-        _ => None,
+        (Some(_), Some(_)) => {
+            let a = m.attention.as_ref()?;
+            match (a.source.running(), a.destination.running()) {
+                (true, false) => Some(Keep::Source),
+                (false, true) => Some(Keep::Destination),
+                _ => None,
+            }
+        }
+        (None, None) => None,
     }
 }
 

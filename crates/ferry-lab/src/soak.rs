@@ -269,7 +269,7 @@ async fn one_round(
     let mut attention = false;
     if m.phase == Phase::NeedsAttention {
         attention = true;
-        let keep = keep_side(lab, route)
+        let keep = keep_side(lab, route, &m)
             .ok_or_else(|| format!("needs attention and no side to keep: {detail}"))?;
         c.resolve_migration(m.id, &ResolveRequest { keep, force: false })
             .await
