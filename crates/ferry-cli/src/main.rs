@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_converge;
+mod bench_faults;
 mod bench_net;
 mod bench_plain;
 mod bench_storage;
@@ -79,6 +80,8 @@ async fn run(cli: Cli) -> CliResult {
         Command::Bench(cli::BenchCmd::Convergence(a)) => {
             interruptible(bench_converge::convergence(a)).await
         }
+        Command::Bench(cli::BenchCmd::Faults(a)) => interruptible(bench_faults::faults(a)).await,
+        Command::Bench(cli::BenchCmd::Soak(a)) => interruptible(bench_faults::soak(a)).await,
     }
 }
 

@@ -31,6 +31,9 @@ pub struct LabConfig {
     /// Give every agent a local pool `local` (its own directory) and a pool `shared` (one
     /// directory every agent sees, as shared storage would be).
     pub pools: bool,
+    /// Extra arguments for `ferry server` (e.g. the hidden `--test-hold-at` flags of the
+    /// fault tests, or `--recovery-bound-s 20`); kept on a restart.
+    pub server_args: Vec<String>,
 }
 
 impl LabConfig {
@@ -42,6 +45,7 @@ impl LabConfig {
             keep: false,
             log_filter: "info".into(),
             pools: false,
+            server_args: Vec::new(),
         }
     }
 }
@@ -61,6 +65,9 @@ pub struct Lab {
     keep: bool,
     /// Each agent's original arguments (restarts start from these).
     agent_args: std::collections::HashMap<String, Vec<String>>,
+    /// The server's arguments: a restart (after [`Lab::kill_server`]) reuses them, so the
+    /// new server has the same data directory and the same port the agents talk to.
+    server_args: Vec<String>,
     restarts: u32,
 }
 
@@ -80,13 +87,17 @@ impl Lab {
             agents: Vec::new(),
             keep: cfg.keep,
             agent_args: Default::default(),
+            server_args: Vec::new(),
             restarts: 0,
         };
         let server_ready = path.join("server.addr");
+        // A fixed port, chosen now, rather than port 0: agents are given the server's URL
+        // once, so a restarted server must come back where they look for it.
+        let port = free_port()?;
         let mut args: Vec<String> = vec![
             "server".into(),
             "--listen".into(),
-            "127.0.0.1:0".into(),
+            format!("127.0.0.1:{port}"),
             "--data-dir".into(),
             path.join("server").display().to_string(),
             "--ready-file".into(),
@@ -94,6 +105,8 @@ impl Lab {
             "--host-timeout-ms".into(),
             "5000".into(),
         ];
+        args.extend(cfg.server_args.iter().cloned());
+        lab.server_args = args.clone();
         lab.spawn(&cfg, "server", &args)?;
         let addr = lab.wait_ready_file("server", &server_ready).await?;
         lab.server_url = format!("http://{addr}");
@@ -230,6 +243,60 @@ impl Lab {
         Ok(())
     }
 
+    fn server_daemon(&self) -> Result<usize, LabError> {
+        self.daemons
+            .iter()
+            .position(|d| d.spec.name == "server" || d.spec.name.starts_with("server-"))
+            .ok_or_else(|| LabError::Io("no server in this lab".into()))
+    }
+
+    /// Kills the server with SIGKILL (a crash: nothing saved beyond what it had written).
+    /// Agents and QEMUs keep running. Start it again with [`Lab::restart_server`].
+    pub fn kill_server(&mut self) -> Result<(), LabError> {
+        let idx = self.server_daemon()?;
+        let child = &mut self.daemons[idx].child;
+        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+        let _ = child.wait();
+        Ok(())
+    }
+
+    /// Stops the server (SIGTERM; a no-op if it is already dead) and starts it again on the
+    /// same data directory and address, with its original arguments. Returns once every
+    /// host is connected to the new server again.
+    pub async fn restart_server(&mut self, cfg: &LabConfig) -> Result<(), LabError> {
+        let idx = self.server_daemon()?;
+        let mut old = self.daemons.remove(idx);
+        daemon::stop_one(&mut old, Duration::from_secs(5));
+        let ready = self.path.join("server.addr");
+        let _ = std::fs::remove_file(&ready);
+        self.restarts += 1;
+        let name = format!("server-restart{}", self.restarts);
+        let args = self.server_args.clone();
+        self.spawn(cfg, &name, &args)?;
+        let addr = self.wait_ready_file("server", &ready).await?;
+        let url = format!("http://{addr}");
+        if url != self.server_url {
+            return Err(LabError::Start {
+                what: "server".into(),
+                reason: format!("came back on {url}, not {}", self.server_url),
+            });
+        }
+        let hosts: Vec<String> = self.agents.iter().map(|a| a.name.clone()).collect();
+        self.wait_connected(&hosts).await
+    }
+
+    /// The log files of every server this lab ran (the first, then each restart).
+    pub fn server_logs(&self) -> String {
+        let mut out = self.log_tail("server");
+        for i in 1..=self.restarts {
+            let name = format!("server-restart{i}");
+            if self.path.join(format!("{name}.log")).exists() {
+                out.push_str(&format!("\n--- {name}:\n{}", self.log_tail(&name)));
+            }
+        }
+        out
+    }
+
     pub fn client(&self) -> ServerClient {
         ServerClient::new(&self.server_url)
             .expect("the lab's own URL is valid")
@@ -285,6 +352,15 @@ impl Lab {
             let _ = dir.close();
         }
     }
+}
+
+/// A free TCP port on loopback (bound and released: another process could take it in
+/// between, which on a test machine is rare and fails loudly at the server's bind).
+fn free_port() -> Result<u16, LabError> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| LabError::Io(format!("cannot find a free port: {e}")))
 }
 
 impl Drop for Lab {

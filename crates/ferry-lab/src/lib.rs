@@ -10,9 +10,13 @@
 //! agent, joined by separate management, migration and VM segments, links shaped with
 //! `tc tbf`, long distances emulated by the delaying TCP relay ([`relay`]); see [`netlab`].
 
+mod cluster;
+pub mod faults;
 pub mod guest;
+pub mod hold;
 pub mod lab;
 pub mod probe;
+pub mod soak;
 pub mod testvm;
 
 pub use guest::{verdict_after, wait_ready, GuestVerdict, Observer};

@@ -137,6 +137,8 @@ pub struct NetLabConfig {
     pub host_timeout_ms: u64,
     /// The agents' `--heartbeat-ms`.
     pub heartbeat_ms: u64,
+    /// Extra arguments for the server (e.g. the fault tests' hold points).
+    pub server_args: Vec<String>,
 }
 
 impl NetLabConfig {
@@ -154,6 +156,7 @@ impl NetLabConfig {
             host_args: Vec::new(),
             host_timeout_ms: 5000,
             heartbeat_ms: 500,
+            server_args: Vec::new(),
         }
     }
 
@@ -612,7 +615,10 @@ impl NetLab {
                 ready.display().to_string(),
                 "--host-timeout-ms".into(),
                 cfg.host_timeout_ms.to_string(),
-            ],
+            ]
+            .into_iter()
+            .chain(cfg.server_args.iter().cloned())
+            .collect(),
             netns: None,
             log_filter: cfg.log_filter.clone(),
             own_group: true,
