@@ -105,17 +105,32 @@ impl SideFacts {
 
     /// As a source: QEMU has every page and the device state, not handed over.
     pub fn source_holds(self) -> bool {
-        self.migration().is_some_and(|m| {
-            m.is_iterating()
-                || m.is_switching()
-                || m.is_failed()
-                || m == MigrationStatus::Cancelling
-        })
+        match self {
+            // QEMU keeps reporting the last migration it took part in: a guest that runs
+            // with `completed` arrived here by an earlier incoming migration (or was
+            // reclaimed); it holds the VM and sent nothing of this one.
+            SideFacts::Qemu {
+                migration: MigrationStatus::Completed,
+                running,
+            } => running,
+            _ => self.migration().is_some_and(|m| {
+                m.is_iterating()
+                    || m.is_switching()
+                    || m.is_failed()
+                    || m == MigrationStatus::Cancelling
+            }),
+        }
     }
 
     /// As a source: everything was sent; the guest waits paused (`postmigrate`).
     pub fn source_completed(self) -> bool {
-        self.migration() == Some(MigrationStatus::Completed)
+        matches!(
+            self,
+            SideFacts::Qemu {
+                migration: MigrationStatus::Completed,
+                running: false,
+            }
+        )
     }
 
     /// As a destination: the incoming stream completed, so QEMU holds the whole VM.
@@ -612,6 +627,32 @@ mod tests {
             SideFacts::Unreachable,
         );
         assert!(matches!(v, Verdict::Retry { .. }), "{v:?}");
+    }
+
+    /// A guest that came here by an earlier migration still reports `completed` while it
+    /// runs: a server restart before this migration sent anything rolls back (the source
+    /// holds the VM), it does not mistake it for a finished source.
+    #[test]
+    fn a_running_guest_that_arrived_by_migration_is_a_source_that_holds() {
+        let arrived = q(M::Completed, true);
+        assert!(arrived.source_holds() && !arrived.source_completed());
+        let v = decide(
+            Phase::Preparing,
+            Saved::default(),
+            Trigger::Restart,
+            arrived,
+            q(M::Setup, false),
+        );
+        assert!(
+            matches!(
+                v,
+                Verdict::RollBack {
+                    cancel_source: false,
+                    ..
+                }
+            ),
+            "{v:?}"
+        );
     }
 
     #[test]

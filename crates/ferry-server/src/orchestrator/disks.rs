@@ -80,7 +80,13 @@ impl Run {
             if status.is_some() {
                 watch.answered(Role::Source, now(clock));
                 let (copied, _, _) = disk_totals(&disks);
-                watch.counter(copied, now(clock));
+                // Copied bytes grow for ever once a mirror is ready (guest writes keep
+                // flowing); only the way to "ready" counts as progress, so a copy that is
+                // ready but never switched to write-blocking times out instead of waiting
+                // for ever.
+                if !disks.iter().all(|d| d.ready) {
+                    watch.counter(copied, now(clock));
+                }
             }
             if !d.is_unknown() {
                 watch.answered(Role::Destination, now(clock));
