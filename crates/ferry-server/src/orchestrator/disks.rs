@@ -160,6 +160,27 @@ impl Run {
         }
     }
 
+    /// After a rollback or an operator keeping the source, once the destination's QEMU is
+    /// gone: the partial (or complete but now stale) copies this migration created in the
+    /// destination's pools go too. The pre-check refused a destination that already had an
+    /// image of that name, so these are the migration's own. Returns what could not be
+    /// deleted.
+    pub(super) async fn delete_destination_copies(&self) -> Vec<String> {
+        let mut failed = Vec::new();
+        for c in &self.m.run.copies {
+            match self
+                .agents()
+                .delete_disk(&self.m.destination, &c.pool, &c.image)
+                .await
+            {
+                Ok(()) => {}
+                Err(e) if e.is_not_found() => {}
+                Err(e) => failed.push(format!("{} on {}: {e}", c.label(), self.m.destination)),
+            }
+        }
+        failed
+    }
+
     /// After the destination runs (`Completed` is saved): the source's copies of moved
     /// disks go, unless the operator asked to keep them. Saved as done either way once
     /// settled; a failure is reported, never retried against the destination's copy.

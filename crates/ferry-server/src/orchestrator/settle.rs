@@ -134,19 +134,32 @@ impl Run {
         }
         let mut notes = Vec::new();
         let dest = self.m.destination.clone();
-        let removed = match teardown {
+        // (removal settled, the destination's QEMU is provably gone)
+        let (removed, gone) = match teardown {
             Teardown::Remove => match self.agents().remove(&dest, &self.m.vm).await {
-                Ok(()) => true,
-                Err(e) if e.is_not_found() => true,
-                Err(e) if e.is_unreachable() => false,
+                Ok(()) => (true, true),
+                Err(e) if e.is_not_found() => (true, true),
+                Err(e) if e.is_unreachable() => (false, false),
                 Err(e) => {
                     notes.push(format!("destination clean-up failed: {e}"));
-                    true
+                    (true, false)
                 }
             },
-            Teardown::Later => false,
+            Teardown::Later => (false, false),
         };
-        if !removed && !self.remove_destination_when_back().await? {
+        let (removed, gone) = if removed {
+            (removed, gone)
+        } else {
+            let back = self.remove_destination_when_back().await?;
+            (back, back)
+        };
+        if gone {
+            // Only once its QEMU is gone: never pull an image from under a running QEMU.
+            for f in self.delete_destination_copies().await {
+                notes.push(format!("a partial copy was left: {f}"));
+            }
+        }
+        if !removed {
             let targets: Vec<String> = self.m.run.copies.iter().map(|c| c.label()).collect();
             notes.push(format!(
                 "{dest}'s agent did not answer, so its partial incoming QEMU{} may remain there \
@@ -568,6 +581,14 @@ impl Run {
                     SourceRevival::Reclaim => self.agents().reclaim(&source, &vm).await,
                 };
                 revived.map_err(|e| upstream(&format!("resuming the VM on {source}"), e))?;
+                for f in self.delete_destination_copies().await {
+                    self.event(
+                        EventKind::MigrationDestinationCleanup,
+                        Outcome::Error,
+                        format!("a copy made for this migration was left: {f}"),
+                        serde_json::Value::Null,
+                    );
+                }
                 self.advance_with(
                     PhaseEvent::ResolvedKeepSource,
                     format!(

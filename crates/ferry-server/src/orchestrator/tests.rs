@@ -323,6 +323,12 @@ async fn cell(at: At, kill: Kill, expect: Expect) {
     }
     let m = lab.settled(id).await;
     lab.check(&m, expect, &what);
+    if copies && expect == Expect::RolledBack {
+        assert!(
+            lab.fake.calls("delete_disk").contains(&"b".to_string()),
+            "{what}: the destination's copy was left"
+        );
+    }
 }
 
 macro_rules! cells {
