@@ -727,9 +727,7 @@ impl Agent {
                 "VM '{name}' is already copying its disks"
             )));
         }
-        let export: std::net::SocketAddr = req.export.parse().map_err(|_| {
-            AgentError::bad_request(format!("disk export '{}' is not ADDRESS:PORT", req.export))
-        })?;
+        let export = crate::targets::disk_export(&req.export)?;
         if req.disks.is_empty() {
             return Err(AgentError::bad_request("no disks to copy"));
         }
@@ -758,6 +756,11 @@ impl Agent {
         name: &str,
         req: &OutgoingRequest,
     ) -> Result<AgentMigrationStatus, AgentError> {
+        // Before anything else: QEMU never sees a URI this agent did not build itself.
+        let req = &OutgoingRequest {
+            uri: crate::targets::migration_uri(&req.uri)?,
+            ..req.clone()
+        };
         let vm = self.find(name).await?;
         let _op = vm.op_lock.lock().await;
         if !vm.is_running_process() {
@@ -827,16 +830,10 @@ impl Agent {
         name: &str,
         req: &ferry_api::ResumeRequest,
     ) -> Result<AgentMigrationStatus, AgentError> {
-        let target = req
-            .uri
-            .strip_prefix("tcp:")
-            .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
-            .ok_or_else(|| {
-                AgentError::bad_request(format!("uri '{}' is not tcp:ADDRESS:PORT", req.uri))
-            })?;
+        let target = crate::targets::migration_uri(&req.uri)?;
         let vm = self.find(name).await?;
         let _op = vm.op_lock.lock().await;
-        vm.resume_outgoing(&format!("tcp:{target}")).await?;
+        vm.resume_outgoing(&target).await?;
         tracing::info!(vm = %name, %target, "post-copy resumed towards the destination");
         vm.migration_status().await
     }

@@ -28,6 +28,7 @@ pub mod postcopy;
 pub mod probe;
 pub mod runtime;
 pub mod storage;
+pub mod targets;
 
 pub use config::AgentConfig;
 pub use host::Agent;

@@ -176,6 +176,42 @@ async fn bad_requests_are_refused_with_reasons_and_change_nothing() {
         "{new:?}"
     );
 
+    // The agent sends a VM only to tcp:IP:PORT: a URI that would have QEMU run a command,
+    // write a file or reach a local socket is refused before QEMU sees it, and nothing
+    // happens (the guest runs on, not migrating).
+    let agent = ferry_api::client::AgentClient::new(&lab.agents[0].url).unwrap();
+    let marker = lab.dir().join("owned-by-exec");
+    for uri in [
+        format!("exec:touch {}", marker.display()),
+        format!("file:{}", marker.display()),
+        "unix:/run/ferry-nothing.sock".to_string(),
+        "fd:3".to_string(),
+        "tcp:not-an-address:4444".to_string(),
+    ] {
+        let req = OutgoingRequest {
+            uri: uri.clone(),
+            max_bandwidth_bytes: 0,
+            downtime_limit_ms: 300,
+            stream: Default::default(),
+        };
+        match agent.start_outgoing("web1", &req).await {
+            Err(ferry_api::client::ClientError::Api(e)) => {
+                assert_eq!(e.code, ErrorCode::BadRequest, "{uri}: {}", e.message);
+                assert!(
+                    e.message.contains("only tcp:IP:PORT"),
+                    "{uri}: {}",
+                    e.message
+                );
+            }
+            other => panic!("{uri} was not refused: {other:?}"),
+        }
+    }
+    assert!(!marker.exists(), "QEMU ran the exec: URI");
+    let rt = agent.vm("web1").await.unwrap();
+    assert_eq!(rt.state, VmState::Running);
+    let status = agent.migration_status("web1").await.unwrap();
+    assert_eq!(status.progress.qemu_status, MigrationStatus::None);
+
     // An unreachable server is its own exit status.
     let out = std::process::Command::new(ferry_bin())
         .args(["--server", "http://127.0.0.1:9", "host", "list"])
