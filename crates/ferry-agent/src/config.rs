@@ -45,6 +45,9 @@ pub struct AgentConfig {
     /// Give every VM a second QMP socket, `<state dir>/vms/<vm>/qmp-aux.sock`, for the
     /// operator's own tools (what they do there bypasses Ferry).
     pub aux_qmp: bool,
+    /// Directories a VM's kernel, initrd or boot disk may come from, besides the image
+    /// cache and the pools (QEMU runs as root: a spec must not name any file on the host).
+    pub boot_path_allow: Vec<PathBuf>,
 }
 
 /// The defaults of the flags behind the capacity settings.
@@ -93,6 +96,14 @@ impl AgentConfig {
         }
         if let Some(models) = &self.cpu_models {
             validate_cpu_models(models)?;
+        }
+        for dir in &self.boot_path_allow {
+            if !dir.is_absolute() || !dir.is_dir() {
+                return Err(format!(
+                    "--boot-path-allow {}: must be an existing directory, given as an absolute path",
+                    dir.display()
+                ));
+            }
         }
         if let Some(url) = &self.server_url {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
@@ -161,6 +172,7 @@ mod tests {
             vcpu_overcommit: DEFAULT_VCPU_OVERCOMMIT,
             cpu_models: None,
             aux_qmp: false,
+            boot_path_allow: Vec::new(),
         }
     }
 

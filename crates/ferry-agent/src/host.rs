@@ -16,6 +16,7 @@ use ferry_qemu::accel::{boot_probe, host_facts, resolve_requested, BootProbe};
 use ferry_qemu::{decide_accel, AccelDecision, QemuBinary, ResolvedBoot, StartMode};
 use tokio::sync::Mutex;
 
+use crate::boot_paths::confine;
 use crate::config::AgentConfig;
 use crate::error::AgentError;
 use crate::persist::{PersistedVm, Role};
@@ -236,6 +237,14 @@ impl Agent {
 
     /// Resolves what the spec leaves to the host: the machine alias (fixed from now on)
     /// and the boot files.
+    /// Where boot files may come from: the image cache, the pools, the allowed dirs.
+    fn boot_roots(&self) -> Vec<PathBuf> {
+        std::iter::once(self.config.image_dir.clone())
+            .chain(self.config.pools.iter().map(|p| p.dir.clone()))
+            .chain(self.config.boot_path_allow.iter().cloned())
+            .collect()
+    }
+
     fn resolve(&self, spec: &VmSpec) -> Result<(VmSpec, ResolvedBoot), AgentError> {
         spec.validate()?;
         let mut spec = spec.clone();
@@ -275,9 +284,13 @@ impl Agent {
                         )));
                     }
                 }
+                let roots = self.boot_roots();
                 ResolvedBoot::Kernel {
-                    kernel: kernel.clone(),
-                    initrd: initrd.clone(),
+                    kernel: confine(kernel, &roots, "kernel")?,
+                    initrd: initrd
+                        .as_ref()
+                        .map(|i| confine(i, &roots, "initrd"))
+                        .transpose()?,
                     cmdline: cmdline.clone(),
                 }
             }
@@ -290,7 +303,7 @@ impl Agent {
                     )));
                 }
                 ResolvedBoot::Disk {
-                    path: path.clone(),
+                    path: confine(path, &self.boot_roots(), "boot disk")?,
                     format: *format,
                 }
             }

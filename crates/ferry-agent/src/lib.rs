@@ -14,6 +14,7 @@
 //! resuming a post-copy migration across a broken link).
 
 pub mod api;
+pub mod boot_paths;
 pub mod cancel;
 pub mod config;
 pub mod copy_resume;

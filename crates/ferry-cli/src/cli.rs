@@ -158,6 +158,11 @@ pub struct AgentArgs {
     /// for; default: every model its QEMU can run.
     #[arg(long, value_delimiter = ',', value_name = "MODEL,...")]
     pub cpu_models: Option<Vec<String>>,
+    /// A directory VMs may boot kernels, initrds and disks from by path (repeatable); the
+    /// image cache and the pools are always allowed, any other host path is refused,
+    /// e.g. --boot-path-allow /srv/ferry/boot.
+    #[arg(long = "boot-path-allow", value_name = "DIR")]
+    pub boot_path_allow: Vec<PathBuf>,
     /// Give every VM a second QMP socket (<state dir>/vms/<vm>/qmp-aux.sock) for your own
     /// tools; what they do there bypasses Ferry (`ferry bench convergence` drives QEMU's
     /// defaults through it).

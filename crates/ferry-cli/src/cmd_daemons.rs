@@ -69,6 +69,11 @@ pub async fn agent(a: AgentArgs, server_url: &str) -> CliResult {
         vcpu_overcommit: a.vcpu_overcommit,
         cpu_models: a.cpu_models,
         aux_qmp: a.aux_qmp,
+        boot_path_allow: a
+            .boot_path_allow
+            .iter()
+            .map(|d| absolute(d))
+            .collect::<Result<_, _>>()?,
     };
     config.validate().map_err(CliError::refused)?;
     ferry_agent::run(config).await.map_err(CliError::failed)

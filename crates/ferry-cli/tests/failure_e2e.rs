@@ -185,9 +185,44 @@ async fn a_restarted_agent_adopts_its_running_vm() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_vm_boots_from_a_disk_image_given_by_path() {
-    let (lab, _) = start_lab(&["a", "b"]).await;
+    let (mut lab, cfg) = start_lab(&["a", "b"]).await;
     let dir = tempfile::tempdir().unwrap();
     let disk = dir.path().join("boot,disk.qcow2");
+    // A path outside the directories the host boots from is refused (QEMU runs as root),
+    // also through a symlink placed in an allowed directory.
+    let outside = tempfile::tempdir().unwrap();
+    let secret = outside.path().join("secret.qcow2");
+    std::fs::write(&secret, b"not for guests").unwrap();
+    std::os::unix::fs::symlink(&secret, dir.path().join("link.qcow2")).unwrap();
+    let allow = dir.path().to_str().unwrap().to_string();
+    lab.restart_agent_with(&cfg, "a", &["--boot-path-allow", &allow])
+        .await
+        .unwrap();
+    for (name, path) in [
+        ("sneaky1", secret.clone()),
+        ("sneaky2", dir.path().join("link.qcow2")),
+    ] {
+        let out = ferry(
+            &lab,
+            &[
+                "vm",
+                "create",
+                name,
+                "--host",
+                "a",
+                "--disk",
+                path.to_str().unwrap(),
+            ],
+        );
+        assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains("outside the directories this host boots from"),
+            "{}",
+            stderr(&out)
+        );
+        assert!(lab.client().vm(name).await.is_err());
+    }
+    assert!(lab.qemus_on("a").is_empty());
     let made = std::process::Command::new("qemu-img")
         .args(["create", "-f", "qcow2"])
         .arg(&disk)
