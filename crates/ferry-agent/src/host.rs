@@ -433,6 +433,7 @@ impl Agent {
                         d.image, d.pool, self.config.name
                     )));
                 }
+                crate::storage::check_attachable(&path, &format!("{}/{}", d.pool, d.image))?;
                 Ok(path)
             })
             .collect()

@@ -245,6 +245,28 @@ fn run_qemu_img(args: &[&std::ffi::OsStr]) -> Result<Vec<u8>, AgentError> {
     Ok(out.stdout)
 }
 
+/// Whether a pool image may be attached to a VM: qcow2 (the format is fixed, never probed)
+/// and no backing file. QEMU would open a named backing file as root wherever it points
+/// (any host file could become part of a guest's disk); Ferry never makes chains, so it
+/// opens images without backing (`"backing": null`) and refuses one that names a backing
+/// file rather than show the guest a disk with holes.
+pub fn check_attachable(path: &Path, label: &str) -> Result<(), AgentError> {
+    let info = qemu_img_info(path)?;
+    let format = info["format"].as_str().unwrap_or("?");
+    if format != "qcow2" {
+        return Err(AgentError::bad_request(format!(
+            "disk {label} is {format}, not qcow2; pool images are qcow2"
+        )));
+    }
+    if let Some(backing) = info.get("backing-filename").and_then(|b| b.as_str()) {
+        return Err(AgentError::bad_request(format!(
+            "disk {label} names a backing file ({backing}); Ferry attaches only images without \
+             one (flatten it first: qemu-img convert -O qcow2 IMAGE NEW)"
+        )));
+    }
+    Ok(())
+}
+
 /// `qemu-img info -U`: -U (force share) because the image may be open by a running QEMU.
 fn qemu_img_info(path: &Path) -> Result<serde_json::Value, AgentError> {
     let out = run_qemu_img(&[
@@ -259,6 +281,39 @@ fn qemu_img_info(path: &Path) -> Result<serde_json::Value, AgentError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn images_with_a_backing_file_or_another_format_are_not_attached() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("base.raw");
+        std::fs::write(&base, vec![0u8; 1 << 20]).unwrap();
+        let plain = dir.path().join("plain.qcow2");
+        let chained = dir.path().join("chained.qcow2");
+        run_qemu_img(&[
+            "create".as_ref(),
+            "-f".as_ref(),
+            "qcow2".as_ref(),
+            plain.as_os_str(),
+            "1M".as_ref(),
+        ])
+        .unwrap();
+        run_qemu_img(&[
+            "create".as_ref(),
+            "-f".as_ref(),
+            "qcow2".as_ref(),
+            "-b".as_ref(),
+            base.as_os_str(),
+            "-F".as_ref(),
+            "raw".as_ref(),
+            chained.as_os_str(),
+        ])
+        .unwrap();
+        check_attachable(&plain, "p/plain").unwrap();
+        let e = check_attachable(&chained, "p/chained").unwrap_err();
+        assert!(e.to_string().contains("backing file"), "{e}");
+        let e = check_attachable(&base, "p/base").unwrap_err();
+        assert!(e.to_string().contains("not qcow2"), "{e}");
+    }
 
     #[test]
     fn pool_args_parse_and_refuse_bad_ones() {

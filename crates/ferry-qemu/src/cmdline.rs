@@ -126,9 +126,13 @@ pub fn build_args(
             let file = serde_json::json!({
                 "driver": "file", "filename": path, "node-name": "boot-file",
             });
-            let fmt = serde_json::json!({
+            let mut fmt = serde_json::json!({
                 "driver": format.as_str(), "file": "boot-file", "node-name": "boot-disk",
             });
+            if format.as_str() == "qcow2" {
+                // Never a backing file named inside the image (it could be any host file).
+                fmt["backing"] = serde_json::Value::Null;
+            }
             for v in [file, fmt] {
                 a.push("-blockdev".into());
                 a.push(v.to_string().into());
@@ -143,8 +147,11 @@ pub fn build_args(
         let file = serde_json::json!({
             "driver": "file", "filename": path, "node-name": format!("disk{i}-file"),
         });
+        // `backing: null`: a backing file named inside the image is never opened (it could
+        // be any host file; Ferry makes no chains).
         let fmt = serde_json::json!({
             "driver": "qcow2", "file": format!("disk{i}-file"), "node-name": format!("disk{i}"),
+            "backing": null,
         });
         for v in [file, fmt] {
             a.push("-blockdev".into());
@@ -351,6 +358,10 @@ mod tests {
         assert_eq!(
             (fmt["driver"].as_str(), fmt["node-name"].as_str()),
             (Some("qcow2"), Some("disk0"))
+        );
+        assert!(
+            fmt.get("backing").is_some_and(|b| b.is_null()),
+            "qcow2 is opened without a backing file: {fmt}"
         );
         assert!(args.contains(&"virtio-blk-pci,drive=disk0,id=disk0dev".to_string()));
         let elsewhere = vec![PathBuf::from("/other/pool/data1.qcow2")];
