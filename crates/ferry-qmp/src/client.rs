@@ -292,17 +292,19 @@ impl QmpClient {
         let mut skipped_events = 0;
         let greeting = loop {
             line.clear();
-            let n =
-                tokio::time::timeout(options.command_timeout, reader.read_until(b'\n', &mut line))
-                    .await
-                    .map_err(|_| QmpError::Timeout {
-                        command: "(greeting)".into(),
-                        timeout: options.command_timeout,
-                    })?
-                    .map_err(|source| QmpError::Io {
-                        path: path.clone(),
-                        source,
-                    })?;
+            let n = tokio::time::timeout(
+                options.command_timeout,
+                read_bounded_line(&mut reader, &mut line, MAX_LINE_BYTES),
+            )
+            .await
+            .map_err(|_| QmpError::Timeout {
+                command: "(greeting)".into(),
+                timeout: options.command_timeout,
+            })?
+            .map_err(|source| QmpError::Io {
+                path: path.clone(),
+                source,
+            })?;
             if n == 0 {
                 return Err(QmpError::Disconnected { path });
             }
@@ -620,6 +622,32 @@ fn parse_greeting(line: &[u8]) -> Result<Greeting, String> {
         .map_err(|e| format!("expected the QMP greeting: {e}"))
 }
 
+/// The longest QMP line accepted. QEMU's largest replies (`query-cpu-definitions`,
+/// `query-named-block-nodes`) are a few hundred KiB; a peer that sends more without a
+/// newline is not QEMU (or is broken), and reading on would grow memory without bound.
+pub const MAX_LINE_BYTES: u64 = 16 << 20;
+
+/// Reads one line (up to and including `\n`) of at most `max` bytes into `line`. A line
+/// that reaches `max` without its newline is an error, not a truncated message.
+pub(crate) async fn read_bounded_line<R>(
+    reader: &mut R,
+    line: &mut Vec<u8>,
+    max: u64,
+) -> std::io::Result<usize>
+where
+    R: tokio::io::AsyncBufRead + Unpin,
+{
+    use tokio::io::AsyncReadExt;
+    let n = (&mut *reader).take(max).read_until(b'\n', line).await?;
+    if n as u64 >= max && line.last() != Some(&b'\n') {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("a QMP line longer than {max} bytes"),
+        ));
+    }
+    Ok(n)
+}
+
 async fn reader_loop<R>(mut reader: BufReader<R>, shared: Arc<Shared>)
 where
     R: AsyncRead + Unpin,
@@ -627,7 +655,7 @@ where
     let mut line = Vec::with_capacity(4096);
     let why = loop {
         line.clear();
-        match reader.read_until(b'\n', &mut line).await {
+        match read_bounded_line(&mut reader, &mut line, MAX_LINE_BYTES).await {
             Ok(0) => break "end of stream".to_owned(),
             Ok(_) => shared.dispatch(&line),
             Err(e) => break format!("read error: {e}"),
@@ -667,6 +695,25 @@ async fn writer_loop<W>(
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[tokio::test]
+    async fn lines_are_bounded() {
+        let mut r = BufReader::new(&b"{\"a\": 1}\nrest"[..]);
+        let mut line = Vec::new();
+        assert_eq!(read_bounded_line(&mut r, &mut line, 64).await.unwrap(), 9);
+        assert_eq!(line, b"{\"a\": 1}\n");
+        let long = [b'x'; 100];
+        let mut r = BufReader::new(&long[..]);
+        let mut line = Vec::new();
+        let e = read_bounded_line(&mut r, &mut line, 64).await.unwrap_err();
+        assert!(e.to_string().contains("longer than 64 bytes"), "{e}");
+        // Exactly at the limit with its newline is fine.
+        let mut exact = vec![b'x'; 63];
+        exact.push(b'\n');
+        let mut r = BufReader::new(&exact[..]);
+        let mut line = Vec::new();
+        assert_eq!(read_bounded_line(&mut r, &mut line, 64).await.unwrap(), 64);
+    }
 
     #[test]
     fn parses_replies_errors_and_events() {
