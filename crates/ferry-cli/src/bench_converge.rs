@@ -14,7 +14,7 @@ use ferry_api::client::AgentClient;
 use ferry_api::*;
 use ferry_lab::netlab::NetLab;
 use ferry_lab::Observer;
-use ferry_qmp::{MigrationStatus, QmpClient};
+use ferry_qmp::QmpClient;
 use serde::Serialize;
 
 use crate::bench_net::{boot_networked_guest, fail, start_client, start_shaped_lab};
@@ -122,27 +122,13 @@ async fn qemu_defaults(
     qmp.migrate(&format!("tcp:{}", incoming.advertised), false)
         .await
         .map_err(fail)?;
-    let mut max_throttle = 0;
-    let (info, converged, outcome) = loop {
-        let info = qmp.query_migrate().await.map_err(fail)?;
-        max_throttle = max_throttle.max(info.cpu_throttle_percentage.unwrap_or(0));
-        match info.status {
-            Some(MigrationStatus::Completed) => break (info, true, "completed".to_string()),
-            Some(MigrationStatus::Failed | MigrationStatus::Cancelled) => {
-                let why = info.error_desc.clone().unwrap_or_default();
-                break (info, false, format!("failed: {why}"));
-            }
-            _ if started.elapsed() > limit => {
-                let _ = qmp.migrate_cancel().await;
-                break (
-                    info,
-                    false,
-                    format!("not done after {} s; cancelled", limit.as_secs()),
-                );
-            }
-            _ => tokio::time::sleep(Duration::from_millis(250)).await,
-        }
-    };
+    let crate::bench_plain::Watched {
+        info,
+        completed: converged,
+        outcome,
+        max_throttle,
+    } = crate::bench_plain::watch_until_done(&qmp, started, limit, Duration::from_millis(250))
+        .await?;
     if converged {
         // Done means the guest runs on b.
         let deadline = Instant::now() + Duration::from_secs(30);

@@ -27,6 +27,54 @@ fn fail(e: impl std::fmt::Display) -> CliError {
     CliError::failed(e.to_string())
 }
 
+/// How a migration driven by QEMU alone ended.
+pub struct Watched {
+    pub info: ferry_qmp::MigrationInfo,
+    pub completed: bool,
+    pub outcome: String,
+    /// The highest vCPU throttle QEMU applied meanwhile, percent.
+    pub max_throttle: u64,
+}
+
+/// Polls the source QEMU every `poll` until its migration completes or fails; past
+/// `limit` (from `started`) it is cancelled. Shared by the benchmarks' plain-QEMU arms.
+pub async fn watch_until_done(
+    qmp: &QmpClient,
+    started: Instant,
+    limit: Duration,
+    poll: Duration,
+) -> Result<Watched, CliError> {
+    let mut max_throttle = 0;
+    loop {
+        let info = qmp.query_migrate().await.map_err(fail)?;
+        max_throttle = max_throttle.max(info.cpu_throttle_percentage.unwrap_or(0));
+        let (completed, outcome) = match info.status {
+            Some(MigrationStatus::Completed) => (true, "completed".to_string()),
+            Some(MigrationStatus::Failed | MigrationStatus::Cancelled) => {
+                let why = info.error_desc.clone().unwrap_or_default();
+                (false, format!("failed: {why}"))
+            }
+            _ if started.elapsed() > limit => {
+                let _ = qmp.migrate_cancel().await;
+                (
+                    false,
+                    format!("not done after {} s; cancelled", limit.as_secs()),
+                )
+            }
+            _ => {
+                tokio::time::sleep(poll).await;
+                continue;
+            }
+        };
+        return Ok(Watched {
+            info,
+            completed,
+            outcome,
+            max_throttle,
+        });
+    }
+}
+
 /// Moves `vm` from the lab's first host to its second with QEMU alone (see the module doc).
 /// The server is not told (the lab is torn down afterwards, QEMUs with it).
 pub async fn plain_qemu_uncapped(
@@ -63,25 +111,12 @@ pub async fn plain_qemu_uncapped(
     qmp.migrate(&format!("tcp:{}", incoming.advertised), false)
         .await
         .map_err(fail)?;
-    let (info, completed, outcome) = loop {
-        let info = qmp.query_migrate().await.map_err(fail)?;
-        match info.status {
-            Some(MigrationStatus::Completed) => break (info, true, "completed".to_string()),
-            Some(MigrationStatus::Failed | MigrationStatus::Cancelled) => {
-                let why = info.error_desc.clone().unwrap_or_default();
-                break (info, false, format!("failed: {why}"));
-            }
-            _ if started.elapsed() > limit => {
-                let _ = qmp.migrate_cancel().await;
-                break (
-                    info,
-                    false,
-                    format!("not done after {} s; cancelled", limit.as_secs()),
-                );
-            }
-            _ => tokio::time::sleep(Duration::from_millis(20)).await,
-        }
-    };
+    let Watched {
+        info,
+        completed,
+        outcome,
+        ..
+    } = watch_until_done(&qmp, started, limit, Duration::from_millis(20)).await?;
     let total_ms = started.elapsed().as_millis() as u64;
     let ram = info.ram.clone().unwrap_or_default();
     Ok(PlainRun {

@@ -121,42 +121,28 @@ impl Lab {
 
     /// Admits a migration a -> b (with one local disk to copy if `copies`) and starts it.
     fn start(&self, options: MigrationOptions, copies: bool) -> Uuid {
-        let m = Migration {
-            id: Uuid::new_v4(),
-            vm: VM.into(),
-            source: "a".into(),
-            destination: "b".into(),
-            phase: Phase::Pending,
-            options,
-            stream_uri: None,
-            addresses: None,
-            progress: None,
-            report: None,
-            error: None,
-            created_at: Utc::now(),
-            updated_at: Utc::now(),
-            finished_at: None,
-            run: RunState {
-                copies: if copies {
-                    vec![PlannedCopy {
-                        index: 0,
-                        pool: "local".into(),
-                        image: "web1-root".into(),
-                        virtual_size: 256 << 20,
-                        actual_size: 64 << 20,
-                    }]
-                } else {
-                    vec![]
-                },
-                ..Default::default()
-            },
-            attention: None,
-        };
+        let mut m = pending(options);
+        if copies {
+            m.run.copies = vec![PlannedCopy {
+                index: 0,
+                pool: "local".into(),
+                image: "web1-root".into(),
+                virtual_size: 256 << 20,
+                actual_size: 64 << 20,
+            }];
+        }
         self.store
             .begin_migration(&m, &|_| Ok(()))
             .expect("begin migration");
         self.o.start(m.clone());
         m.id
+    }
+
+    /// An operator's `resolve` of migration `id`.
+    async fn resolve(&self, id: Uuid, keep: Keep, force: bool) -> Result<Migration, ApiError> {
+        self.o
+            .resolve(id, &ResolveRequest { keep, force }, "op")
+            .await
     }
 
     /// The server dies and a new one starts on the same store and agents.
@@ -261,6 +247,28 @@ impl Lab {
                 assert_eq!(vm.host, "a", "{what}: the record moved without a commit");
             }
         }
+    }
+}
+
+/// A migration of the VM from a to b, not started.
+fn pending(options: MigrationOptions) -> Migration {
+    Migration {
+        id: Uuid::new_v4(),
+        vm: VM.into(),
+        source: "a".into(),
+        destination: "b".into(),
+        phase: Phase::Pending,
+        options,
+        stream_uri: None,
+        addresses: None,
+        progress: None,
+        report: None,
+        error: None,
+        created_at: Utc::now(),
+        updated_at: Utc::now(),
+        finished_at: None,
+        run: RunState::default(),
+        attention: None,
     }
 }
 
@@ -413,15 +421,7 @@ async fn a_silent_destination_after_the_switch_needs_an_operator_who_keeps_it() 
 
     tokio::time::sleep(Duration::from_millis(1300)).await; // the agent is back
     let keep_source = lab
-        .o
-        .resolve(
-            id,
-            &ResolveRequest {
-                keep: Keep::Source,
-                force: false,
-            },
-            "op",
-        )
+        .resolve(id, Keep::Source, false)
         .await
         .expect_err("keeping the source must be refused");
     assert!(
@@ -432,15 +432,7 @@ async fn a_silent_destination_after_the_switch_needs_an_operator_who_keeps_it() 
     assert_eq!(lab.migration(id).phase, Phase::NeedsAttention);
 
     let m = lab
-        .o
-        .resolve(
-            id,
-            &ResolveRequest {
-                keep: Keep::Destination,
-                force: false,
-            },
-            "op",
-        )
+        .resolve(id, Keep::Destination, false)
         .await
         .expect("keep the destination");
     assert_eq!(m.phase, Phase::Completed);
@@ -466,15 +458,7 @@ async fn a_dead_destination_after_the_switch_is_resolved_by_reclaiming_the_sourc
     assert!(lab.fake.running_on().is_empty());
 
     let refused = lab
-        .o
-        .resolve(
-            id,
-            &ResolveRequest {
-                keep: Keep::Destination,
-                force: true,
-            },
-            "op",
-        )
+        .resolve(id, Keep::Destination, true)
         .await
         .expect_err("the destination is gone");
     assert!(
@@ -484,15 +468,7 @@ async fn a_dead_destination_after_the_switch_is_resolved_by_reclaiming_the_sourc
     );
 
     let m = lab
-        .o
-        .resolve(
-            id,
-            &ResolveRequest {
-                keep: Keep::Source,
-                force: false,
-            },
-            "op",
-        )
+        .resolve(id, Keep::Source, false)
         .await
         .expect("keep the source");
     assert_eq!(m.phase, Phase::Failed);
@@ -508,15 +484,7 @@ async fn only_a_migration_that_needs_attention_can_be_resolved() {
     let m = lab.settled(id).await;
     assert_eq!(m.phase, Phase::Completed);
     let e = lab
-        .o
-        .resolve(
-            id,
-            &ResolveRequest {
-                keep: Keep::Source,
-                force: true,
-            },
-            "op",
-        )
+        .resolve(id, Keep::Source, true)
         .await
         .expect_err("nothing to resolve");
     assert_eq!(e.code, ErrorCode::Conflict);
@@ -569,25 +537,8 @@ async fn a_failed_save_of_completed_stops_before_anything_irreversible() {
 #[tokio::test]
 async fn a_refused_transition_stops_the_run_and_saves_nothing() {
     let lab = Lab::new(3);
-    let id = Uuid::new_v4();
-    let m = Migration {
-        id,
-        vm: VM.into(),
-        source: "a".into(),
-        destination: "b".into(),
-        phase: Phase::Pending,
-        options: MigrationOptions::default(),
-        stream_uri: None,
-        addresses: None,
-        progress: None,
-        report: None,
-        error: None,
-        created_at: Utc::now(),
-        updated_at: Utc::now(),
-        finished_at: None,
-        run: Default::default(),
-        attention: None,
-    };
+    let m = pending(MigrationOptions::default());
+    let id = m.id;
     lab.store.begin_migration(&m, &|_| Ok(())).expect("begin");
     let mut run = Run::new(lab.o.clone(), m.clone());
     let e = run
