@@ -212,6 +212,51 @@ async fn bad_requests_are_refused_with_reasons_and_change_nothing() {
     let status = agent.migration_status("web1").await.unwrap();
     assert_eq!(status.progress.qemu_status, MigrationStatus::None);
 
+    // The operator's resolve and the agent's reclaim check what they are given: a malformed
+    // id, an unknown migration, a VM that is not a completed source are refused with the
+    // reason and nothing changes.
+    let out = ferry(
+        &lab,
+        &["migration", "resolve", "not-an-id", "--keep", "source"],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("is not a migration id"),
+        "{}",
+        stderr(&out)
+    );
+    let unknown = uuid::Uuid::new_v4().to_string();
+    let out = ferry(
+        &lab,
+        &["migration", "resolve", &unknown, "--keep", "destination"],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no migration with id"),
+        "{}",
+        stderr(&out)
+    );
+    let out = ferry(&lab, &["migration", "resolve", &unknown, "--keep", "both"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    match agent.reclaim("web1").await {
+        Err(ferry_api::client::ClientError::Api(e)) => {
+            assert_eq!(e.code, ErrorCode::Conflict, "{}", e.message);
+        }
+        other => panic!("reclaiming a VM that never migrated was not refused: {other:?}"),
+    }
+    match agent.reclaim("../web1").await {
+        Err(ferry_api::client::ClientError::Api(e)) => {
+            assert!(
+                matches!(e.code, ErrorCode::BadRequest | ErrorCode::NotFound),
+                "{}",
+                e.message
+            );
+        }
+        other => panic!("a bad VM name was not refused: {other:?}"),
+    }
+    assert_eq!(agent.vm("web1").await.unwrap().state, VmState::Running);
+    assert!(c.migrations().await.unwrap().is_empty());
+
     // An unreachable server is its own exit status.
     let out = std::process::Command::new(ferry_bin())
         .args(["--server", "http://127.0.0.1:9", "host", "list"])
