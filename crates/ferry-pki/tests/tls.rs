@@ -75,12 +75,8 @@ async fn the_server_sees_the_callers_identity_and_the_caller_checks_the_servers(
     let server = material(&ca, &Identity::Server);
     let (addr, _stop) = start(&agent, ClientCerts::Required).await;
 
-    let as_server = client_config(
-        &ca.cert_pem().to_string(),
-        Some(&server),
-        &Identity::host("a").unwrap(),
-    )
-    .unwrap();
+    let as_server =
+        client_config(ca.cert_pem(), Some(&server), &Identity::host("a").unwrap()).unwrap();
     assert_eq!(get_who(addr, as_server).await.unwrap(), "server.ferry");
 
     // Expecting host b at host a's address: refused, whatever the address.
