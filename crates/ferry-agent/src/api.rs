@@ -92,7 +92,44 @@ pub fn router(agent: Arc<Agent>) -> Router {
             axum::routing::delete(delete_disk),
         )
         .fallback(not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(only_the_server))
         .with_state(agent)
+}
+
+/// The largest request body the agent reads (a VM spec).
+pub const MAX_BODY_BYTES: usize = 1 << 20;
+
+/// Agents take orders from the server only: a caller must present the server's
+/// certificate (the TLS layer already required a certificate from the cluster CA; a
+/// peer host's, or a revoked host's, is refused here). With `--insecure` there are no
+/// identities and this lets everything through.
+async fn only_the_server(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    use ferry_pki::{Identity, Transport};
+    let peer = req.extensions().get::<ferry_pki::Peer>();
+    let allowed = matches!(
+        peer.map(|p| &p.transport),
+        Some(Transport::Insecure)
+            | Some(Transport::Certificate {
+                identity: Some(Identity::Server),
+                ..
+            })
+    );
+    if allowed {
+        return next.run(req).await;
+    }
+    let who = match peer.and_then(|p| p.identity()) {
+        Some(id) => id.to_string(),
+        None => "a caller without a cluster certificate".to_string(),
+    };
+    Failure(ApiError::forbidden(format!(
+        "this agent takes requests from the server only, not from {who}"
+    )))
+    .into_response()
 }
 
 async fn health(State(a): Shared) -> Json<serde_json::Value> {

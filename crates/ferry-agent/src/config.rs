@@ -48,6 +48,11 @@ pub struct AgentConfig {
     /// Directories a VM's kernel, initrd or boot disk may come from, besides the image
     /// cache and the pools (QEMU runs as root: a spec must not name any file on the host).
     pub boot_path_allow: Vec<PathBuf>,
+    /// Where the host's TLS material lives (`ca.crt`, `host.crt`, `host.key`); None runs
+    /// the agent with `--insecure` (plain HTTP, anyone may call it; development only).
+    pub tls_dir: Option<PathBuf>,
+    /// A join token (`ferry host join-token`), used once when `tls_dir` has no certificate.
+    pub join_token: Option<String>,
 }
 
 /// The defaults of the flags behind the capacity settings.
@@ -111,6 +116,27 @@ impl AgentConfig {
                     "server URL '{url}' must start with http:// or https://"
                 ));
             }
+            match (&self.tls_dir, url.starts_with("https://")) {
+                (Some(_), false) => {
+                    return Err(format!(
+                        "server URL '{url}' is plain http: a secured agent talks to the server \
+                         over https:// only (or run both with --insecure for development)"
+                    ))
+                }
+                (None, true) => {
+                    return Err(format!(
+                        "server URL '{url}' is https but this agent runs with --insecure; \
+                         join the cluster instead (--join TOKEN)"
+                    ))
+                }
+                _ => {}
+            }
+        }
+        if self.join_token.is_some() && self.tls_dir.is_none() {
+            return Err("--join and --insecure do not go together".into());
+        }
+        if let Some(h) = Some(&self.name).filter(|_| self.tls_dir.is_some()) {
+            ferry_pki::Identity::host(h).map_err(|e| e.to_string())?;
         }
         Ok(())
     }
@@ -168,6 +194,8 @@ mod tests {
             pools: Vec::new(),
             heartbeat: Duration::from_secs(2),
             ready_file: None,
+            tls_dir: None,
+            join_token: None,
             memory_reserve_mib: DEFAULT_MEMORY_RESERVE_MIB,
             vcpu_overcommit: DEFAULT_VCPU_OVERCOMMIT,
             cpu_models: None,

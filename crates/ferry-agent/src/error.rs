@@ -142,7 +142,10 @@ impl From<ApiError> for AgentError {
         match e.code {
             ErrorCode::BadRequest => AgentError::BadRequest(e.message),
             ErrorCode::NotFound => AgentError::NotFound(e.message),
-            ErrorCode::Conflict => AgentError::Refused(e.message),
+            ErrorCode::Conflict
+            | ErrorCode::Unauthorized
+            | ErrorCode::Forbidden
+            | ErrorCode::TooManyRequests => AgentError::Refused(e.message),
             ErrorCode::Upstream => AgentError::Upstream(e.message),
             ErrorCode::Unavailable | ErrorCode::Internal => AgentError::Internal(e.message),
         }

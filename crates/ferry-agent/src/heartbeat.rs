@@ -1,6 +1,9 @@
 //! Registration with the server: the agent introduces itself and then repeats it as a
 //! heartbeat carrying fresh inventory. The server marks a host disconnected when the
 //! heartbeats stop.
+//!
+//! The heartbeat also renews the host's certificate once two thirds of its life are gone
+//! (the new one serves new connections; open ones, and QEMU streams, are not touched).
 
 use std::sync::Arc;
 
@@ -13,8 +16,16 @@ pub async fn run(agent: Arc<Agent>) {
     let Some(server) = agent.config.server_url.clone() else {
         return;
     };
-    let client = match ServerClient::new(&server) {
-        Ok(c) => c.with_actor(format!("agent:{}", agent.config.name)),
+    let connect = |agent: &Agent| {
+        let creds = agent
+            .identity
+            .as_ref()
+            .map(|id| id.credentials())
+            .unwrap_or_default();
+        ServerClient::connect(&server, &creds)
+    };
+    let mut client = match connect(&agent) {
+        Ok(c) => c,
         Err(e) => {
             tracing::error!("cannot use server URL {server}: {e}");
             return;
@@ -22,6 +33,18 @@ pub async fn run(agent: Arc<Agent>) {
     };
     let mut failing = false;
     loop {
+        if let Some(id) = agent.identity.as_ref().filter(|id| id.due_for_renewal()) {
+            match id.renew(&server).await {
+                Ok(until) => {
+                    tracing::info!(until, "host certificate renewed");
+                    match connect(&agent) {
+                        Ok(c) => client = c,
+                        Err(e) => tracing::error!("cannot use the renewed certificate: {e}"),
+                    }
+                }
+                Err(e) => tracing::warn!("cannot renew the host certificate (will retry): {e}"),
+            }
+        }
         let reg = HostRegistration {
             name: agent.config.name.clone(),
             url: agent.url.clone(),

@@ -44,11 +44,17 @@ pub struct Agent {
     /// accelerator, restricted by `--cpu-models`). Empty if QEMU could not be asked.
     cpu_models: Vec<CpuModelAvailability>,
     probes: crate::probe::ProbeListeners,
+    /// The host's certificate; None with `--insecure`.
+    pub identity: Option<Arc<crate::identity::HostIdentity>>,
 }
 
 impl Agent {
     /// Checks QEMU, adopts VMs left running by an earlier agent, decides the accelerator.
-    pub async fn start(config: AgentConfig, bound: SocketAddr) -> Result<Agent, String> {
+    pub async fn start(
+        config: AgentConfig,
+        bound: SocketAddr,
+        identity: Option<Arc<crate::identity::HostIdentity>>,
+    ) -> Result<Agent, String> {
         config.validate()?;
         let qemu = QemuBinary::detect(&config.qemu).map_err(|e| e.to_string())?;
         tracing::info!(qemu = %qemu.version, "QEMU checked");
@@ -57,7 +63,10 @@ impl Agent {
         let url = config
             .advertise_url
             .clone()
-            .unwrap_or_else(|| format!("http://{bound}"));
+            .unwrap_or_else(|| match identity {
+                Some(_) => format!("https://{bound}"),
+                None => format!("http://{bound}"),
+            });
         for pool in &config.pools {
             pool.prepare()?;
         }
@@ -71,6 +80,7 @@ impl Agent {
             unadopted: Arc::new(Mutex::new(HashMap::new())),
             cpu_models: Vec::new(),
             probes: crate::probe::ProbeListeners::default(),
+            identity,
             config,
         };
         agent.adopt_running().await;

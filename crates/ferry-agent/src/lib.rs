@@ -22,6 +22,7 @@ pub mod disk_copy;
 pub mod error;
 pub mod heartbeat;
 pub mod host;
+pub mod identity;
 pub mod inventory;
 pub mod net;
 pub mod persist;
@@ -38,16 +39,33 @@ use std::sync::Arc;
 
 /// Runs the agent until SIGTERM/SIGINT. VMs keep running when the agent stops.
 pub async fn run(config: AgentConfig) -> Result<(), String> {
+    let identity = identity::establish(&config).await?;
     let (listener, bound) = ferry_api::http::bind(config.listen).await?;
-    let agent = Arc::new(Agent::start(config, bound).await?);
+    let agent = Arc::new(Agent::start(config, bound, identity.clone()).await?);
+    let tls = match &identity {
+        Some(id) => Some(
+            ferry_pki::server_config(
+                &id.material().ca_pem,
+                id.server_cert.clone(),
+                ferry_pki::ClientCerts::Required,
+            )
+            .map_err(|e| e.to_string())?,
+        ),
+        None => {
+            tracing::warn!(
+                "running with --insecure: plain HTTP and no authentication; anyone who reaches \
+                 {bound} controls this host's VMs; for development only"
+            );
+            None
+        }
+    };
     if let Some(file) = &agent.config.ready_file {
         ferry_api::http::write_ready_file(file, &bound.to_string())?;
     }
-    tracing::info!(host = %agent.config.name, %bound, "agent listening");
+    tracing::info!(host = %agent.config.name, %bound, tls = tls.is_some(), "agent listening");
     let hb = tokio::spawn(heartbeat::run(agent.clone()));
     let app = api::router(agent.clone());
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(ferry_api::http::shutdown_signal())
+    let served = ferry_pki::serve(listener, tls, app, ferry_api::http::shutdown_signal())
         .await
         .map_err(|e| format!("HTTP server failed: {e}"));
     hb.abort();

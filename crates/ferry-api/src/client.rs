@@ -34,33 +34,104 @@ impl ClientError {
     }
 }
 
+/// How a client proves who it is and checks whom it reached.
+#[derive(Debug, Clone, Default)]
+pub struct Credentials {
+    /// The cluster CA to trust and, for daemons, their own certificate. None: plain
+    /// `http://` (a cluster run with `--insecure`).
+    pub tls: Option<TlsCredentials>,
+    /// An operator's API token, sent as `Authorization: Bearer`.
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsCredentials {
+    /// PEM: the CA certificate(s) to trust.
+    pub ca_pem: String,
+    /// This party's certificate and key (agents and the server; operators have none).
+    pub me: Option<ferry_pki::Material>,
+}
+
+impl Credentials {
+    /// A daemon's credentials: trust its CA bundle, present its certificate.
+    pub fn daemon(material: ferry_pki::Material) -> Credentials {
+        Credentials {
+            tls: Some(TlsCredentials {
+                ca_pem: material.ca_pem.clone(),
+                me: Some(material),
+            }),
+            token: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Http {
     base: String,
     http: reqwest::Client,
-    actor: Option<String>,
+    token: Option<String>,
 }
 
 impl Http {
     fn new(base: &str, timeout: Duration) -> Result<Http, ClientError> {
+        Http::secured(
+            base,
+            timeout,
+            &Credentials::default(),
+            &ferry_pki::Identity::Server,
+        )
+    }
+
+    /// A client for `base` that, over TLS, accepts only `expect`'s certificate.
+    fn secured(
+        base: &str,
+        timeout: Duration,
+        creds: &Credentials,
+        expect: &ferry_pki::Identity,
+    ) -> Result<Http, ClientError> {
         let base = base.trim_end_matches('/').to_string();
-        if !(base.starts_with("http://") || base.starts_with("https://")) {
-            return Err(ClientError::Api(ApiError::bad_request(format!(
-                "'{base}' is not an http:// or https:// URL"
-            ))));
+        let bad = |m: String| ClientError::Api(ApiError::bad_request(m));
+        let https = base.starts_with("https://");
+        if !(base.starts_with("http://") || https) {
+            return Err(bad(format!("'{base}' is not an http:// or https:// URL")));
         }
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .timeout(timeout)
-            .connect_timeout(Duration::from_secs(3))
-            .build()
-            .map_err(|e| ClientError::Unreachable {
-                url: base.clone(),
-                reason: e.to_string(),
-            })?;
+            .connect_timeout(Duration::from_secs(3));
+        match (&creds.tls, https) {
+            (Some(tls), true) => {
+                let config = ferry_pki::client_config(&tls.ca_pem, tls.me.as_ref(), expect)
+                    .map_err(|e| bad(format!("TLS settings: {e}")))?;
+                builder = builder.use_preconfigured_tls(config);
+            }
+            (None, true) => {
+                return Err(bad(format!(
+                    "{base} is https: give the cluster CA (--ca, FERRY_CA or `ca` in the \
+                     config file)"
+                )))
+            }
+            (Some(_), false) => {
+                return Err(bad(format!(
+                    "{base} is plain http but TLS credentials are set: use https:// (only a \
+                     cluster run with --insecure speaks http)"
+                )))
+            }
+            (None, false) => {
+                if creds.token.is_some() {
+                    return Err(bad(format!(
+                        "refusing to send an API token over plain http to {base}: use https://"
+                    )));
+                }
+            }
+        }
+        let http = builder.build().map_err(|e| ClientError::Unreachable {
+            url: base.clone(),
+            reason: e.to_string(),
+        })?;
         Ok(Http {
             base,
             http,
-            actor: None,
+            token: creds.token.clone(),
         })
     }
 
@@ -72,8 +143,8 @@ impl Http {
     ) -> Result<T, ClientError> {
         let url = format!("{}{}", self.base, path);
         let mut req = self.http.request(method, &url);
-        if let Some(actor) = &self.actor {
-            req = req.header(ACTOR_HEADER, actor);
+        if let Some(token) = &self.token {
+            req = req.bearer_auth(token);
         }
         if let Some(body) = body {
             req = req.json(body);
@@ -153,10 +224,89 @@ impl ServerClient {
         })
     }
 
-    /// Records `actor` as the requester in the server's event log.
-    pub fn with_actor(mut self, actor: impl Into<String>) -> Self {
-        self.http.actor = Some(actor.into());
-        self
+    /// A client that checks it reached the cluster's server and proves who it is.
+    pub fn connect(base_url: &str, creds: &Credentials) -> Result<ServerClient, ClientError> {
+        Ok(ServerClient {
+            http: Http::secured(
+                base_url,
+                Duration::from_secs(60),
+                creds,
+                &ferry_pki::Identity::Server,
+            )?,
+        })
+    }
+
+    /// A client for one thing only: fetching the CA bundle when joining, before the agent
+    /// can verify anything. It accepts any server certificate; the caller must check what
+    /// it fetched against the fingerprint its join token carries.
+    pub fn bootstrap(base_url: &str) -> Result<ServerClient, ClientError> {
+        let base = base_url.trim_end_matches('/').to_string();
+        if !base.starts_with("https://") {
+            return Err(ClientError::Api(ApiError::bad_request(format!(
+                "joining needs the server's https:// URL, not '{base}'"
+            ))));
+        }
+        let config = ferry_pki::tls::pinned_bootstrap_config()
+            .map_err(|e| ClientError::Api(ApiError::internal(e.to_string())))?;
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .connect_timeout(Duration::from_secs(3))
+            .use_preconfigured_tls(config)
+            .build()
+            .map_err(|e| ClientError::Unreachable {
+                url: base.clone(),
+                reason: e.to_string(),
+            })?;
+        Ok(ServerClient {
+            http: Http {
+                base,
+                http,
+                token: None,
+            },
+        })
+    }
+
+    /// How the server sees this client.
+    pub async fn whoami(&self) -> Result<WhoAmI, ClientError> {
+        self.http.get("/v1/whoami").await
+    }
+    pub async fn ca_bundle(&self) -> Result<CaBundle, ClientError> {
+        self.http.get("/v1/ca").await
+    }
+    pub async fn join(&self, req: &JoinRequest) -> Result<IssuedCertificate, ClientError> {
+        self.http.post("/v1/join", req).await
+    }
+    pub async fn join_token(
+        &self,
+        req: &JoinTokenRequest,
+    ) -> Result<JoinTokenResponse, ClientError> {
+        self.http.post("/v1/hosts/join-tokens", req).await
+    }
+    pub async fn renew_certificate(
+        &self,
+        host: &str,
+        req: &RenewRequest,
+    ) -> Result<IssuedCertificate, ClientError> {
+        self.http
+            .post(&format!("/v1/hosts/{}/certificate", seg(host)), req)
+            .await
+    }
+    pub async fn remove_host(&self, name: &str) -> Result<serde_json::Value, ClientError> {
+        self.http.delete(&format!("/v1/hosts/{}", seg(name))).await
+    }
+    pub async fn users(&self) -> Result<Vec<User>, ClientError> {
+        self.http.get("/v1/users").await
+    }
+    pub async fn add_user(&self, req: &CreateUserRequest) -> Result<UserToken, ClientError> {
+        self.http.post("/v1/users", req).await
+    }
+    pub async fn remove_user(&self, name: &str) -> Result<serde_json::Value, ClientError> {
+        self.http.delete(&format!("/v1/users/{}", seg(name))).await
+    }
+    pub async fn new_user_token(&self, name: &str) -> Result<UserToken, ClientError> {
+        self.http
+            .post(&format!("/v1/users/{}/tokens", seg(name)), &())
+            .await
     }
 
     pub fn base_url(&self) -> &str {
@@ -323,6 +473,20 @@ impl AgentClient {
     pub fn new(base_url: &str) -> Result<AgentClient, ClientError> {
         Ok(AgentClient {
             http: Http::new(base_url, Duration::from_secs(120))?,
+        })
+    }
+
+    /// A client for host `host`'s agent: over TLS, only that host's certificate is accepted.
+    pub fn connect(
+        base_url: &str,
+        host: &str,
+        creds: &Credentials,
+        timeout: Duration,
+    ) -> Result<AgentClient, ClientError> {
+        let expect = ferry_pki::Identity::host(host)
+            .map_err(|e| ClientError::Api(ApiError::bad_request(e.to_string())))?;
+        Ok(AgentClient {
+            http: Http::secured(base_url, timeout, creds, &expect)?,
         })
     }
 

@@ -8,6 +8,12 @@ use serde::{Deserialize, Serialize};
 pub enum ErrorCode {
     /// The request is malformed or names something invalid (400).
     BadRequest,
+    /// The caller did not say who it is, or its credentials are unknown or revoked (401).
+    Unauthorized,
+    /// The caller is known but its role does not allow this (403).
+    Forbidden,
+    /// The caller sent too many requests too fast (429).
+    TooManyRequests,
     /// The named VM, host or migration does not exist (404).
     NotFound,
     /// The request conflicts with current state, e.g. a VM already migrating (409).
@@ -24,6 +30,9 @@ impl ErrorCode {
     pub fn http_status(self) -> u16 {
         match self {
             ErrorCode::BadRequest => 400,
+            ErrorCode::Unauthorized => 401,
+            ErrorCode::Forbidden => 403,
+            ErrorCode::TooManyRequests => 429,
             ErrorCode::NotFound => 404,
             ErrorCode::Conflict => 409,
             ErrorCode::Upstream => 502,
@@ -35,6 +44,9 @@ impl ErrorCode {
     pub fn from_http_status(status: u16) -> ErrorCode {
         match status {
             400 | 405 | 413 | 415 | 422 => ErrorCode::BadRequest,
+            401 => ErrorCode::Unauthorized,
+            403 => ErrorCode::Forbidden,
+            429 => ErrorCode::TooManyRequests,
             404 => ErrorCode::NotFound,
             409 => ErrorCode::Conflict,
             502 | 504 => ErrorCode::Upstream,
@@ -77,6 +89,12 @@ impl ApiError {
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::BadRequest, message)
     }
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Unauthorized, message)
+    }
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Forbidden, message)
+    }
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::NotFound, message)
     }
@@ -105,6 +123,9 @@ mod tests {
     fn every_code_round_trips_through_its_http_status() {
         for code in [
             ErrorCode::BadRequest,
+            ErrorCode::Unauthorized,
+            ErrorCode::Forbidden,
+            ErrorCode::TooManyRequests,
             ErrorCode::NotFound,
             ErrorCode::Conflict,
             ErrorCode::Upstream,

@@ -63,6 +63,18 @@ event_kinds! {
     HostRegister => "host.register",
     HostMaintenance => "host.maintenance",
     HostBaseline => "host.baseline",
+    /// An admin made a join token for a host (the token itself is never logged).
+    HostJoinToken => "host.join_token",
+    /// A host redeemed its join token and got its certificate.
+    HostJoin => "host.join",
+    /// A host renewed its certificate.
+    HostCertificate => "host.certificate",
+    /// A host was removed and its certificates revoked.
+    HostRemove => "host.remove",
+    UserAdd => "user.add",
+    UserRemove => "user.remove",
+    /// A user got a new API token.
+    UserToken => "user.token",
     ClusterBaseline => "cluster.baseline",
     ClusterMigrationDefaults => "cluster.migration_defaults",
     VmCreate => "vm.create",

@@ -8,6 +8,7 @@
 //! The crate has no I/O except the thin [`client`] module, so the server and agent cores can
 //! be tested without HTTP.
 
+pub mod auth;
 pub mod checks;
 pub mod client;
 pub mod error;
@@ -22,6 +23,7 @@ pub mod storage;
 pub mod tuning;
 pub mod vm;
 
+pub use auth::*;
 pub use checks::*;
 pub use error::{ApiError, ErrorBody, ErrorCode};
 pub use events::*;
@@ -32,6 +34,3 @@ pub use spec::*;
 pub use storage::*;
 pub use tuning::*;
 pub use vm::*;
-
-/// Header a client sets to say who asks (recorded in the event log).
-pub const ACTOR_HEADER: &str = "x-ferry-actor";

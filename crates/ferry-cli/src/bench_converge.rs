@@ -102,8 +102,7 @@ async fn qemu_defaults(
     limit: Duration,
 ) -> Result<QemuRun, CliError> {
     let spec = c.vm(vm).await?.spec;
-    let dest = AgentClient::new(&lab.host("b").ok_or_else(|| fail("no host b"))?.agent_url)
-        .map_err(fail)?;
+    let dest = lab.agent_client("b").map_err(fail)?;
     let incoming = dest
         .prepare_incoming(&IncomingRequest {
             spec,
@@ -168,8 +167,7 @@ async fn one(
     let client = start_client(lab, &ip)?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let limit = Duration::from_secs(a.time_limit);
-    let dest = AgentClient::new(&lab.host("b").ok_or_else(|| fail("no host b"))?.agent_url)
-        .map_err(fail)?;
+    let dest = lab.agent_client("b").map_err(fail)?;
     let mut row = Row {
         link_pct: pct,
         target_dirty_mib_s: target,

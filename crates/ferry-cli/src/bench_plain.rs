@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use ferry_api::client::{AgentClient, ServerClient};
+use ferry_api::client::ServerClient;
 use ferry_api::*;
 use ferry_lab::Lab;
 use ferry_qmp::{MigrationParameters, MigrationStatus, QmpClient};
@@ -87,7 +87,7 @@ pub async fn plain_qemu_uncapped(
     let (Some(a), Some(b)) = (lab.agents.first(), lab.agents.get(1)) else {
         return Err(fail("the lab needs two hosts"));
     };
-    let dest = AgentClient::new(&b.url).map_err(fail)?;
+    let dest = lab.agent_client(&b.name).map_err(fail)?;
     let incoming = dest
         .prepare_incoming(&IncomingRequest {
             spec,

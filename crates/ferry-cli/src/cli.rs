@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7700";
+pub const DEFAULT_SERVER: &str = "https://127.0.0.1:7700";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -21,13 +21,29 @@ pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7700";
         ferry vm create web1 --host a --memory 512\n  \
         ferry vm migrate web1 --to b\n  \
         ferry events --vm web1 --json\n\n\
+        Connection: --server, --ca and --token (or FERRY_SERVER, FERRY_CA, FERRY_TOKEN), else \
+        the file --config / FERRY_CONFIG / ~/.config/ferry/config.toml:\n  \
+        server = \"https://10.0.0.1:7700\"\n  \
+        ca = \"/etc/ferry/ca.crt\"\n  \
+        token = \"ferry-api1....\"\n\n\
         Exit status: 0 success, 1 the operation failed, 2 bad input or refused request, \
-        3 the server could not be reached."
+        3 the server could not be reached, 4 a migration needs attention, 5 not authenticated \
+        or not allowed."
 )]
 pub struct Cli {
-    /// The Ferry server's URL.
-    #[arg(long, global = true, env = "FERRY_SERVER", default_value = DEFAULT_SERVER)]
-    pub server: String,
+    /// The Ferry server's URL [default: from the config file, else https://127.0.0.1:7700].
+    #[arg(long, global = true, env = "FERRY_SERVER")]
+    pub server: Option<String>,
+    /// The cluster CA certificate to trust (PEM file; `ferry ca init` writes it).
+    #[arg(long, global = true, env = "FERRY_CA")]
+    pub ca: Option<PathBuf>,
+    /// Your API token (`ferry user token`). Prefer FERRY_TOKEN or the config file: a
+    /// flag shows in the process list.
+    #[arg(long, global = true, env = "FERRY_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// The client config file [default: ~/.config/ferry/config.toml].
+    #[arg(long, global = true, env = "FERRY_CONFIG")]
+    pub config: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -36,6 +52,14 @@ pub struct Cli {
 pub enum Command {
     /// Run the control-plane server.
     Server(ServerArgs),
+    /// The cluster CA: made once on the server (`ferry ca init`), then shown.
+    #[command(subcommand)]
+    Ca(CaCmd),
+    /// Operator accounts, their roles and API tokens (admin).
+    #[command(subcommand)]
+    User(UserCmd),
+    /// How the server sees you (your user and role).
+    Whoami(JsonFlag),
     /// Run the per-host agent.
     Agent(AgentArgs),
     /// Registered hosts.
@@ -93,6 +117,13 @@ pub struct ServerArgs {
     /// Write the bound address to this file once listening.
     #[arg(long)]
     pub ready_file: Option<PathBuf>,
+    /// Run without TLS or authentication: anyone who reaches the port controls the
+    /// cluster. For development on one machine only.
+    #[arg(long)]
+    pub insecure: bool,
+    /// How long host certificates live (s); agents renew at two thirds.
+    #[arg(long, default_value_t = 30 * 86_400)]
+    pub host_cert_validity_s: u64,
     /// Fault tests: hold migrations at these points (preparing, copying_disks,
     /// transferring, switching_over, post_copy) until a file in --test-hold-dir goes.
     #[arg(long, value_delimiter = ',', requires = "test_hold_dir", hide = true)]
@@ -171,6 +202,14 @@ pub struct AgentArgs {
     /// Run without registering with the server (`--server` is ignored).
     #[arg(long)]
     pub standalone: bool,
+    /// Join the cluster with this token (`ferry host join-token NAME` on the server): the
+    /// agent gets its host certificate and keeps it in <state dir>/tls. Needed once.
+    #[arg(long, env = "FERRY_JOIN_TOKEN", hide_env_values = true)]
+    pub join: Option<String>,
+    /// Run without TLS or authentication (plain HTTP; anyone who reaches the port
+    /// controls this host's VMs). For development on one machine only.
+    #[arg(long, conflicts_with = "join")]
+    pub insecure: bool,
     /// Write the bound address to this file once listening.
     #[arg(long)]
     pub ready_file: Option<PathBuf>,
@@ -184,7 +223,81 @@ pub struct JsonFlag {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum CaCmd {
+    /// Make the cluster CA, the server's certificate and the first admin (run once, on
+    /// the server's machine, before the first `ferry server`).
+    #[command(
+        after_help = "Example:\n  ferry ca init --data-dir /var/lib/ferry/server --write-config ~/.config/ferry/config.toml\n  \
+        ferry server --data-dir /var/lib/ferry/server --listen 0.0.0.0:7700"
+    )]
+    Init {
+        /// The server's data directory.
+        #[arg(long, default_value = "/var/lib/ferry/server")]
+        data_dir: PathBuf,
+        /// The first admin's user name.
+        #[arg(long, default_value = "admin")]
+        admin: String,
+        /// Also write a client config (server URL, CA path, the admin's token; 0600) here.
+        #[arg(long)]
+        write_config: Option<PathBuf>,
+        /// The server URL to put in that config.
+        #[arg(long, default_value = DEFAULT_SERVER)]
+        server_url: String,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// The CA certificate(s) the server trusts, with their SHA-256.
+    Show(JsonFlag),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum UserCmd {
+    /// Add a user with a role (viewer: read; operator: VMs and migrations; admin: hosts,
+    /// cluster settings, users) and print its first API token (shown once).
+    #[command(after_help = "Example:\n  ferry user add alice --role operator")]
+    Add {
+        name: String,
+        #[arg(long)]
+        role: ferry_api::Role,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// List users, their roles and how many tokens each has.
+    List(JsonFlag),
+    /// Remove a user and every token of theirs (the last admin cannot be removed).
+    Remove {
+        name: String,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Make a new API token for a user (shown once; the server keeps only its hash).
+    Token {
+        name: String,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 pub enum HostCmd {
+    /// Make a short-lived, single-use token a new host joins with
+    /// (`ferry agent --name NAME --join TOKEN`).
+    #[command(after_help = "Example:\n  ferry host join-token b --ttl-s 600")]
+    JoinToken {
+        name: String,
+        /// How long the token may be used (s; default 900, at most 86400).
+        #[arg(long)]
+        ttl_s: Option<u64>,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Forget a host (it must hold no VM) and revoke its certificates: its agent can no
+    /// longer register, and the name can join again with a new token.
+    Remove {
+        name: String,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
     /// List hosts with their state, QEMU, accelerator and load.
     List(JsonFlag),
     /// Show one host's inventory.

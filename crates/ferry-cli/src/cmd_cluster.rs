@@ -2,25 +2,15 @@
 
 use std::time::Duration;
 
-use ferry_api::client::ServerClient;
 use ferry_api::*;
 
 use crate::cli::{ClusterCmd, EventsArgs, HostCmd, VmCmd, VmCreateArgs};
 use crate::exit::{CliError, CliResult};
 use crate::output::{ago, bytes, print_json, print_table};
 
-/// A client that tells the server who is asking (recorded in the event log).
-pub fn client(server: &str) -> Result<ServerClient, CliError> {
-    let user = std::env::var("SUDO_USER")
-        .or_else(|_| std::env::var("USER"))
-        .unwrap_or_else(|_| "unknown".into());
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_default();
-    Ok(ServerClient::new(server)?.with_actor(format!("cli:{user}@{host}")))
-}
+pub use crate::connection::client;
 
-pub async fn host(server: &str, cmd: HostCmd) -> CliResult {
+pub async fn host(server: &crate::connection::ConnOpts, cmd: HostCmd) -> CliResult {
     let c = client(server)?;
     match cmd {
         HostCmd::List(j) => {
@@ -119,10 +109,14 @@ pub async fn host(server: &str, cmd: HostCmd) -> CliResult {
             }
             Ok(())
         }
+        // Dispatched to cmd_security by main.
+        HostCmd::JoinToken { .. } | HostCmd::Remove { .. } => Err(CliError::failed(
+            "internal: host command dispatched to the wrong module",
+        )),
     }
 }
 
-pub async fn cluster(server: &str, cmd: ClusterCmd) -> CliResult {
+pub async fn cluster(server: &crate::connection::ConnOpts, cmd: ClusterCmd) -> CliResult {
     let c = client(server)?;
     let (info, json) = match cmd {
         ClusterCmd::Show(j) => (c.cluster().await?, j.json),
@@ -186,7 +180,7 @@ pub async fn cluster(server: &str, cmd: ClusterCmd) -> CliResult {
     Ok(())
 }
 
-pub async fn vm(server: &str, cmd: VmCmd) -> CliResult {
+pub async fn vm(server: &crate::connection::ConnOpts, cmd: VmCmd) -> CliResult {
     let c = client(server)?;
     match cmd {
         VmCmd::Create(a) => {
@@ -417,7 +411,7 @@ fn spec_from_args(a: &VmCreateArgs) -> Result<VmSpec, CliError> {
     Ok(spec)
 }
 
-pub async fn events(server: &str, a: EventsArgs) -> CliResult {
+pub async fn events(server: &crate::connection::ConnOpts, a: EventsArgs) -> CliResult {
     let c = client(server)?;
     let migration = a
         .migration

@@ -37,17 +37,23 @@ pub async fn server(a: ServerArgs) -> CliResult {
             ..Default::default()
         },
         ready_file: a.ready_file,
+        insecure: a.insecure,
+        host_cert_validity: Duration::from_secs(a.host_cert_validity_s.clamp(60, 3 * 365 * 86_400)),
     };
     ferry_server::run(config).await.map_err(CliError::failed)
 }
 
-pub async fn agent(a: AgentArgs, server_url: &str) -> CliResult {
+pub async fn agent(a: AgentArgs, conn: &crate::connection::ConnOpts) -> CliResult {
+    let server_url = conn.server_url()?;
+    let state_dir = absolute(&a.state_dir)?;
     let config = ferry_agent::AgentConfig {
+        tls_dir: (!a.insecure).then(|| state_dir.join("tls")),
+        join_token: a.join.clone(),
         name: a.name,
         listen: a.listen,
         advertise_url: a.advertise_url,
         server_url: (!a.standalone).then(|| server_url.to_string()),
-        state_dir: absolute(&a.state_dir)?,
+        state_dir,
         image_dir: match a.image_dir {
             Some(d) => absolute(&d)?,
             None => ferry_image::default_cache_dir(),

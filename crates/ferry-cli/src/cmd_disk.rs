@@ -7,7 +7,7 @@ use crate::cmd_cluster::client;
 use crate::exit::{CliError, CliResult};
 use crate::output::{bytes, print_json, print_table};
 
-pub async fn run(server: &str, cmd: DiskCmd) -> CliResult {
+pub async fn run(server: &crate::connection::ConnOpts, cmd: DiskCmd) -> CliResult {
     let c = client(server)?;
     match cmd {
         DiskCmd::Create {

@@ -231,7 +231,13 @@ fn print_lab(rec: &LabRecord) {
         [] => ("a".into(), format!("172.31.{n}.12")),
     };
     println!("\nUse it:");
-    println!("  export FERRY_SERVER={server}");
+    match &rec.work_dir {
+        Some(dir) => println!(
+            "  export FERRY_CONFIG={}   # server, CA and the admin's token",
+            dir.join("client.toml").display()
+        ),
+        None => println!("  export FERRY_SERVER={server}"),
+    }
     println!("  ferry host list");
     println!("  ferry vm create web1 --host {a} --nic vmnet --guest-ip 172.30.{n}.100/24");
     println!(

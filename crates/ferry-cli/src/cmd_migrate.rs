@@ -11,7 +11,7 @@ use crate::cmd_cluster::client;
 use crate::exit::{CliError, CliResult};
 use crate::output::{bytes, millis, print_json, print_table, rate};
 
-pub async fn migrate(server: &str, a: MigrateArgs) -> CliResult {
+pub async fn migrate(server: &crate::connection::ConnOpts, a: MigrateArgs) -> CliResult {
     let c = client(server)?;
     let req = MigrateRequest {
         vm: a.name.clone(),
@@ -300,7 +300,7 @@ pub fn print_report(m: &Migration) {
     }
 }
 
-pub async fn migration(server: &str, cmd: MigrationCmd) -> CliResult {
+pub async fn migration(server: &crate::connection::ConnOpts, cmd: MigrationCmd) -> CliResult {
     let c = client(server)?;
     let parse = |id: &str| {
         uuid::Uuid::parse_str(id)

@@ -14,6 +14,8 @@ pub enum Exit {
     Unreachable = 3,
     /// A migration stopped because it needs an operator (`ferry migration resolve`).
     NeedsAttention = 4,
+    /// The caller is not known (no or a revoked token) or its role does not allow this.
+    Denied = 5,
 }
 
 /// An error with the exit status it should produce.
@@ -56,7 +58,11 @@ impl From<ClientError> for CliError {
             ClientError::Unreachable { .. } => Exit::Unreachable,
             ClientError::Api(api) => match api.code {
                 ErrorCode::BadRequest | ErrorCode::NotFound | ErrorCode::Conflict => Exit::Refused,
-                ErrorCode::Unavailable | ErrorCode::Upstream | ErrorCode::Internal => Exit::Failed,
+                ErrorCode::Unauthorized | ErrorCode::Forbidden => Exit::Denied,
+                ErrorCode::TooManyRequests
+                | ErrorCode::Unavailable
+                | ErrorCode::Upstream
+                | ErrorCode::Internal => Exit::Failed,
             },
             ClientError::Decode { .. } => Exit::Failed,
         };

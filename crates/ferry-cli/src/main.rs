@@ -13,6 +13,8 @@ mod cmd_disk;
 mod cmd_image;
 mod cmd_lab;
 mod cmd_migrate;
+mod cmd_security;
+mod connection;
 mod demo;
 mod exit;
 mod output;
@@ -60,10 +62,24 @@ fn init_tracing(cmd: &Command) {
 }
 
 async fn run(cli: Cli) -> CliResult {
-    let server = cli.server.clone();
+    let server = connection::ConnOpts {
+        server: cli.server.clone(),
+        ca: cli.ca.clone(),
+        token: cli.token.clone(),
+        config: cli.config.clone(),
+    };
     match cli.command {
         Command::Server(a) => cmd_daemons::server(a).await,
         Command::Agent(a) => cmd_daemons::agent(a, &server).await,
+        Command::Ca(c) => cmd_security::ca(&server, c).await,
+        Command::User(c) => cmd_security::user(&server, c).await,
+        Command::Whoami(j) => cmd_security::whoami(&server, j).await,
+        Command::Host(cli::HostCmd::JoinToken { name, ttl_s, json }) => {
+            cmd_security::join_token(&server, &name, ttl_s, json).await
+        }
+        Command::Host(cli::HostCmd::Remove { name, json }) => {
+            cmd_security::remove_host(&server, &name, json).await
+        }
         Command::Host(c) => cmd_cluster::host(&server, c).await,
         Command::Cluster(c) => cmd_cluster::cluster(&server, c).await,
         Command::Vm(cli::VmCmd::Migrate(a)) => cmd_migrate::migrate(&server, a).await,

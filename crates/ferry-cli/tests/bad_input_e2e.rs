@@ -124,7 +124,7 @@ async fn bad_requests_are_refused_with_reasons_and_change_nothing() {
 
     // The API itself refuses malformed bodies with the documented error shape (bypassing
     // the CLI's own checks).
-    let http = reqwest::Client::new();
+    let http = lab.trust.raw_http(Some(lab.trust.admin_token()));
     for body in [
         "{",
         r#"{"host":"a","spec":{"name":"x","memory_mib":1,"boot":{"type":"image","image":"t","cmdline":""}}}"#,
@@ -179,7 +179,7 @@ async fn bad_requests_are_refused_with_reasons_and_change_nothing() {
     // The agent sends a VM only to tcp:IP:PORT: a URI that would have QEMU run a command,
     // write a file or reach a local socket is refused before QEMU sees it, and nothing
     // happens (the guest runs on, not migrating).
-    let agent = ferry_api::client::AgentClient::new(&lab.agents[0].url).unwrap();
+    let agent = lab.agent_client(&lab.agents[0].name).unwrap();
     let marker = lab.dir().join("owned-by-exec");
     for uri in [
         format!("exec:touch {}", marker.display()),

@@ -35,10 +35,7 @@ fn qemu_without_q35_10(dir: &Path) -> PathBuf {
 }
 
 fn check(lab: &NetLab, to: &str) -> CheckReport {
-    let out = ferry_at(
-        lab.server_url(),
-        &["vm", "migrate", VM, "--to", to, "--check", "--json"],
-    );
+    let out = ferry_net(lab, &["vm", "migrate", VM, "--to", to, "--check", "--json"]);
     let report: CheckReport = serde_json::from_str(&stdout(&out))
         .unwrap_or_else(|e| panic!("--check --json to {to}: {e}: {}", stderr(&out)));
     let failed = report.verdict() == Verdict::Fail;
@@ -184,14 +181,14 @@ async fn each_unfit_destination_is_refused_by_the_check_that_names_why() {
     }
 
     // Maintenance: refused while on, fine again once off.
-    let out = ferry_at(lab.server_url(), &["host", "maintenance", "b", "--on"]);
+    let out = ferry_net(&lab, &["host", "maintenance", "b", "--on"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let r = check(&lab, "b");
     assert_eq!(failed_names(&r), vec!["destination"]);
     assert!(r.checks[0].message.contains("maintenance"));
 
     // A real migrate is refused the same way, touching nothing, with the report logged.
-    let out = ferry_at(lab.server_url(), &["vm", "migrate", VM, "--to", "b"]);
+    let out = ferry_net(&lab, &["vm", "migrate", VM, "--to", "b"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("pre-migration checks failed"),
@@ -220,12 +217,9 @@ async fn each_unfit_destination_is_refused_by_the_check_that_names_why() {
         e.data
     );
 
-    let out = ferry_at(lab.server_url(), &["host", "maintenance", "b", "--off"]);
+    let out = ferry_net(&lab, &["host", "maintenance", "b", "--off"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let out = ferry_at(
-        lab.server_url(),
-        &["vm", "migrate", VM, "--to", "b", "--json"],
-    );
+    let out = ferry_net(&lab, &["vm", "migrate", VM, "--to", "b", "--json"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let m: Migration = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(m.phase, Phase::Completed);

@@ -58,7 +58,7 @@ async fn the_controller_aborts_when_it_may_not_throttle_and_converges_when_it_ma
     assert!(reason.contains("no post-copy allowed"), "{reason}");
     let vm = c.vm(VM).await.unwrap();
     assert_eq!((vm.host.as_str(), vm.state), ("a", VmState::Running));
-    let agent = ferry_api::client::AgentClient::new(&lab.agents[0].url).unwrap();
+    let agent = lab.agent_client(&lab.agents[0].name).unwrap();
     let status = agent.migration_status(VM).await.unwrap();
     assert_eq!(
         status.progress.throttle_pct, 0,

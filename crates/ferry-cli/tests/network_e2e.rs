@@ -93,10 +93,7 @@ async fn an_open_tcp_connection_survives_the_migration_and_the_vm_keeps_mac_and_
     let client = Probe::start(connect_from_client(&lab, &ip));
     tokio::time::sleep(Duration::from_secs(2)).await;
 
-    let out = ferry_at(
-        lab.server_url(),
-        &["vm", "migrate", VM, "--to", "b", "--json"],
-    );
+    let out = ferry_net(&lab, &["vm", "migrate", VM, "--to", "b", "--json"]);
     assert!(out.status.success(), "migrate failed: {}", stderr(&out));
     let m: Migration = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(m.phase, Phase::Completed);
@@ -176,10 +173,7 @@ async fn a_migration_over_a_100ms_round_trip_link_completes() {
         .unwrap()
         .unwrap();
     let started = Instant::now();
-    let out = ferry_at(
-        lab.server_url(),
-        &["vm", "migrate", VM, "--to", "b", "--json"],
-    );
+    let out = ferry_net(&lab, &["vm", "migrate", VM, "--to", "b", "--json"]);
     assert!(
         out.status.success(),
         "migrate over the relay failed: {}",

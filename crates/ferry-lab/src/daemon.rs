@@ -29,6 +29,8 @@ pub(crate) struct DaemonSpec {
     /// Put the daemon in its own process group (a Ctrl-C meant for the owner does not
     /// reach it; the owner stops it in order).
     pub own_group: bool,
+    /// Extra environment (secrets such as a join token go here, not in `args`).
+    pub env: Vec<(String, String)>,
 }
 
 pub(crate) struct Daemon {
@@ -55,6 +57,7 @@ pub(crate) fn spawn(dir: &Path, spec: DaemonSpec) -> Result<Daemon, LabError> {
     cmd.args(&spec.args)
         .env("RUST_LOG", &spec.log_filter)
         .env("NO_COLOR", "1")
+        .envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(err);

@@ -57,6 +57,8 @@ pub struct AgentInfo {
 }
 
 pub struct Lab {
+    /// The cluster's CA and the admin's token (`ferry ca init` on the server's data dir).
+    pub trust: crate::Trust,
     dir: Option<tempfile::TempDir>,
     path: PathBuf,
     daemons: Vec<Daemon>,
@@ -79,7 +81,13 @@ impl Lab {
             .tempdir()
             .map_err(|e| LabError::Io(format!("cannot create a lab directory: {e}")))?;
         let path = dir.path().to_path_buf();
+        let trust = crate::Trust::init(
+            &cfg.ferry_bin,
+            &path.join("server"),
+            &path.join("client.toml"),
+        )?;
         let mut lab = Lab {
+            trust,
             dir: Some(dir),
             path: path.clone(),
             daemons: Vec::new(),
@@ -109,7 +117,8 @@ impl Lab {
         lab.server_args = args.clone();
         lab.spawn(&cfg, "server", &args)?;
         let addr = lab.wait_ready_file("server", &server_ready).await?;
-        lab.server_url = format!("http://{addr}");
+        lab.server_url = format!("https://{addr}");
+        lab.trust.write_config(&lab.server_url)?;
         for host in &cfg.hosts {
             let state = path.join(host);
             let ready = path.join(format!("{host}.addr"));
@@ -145,13 +154,19 @@ impl Lab {
                 args.push(format!("shared={}:shared", shared.display()));
             }
             lab.agent_args.insert(host.clone(), args.clone());
-            lab.spawn(&cfg, &format!("agent-{host}"), &args)?;
+            let token = lab.trust.join_token(&lab.server_url, host).await?;
+            lab.spawn_with(
+                &cfg,
+                &format!("agent-{host}"),
+                &args,
+                vec![("FERRY_JOIN_TOKEN".into(), token)],
+            )?;
             let addr = lab
                 .wait_ready_file(&format!("agent {host}"), &ready)
                 .await?;
             lab.agents.push(AgentInfo {
                 name: host.clone(),
-                url: format!("http://{addr}"),
+                url: format!("https://{addr}"),
                 state_dir: state,
             });
         }
@@ -160,6 +175,16 @@ impl Lab {
     }
 
     fn spawn(&mut self, cfg: &LabConfig, name: &str, args: &[String]) -> Result<(), LabError> {
+        self.spawn_with(cfg, name, args, Vec::new())
+    }
+
+    fn spawn_with(
+        &mut self,
+        cfg: &LabConfig,
+        name: &str,
+        args: &[String],
+        env: Vec<(String, String)>,
+    ) -> Result<(), LabError> {
         let spec = DaemonSpec {
             name: name.into(),
             ferry_bin: cfg.ferry_bin.clone(),
@@ -167,6 +192,7 @@ impl Lab {
             netns: None,
             log_filter: cfg.log_filter.clone(),
             own_group: false,
+            env,
         };
         self.daemons.push(daemon::spawn(&self.path, spec)?);
         Ok(())
@@ -238,7 +264,7 @@ impl Lab {
             .wait_ready_file(&format!("agent {host}"), &ready)
             .await?;
         if let Some(a) = self.agents.iter_mut().find(|a| a.name == host) {
-            a.url = format!("http://{addr}");
+            a.url = format!("https://{addr}");
         }
         Ok(())
     }
@@ -274,7 +300,7 @@ impl Lab {
         let args = self.server_args.clone();
         self.spawn(cfg, &name, &args)?;
         let addr = self.wait_ready_file("server", &ready).await?;
-        let url = format!("http://{addr}");
+        let url = format!("https://{addr}");
         if url != self.server_url {
             return Err(LabError::Start {
                 what: "server".into(),
@@ -297,10 +323,20 @@ impl Lab {
         out
     }
 
+    /// The admin's client.
     pub fn client(&self) -> ServerClient {
-        ServerClient::new(&self.server_url)
-            .expect("the lab's own URL is valid")
-            .with_actor("lab")
+        self.trust.client(&self.server_url)
+    }
+
+    /// A client for host `host`'s agent, presenting the server's certificate (agents take
+    /// orders from the server only).
+    pub fn agent_client(&self, host: &str) -> Result<ferry_api::client::AgentClient, LabError> {
+        let a = self
+            .agents
+            .iter()
+            .find(|a| a.name == host)
+            .ok_or_else(|| LabError::Io(format!("no agent {host} in this lab")))?;
+        self.trust.agent_client(&a.url, host)
     }
 
     pub fn dir(&self) -> &Path {

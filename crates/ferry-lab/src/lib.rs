@@ -18,10 +18,12 @@ pub mod lab;
 pub mod probe;
 pub mod soak;
 pub mod testvm;
+pub mod trust;
 
 pub use guest::{verdict_after, wait_ready, GuestVerdict, Observer};
 pub use lab::{Lab, LabConfig, LabError};
 pub use testvm::{ensure_test_image, test_vm_spec};
+pub use trust::Trust;
 
 mod daemon;
 pub mod netlab;

@@ -351,6 +351,8 @@ pub struct NetLab {
     spawned: AtomicU32,
     detached: bool,
     done: bool,
+    /// The cluster's CA and the admin's token; set before the server starts.
+    trust: Option<crate::Trust>,
 }
 
 impl NetLab {
@@ -385,6 +387,7 @@ impl NetLab {
             spawned: AtomicU32::new(0),
             detached: false,
             done: false,
+            trust: None,
         };
         // From here on, `lab`'s Drop removes whatever exists.
         let work = tempfile::Builder::new()
@@ -596,11 +599,17 @@ impl NetLab {
             netns: Some(host.ns.clone()),
             log_filter: cfg.log_filter.clone(),
             own_group: true,
+            env: Vec::new(),
         }
     }
 
     async fn start_daemons(&mut self, cfg: &NetLabConfig) -> Result<(), NetLabError> {
         let n = self.record.slot;
+        self.trust = Some(crate::Trust::init(
+            &cfg.ferry_bin,
+            &self.work.join("server"),
+            &self.work.join("client.toml"),
+        )?);
         let ready = self.work.join("server.addr");
         let server = DaemonSpec {
             name: "server".into(),
@@ -622,11 +631,14 @@ impl NetLab {
             netns: None,
             log_filter: cfg.log_filter.clone(),
             own_group: true,
+            env: Vec::new(),
         };
         let idx = self.spawn_daemon(server)?;
         let addr =
             daemon::wait_ready_file(&mut self.daemons[idx], &self.work, "server", &ready).await?;
-        self.record.server_url = Some(format!("http://{addr}"));
+        let url = format!("https://{addr}");
+        self.trust()?.write_config(&url)?;
+        self.record.server_url = Some(url);
         self.save()?;
 
         let vm_network = match cfg.vm_network_flag {
@@ -636,7 +648,9 @@ impl NetLab {
         let hosts = self.record.hosts.clone();
         let mut started = Vec::new();
         for h in &hosts {
-            let spec = self.agent_spec(cfg, h, vm_network);
+            let mut spec = self.agent_spec(cfg, h, vm_network);
+            let token = self.trust()?.join_token(self.server_url(), &h.name).await?;
+            spec.env.push(("FERRY_JOIN_TOKEN".into(), token));
             self.agent_specs.push((h.name.clone(), spec.clone()));
             started.push((h.name.clone(), self.spawn_daemon(spec)?));
         }
@@ -646,7 +660,7 @@ impl NetLab {
             let addr =
                 daemon::wait_ready_file(&mut self.daemons[idx], &self.work, &what, &ready).await?;
             if let Some(h) = self.record.hosts.iter_mut().find(|h| h.name == name) {
-                h.agent_url = format!("http://{addr}");
+                h.agent_url = format!("https://{addr}");
             }
         }
         self.save()?;
@@ -700,7 +714,7 @@ impl NetLab {
         let addr =
             daemon::wait_ready_file(&mut self.daemons[idx], &self.work, &what, &ready).await?;
         if let Some(h) = self.record.hosts.iter_mut().find(|h| h.name == host) {
-            h.agent_url = format!("http://{addr}");
+            h.agent_url = format!("https://{addr}");
         }
         self.save()?;
         Ok(())
@@ -719,10 +733,34 @@ impl NetLab {
         self.record.server_url.as_deref().unwrap_or("")
     }
 
+    fn trust(&self) -> Result<&crate::Trust, NetLabError> {
+        self.trust
+            .as_ref()
+            .ok_or_else(|| NetLabError::Io("the lab's CA is not made yet".into()))
+    }
+
+    /// The admin's client.
     pub fn client(&self) -> ServerClient {
-        ServerClient::new(self.server_url())
-            .expect("the lab's own URL is valid")
-            .with_actor("netlab")
+        match &self.trust {
+            Some(t) => t.client(self.server_url()),
+            None => panic!("NetLab::client before the lab's server started"),
+        }
+    }
+
+    /// The lab's CA, admin token and client config (`FERRY_CONFIG`).
+    pub fn lab_trust(&self) -> Option<&crate::Trust> {
+        self.trust.as_ref()
+    }
+
+    /// A client for host `host`'s agent, presenting the server's certificate.
+    pub fn agent_client(&self, host: &str) -> Result<ferry_api::client::AgentClient, NetLabError> {
+        let h = self
+            .record
+            .hosts
+            .iter()
+            .find(|h| h.name == host)
+            .ok_or_else(|| NetLabError::Config(format!("no host {host} in this lab")))?;
+        Ok(self.trust()?.agent_client(&h.agent_url, host)?)
     }
 
     pub fn hosts(&self) -> &[NetHost] {

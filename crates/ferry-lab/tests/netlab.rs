@@ -160,7 +160,7 @@ async fn a_two_host_lab_is_wired_shaped_relayed_and_removed() {
     // Both agents registered over the management network, with their migration addresses.
     assert!(lab
         .server_url()
-        .starts_with(&format!("http://172.29.{n}.254:")));
+        .starts_with(&format!("https://172.29.{n}.254:")));
     let hosts = lab.client().hosts().await.expect("the server answers");
     for (i, name) in ["a", "b"].iter().enumerate() {
         let h = hosts

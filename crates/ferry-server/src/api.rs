@@ -1,7 +1,24 @@
-//! The server's HTTP API: routes turn requests into [`Action`]s or reads. No logic here.
+//! The server's HTTP API: routes turn requests into [`Action`]s or [`Query`]s. No logic
+//! here, and no authorization either: the core checks each action's and query's
+//! [`Need`](crate::core::Need). This layer only authenticates (an API token, or the TLS
+//! client certificate [`ferry_pki::serve`] attached) and refuses callers with no
+//! credentials at all before reading their body.
+//!
+//! [`routes`] is the table the router is built from; each entry states the role it needs,
+//! and a test walks the table calling every route as nobody and as each role.
 //!
 //! ```text
-//! GET    /v1/health
+//! GET    /v1/health                   public
+//! GET    /v1/ca                       public: CaBundle
+//! GET    /v1/whoami                   public: WhoAmI
+//! POST   /v1/join                     JoinRequest -> IssuedCertificate (the token is the credential)
+//! POST   /v1/hosts/join-tokens        JoinTokenRequest -> JoinTokenResponse (admin)
+//! POST   /v1/hosts/{name}/certificate RenewRequest -> IssuedCertificate (that host)
+//! DELETE /v1/hosts/{name}             revokes its certificates (admin)
+//! GET    /v1/users                    [User] (admin)
+//! POST   /v1/users                    CreateUserRequest -> UserToken (admin)
+//! DELETE /v1/users/{name}             (admin)
+//! POST   /v1/users/{name}/tokens      UserToken (admin)
 //! GET    /v1/hosts                    [Host]
 //! POST   /v1/hosts                    HostRegistration -> Host      (agents' heartbeat)
 //! GET    /v1/hosts/{name}             Host
@@ -31,153 +48,442 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::routing::{get, post};
+use axum::extract::{FromRequestParts, Path, Query as QueryParams, State};
+use axum::http::request::Parts;
+use axum::http::{Method, StatusCode};
+use axum::routing::{delete, get, post, MethodRouter};
 use axum::{Json, Router};
 use ferry_api::http::{not_found, ApiJson, Failure};
 use ferry_api::*;
 use serde::Deserialize;
 use uuid::Uuid;
 
-use crate::core::{Action, ActionOutcome, Server};
+use crate::core::{Action, ActionOutcome, Caller, Query, QueryOutcome, Server};
 
 type Shared = State<Arc<Server>>;
 type Answer<T> = Result<Json<T>, Failure>;
 
-pub fn router(server: Arc<Server>) -> Router {
-    Router::new()
-        .route("/v1/health", get(health))
-        .route("/v1/hosts", get(hosts).post(register_host))
-        .route("/v1/hosts/{name}", get(host))
-        .route("/v1/hosts/{name}/maintenance", post(maintenance))
-        .route("/v1/vms", get(vms).post(create_vm))
-        .route("/v1/vms/{name}", get(vm).delete(delete_vm))
-        .route("/v1/vms/{name}/stop", post(stop_vm))
-        .route("/v1/vms/{name}/start", post(start_vm))
-        .route("/v1/vms/{name}/console", get(console))
-        .route("/v1/migrations", get(migrations).post(migrate))
-        .route("/v1/migrations/check", post(check_migration))
-        .route("/v1/cluster", get(cluster))
-        .route("/v1/cluster/baseline", post(set_baseline))
-        .route(
+/// The largest request body the server reads (a VM spec, a certificate request).
+pub const MAX_BODY_BYTES: usize = 1 << 20;
+/// The longest a request may take (a migration check probes the link for up to ~10 s;
+/// starting a VM waits for QEMU).
+pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Who a route is for: what the core will demand of its caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteRole {
+    Public,
+    /// The host named in the request (its certificate).
+    HostSelf,
+    Role(Role),
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteSpec {
+    pub method: Method,
+    pub path: &'static str,
+    pub role: RouteRole,
+}
+
+fn r(
+    method: Method,
+    path: &'static str,
+    role: RouteRole,
+    handler: MethodRouter<Arc<Server>>,
+) -> (RouteSpec, MethodRouter<Arc<Server>>) {
+    (RouteSpec { method, path, role }, handler)
+}
+
+fn table() -> Vec<(RouteSpec, MethodRouter<Arc<Server>>)> {
+    use Method as M;
+    use Role::*;
+    use RouteRole::{HostSelf, Public, Role as R};
+    vec![
+        r(M::GET, "/v1/health", Public, get(health)),
+        r(M::GET, "/v1/ca", Public, get(ca_bundle)),
+        r(M::GET, "/v1/whoami", Public, get(whoami)),
+        r(M::POST, "/v1/join", Public, post(join)),
+        r(M::GET, "/v1/hosts", R(Viewer), get(hosts)),
+        r(M::POST, "/v1/hosts", HostSelf, post(register_host)),
+        r(M::POST, "/v1/hosts/join-tokens", R(Admin), post(join_token)),
+        r(M::GET, "/v1/hosts/{name}", R(Viewer), get(host)),
+        r(M::DELETE, "/v1/hosts/{name}", R(Admin), delete(remove_host)),
+        r(
+            M::POST,
+            "/v1/hosts/{name}/certificate",
+            HostSelf,
+            post(renew),
+        ),
+        r(
+            M::POST,
+            "/v1/hosts/{name}/maintenance",
+            R(Admin),
+            post(maintenance),
+        ),
+        r(M::GET, "/v1/users", R(Admin), get(users)),
+        r(M::POST, "/v1/users", R(Admin), post(add_user)),
+        r(M::DELETE, "/v1/users/{name}", R(Admin), delete(remove_user)),
+        r(
+            M::POST,
+            "/v1/users/{name}/tokens",
+            R(Admin),
+            post(user_token),
+        ),
+        r(M::GET, "/v1/vms", R(Viewer), get(vms)),
+        r(M::POST, "/v1/vms", R(Operator), post(create_vm)),
+        r(M::GET, "/v1/vms/{name}", R(Viewer), get(vm)),
+        r(M::DELETE, "/v1/vms/{name}", R(Operator), delete(delete_vm)),
+        r(M::POST, "/v1/vms/{name}/stop", R(Operator), post(stop_vm)),
+        r(M::POST, "/v1/vms/{name}/start", R(Operator), post(start_vm)),
+        r(M::GET, "/v1/vms/{name}/console", R(Operator), get(console)),
+        r(M::GET, "/v1/migrations", R(Viewer), get(migrations)),
+        r(M::POST, "/v1/migrations", R(Operator), post(migrate)),
+        r(
+            M::POST,
+            "/v1/migrations/check",
+            R(Operator),
+            post(check_migration),
+        ),
+        r(M::GET, "/v1/migrations/{id}", R(Viewer), get(migration)),
+        r(
+            M::POST,
+            "/v1/migrations/{id}/cancel",
+            R(Operator),
+            post(cancel),
+        ),
+        r(
+            M::POST,
+            "/v1/migrations/{id}/resolve",
+            R(Operator),
+            post(resolve),
+        ),
+        r(M::GET, "/v1/cluster", R(Viewer), get(cluster)),
+        r(
+            M::POST,
+            "/v1/cluster/baseline",
+            R(Admin),
+            post(set_baseline),
+        ),
+        r(
+            M::POST,
             "/v1/cluster/migration-defaults",
+            R(Admin),
             post(set_migration_defaults),
-        )
-        .route("/v1/migrations/{id}", get(migration))
-        .route("/v1/migrations/{id}/cancel", post(cancel))
-        .route("/v1/migrations/{id}/resolve", post(resolve))
-        .route("/v1/events", get(events))
-        .route(
+        ),
+        r(M::GET, "/v1/events", R(Viewer), get(events)),
+        r(
+            M::GET,
             "/v1/hosts/{host}/pools/{pool}/disks",
-            get(disks).post(create_disk),
-        )
-        .route(
+            R(Viewer),
+            get(disks),
+        ),
+        r(
+            M::POST,
+            "/v1/hosts/{host}/pools/{pool}/disks",
+            R(Operator),
+            post(create_disk),
+        ),
+        r(
+            M::DELETE,
             "/v1/hosts/{host}/pools/{pool}/disks/{disk}",
-            axum::routing::delete(delete_disk),
-        )
+            R(Operator),
+            delete(delete_disk),
+        ),
+    ]
+}
+
+/// Every route the server answers, with the role it needs.
+pub fn routes() -> Vec<RouteSpec> {
+    table().into_iter().map(|(spec, _)| spec).collect()
+}
+
+pub fn router(server: Arc<Server>) -> Router {
+    let mut router = Router::new();
+    for (spec, handler) in table() {
+        router = router.route(spec.path, handler);
+    }
+    router
         .fallback(not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(timeout))
         .with_state(server)
 }
 
-/// Who asks: the client's header, or "anonymous". Bounded and printable: it goes in the log.
-fn actor(headers: &HeaderMap) -> String {
-    headers
-        .get(ACTOR_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .map(|s| {
-            s.chars()
-                .filter(|c| !c.is_control())
-                .take(128)
-                .collect::<String>()
-        })
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "anonymous".to_string())
+async fn timeout(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => Failure(ApiError::unavailable(format!(
+            "the request took longer than {} s and was abandoned",
+            REQUEST_TIMEOUT.as_secs()
+        )))
+        .into_response(),
+    }
 }
 
-async fn act(
+/// Any caller, authenticated or not (public routes). Credentials that are present but
+/// wrong are still refused.
+pub struct AnyCaller(pub Caller);
+
+/// A caller that showed credentials: nobody at all is refused (401) before the body is
+/// read. What they may do is the core's decision.
+pub struct Authenticated(pub Caller);
+
+impl FromRequestParts<Arc<Server>> for AnyCaller {
+    type Rejection = Failure;
+
+    async fn from_request_parts(parts: &mut Parts, s: &Arc<Server>) -> Result<Self, Failure> {
+        let peer = parts.extensions.get::<ferry_pki::Peer>();
+        let bearer = match parts.headers.get(axum::http::header::AUTHORIZATION) {
+            None => None,
+            Some(v) => {
+                let text = v
+                    .to_str()
+                    .ok()
+                    .and_then(|t| t.strip_prefix("Bearer "))
+                    .ok_or_else(|| {
+                        Failure(ApiError::unauthorized(
+                            "the Authorization header must be `Bearer <API token>`",
+                        ))
+                    })?;
+                Some(text)
+            }
+        };
+        Ok(AnyCaller(s.authenticate(peer, bearer)?))
+    }
+}
+
+impl FromRequestParts<Arc<Server>> for Authenticated {
+    type Rejection = Failure;
+
+    async fn from_request_parts(parts: &mut Parts, s: &Arc<Server>) -> Result<Self, Failure> {
+        let AnyCaller(caller) = AnyCaller::from_request_parts(parts, s).await?;
+        if caller == Caller::Anonymous {
+            // The core would say the same; saying it here spares reading the body.
+            return Err(Failure(ApiError::unauthorized(
+                "authentication required: give an API token (`ferry user token`, FERRY_TOKEN) \
+                 or a host certificate",
+            )));
+        }
+        Ok(Authenticated(caller))
+    }
+}
+
+fn unexpected<T>() -> Result<T, Failure> {
+    Err(Failure(ApiError::internal(
+        "the core returned an unexpected outcome",
+    )))
+}
+
+/// Runs an action; `pick` takes the outcome it must return.
+async fn act<T>(
     s: &Arc<Server>,
-    headers: &HeaderMap,
+    caller: &Caller,
     action: Action,
-) -> Result<ActionOutcome, Failure> {
-    Ok(s.handle(&actor(headers), action).await?)
+    pick: impl FnOnce(ActionOutcome) -> Option<T>,
+) -> Answer<T> {
+    match pick(s.handle(caller, action).await?) {
+        Some(v) => Ok(Json(v)),
+        None => unexpected(),
+    }
 }
 
-fn expect<T>(outcome: ActionOutcome, pick: impl FnOnce(ActionOutcome) -> Option<T>) -> Answer<T> {
-    pick(outcome)
-        .map(Json)
-        .ok_or_else(|| Failure(ApiError::internal("action returned an unexpected outcome")))
+async fn ask<T>(
+    s: &Arc<Server>,
+    caller: &Caller,
+    q: Query,
+    pick: impl FnOnce(QueryOutcome) -> Option<T>,
+) -> Answer<T> {
+    match pick(s.query(caller, q).await?) {
+        Some(v) => Ok(Json(v)),
+        None => unexpected(),
+    }
 }
 
-async fn health(State(s): Shared) -> Json<serde_json::Value> {
-    Json(serde_json::json!({
-        "status": "ok",
-        "version": env!("CARGO_PKG_VERSION"),
-        "data_dir": s.config.data_dir,
-    }))
+macro_rules! pick {
+    ($enum:ident :: $variant:ident) => {
+        |o| match o {
+            $enum::$variant(v) => Some(v),
+            _ => None,
+        }
+    };
 }
 
-async fn hosts(State(s): Shared) -> Answer<Vec<Host>> {
-    Ok(Json(s.hosts()?))
+fn deleted(o: ActionOutcome) -> Option<serde_json::Value> {
+    match o {
+        ActionOutcome::Deleted(n) => Some(serde_json::json!({ "deleted": n })),
+        _ => None,
+    }
 }
 
-async fn host(State(s): Shared, Path(name): Path<String>) -> Answer<Host> {
-    Ok(Json(s.host(&name)?))
+async fn health(State(s): Shared, AnyCaller(c): AnyCaller) -> Answer<serde_json::Value> {
+    ask(&s, &c, Query::Health, pick!(QueryOutcome::Health)).await
+}
+
+async fn ca_bundle(State(s): Shared, AnyCaller(c): AnyCaller) -> Answer<CaBundle> {
+    ask(&s, &c, Query::CaBundle, pick!(QueryOutcome::CaBundle)).await
+}
+
+async fn whoami(State(s): Shared, AnyCaller(c): AnyCaller) -> Answer<WhoAmI> {
+    ask(&s, &c, Query::WhoAmI, pick!(QueryOutcome::WhoAmI)).await
+}
+
+async fn join(
+    State(s): Shared,
+    AnyCaller(c): AnyCaller,
+    ApiJson(req): ApiJson<JoinRequest>,
+) -> Answer<IssuedCertificate> {
+    act(&s, &c, Action::Join(req), pick!(ActionOutcome::Certificate)).await
+}
+
+async fn join_token(
+    State(s): Shared,
+    Authenticated(c): Authenticated,
+    ApiJson(req): ApiJson<JoinTokenRequest>,
+) -> Answer<JoinTokenResponse> {
+    act(
+        &s,
+        &c,
+        Action::CreateJoinToken(req),
+        pick!(ActionOutcome::JoinToken),
+    )
+    .await
+}
+
+async fn renew(
+    State(s): Shared,
+    Authenticated(c): Authenticated,
+    Path(host): Path<String>,
+    ApiJson(req): ApiJson<RenewRequest>,
+) -> Answer<IssuedCertificate> {
+    act(
+        &s,
+        &c,
+        Action::RenewCertificate { host, req },
+        pick!(ActionOutcome::Certificate),
+    )
+    .await
+}
+
+async fn remove_host(
+    State(s): Shared,
+    Authenticated(c): Authenticated,
+    Path(name): Path<String>,
+) -> Answer<serde_json::Value> {
+    act(&s, &c, Action::RemoveHost(name), deleted).await
+}
+
+async fn users(State(s): Shared, Authenticated(c): Authenticated) -> Answer<Vec<User>> {
+    ask(&s, &c, Query::Users, pick!(QueryOutcome::Users)).await
+}
+
+async fn add_user(
+    State(s): Shared,
+    Authenticated(c): Authenticated,
+    ApiJson(req): ApiJson<CreateUserRequest>,
+) -> Answer<UserToken> {
+    act(
+        &s,
+        &c,
+        Action::AddUser(req),
+        pick!(ActionOutcome::UserToken),
+    )
+    .await
+}
+
+async fn remove_user(
+    State(s): Shared,
+    Authenticated(c): Authenticated,
+    Path(name): Path<String>,
+) -> Answer<serde_json::Value> {
+    act(&s, &c, Action::RemoveUser(name), deleted).await
+}
+
+async fn user_token(
+    State(s): Shared,
+    Authenticated(c): Authenticated,
+    Path(name): Path<String>,
+) -> Answer<UserToken> {
+    act(
+        &s,
+        &c,
+        Action::NewUserToken(name),
+        pick!(ActionOutcome::UserToken),
+    )
+    .await
+}
+
+async fn hosts(State(s): Shared, Authenticated(c): Authenticated) -> Answer<Vec<Host>> {
+    ask(&s, &c, Query::Hosts, pick!(QueryOutcome::Hosts)).await
+}
+
+async fn host(
+    State(s): Shared,
+    Authenticated(c): Authenticated,
+    Path(name): Path<String>,
+) -> Answer<Host> {
+    ask(&s, &c, Query::Host(name), pick!(QueryOutcome::Host)).await
 }
 
 async fn register_host(
     State(s): Shared,
-    h: HeaderMap,
+    Authenticated(c): Authenticated,
     ApiJson(reg): ApiJson<HostRegistration>,
 ) -> Answer<Host> {
-    expect(act(&s, &h, Action::RegisterHost(reg)).await?, |o| match o {
-        ActionOutcome::Host(h) => Some(h),
-        _ => None,
-    })
+    act(
+        &s,
+        &c,
+        Action::RegisterHost(reg),
+        pick!(ActionOutcome::Host),
+    )
+    .await
 }
 
-async fn vms(State(s): Shared) -> Answer<Vec<Vm>> {
-    Ok(Json(s.vms()?))
+async fn vms(State(s): Shared, Authenticated(c): Authenticated) -> Answer<Vec<Vm>> {
+    ask(&s, &c, Query::Vms, pick!(QueryOutcome::Vms)).await
 }
 
-async fn vm(State(s): Shared, Path(name): Path<String>) -> Answer<Vm> {
-    Ok(Json(s.vm_live(&name).await?))
-}
-
-fn vm_of(o: ActionOutcome) -> Option<Vm> {
-    match o {
-        ActionOutcome::Vm(v) => Some(v),
-        _ => None,
-    }
+async fn vm(
+    State(s): Shared,
+    Authenticated(c): Authenticated,
+    Path(name): Path<String>,
+) -> Answer<Vm> {
+    ask(&s, &c, Query::Vm(name), pick!(QueryOutcome::Vm)).await
 }
 
 async fn create_vm(
     State(s): Shared,
-    h: HeaderMap,
+    Authenticated(c): Authenticated,
     ApiJson(req): ApiJson<CreateVmRequest>,
 ) -> Answer<Vm> {
-    expect(act(&s, &h, Action::CreateVm(req)).await?, vm_of)
+    act(&s, &c, Action::CreateVm(req), pick!(ActionOutcome::Vm)).await
 }
 
-async fn stop_vm(State(s): Shared, h: HeaderMap, Path(name): Path<String>) -> Answer<Vm> {
-    expect(act(&s, &h, Action::StopVm(name)).await?, vm_of)
+async fn stop_vm(
+    State(s): Shared,
+    Authenticated(c): Authenticated,
+    Path(name): Path<String>,
+) -> Answer<Vm> {
+    act(&s, &c, Action::StopVm(name), pick!(ActionOutcome::Vm)).await
 }
 
-async fn start_vm(State(s): Shared, h: HeaderMap, Path(name): Path<String>) -> Answer<Vm> {
-    expect(act(&s, &h, Action::StartVm(name)).await?, vm_of)
+async fn start_vm(
+    State(s): Shared,
+    Authenticated(c): Authenticated,
+    Path(name): Path<String>,
+) -> Answer<Vm> {
+    act(&s, &c, Action::StartVm(name), pick!(ActionOutcome::Vm)).await
 }
 
 async fn delete_vm(
     State(s): Shared,
-    h: HeaderMap,
+    Authenticated(c): Authenticated,
     Path(name): Path<String>,
 ) -> Answer<serde_json::Value> {
-    match act(&s, &h, Action::DeleteVm(name)).await? {
-        ActionOutcome::Deleted(n) => Ok(Json(serde_json::json!({"deleted": n}))),
-        _ => Err(Failure(ApiError::internal(
-            "action returned an unexpected outcome",
-        ))),
-    }
+    act(&s, &c, Action::DeleteVm(name), deleted).await
 }
 
 #[derive(Deserialize)]
@@ -187,99 +493,93 @@ struct ConsoleParams {
 
 async fn console(
     State(s): Shared,
+    Authenticated(c): Authenticated,
     Path(name): Path<String>,
-    Query(q): Query<ConsoleParams>,
+    QueryParams(q): QueryParams<ConsoleParams>,
 ) -> Answer<ConsoleTail> {
-    let vm = s.find_vm(&name)?;
-    let (_, agent) = s.agent(&vm.host)?;
-    let tail = agent
-        .console(&name, q.bytes.unwrap_or(64 * 1024))
-        .await
-        .map_err(|e| e.into_api_error(&format!("host {}", vm.host)))?;
-    Ok(Json(tail))
+    let q = Query::Console {
+        vm: name,
+        bytes: q.bytes.unwrap_or(64 * 1024),
+    };
+    ask(&s, &c, q, pick!(QueryOutcome::Console)).await
 }
 
-async fn migrations(State(s): Shared) -> Answer<Vec<Migration>> {
-    Ok(Json(s.store.migrations(200).map_err(ApiError::from)?))
+async fn migrations(State(s): Shared, Authenticated(c): Authenticated) -> Answer<Vec<Migration>> {
+    ask(&s, &c, Query::Migrations, pick!(QueryOutcome::Migrations)).await
 }
 
 async fn migrate(
     State(s): Shared,
-    h: HeaderMap,
+    Authenticated(c): Authenticated,
     ApiJson(req): ApiJson<MigrateRequest>,
 ) -> Result<(StatusCode, Json<Migration>), Failure> {
-    match act(&s, &h, Action::StartMigration(req)).await? {
-        ActionOutcome::Migration(m) => Ok((StatusCode::ACCEPTED, Json(m))),
-        _ => Err(Failure(ApiError::internal(
-            "action returned an unexpected outcome",
-        ))),
-    }
+    let m = act(
+        &s,
+        &c,
+        Action::StartMigration(req),
+        pick!(ActionOutcome::Migration),
+    )
+    .await?;
+    Ok((StatusCode::ACCEPTED, m))
 }
 
 async fn check_migration(
     State(s): Shared,
-    h: HeaderMap,
+    Authenticated(c): Authenticated,
     ApiJson(req): ApiJson<MigrateRequest>,
 ) -> Answer<CheckReport> {
-    match act(&s, &h, Action::CheckMigration(req)).await? {
-        ActionOutcome::Checks(r) => Ok(Json(r)),
-        _ => Err(Failure(ApiError::internal(
-            "action returned an unexpected outcome",
-        ))),
-    }
+    act(
+        &s,
+        &c,
+        Action::CheckMigration(req),
+        pick!(ActionOutcome::Checks),
+    )
+    .await
 }
 
-async fn cluster(State(s): Shared) -> Answer<ClusterInfo> {
-    Ok(Json(s.cluster_info()?))
+async fn cluster(State(s): Shared, Authenticated(c): Authenticated) -> Answer<ClusterInfo> {
+    ask(&s, &c, Query::Cluster, pick!(QueryOutcome::Cluster)).await
 }
 
 async fn set_baseline(
     State(s): Shared,
-    h: HeaderMap,
+    Authenticated(c): Authenticated,
     ApiJson(req): ApiJson<BaselineSetting>,
 ) -> Answer<ClusterInfo> {
-    match act(&s, &h, Action::SetBaseline(req)).await? {
-        ActionOutcome::Cluster(c) => Ok(Json(c)),
-        _ => Err(Failure(ApiError::internal(
-            "action returned an unexpected outcome",
-        ))),
-    }
+    act(
+        &s,
+        &c,
+        Action::SetBaseline(req),
+        pick!(ActionOutcome::Cluster),
+    )
+    .await
 }
 
 async fn set_migration_defaults(
     State(s): Shared,
-    h: HeaderMap,
+    Authenticated(c): Authenticated,
     ApiJson(req): ApiJson<MigrationOptions>,
 ) -> Answer<ClusterInfo> {
-    match act(&s, &h, Action::SetMigrationDefaults(req)).await? {
-        ActionOutcome::Cluster(c) => Ok(Json(c)),
-        _ => Err(Failure(ApiError::internal(
-            "action returned an unexpected outcome",
-        ))),
-    }
+    act(
+        &s,
+        &c,
+        Action::SetMigrationDefaults(req),
+        pick!(ActionOutcome::Cluster),
+    )
+    .await
 }
 
 async fn maintenance(
     State(s): Shared,
-    h: HeaderMap,
+    Authenticated(c): Authenticated,
     Path(name): Path<String>,
     ApiJson(req): ApiJson<MaintenanceRequest>,
 ) -> Answer<Host> {
-    match act(
-        &s,
-        &h,
-        Action::SetMaintenance {
-            host: name,
-            on: req.on,
-        },
-    )
-    .await?
-    {
-        ActionOutcome::Host(host) => Ok(Json(host)),
-        _ => Err(Failure(ApiError::internal(
-            "action returned an unexpected outcome",
-        ))),
-    }
+    let action = Action::SetMaintenance {
+        host: name,
+        on: req.on,
+    };
+    act(&s, &c, action, pick!(ActionOutcome::Host)).await
 }
 
 fn parse_id(id: &str) -> Result<Uuid, Failure> {
@@ -290,35 +590,35 @@ fn parse_id(id: &str) -> Result<Uuid, Failure> {
     })
 }
 
-async fn migration(State(s): Shared, Path(id): Path<String>) -> Answer<Migration> {
-    Ok(Json(s.migration(parse_id(&id)?)?))
+async fn migration(
+    State(s): Shared,
+    Authenticated(c): Authenticated,
+    Path(id): Path<String>,
+) -> Answer<Migration> {
+    let q = Query::Migration(parse_id(&id)?);
+    ask(&s, &c, q, pick!(QueryOutcome::Migration)).await
 }
 
-async fn cancel(State(s): Shared, h: HeaderMap, Path(id): Path<String>) -> Answer<Migration> {
-    let id = parse_id(&id)?;
-    expect(
-        act(&s, &h, Action::CancelMigration(id)).await?,
-        |o| match o {
-            ActionOutcome::Migration(m) => Some(m),
-            _ => None,
-        },
-    )
+async fn cancel(
+    State(s): Shared,
+    Authenticated(c): Authenticated,
+    Path(id): Path<String>,
+) -> Answer<Migration> {
+    let action = Action::CancelMigration(parse_id(&id)?);
+    act(&s, &c, action, pick!(ActionOutcome::Migration)).await
 }
 
 async fn resolve(
     State(s): Shared,
-    h: HeaderMap,
+    Authenticated(c): Authenticated,
     Path(id): Path<String>,
     ApiJson(req): ApiJson<ResolveRequest>,
 ) -> Answer<Migration> {
-    let id = parse_id(&id)?;
-    expect(
-        act(&s, &h, Action::ResolveMigration { id, req }).await?,
-        |o| match o {
-            ActionOutcome::Migration(m) => Some(m),
-            _ => None,
-        },
-    )
+    let action = Action::ResolveMigration {
+        id: parse_id(&id)?,
+        req,
+    };
+    act(&s, &c, action, pick!(ActionOutcome::Migration)).await
 }
 
 #[derive(Deserialize)]
@@ -330,53 +630,55 @@ struct EventParams {
     limit: Option<u32>,
 }
 
-async fn events(State(s): Shared, Query(p): Query<EventParams>) -> Answer<Vec<Event>> {
+async fn events(
+    State(s): Shared,
+    Authenticated(c): Authenticated,
+    QueryParams(p): QueryParams<EventParams>,
+) -> Answer<Vec<Event>> {
     let migration = p.migration.as_deref().map(parse_id).transpose()?;
-    Ok(Json(s.events(&EventQuery {
+    let q = Query::Events(EventQuery {
         vm: p.vm,
         migration,
         kind: p.kind,
         after: p.after,
         limit: p.limit,
-    })?))
+    });
+    ask(&s, &c, q, pick!(QueryOutcome::Events)).await
 }
 
 async fn disks(
     State(s): Shared,
+    Authenticated(c): Authenticated,
     Path((host, pool)): Path<(String, String)>,
 ) -> Answer<Vec<DiskImage>> {
-    let (_, agent) = s.agent(&host)?;
-    let list = agent
-        .disks(&pool)
-        .await
-        .map_err(|e| e.into_api_error(&format!("host {host}")))?;
-    Ok(Json(list))
+    ask(
+        &s,
+        &c,
+        Query::Disks { host, pool },
+        pick!(QueryOutcome::Disks),
+    )
+    .await
 }
 
 async fn create_disk(
     State(s): Shared,
-    h: HeaderMap,
+    Authenticated(c): Authenticated,
     Path((host, pool)): Path<(String, String)>,
     ApiJson(req): ApiJson<CreateDiskRequest>,
 ) -> Answer<DiskImage> {
-    expect(
-        act(&s, &h, Action::CreateDisk { host, pool, req }).await?,
-        |o| match o {
-            ActionOutcome::Disk(d) => Some(d),
-            _ => None,
-        },
+    act(
+        &s,
+        &c,
+        Action::CreateDisk { host, pool, req },
+        pick!(ActionOutcome::Disk),
     )
+    .await
 }
 
 async fn delete_disk(
     State(s): Shared,
-    h: HeaderMap,
+    Authenticated(c): Authenticated,
     Path((host, pool, disk)): Path<(String, String, String)>,
 ) -> Answer<serde_json::Value> {
-    match act(&s, &h, Action::DeleteDisk { host, pool, disk }).await? {
-        ActionOutcome::Deleted(n) => Ok(Json(serde_json::json!({"deleted": n}))),
-        _ => Err(Failure(ApiError::internal(
-            "action returned an unexpected outcome",
-        ))),
-    }
+    act(&s, &c, Action::DeleteDisk { host, pool, disk }, deleted).await
 }

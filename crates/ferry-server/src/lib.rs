@@ -14,6 +14,7 @@ pub mod checks;
 pub mod cluster;
 pub mod core;
 pub mod orchestrator;
+pub mod pki;
 pub mod precheck;
 pub mod storage_plan;
 pub mod store;
@@ -30,9 +31,33 @@ pub async fn run(config: ServerConfig) -> Result<(), String> {
     if let Some(file) = &config.ready_file {
         ferry_api::http::write_ready_file(file, &bound.to_string())?;
     }
-    tracing::info!(%bound, data = %config.data_dir.display(), "server listening");
-    axum::serve(listener, api::router(server))
-        .with_graceful_shutdown(ferry_api::http::shutdown_signal())
-        .await
-        .map_err(|e| format!("HTTP server failed: {e}"))
+    let tls = match &server.pki {
+        Some(pki) => {
+            let cert = ferry_pki::ReloadableCert::new(&pki.material).map_err(|e| e.to_string())?;
+            Some(
+                ferry_pki::server_config(
+                    &pki.material.ca_pem,
+                    cert,
+                    ferry_pki::ClientCerts::Optional,
+                )
+                .map_err(|e| e.to_string())?,
+            )
+        }
+        None => {
+            tracing::warn!(
+                "running with --insecure: no TLS, no authentication, anyone who reaches \
+                 {bound} controls the cluster; for development only"
+            );
+            None
+        }
+    };
+    tracing::info!(%bound, data = %config.data_dir.display(), tls = tls.is_some(), "server listening");
+    ferry_pki::serve(
+        listener,
+        tls,
+        api::router(server),
+        ferry_api::http::shutdown_signal(),
+    )
+    .await
+    .map_err(|e| format!("HTTP server failed: {e}"))
 }

@@ -70,10 +70,8 @@ impl Server {
         validate_name("host name", &req.to)?;
         let dest = self.host(&req.to)?;
         let source = self.host(&vm.host)?;
-        let source_agent =
-            AgentClient::new(&source.url).map_err(|e| ApiError::internal(e.to_string()))?;
-        let dest_agent =
-            AgentClient::new(&dest.url).map_err(|e| ApiError::internal(e.to_string()))?;
+        let source_agent = self.agent_client(&source)?;
+        let dest_agent = self.agent_client(&dest)?;
 
         let source_state = within("source", source_agent.vm(&vm.spec.name))
             .await

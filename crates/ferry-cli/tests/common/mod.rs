@@ -30,16 +30,50 @@ pub async fn start_lab(hosts: &[&str]) -> (Lab, LabConfig) {
     (lab, cfg)
 }
 
-/// Runs the `ferry` CLI against the lab's server.
+/// Runs the `ferry` CLI against the lab's server, as its admin (the lab's client config).
 pub fn ferry(lab: &Lab, args: &[&str]) -> Output {
-    ferry_at(&lab.server_url, args)
+    ferry_as(lab, args, &[])
 }
 
-/// Runs the `ferry` CLI against the server at `url`.
+/// Runs the `ferry` CLI as the lab's admin with extra environment (e.g. another
+/// FERRY_TOKEN, which wins over the config file).
+pub fn ferry_as(lab: &Lab, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = std::process::Command::new(ferry_bin());
+    cmd.args(args)
+        .env("FERRY_CONFIG", &lab.trust.config_path)
+        .env_remove("FERRY_SERVER")
+        .env_remove("FERRY_CA")
+        .env_remove("FERRY_TOKEN")
+        .env("NO_COLOR", "1");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("ferry runs")
+}
+
+/// Runs the `ferry` CLI against a network lab's server, as its admin.
+pub fn ferry_net(lab: &ferry_lab::NetLab, args: &[&str]) -> Output {
+    let config = &lab.lab_trust().expect("the lab's server runs").config_path;
+    std::process::Command::new(ferry_bin())
+        .args(args)
+        .env("FERRY_CONFIG", config)
+        .env_remove("FERRY_SERVER")
+        .env_remove("FERRY_CA")
+        .env_remove("FERRY_TOKEN")
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("ferry runs")
+}
+
+/// Runs the `ferry` CLI against the server at `url` with no configuration at all.
 pub fn ferry_at(url: &str, args: &[&str]) -> Output {
     std::process::Command::new(ferry_bin())
         .args(args)
         .env("FERRY_SERVER", url)
+        .env_remove("FERRY_CONFIG")
+        .env_remove("FERRY_CA")
+        .env_remove("FERRY_TOKEN")
+        .env("HOME", "/nonexistent")
         .env("NO_COLOR", "1")
         .output()
         .expect("ferry runs")

@@ -1,6 +1,8 @@
 //! Hosts: registration (every heartbeat), the connected/disconnected view, and bringing
 //! the VM records of a host in line with what its agent reports.
 
+use std::time::Duration;
+
 use chrono::Utc;
 use ferry_api::client::AgentClient;
 use ferry_api::*;
@@ -177,7 +179,13 @@ impl Server {
                     .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
             )));
         }
-        let client = AgentClient::new(&h.url).map_err(|e| ApiError::internal(e.to_string()))?;
+        let client = self.agent_client(&h)?;
         Ok((h, client))
+    }
+
+    /// A client for `h`'s agent that accepts only `h`'s certificate.
+    pub fn agent_client(&self, h: &Host) -> Result<AgentClient, ApiError> {
+        AgentClient::connect(&h.url, &h.name, &self.agent_creds, Duration::from_secs(120))
+            .map_err(|e| ApiError::internal(e.to_string()))
     }
 }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use chrono::Utc;
-use ferry_api::client::AgentClient;
+
 use ferry_api::*;
 use uuid::Uuid;
 
@@ -162,10 +162,8 @@ impl Server {
         let (mut source_images, mut dest_images) = (Vec::new(), Vec::new());
         let mut dest_pools = dest.inventory.pools.clone();
         if !local.is_empty() {
-            let src_agent =
-                AgentClient::new(&source.url).map_err(|e| ApiError::internal(e.to_string()))?;
-            let dest_agent =
-                AgentClient::new(&dest.url).map_err(|e| ApiError::internal(e.to_string()))?;
+            let src_agent = self.agent_client(&source)?;
+            let dest_agent = self.agent_client(dest)?;
             // Free space right now, not as of the last heartbeat.
             dest_pools = dest_agent
                 .pools()

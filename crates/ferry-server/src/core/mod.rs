@@ -18,12 +18,17 @@ use uuid::Uuid;
 use crate::orchestrator::{HttpAgents, Orchestrator, OrchestratorConfig};
 use crate::store::{NewEvent, Store, StoreError};
 
+mod auth;
 mod hosts;
+mod identities;
 mod lock;
 mod migrations;
+mod query;
 mod vms;
 
+pub use auth::{authorize, Caller, Need};
 pub use lock::DataDirLock;
+pub use query::{Query, QueryOutcome};
 
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -34,12 +39,29 @@ pub struct ServerConfig {
     /// How the orchestrator polls, waits and retries (and, for fault tests, holds).
     pub orchestrator: OrchestratorConfig,
     pub ready_file: Option<PathBuf>,
+    /// No TLS, no identities, everyone may do everything: development only.
+    pub insecure: bool,
+    /// How long the host certificates it issues live.
+    pub host_cert_validity: Duration,
 }
 
 /// Every request that changes state. The HTTP layer builds these; tests can too.
+/// [`Action::need`] says who may ask; [`Server::handle`] checks it first.
 #[derive(Debug, Clone)]
 pub enum Action {
     RegisterHost(HostRegistration),
+    /// A joining agent trades its join token for a certificate.
+    Join(JoinRequest),
+    CreateJoinToken(JoinTokenRequest),
+    RenewCertificate {
+        host: String,
+        req: RenewRequest,
+    },
+    /// Forget a host and revoke its certificates.
+    RemoveHost(String),
+    AddUser(CreateUserRequest),
+    RemoveUser(String),
+    NewUserToken(String),
     CreateVm(CreateVmRequest),
     StopVm(String),
     StartVm(String),
@@ -70,8 +92,42 @@ pub enum Action {
     },
 }
 
+impl Action {
+    /// Who may ask for this.
+    pub fn need(&self) -> Need {
+        use Role::*;
+        match self {
+            Action::RegisterHost(reg) => Need::HostSelf(reg.name.clone()),
+            Action::RenewCertificate { host, .. } => Need::HostSelf(host.clone()),
+            // The token is the credential; the core checks it.
+            Action::Join(_) => Need::Public,
+            Action::CreateVm(_)
+            | Action::StopVm(_)
+            | Action::StartVm(_)
+            | Action::DeleteVm(_)
+            | Action::StartMigration(_)
+            | Action::CheckMigration(_)
+            | Action::CancelMigration(_)
+            | Action::ResolveMigration { .. }
+            | Action::CreateDisk { .. }
+            | Action::DeleteDisk { .. } => Need::Role(Operator),
+            Action::SetMaintenance { .. }
+            | Action::SetBaseline(_)
+            | Action::SetMigrationDefaults(_)
+            | Action::CreateJoinToken(_)
+            | Action::RemoveHost(_)
+            | Action::AddUser(_)
+            | Action::RemoveUser(_)
+            | Action::NewUserToken(_) => Need::Role(Admin),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub enum ActionOutcome {
+    UserToken(UserToken),
+    JoinToken(JoinTokenResponse),
+    Certificate(IssuedCertificate),
     Host(Host),
     Vm(Vm),
     Migration(Migration),
@@ -83,6 +139,10 @@ pub enum ActionOutcome {
 
 pub struct Server {
     pub config: ServerConfig,
+    /// The CA and the server's certificate; None when the server runs with `--insecure`.
+    pub pki: Option<Arc<crate::pki::ServerPki>>,
+    /// How the server reaches agents (its certificate, the CA to check theirs).
+    pub agent_creds: ferry_api::client::Credentials,
     pub store: Arc<Store>,
     pub orchestrator: Arc<Orchestrator>,
     /// Serialises what attaches or deletes disk images (claims and deletes), so an image
@@ -99,6 +159,8 @@ pub enum OpenError {
     Lock(#[from] lock::LockError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Pki(#[from] crate::pki::PkiSetupError),
 }
 
 impl Server {
@@ -107,7 +169,19 @@ impl Server {
     pub fn open(config: ServerConfig) -> Result<Server, OpenError> {
         let lock = DataDirLock::acquire(&config.data_dir, &config.listen.to_string())?;
         let store = Arc::new(Store::open(&config.data_dir.join("ferry.db"))?);
-        let agents = Arc::new(HttpAgents::new(store.clone()));
+        let pki = if config.insecure {
+            None
+        } else {
+            Some(Arc::new(crate::pki::load(
+                &config.data_dir,
+                config.host_cert_validity,
+            )?))
+        };
+        let agent_creds = match &pki {
+            Some(p) => ferry_api::client::Credentials::daemon(p.material.clone()),
+            None => ferry_api::client::Credentials::default(),
+        };
+        let agents = Arc::new(HttpAgents::new(store.clone(), agent_creds.clone()));
         let orchestrator = Arc::new(Orchestrator::new(
             store.clone(),
             agents,
@@ -115,6 +189,8 @@ impl Server {
         ));
         Ok(Server {
             config,
+            pki,
+            agent_creds,
             store,
             orchestrator,
             disk_ops: tokio::sync::Mutex::new(()),
@@ -128,15 +204,21 @@ impl Server {
         }
     }
 
-    /// Handles one action and logs it (heartbeats only when something changed).
+    /// Checks that `caller` may ask for `action`, handles it and logs it with the caller
+    /// as its actor (heartbeats only when something changed; refusals always).
     pub async fn handle(
         self: &Arc<Self>,
-        actor: &str,
+        caller: &Caller,
         action: Action,
     ) -> Result<ActionOutcome, ApiError> {
         let (kind, vm, host, migration) = describe(&action);
         let quiet = matches!(action, Action::RegisterHost(_));
-        let result = self.dispatch(actor, action).await;
+        let actor = caller.actor();
+        let actor = actor.as_str();
+        let result = match authorize(caller, &action.need()) {
+            Ok(()) => self.dispatch(actor, action).await,
+            Err(e) => Err(e),
+        };
         let log = match &result {
             Ok(_) if quiet => None,
             Ok(ActionOutcome::Checks(r)) => Some((
@@ -181,6 +263,17 @@ impl Server {
     ) -> Result<ActionOutcome, ApiError> {
         match action {
             Action::RegisterHost(reg) => self.register_host(actor, reg).map(ActionOutcome::Host),
+            Action::Join(req) => self.join(&req).map(ActionOutcome::Certificate),
+            Action::CreateJoinToken(req) => self
+                .create_join_token(actor, &req)
+                .map(ActionOutcome::JoinToken),
+            Action::RenewCertificate { host, req } => self
+                .renew_certificate(&host, &req)
+                .map(ActionOutcome::Certificate),
+            Action::RemoveHost(name) => self.remove_host(&name).map(ActionOutcome::Deleted),
+            Action::AddUser(req) => self.add_user(&req).map(ActionOutcome::UserToken),
+            Action::RemoveUser(name) => self.remove_user(&name).map(ActionOutcome::Deleted),
+            Action::NewUserToken(name) => self.new_user_token(&name).map(ActionOutcome::UserToken),
             Action::CreateVm(req) => self.create_vm(req).await.map(ActionOutcome::Vm),
             Action::StopVm(name) => self.stop_vm(&name).await.map(ActionOutcome::Vm),
             Action::StartVm(name) => self.start_vm(&name).await.map(ActionOutcome::Vm),
@@ -225,6 +318,15 @@ fn describe(action: &Action) -> (EventKind, Option<String>, Option<String>, Opti
     use EventKind as K;
     match action {
         Action::RegisterHost(r) => (K::HostRegister, None, Some(r.name.clone()), None),
+        Action::Join(_) => (K::HostJoin, None, None, None),
+        Action::CreateJoinToken(r) => (K::HostJoinToken, None, Some(r.host.clone()), None),
+        Action::RenewCertificate { host, .. } => {
+            (K::HostCertificate, None, Some(host.clone()), None)
+        }
+        Action::RemoveHost(h) => (K::HostRemove, None, Some(h.clone()), None),
+        Action::AddUser(_) => (K::UserAdd, None, None, None),
+        Action::RemoveUser(_) => (K::UserRemove, None, None, None),
+        Action::NewUserToken(_) => (K::UserToken, None, None, None),
         Action::CreateVm(r) => (
             K::VmCreate,
             Some(r.spec.name.clone()),
@@ -271,8 +373,27 @@ fn summary_of_checks(r: &CheckReport) -> String {
     )
 }
 
+/// One line for the event log. Never includes a secret (tokens are shown once, to the
+/// caller, and only their hashes are kept).
 fn summary(outcome: &ActionOutcome) -> String {
     match outcome {
+        ActionOutcome::UserToken(t) => format!(
+            "user {} ({}) has a new API token; {} in all",
+            t.user.name, t.user.role, t.user.tokens
+        ),
+        ActionOutcome::JoinToken(t) => format!(
+            "join token for host {} made, valid until {}",
+            t.host,
+            t.expires_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        ),
+        ActionOutcome::Certificate(c) => format!(
+            "certificate issued to host {}, valid until {}",
+            c.host,
+            chrono::DateTime::from_timestamp(c.not_after, 0)
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                .unwrap_or_else(|| c.not_after.to_string())
+        ),
         // Registrations are logged by register_host; this is the maintenance switch.
         ActionOutcome::Host(h) if h.maintenance => format!("host {} is in maintenance", h.name),
         ActionOutcome::Host(h) => format!("host {} takes VMs (not in maintenance)", h.name),

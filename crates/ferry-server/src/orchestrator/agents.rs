@@ -159,6 +159,7 @@ pub async fn side_facts(
 /// a restarted agent may come back on another port).
 pub struct HttpAgents {
     store: Arc<Store>,
+    creds: ferry_api::client::Credentials,
 }
 
 /// Calls that only read or flip a flag: a live agent answers these at once.
@@ -167,8 +168,8 @@ const QUICK: Duration = Duration::from_secs(5);
 const SLOW: Duration = Duration::from_secs(120);
 
 impl HttpAgents {
-    pub fn new(store: Arc<Store>) -> HttpAgents {
-        HttpAgents { store }
+    pub fn new(store: Arc<Store>, creds: ferry_api::client::Credentials) -> HttpAgents {
+        HttpAgents { store, creds }
     }
 
     fn client(&self, host: &str, timeout: Duration) -> AgentResult<AgentClient> {
@@ -182,7 +183,8 @@ impl HttpAgents {
             .ok_or_else(|| AgentError::UnknownHost {
                 host: host.to_string(),
             })?;
-        AgentClient::with_timeout(&h.url, timeout).map_err(|e| AgentError::from_client(host, e))
+        AgentClient::connect(&h.url, host, &self.creds, timeout)
+            .map_err(|e| AgentError::from_client(host, e))
     }
 }
 

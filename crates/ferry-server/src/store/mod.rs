@@ -12,15 +12,17 @@ use ferry_api::*;
 use rusqlite::{params, Connection, OptionalExtension};
 use uuid::Uuid;
 
+mod auth;
 mod claims;
 mod rows;
 
+pub use auth::{JoinRedeem, UserRemoval};
 pub use claims::{ClaimError, ClusterView};
 use rows::{
     event_row, insert_event, migration_row, stored_host_row, vm_row, MIGRATION_SELECT, VM_SELECT,
 };
 
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// Upgrades from each older schema version to the next, in order. Index i upgrades
 /// version i+1 to i+2.
@@ -39,7 +41,42 @@ const UPGRADES: &[&str] = &[
      UPDATE migrations SET run = '{\"outgoing_started\":true}'
          WHERE phase IN ('copying_disks', 'transferring', 'switching_over', 'post_copy',
                          'rolling_back');",
+    // 4 -> 5: operators, their API tokens, join tokens and the host certificates issued.
+    AUTH_SCHEMA,
 ];
+
+/// Who may call the server (issue 11): users with roles and token hashes, join tokens,
+/// and every host certificate the CA issued (revocation is `revoked_at`).
+const AUTH_SCHEMA: &str = "
+CREATE TABLE users (
+    name TEXT PRIMARY KEY,
+    role TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE api_tokens (
+    id TEXT PRIMARY KEY,
+    user TEXT NOT NULL,
+    secret_hash TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE join_tokens (
+    id TEXT PRIMARY KEY,
+    host TEXT NOT NULL,
+    secret_hash TEXT NOT NULL,
+    expires_at TEXT NOT NULL,
+    used_at TEXT,
+    created_by TEXT NOT NULL
+);
+CREATE TABLE host_certs (
+    fingerprint TEXT PRIMARY KEY,
+    host TEXT NOT NULL,
+    serial TEXT NOT NULL,
+    not_after INTEGER NOT NULL,
+    issued_at TEXT NOT NULL,
+    revoked_at TEXT
+);
+CREATE INDEX host_certs_host ON host_certs(host);
+";
 
 const SCHEMA: &str = r#"
 CREATE TABLE hosts (
@@ -189,6 +226,7 @@ impl Store {
         match version {
             0 => {
                 conn.execute_batch(SCHEMA)?;
+                conn.execute_batch(AUTH_SCHEMA)?;
                 conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
             }
             SCHEMA_VERSION => {}

@@ -1,0 +1,118 @@
+//! Reads, as one enum beside [`super::Action`]: each says who may ask
+//! ([`Query::need`]), and [`Server::query`] checks that before reading anything.
+
+use ferry_api::*;
+use uuid::Uuid;
+
+use super::{authorize, Caller, Need, Server};
+
+#[derive(Debug, Clone)]
+pub enum Query {
+    Health,
+    /// The CA bundle (what a joining agent fetches and checks against its token).
+    CaBundle,
+    WhoAmI,
+    Hosts,
+    Host(String),
+    Vms,
+    Vm(String),
+    /// A VM's console can show what the guest prints (passwords on a login prompt, keys
+    /// in a boot log): operators only.
+    Console {
+        vm: String,
+        bytes: u64,
+    },
+    Migrations,
+    Migration(Uuid),
+    Events(EventQuery),
+    Cluster,
+    Disks {
+        host: String,
+        pool: String,
+    },
+    Users,
+}
+
+#[derive(Debug, Clone)]
+pub enum QueryOutcome {
+    Health(serde_json::Value),
+    CaBundle(CaBundle),
+    WhoAmI(WhoAmI),
+    Hosts(Vec<Host>),
+    Host(Host),
+    Vms(Vec<Vm>),
+    Vm(Vm),
+    Console(ConsoleTail),
+    Migrations(Vec<Migration>),
+    Migration(Migration),
+    Events(Vec<Event>),
+    Cluster(ClusterInfo),
+    Disks(Vec<DiskImage>),
+    Users(Vec<User>),
+}
+
+impl Query {
+    pub fn need(&self) -> Need {
+        match self {
+            Query::Health | Query::CaBundle | Query::WhoAmI => Need::Public,
+            Query::Console { .. } => Need::Role(Role::Operator),
+            Query::Users => Need::Role(Role::Admin),
+            Query::Hosts
+            | Query::Host(_)
+            | Query::Vms
+            | Query::Vm(_)
+            | Query::Migrations
+            | Query::Migration(_)
+            | Query::Events(_)
+            | Query::Cluster
+            | Query::Disks { .. } => Need::Role(Role::Viewer),
+        }
+    }
+}
+
+impl Server {
+    /// Answers a read if `caller` may ask it.
+    pub async fn query(&self, caller: &Caller, q: Query) -> Result<QueryOutcome, ApiError> {
+        authorize(caller, &q.need())?;
+        Ok(match q {
+            Query::Health => QueryOutcome::Health(serde_json::json!({
+                "status": "ok",
+                "version": env!("CARGO_PKG_VERSION"),
+                "secure": self.pki.is_some(),
+            })),
+            Query::CaBundle => QueryOutcome::CaBundle(self.ca_bundle()?),
+            Query::WhoAmI => QueryOutcome::WhoAmI(WhoAmI {
+                actor: caller.actor(),
+                role: caller.role(),
+            }),
+            Query::Hosts => QueryOutcome::Hosts(self.hosts()?),
+            Query::Host(name) => QueryOutcome::Host(self.host(&name)?),
+            Query::Vms => QueryOutcome::Vms(self.vms()?),
+            Query::Vm(name) => QueryOutcome::Vm(self.vm_live(&name).await?),
+            Query::Console { vm, bytes } => {
+                let found = self.find_vm(&vm)?;
+                let (_, agent) = self.agent(&found.host)?;
+                QueryOutcome::Console(
+                    agent
+                        .console(&vm, bytes)
+                        .await
+                        .map_err(|e| e.into_api_error(&format!("host {}", found.host)))?,
+                )
+            }
+            Query::Migrations => QueryOutcome::Migrations(self.store.migrations(200)?),
+            Query::Migration(id) => QueryOutcome::Migration(self.migration(id)?),
+            Query::Events(q) => QueryOutcome::Events(self.events(&q)?),
+            Query::Cluster => QueryOutcome::Cluster(self.cluster_info()?),
+            Query::Disks { host, pool } => {
+                let (_, agent) = self.agent(&host)?;
+                QueryOutcome::Disks(
+                    agent
+                        .disks(&pool)
+                        .await
+                        .map_err(|e| e.into_api_error(&format!("host {host}")))?,
+                )
+            }
+            Query::Users => QueryOutcome::Users(self.store.users()?),
+        })
+    }
+}
