@@ -16,7 +16,7 @@ use ferry_api::*;
 use uuid::Uuid;
 
 use crate::orchestrator::{HttpAgents, Orchestrator, OrchestratorConfig};
-use crate::store::{NewEvent, Store, StoreError};
+use crate::store::{load_or_create_audit_key, NewEvent, Store, StoreError};
 
 mod hosts;
 mod lock;
@@ -106,7 +106,10 @@ impl Server {
     /// and the orchestrator with the real agents.
     pub fn open(config: ServerConfig) -> Result<Server, OpenError> {
         let lock = DataDirLock::acquire(&config.data_dir, &config.listen.to_string())?;
-        let store = Arc::new(Store::open(&config.data_dir.join("ferry.db"))?);
+        let store = Arc::new(
+            Store::open(&config.data_dir.join("ferry.db"))?
+                .with_audit_key(load_or_create_audit_key(&config.data_dir)?),
+        );
         let agents = Arc::new(HttpAgents::new(store.clone()));
         let orchestrator = Arc::new(Orchestrator::new(
             store.clone(),
