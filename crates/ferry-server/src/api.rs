@@ -23,7 +23,10 @@
 //! GET    /v1/migrations/{id}          Migration
 //! POST   /v1/migrations/{id}/cancel   Migration
 //! POST   /v1/migrations/{id}/resolve  ResolveRequest -> Migration (needs_attention only)
-//! GET    /v1/events                   [Event] (?vm= &migration= &kind= &after= &limit=)
+//! GET    /v1/events                   [Event] (?vm= &migration= &kind= &after= &limit=;
+//!                                      with after=, the oldest `limit` after it)
+//! GET    /v1/events/checkpoints       Checkpoints (see api_audit.rs)
+//! POST   /v1/events/checkpoints       Checkpoint | null
 //! GET    /v1/hosts/{host}/pools/{pool}/disks          [DiskImage]
 //! POST   /v1/hosts/{host}/pools/{pool}/disks          CreateDiskRequest -> DiskImage
 //! DELETE /v1/hosts/{host}/pools/{pool}/disks/{disk}
@@ -76,6 +79,7 @@ pub fn router(server: Arc<Server>) -> Router {
             "/v1/hosts/{host}/pools/{pool}/disks/{disk}",
             axum::routing::delete(delete_disk),
         )
+        .merge(crate::api_audit::routes())
         .fallback(not_found)
         .with_state(server)
 }

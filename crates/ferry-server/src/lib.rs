@@ -9,6 +9,7 @@
 
 pub mod admission;
 pub mod api;
+mod api_audit;
 pub mod baseline;
 pub mod checks;
 pub mod cluster;

@@ -18,6 +18,7 @@ use uuid::Uuid;
 use crate::orchestrator::{HttpAgents, Orchestrator, OrchestratorConfig};
 use crate::store::{load_or_create_audit_key, NewEvent, Store, StoreError};
 
+mod audit;
 mod hosts;
 mod lock;
 mod migrations;
