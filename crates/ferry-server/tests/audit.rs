@@ -1,5 +1,6 @@
 //! The audit trail on a real SQLite file: the chain and checkpoints as written, the
-//! upgrade that chains an older log, tampering found, and a client verifying over HTTP.
+//! upgrade that chains an older log, tampering found, a client verifying over HTTP, and
+//! actions refused when their audit record cannot be written.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -9,7 +10,7 @@ use chrono::Utc;
 use ferry_api::audit::{self, Problem, PublicKey};
 use ferry_api::*;
 use ferry_server::store::{load_or_create_audit_key, NewEvent, Store, AUDIT_KEY_FILE};
-use ferry_server::{Server, ServerConfig};
+use ferry_server::{Action, Server, ServerConfig};
 use uuid::Uuid;
 
 fn signed_store(dir: &Path) -> Store {
@@ -387,4 +388,76 @@ async fn a_client_verifies_the_log_the_api_serves() {
     assert!(r.ok(), "{r:?}");
     assert_eq!((r.events, r.signed_through), (70, Some(70)));
     serving.abort();
+}
+
+fn defaults(streams: u8) -> Action {
+    Action::SetMigrationDefaults(MigrationOptions {
+        streams: Some(streams),
+        ..Default::default()
+    })
+}
+
+#[tokio::test]
+async fn an_action_whose_audit_record_cannot_be_written_is_refused_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = server(dir.path());
+    // A real SQLite failure: the database refuses every new event.
+    sql(
+        &dir.path().join("ferry.db"),
+        "CREATE TRIGGER refuse_events BEFORE INSERT ON events
+         BEGIN SELECT RAISE(ABORT, 'disk full (test)'); END;",
+    );
+    let err = s.handle("cli:alice", defaults(4)).await.unwrap_err();
+    assert_eq!(err.code, ErrorCode::Unavailable);
+    assert_eq!(err.http_status(), 503);
+    assert!(
+        err.message.contains("audit log") && err.message.contains("disk full (test)"),
+        "{}",
+        err.message
+    );
+    assert_eq!(
+        s.store.setting("migration_defaults").unwrap(),
+        None,
+        "the refused action did not take effect"
+    );
+
+    // Heartbeats still go through: a host does not drop out while the log is down.
+    let reg = HostRegistration {
+        name: "a".into(),
+        url: "http://127.0.0.1:1".into(),
+        migration_address: "127.0.0.1".into(),
+        inventory: HostInventory::default(),
+        vms: vec![],
+    };
+    s.handle("agent:a", Action::RegisterHost(reg))
+        .await
+        .unwrap();
+
+    // The log works again: the request, then its outcome, both by the actor.
+    sql(&dir.path().join("ferry.db"), "DROP TRIGGER refuse_events;");
+    s.handle("cli:alice", defaults(4)).await.unwrap();
+    assert!(s.store.setting("migration_defaults").unwrap().is_some());
+    let log = s
+        .events(&EventQuery {
+            kind: Some("cluster.migration_defaults".into()),
+            ..Default::default()
+        })
+        .unwrap();
+    let shape: Vec<(Outcome, &str, &serde_json::Value)> = log
+        .iter()
+        .map(|e| (e.outcome, e.actor.as_str(), &e.data["stage"]))
+        .collect();
+    assert_eq!(
+        shape,
+        vec![
+            (Outcome::Info, "cli:alice", &serde_json::json!("requested")),
+            (Outcome::Ok, "cli:alice", &serde_json::Value::Null),
+        ]
+    );
+    let key = s.store.audit_public_key().unwrap();
+    assert_eq!(
+        PublicKey::parse(&s.checkpoints().unwrap().public_key),
+        Ok(key)
+    );
+    assert!(verify(&s.store).ok());
 }

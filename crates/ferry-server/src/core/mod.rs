@@ -140,6 +140,10 @@ impl Server {
     ) -> Result<ActionOutcome, ApiError> {
         let (kind, vm, host, migration) = describe(&action);
         let quiet = matches!(action, Action::RegisterHost(_));
+        if !quiet {
+            // No audit record, no action (see core/audit.rs).
+            self.record_request(actor, &kind, &vm, &host, migration)?;
+        }
         let result = self.dispatch(actor, action).await;
         let log = match &result {
             Ok(_) if quiet => None,
