@@ -229,6 +229,26 @@ fn edits_and_deletions_behind_the_triggers_back_are_found_at_the_event() {
     );
 }
 
+#[test]
+fn a_dropped_append_only_trigger_is_restored_on_the_next_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("ferry.db");
+    let store = signed_store(dir.path());
+    store.append_event(&note(1)).unwrap();
+    store.checkpoint_now().unwrap();
+    drop(store);
+    sql(
+        &db,
+        "DROP TRIGGER events_no_delete; DROP TRIGGER checkpoints_no_update;",
+    );
+    drop(signed_store(dir.path()));
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    for stmt in ["DELETE FROM events", "UPDATE checkpoints SET hash = 'x'"] {
+        let err = conn.execute(stmt, []).unwrap_err().to_string();
+        assert!(err.contains("append-only"), "{stmt}: {err}");
+    }
+}
+
 /// The version 4 layout (before the chain), with events in it.
 const V4_SCHEMA: &str = "
 CREATE TABLE hosts (name TEXT PRIMARY KEY, url TEXT NOT NULL, migration_address TEXT NOT NULL,

@@ -64,15 +64,58 @@ pub(super) fn upgrade_to_v5(conn: &Connection) -> R<()> {
             params![e.id, audit::to_hex(&prev)],
         )?;
     }
-    // Both, whatever the old database had.
-    conn.execute_batch(
-        "CREATE TRIGGER events_no_update BEFORE UPDATE ON events
-            BEGIN SELECT RAISE(ABORT, 'the event log is append-only'); END;
-         CREATE TRIGGER IF NOT EXISTS events_no_delete BEFORE DELETE ON events
-            BEGIN SELECT RAISE(ABORT, 'the event log is append-only'); END;",
-    )?;
+    conn.execute_batch(APPEND_ONLY[0].1)?;
     if !events.is_empty() {
         tracing::info!(events = events.len(), "chained the existing event log");
+    }
+    Ok(())
+}
+
+/// The triggers that make the log and the checkpoints append-only, by name.
+const APPEND_ONLY: &[(&str, &str)] = &[
+    (
+        "events_no_update",
+        "CREATE TRIGGER events_no_update BEFORE UPDATE ON events
+            BEGIN SELECT RAISE(ABORT, 'the event log is append-only'); END;",
+    ),
+    (
+        "events_no_delete",
+        "CREATE TRIGGER events_no_delete BEFORE DELETE ON events
+            BEGIN SELECT RAISE(ABORT, 'the event log is append-only'); END;",
+    ),
+    (
+        "checkpoints_no_update",
+        "CREATE TRIGGER checkpoints_no_update BEFORE UPDATE ON checkpoints
+            BEGIN SELECT RAISE(ABORT, 'the audit checkpoints are append-only'); END;",
+    ),
+    (
+        "checkpoints_no_delete",
+        "CREATE TRIGGER checkpoints_no_delete BEFORE DELETE ON checkpoints
+            BEGIN SELECT RAISE(ABORT, 'the audit checkpoints are append-only'); END;",
+    ),
+];
+
+/// On every open: a missing append-only trigger means someone with the file dropped it,
+/// probably to edit the log. Put it back (so it does not stay open) and say so loudly; what
+/// was changed meanwhile is for `ferry events verify` to find.
+pub(super) fn ensure_append_only(conn: &Connection) -> R<()> {
+    for (name, create) in APPEND_ONLY {
+        let present = conn
+            .query_row(
+                "SELECT 1 FROM sqlite_master WHERE type = 'trigger' AND name = ?1",
+                [name],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some();
+        if !present {
+            conn.execute_batch(create)?;
+            tracing::warn!(
+                trigger = name,
+                "an append-only trigger of the audit log was missing (dropped by someone with \
+                 the database file?); restored it. Run `ferry events verify`"
+            );
+        }
     }
     Ok(())
 }

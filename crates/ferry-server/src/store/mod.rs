@@ -233,6 +233,7 @@ impl Store {
                 })
             }
         }
+        audit::ensure_append_only(&conn)?;
         Ok(Store {
             conn: Mutex::new(conn),
             audit_key: None,
