@@ -461,6 +461,15 @@ impl ServerClient {
         };
         self.http.get(&format!("/v1/events{query}")).await
     }
+    /// The audit log's signing key and signed checkpoints (see [`crate::audit`]).
+    pub async fn checkpoints(&self) -> Result<crate::audit::Checkpoints, ClientError> {
+        self.http.get("/v1/events/checkpoints").await
+    }
+    /// Asks the server to sign the log's current head now (it returns the newest
+    /// checkpoint; `None` while the log is empty).
+    pub async fn checkpoint_now(&self) -> Result<Option<crate::audit::Checkpoint>, ClientError> {
+        self.http.post("/v1/events/checkpoints", &()).await
+    }
 }
 
 /// A host agent's API, for the server.

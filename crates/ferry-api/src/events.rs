@@ -144,6 +144,10 @@ pub struct Event {
     /// The numbers behind it.
     #[serde(default)]
     pub data: serde_json::Value,
+    /// Hex SHA-256 of the audit chain at this event (see [`crate::audit`]). Absent in
+    /// answers from servers that predate the chain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash: Option<String>,
 }
 
 /// Filters for `GET /v1/events`.
@@ -153,7 +157,8 @@ pub struct EventQuery {
     pub migration: Option<Uuid>,
     /// A kind (`migration.phase`) or an area (`migration`: every `migration.*` kind).
     pub kind: Option<String>,
-    /// Only events with an id greater than this (for following the log).
+    /// Only events with an id greater than this, and then the oldest `limit` of them (for
+    /// following or paging through the log). Without it, the newest `limit`.
     pub after: Option<i64>,
     pub limit: Option<u32>,
 }

@@ -8,6 +8,7 @@
 //! The crate has no I/O except the thin [`client`] module, so the server and agent cores can
 //! be tested without HTTP.
 
+pub mod audit;
 pub mod auth;
 pub mod checks;
 pub mod client;

@@ -20,7 +20,8 @@ pub const DEFAULT_SERVER: &str = "https://127.0.0.1:7700";
         ferry host list\n  \
         ferry vm create web1 --host a --memory 512\n  \
         ferry vm migrate web1 --to b\n  \
-        ferry events --vm web1 --json\n\n\
+        ferry events --vm web1 --json\n  \
+        ferry events verify --key PUBLIC_KEY_HEX    # check the audit trail\n\n\
         Connection: --server, --ca and --token (or FERRY_SERVER, FERRY_CA, FERRY_TOKEN), else \
         the file --config / FERRY_CONFIG / ~/.config/ferry/config.toml:\n  \
         server = \"https://10.0.0.1:7700\"\n  \
@@ -565,9 +566,13 @@ pub enum KeepSide {
 
 #[derive(Args, Debug)]
 #[command(
-    after_help = "Examples:\n  ferry events --vm web1\n  ferry events --kind migration --limit 50 --json\n  ferry events --follow"
+    args_conflicts_with_subcommands = true,
+    after_help = "Examples:\n  ferry events --vm web1\n  ferry events --kind migration --limit 50 --json\n  ferry events --follow\n  ferry events verify --key PUBLIC_KEY_HEX\n  ferry events export --to ferry-audit.jsonl"
 )]
 pub struct EventsArgs {
+    /// Check or export the tamper-evident audit trail (without one: list events).
+    #[command(subcommand)]
+    pub audit: Option<crate::cmd_events::EventsCmd>,
     #[arg(long)]
     pub vm: Option<String>,
     #[arg(long)]

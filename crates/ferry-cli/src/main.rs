@@ -10,6 +10,7 @@ mod cli;
 mod cmd_cluster;
 mod cmd_daemons;
 mod cmd_disk;
+mod cmd_events;
 mod cmd_image;
 mod cmd_lab;
 mod cmd_migrate;
@@ -85,7 +86,10 @@ async fn run(cli: Cli) -> CliResult {
         Command::Vm(cli::VmCmd::Migrate(a)) => cmd_migrate::migrate(&server, a).await,
         Command::Vm(c) => cmd_cluster::vm(&server, c).await,
         Command::Migration(c) => cmd_migrate::migration(&server, c).await,
-        Command::Events(a) => cmd_cluster::events(&server, a).await,
+        Command::Events(a) => match a.audit {
+            Some(cmd) => cmd_events::run(&server, cmd).await,
+            None => cmd_cluster::events(&server, a).await,
+        },
         Command::Disk(c) => cmd_disk::run(&server, c).await,
         Command::Image(cli::ImageCmd::Build(a)) => cmd_image::build(a).await,
         Command::Demo(a) => demo::run(a).await,

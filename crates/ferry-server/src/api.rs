@@ -40,7 +40,12 @@
 //! GET    /v1/migrations/{id}          Migration
 //! POST   /v1/migrations/{id}/cancel   Migration
 //! POST   /v1/migrations/{id}/resolve  ResolveRequest -> Migration (needs_attention only)
-//! GET    /v1/events                   [Event] (?vm= &migration= &kind= &after= &limit=)
+//! GET    /v1/events                   [Event] (?vm= &migration= &kind= &after= &limit=;
+//!                                      with after=, the oldest `limit` after it)
+//! GET    /v1/events/checkpoints       Checkpoints {public_key, checkpoints} oldest first
+//! POST   /v1/events/checkpoints       Checkpoint | null: sign the log's head now (verify,
+//!                                      export); a query: it changes no cluster state
+//! POST   /v1/events/checkpoints       Checkpoint | null
 //! GET    /v1/hosts/{host}/pools/{pool}/disks          [DiskImage]
 //! POST   /v1/hosts/{host}/pools/{pool}/disks          CreateDiskRequest -> DiskImage
 //! DELETE /v1/hosts/{host}/pools/{pool}/disks/{disk}
@@ -171,6 +176,18 @@ fn table() -> Vec<(RouteSpec, MethodRouter<Arc<Server>>)> {
             post(set_migration_defaults),
         ),
         r(M::GET, "/v1/events", R(Viewer), get(events)),
+        r(
+            M::GET,
+            "/v1/events/checkpoints",
+            R(Viewer),
+            get(checkpoints),
+        ),
+        r(
+            M::POST,
+            "/v1/events/checkpoints",
+            R(Viewer),
+            post(checkpoint_now),
+        ),
         r(
             M::GET,
             "/v1/hosts/{host}/pools/{pool}/disks",
@@ -681,4 +698,24 @@ async fn delete_disk(
     Path((host, pool, disk)): Path<(String, String, String)>,
 ) -> Answer<serde_json::Value> {
     act(&s, &c, Action::DeleteDisk { host, pool, disk }, deleted).await
+}
+
+async fn checkpoints(
+    State(s): Shared,
+    Authenticated(c): Authenticated,
+) -> Answer<ferry_api::audit::Checkpoints> {
+    ask(&s, &c, Query::Checkpoints, pick!(QueryOutcome::Checkpoints)).await
+}
+
+async fn checkpoint_now(
+    State(s): Shared,
+    Authenticated(c): Authenticated,
+) -> Answer<Option<ferry_api::audit::Checkpoint>> {
+    ask(
+        &s,
+        &c,
+        Query::CheckpointNow,
+        pick!(QueryOutcome::Checkpoint),
+    )
+    .await
 }

@@ -16,8 +16,9 @@ use ferry_api::*;
 use uuid::Uuid;
 
 use crate::orchestrator::{HttpAgents, Orchestrator, OrchestratorConfig};
-use crate::store::{NewEvent, Store, StoreError};
+use crate::store::{load_or_create_audit_key, NewEvent, Store, StoreError};
 
+mod audit;
 mod auth;
 mod hosts;
 mod identities;
@@ -168,7 +169,10 @@ impl Server {
     /// and the orchestrator with the real agents.
     pub fn open(config: ServerConfig) -> Result<Server, OpenError> {
         let lock = DataDirLock::acquire(&config.data_dir, &config.listen.to_string())?;
-        let store = Arc::new(Store::open(&config.data_dir.join("ferry.db"))?);
+        let store = Arc::new(
+            Store::open(&config.data_dir.join("ferry.db"))?
+                .with_audit_key(load_or_create_audit_key(&config.data_dir)?),
+        );
         let pki = if config.insecure {
             None
         } else {
@@ -215,6 +219,11 @@ impl Server {
         let quiet = matches!(action, Action::RegisterHost(_));
         let actor = caller.actor();
         let actor = actor.as_str();
+        if !quiet {
+            // No audit record, no action (see core/audit.rs): refusals included, so
+            // who tried what they may not do is on the record too.
+            self.record_request(actor, &kind, &vm, &host, migration)?;
+        }
         let result = match authorize(caller, &action.need()) {
             Ok(()) => self.dispatch(actor, action).await,
             Err(e) => Err(e),

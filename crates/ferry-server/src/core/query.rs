@@ -31,10 +31,17 @@ pub enum Query {
         pool: String,
     },
     Users,
+    /// The audit trail's signed checkpoints and the key that signs them.
+    Checkpoints,
+    /// Sign the event log's head now (for `ferry events verify/export`). It adds a
+    /// checkpoint but changes no cluster state, so readers may ask for it.
+    CheckpointNow,
 }
 
 #[derive(Debug, Clone)]
 pub enum QueryOutcome {
+    Checkpoints(ferry_api::audit::Checkpoints),
+    Checkpoint(Option<ferry_api::audit::Checkpoint>),
     Health(serde_json::Value),
     CaBundle(CaBundle),
     WhoAmI(WhoAmI),
@@ -65,7 +72,9 @@ impl Query {
             | Query::Migration(_)
             | Query::Events(_)
             | Query::Cluster
-            | Query::Disks { .. } => Need::Role(Role::Viewer),
+            | Query::Disks { .. }
+            | Query::Checkpoints
+            | Query::CheckpointNow => Need::Role(Role::Viewer),
         }
     }
 }
@@ -113,6 +122,8 @@ impl Server {
                 )
             }
             Query::Users => QueryOutcome::Users(self.store.users()?),
+            Query::Checkpoints => QueryOutcome::Checkpoints(self.checkpoints()?),
+            Query::CheckpointNow => QueryOutcome::Checkpoint(self.checkpoint_now()?),
         })
     }
 }

@@ -2,7 +2,9 @@
 //!
 //! The schema version lives in `PRAGMA user_version` and is checked on open: a server never
 //! runs against a database layout it does not know. The event log refuses UPDATE and DELETE
-//! at the database level (triggers), so "append-only" holds whatever the code does.
+//! at the database level (triggers), so "append-only" holds whatever the code does; and it
+//! is hash-chained with signed checkpoints ([`audit`]), so an edit made by someone who
+//! drops the triggers is still found (`ferry events verify`).
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -12,17 +14,19 @@ use ferry_api::*;
 use rusqlite::{params, Connection, OptionalExtension};
 use uuid::Uuid;
 
+mod audit;
 mod auth;
 mod claims;
 mod rows;
 
+pub use audit::{load_or_create_audit_key, AUDIT_KEY_FILE};
 pub use auth::{JoinRedeem, UserRemoval};
 pub use claims::{ClaimError, ClusterView};
 use rows::{
-    event_row, insert_event, migration_row, stored_host_row, vm_row, MIGRATION_SELECT, VM_SELECT,
+    event_row, migration_row, stored_host_row, vm_row, EVENT_SELECT, MIGRATION_SELECT, VM_SELECT,
 };
 
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 
 /// Upgrades from each older schema version to the next, in order. Index i upgrades
 /// version i+1 to i+2.
@@ -41,7 +45,10 @@ const UPGRADES: &[&str] = &[
      UPDATE migrations SET run = '{\"outgoing_started\":true}'
          WHERE phase IN ('copying_disks', 'transferring', 'switching_over', 'post_copy',
                          'rolling_back');",
-    // 4 -> 5: operators, their API tokens, join tokens and the host certificates issued.
+    // 4 -> 5: the audit chain's hash per event; then `audit::upgrade_to_v5` adds the
+    // checkpoints and chains the existing rows.
+    "ALTER TABLE events ADD COLUMN hash TEXT;",
+    // 5 -> 6: operators, their API tokens, join tokens and the host certificates issued.
     AUTH_SCHEMA,
 ];
 
@@ -130,7 +137,8 @@ CREATE TABLE events (
     migration TEXT,
     outcome TEXT NOT NULL,
     message TEXT NOT NULL,
-    data TEXT NOT NULL
+    data TEXT NOT NULL,
+    hash TEXT
 );
 CREATE INDEX events_vm ON events(vm);
 CREATE INDEX events_migration ON events(migration);
@@ -150,6 +158,8 @@ pub enum StoreError {
     Sql(#[from] rusqlite::Error),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    #[error("audit signing key {0}")]
+    AuditKey(String),
 }
 
 impl From<StoreError> for ApiError {
@@ -189,6 +199,8 @@ impl NewEvent {
 
 pub struct Store {
     conn: Mutex<Connection>,
+    /// Signs the event log's checkpoints (see [`audit`]).
+    audit_key: Option<ferry_api::audit::SigningKey>,
 }
 
 pub(crate) type R<T> = Result<T, StoreError>;
@@ -217,7 +229,7 @@ impl Store {
             path: path.display().to_string(),
             reason,
         };
-        let conn = Connection::open(path).map_err(|e| open_err(e.to_string()))?;
+        let mut conn = Connection::open(path).map_err(|e| open_err(e.to_string()))?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(|e| open_err(e.to_string()))?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
@@ -225,15 +237,26 @@ impl Store {
         let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
         match version {
             0 => {
-                conn.execute_batch(SCHEMA)?;
-                conn.execute_batch(AUTH_SCHEMA)?;
-                conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+                let tx = conn.transaction()?;
+                tx.execute_batch(SCHEMA)?;
+                tx.execute_batch(audit::CHECKPOINTS_SCHEMA)?;
+                tx.execute_batch(AUTH_SCHEMA)?;
+                tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+                tx.commit()?;
             }
             SCHEMA_VERSION => {}
             older if (1..SCHEMA_VERSION).contains(&older) => {
+                // Each step in one transaction: a failed upgrade leaves the previous
+                // version whole.
                 for (i, sql) in UPGRADES.iter().enumerate().skip(older as usize - 1) {
-                    conn.execute_batch(sql)?;
-                    conn.pragma_update(None, "user_version", i as i64 + 2)?;
+                    let to = i as i64 + 2;
+                    let tx = conn.transaction()?;
+                    tx.execute_batch(sql)?;
+                    if to == 5 {
+                        audit::upgrade_to_v5(&tx)?;
+                    }
+                    tx.pragma_update(None, "user_version", to)?;
+                    tx.commit()?;
                 }
                 tracing::info!(
                     from = older,
@@ -248,8 +271,10 @@ impl Store {
                 })
             }
         }
+        audit::ensure_append_only(&conn)?;
         Ok(Store {
             conn: Mutex::new(conn),
+            audit_key: None,
         })
     }
 
@@ -379,7 +404,7 @@ impl Store {
             params![name, state.as_str(), ts(&Utc::now())],
         )?;
         if let Some(e) = event {
-            insert_event(&tx, e)?;
+            self.insert_event(&tx, e)?;
         }
         tx.commit()?;
         Ok(())
@@ -421,7 +446,7 @@ impl Store {
         let tx = conn.transaction()?;
         rows::write_migration(&tx, m, vm_state)?;
         if let Some(e) = event {
-            insert_event(&tx, e)?;
+            self.insert_event(&tx, e)?;
         }
         tx.commit()?;
         Ok(())
@@ -475,21 +500,20 @@ impl Store {
 
     // ---- events -----------------------------------------------------------------------
 
-    pub fn append_event(&self, e: &NewEvent) -> R<i64> {
-        insert_event(&self.conn(), e)
-    }
-
     pub fn events(&self, q: &EventQuery) -> R<Vec<Event>> {
         let conn = self.conn();
         let limit = q.limit.unwrap_or(100).min(10_000);
-        // Newest `limit` matching events, returned oldest first (as a log reads).
-        let mut stmt = conn.prepare(
+        // Without `after`, the newest `limit` matching events; with it, the oldest `limit`
+        // after it (so a follower or a verifier paging through never skips any). Returned
+        // oldest first either way, as a log reads.
+        let order = if q.after.is_some() { "ASC" } else { "DESC" };
+        let mut stmt = conn.prepare(&format!(
             "SELECT * FROM (
-                SELECT id, at, actor, kind, vm, host, migration, outcome, message, data FROM events
+                {EVENT_SELECT}
                 WHERE (?1 IS NULL OR vm = ?1) AND (?2 IS NULL OR migration = ?2)
                   AND (?3 IS NULL OR kind = ?3 OR kind LIKE ?3 || '.%') AND (?4 IS NULL OR id > ?4)
-                ORDER BY id DESC LIMIT ?5) ORDER BY id ASC",
-        )?;
+                ORDER BY id {order} LIMIT ?5) ORDER BY id ASC"
+        ))?;
         let rows = stmt.query_map(
             params![
                 q.vm,

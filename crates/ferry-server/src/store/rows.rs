@@ -1,4 +1,4 @@
-//! Reading rows into Ferry's types, and the one place events are written. Every reader
+//! Reading rows into Ferry's types (events are written in [`super::audit`]). Every reader
 //! takes a plain connection so transactions (claims, phase changes) reuse them.
 
 use chrono::Utc;
@@ -6,27 +6,7 @@ use ferry_api::*;
 use rusqlite::{params, Connection, Row};
 use uuid::Uuid;
 
-use super::{from_json, json, parse_ts, ts, NewEvent, StoreError, StoredHost, R};
-
-/// Appends one event (the table refuses UPDATE and DELETE: the log only grows).
-pub(super) fn insert_event(conn: &Connection, e: &NewEvent) -> R<i64> {
-    conn.execute(
-        "INSERT INTO events (at, actor, kind, vm, host, migration, outcome, message, data)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-        params![
-            ts(&Utc::now()),
-            e.actor,
-            e.kind.as_str(),
-            e.vm,
-            e.host,
-            e.migration.map(|m| m.to_string()),
-            e.outcome.unwrap_or(Outcome::Info).as_str(),
-            e.message,
-            json(&e.data)?,
-        ],
-    )?;
-    Ok(conn.last_insert_rowid())
-}
+use super::{from_json, json, parse_ts, ts, StoreError, StoredHost, R};
 
 pub(super) fn stored_host_row(r: &Row) -> rusqlite::Result<R<StoredHost>> {
     let registered: String = r.get(3)?;
@@ -117,12 +97,16 @@ pub(super) fn migration_row(r: &Row) -> rusqlite::Result<R<Migration>> {
     })())
 }
 
+pub(super) const EVENT_SELECT: &str =
+    "SELECT id, at, actor, kind, vm, host, migration, outcome, message, data, hash FROM events";
+
 pub(super) fn event_row(r: &Row) -> rusqlite::Result<R<Event>> {
     let id: i64 = r.get(0)?;
     let at: String = r.get(1)?;
     let migration: Option<String> = r.get(6)?;
     let outcome: String = r.get(7)?;
     let data: String = r.get(9)?;
+    let hash: Option<String> = r.get(10)?;
     let (actor, kind, vm, host, message): (String, String, Option<String>, Option<String>, String) =
         (r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(8)?);
     Ok((|| {
@@ -139,6 +123,7 @@ pub(super) fn event_row(r: &Row) -> rusqlite::Result<R<Event>> {
             outcome: Outcome::parse(&outcome),
             message,
             data: from_json(&data)?,
+            hash,
         })
     })())
 }
