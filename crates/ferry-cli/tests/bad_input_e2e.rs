@@ -172,7 +172,7 @@ async fn bad_requests_are_refused_with_reasons_and_change_nothing() {
         new.iter().any(|e| e.kind == EventKind::MigrationRequest
             && e.outcome == Outcome::Error
             && e.message.contains("already runs on a")
-            && e.actor.starts_with("cli:")),
+            && e.actor == "user:admin"),
         "{new:?}"
     );
 

@@ -71,7 +71,7 @@ async fn a_running_guest_migrates_there_and_back_with_zero_corrupt_pages() {
         assert!(phases.len() >= 4, "phases of {}: {phases:?}", m.id);
         assert!(events.iter().any(|e| e.migration == Some(m.id)
             && e.kind == EventKind::MigrationRequest
-            && e.actor.starts_with("cli:")));
+            && e.actor == "user:admin"));
         let done = events
             .iter()
             .find(|e| {
