@@ -17,9 +17,14 @@ use crate::{random_bytes, Identity, PkiError};
 
 /// How long a CA lives.
 pub const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 86_400);
-/// Issued certificates start this much in the past, so a peer whose clock is a little
+/// Issued certificates start this much in the past (at most a tenth of their life, so
+/// short-lived ones still renew at two thirds of it), so a peer whose clock is a little
 /// behind does not reject a certificate issued a moment ago.
 const BACKDATE: Duration = Duration::from_secs(300);
+
+fn backdate(valid_for: Duration) -> Duration {
+    BACKDATE.min(valid_for / 10)
+}
 
 /// What an issued (or any) certificate says, read back from its DER.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,7 +133,7 @@ impl CertAuthority {
         })?;
         let mut params = leaf_params(identity)?;
         let now = SystemTime::now();
-        params.not_before = to_time(now - BACKDATE)?;
+        params.not_before = to_time(now - backdate(valid_for))?;
         params.not_after = to_time(now + valid_for)?;
         params.serial_number = Some(SerialNumber::from_slice(&serial()?));
         params.use_authority_key_identifier_extension = true;

@@ -153,7 +153,9 @@ async fn call(w: &World, spec: &RouteSpec, who: &Who) -> (u16, String) {
     let router = ferry_server::api::router(w.server.clone());
     let resp = router.oneshot(request(w, spec, who)).await.unwrap();
     let status = resp.status().as_u16();
-    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+        .await
+        .unwrap();
     (status, String::from_utf8_lossy(&bytes).into_owned())
 }
 

@@ -1,0 +1,291 @@
+//! Nobody gets in (issue 11): a lab cluster set up as an operator would (`ferry ca init`,
+//! join tokens, agents with `--join`), then everything a stranger, a viewer, or another
+//! host's certificate might try.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use ferry_api::client::{AgentClient, ClientError, Credentials, ServerClient, TlsCredentials};
+use ferry_api::*;
+use ferry_pki::{new_key_and_csr, Identity, Material};
+
+use common::*;
+
+fn material(lab: &ferry_lab::Lab, host: &str) -> Material {
+    let a = lab.agents.iter().find(|a| a.name == host).expect("host");
+    Material::load(&a.state_dir.join("tls"), "host").expect("the host's TLS files")
+}
+
+fn code(e: &ClientError) -> Option<ErrorCode> {
+    match e {
+        ClientError::Api(a) => Some(a.code),
+        _ => None,
+    }
+}
+
+fn ca_only(lab: &ferry_lab::Lab) -> Credentials {
+    Credentials {
+        tls: Some(TlsCredentials {
+            ca_pem: material(lab, "a").ca_pem,
+            me: None,
+        }),
+        token: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nobody_without_the_right_identity_gets_in() {
+    let mut cfg = lab_config(&["a", "b"]);
+    // Short-lived host certificates: the agents renew them during this test.
+    cfg.server_args = vec!["--host-cert-validity-s".into(), "60".into()];
+    let lab = ferry_lab::Lab::start(cfg).await.expect("lab");
+    let started = Instant::now();
+    let admin = lab.client();
+
+    // A stranger with the CA but no token: public routes only.
+    let stranger = ServerClient::connect(&lab.server_url, &ca_only(&lab)).unwrap();
+    assert!(stranger.health().await.is_ok());
+    assert_eq!(
+        code(&stranger.vms().await.unwrap_err()),
+        Some(ErrorCode::Unauthorized)
+    );
+    assert_eq!(
+        code(&stranger.events(&EventQuery::default()).await.unwrap_err()),
+        Some(ErrorCode::Unauthorized)
+    );
+    // Plain http to a TLS server gets nothing at all.
+    let plain = ServerClient::new(&lab.server_url.replacen("https://", "http://", 1)).unwrap();
+    assert!(matches!(
+        plain.hosts().await,
+        Err(ClientError::Unreachable { .. })
+    ));
+
+    // A viewer reads but changes nothing; the CLI says so with exit status 5.
+    let viewer = admin
+        .add_user(&CreateUserRequest {
+            name: "val".into(),
+            role: Role::Viewer,
+        })
+        .await
+        .expect("admin adds a viewer");
+    let out = ferry_as(&lab, &["host", "list"], &[("FERRY_TOKEN", &viewer.token)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = ferry_as(
+        &lab,
+        &["vm", "stop", "anything"],
+        &[("FERRY_TOKEN", &viewer.token)],
+    );
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    assert!(stderr(&out).contains("needs operator"), "{}", stderr(&out));
+    let out = ferry_as(
+        &lab,
+        &["whoami", "--json"],
+        &[("FERRY_TOKEN", &viewer.token)],
+    );
+    let who: WhoAmI = serde_json::from_str(&stdout(&out)).expect("whoami JSON");
+    assert_eq!(
+        (who.actor.as_str(), who.role),
+        ("user:val", Some(Role::Viewer))
+    );
+    // A removed user's token stops working at once.
+    admin.remove_user("val").await.unwrap();
+    let out = ferry_as(&lab, &["host", "list"], &[("FERRY_TOKEN", &viewer.token)]);
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    // The last admin cannot be removed.
+    assert_eq!(
+        code(&admin.remove_user("admin").await.unwrap_err()),
+        Some(ErrorCode::Conflict)
+    );
+
+    // An agent takes orders from the server's certificate only.
+    let a_url = &lab.agents[0].url;
+    let as_b = AgentClient::connect(
+        a_url,
+        "a",
+        &Credentials::daemon(material(&lab, "b")),
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    let e = as_b.vms().await.unwrap_err();
+    assert_eq!(code(&e), Some(ErrorCode::Forbidden), "{e}");
+    let no_cert =
+        AgentClient::connect(a_url, "a", &ca_only(&lab), Duration::from_secs(10)).unwrap();
+    assert!(matches!(
+        no_cert.vms().await,
+        Err(ClientError::Unreachable { .. })
+    ));
+    // Calling a's address while expecting b's certificate fails: identities, not addresses.
+    let wrong = lab.trust.agent_client(a_url, "b").unwrap();
+    assert!(matches!(
+        wrong.vms().await,
+        Err(ClientError::Unreachable { .. })
+    ));
+    assert!(
+        lab.agent_client("a").unwrap().vms().await.is_ok(),
+        "the server's certificate works"
+    );
+
+    // Host b's certificate cannot register as host a (someone else's name).
+    let as_host_b =
+        ServerClient::connect(&lab.server_url, &Credentials::daemon(material(&lab, "b"))).unwrap();
+    let a_now = admin.host("a").await.unwrap();
+    let hijack = HostRegistration {
+        name: "a".into(),
+        url: "https://127.0.0.1:1".into(),
+        migration_address: "127.0.0.1".into(),
+        inventory: a_now.inventory.clone(),
+        vms: Vec::new(),
+    };
+    assert_eq!(
+        code(&as_host_b.register_host(&hijack).await.unwrap_err()),
+        Some(ErrorCode::Forbidden)
+    );
+    assert_eq!(
+        admin.host("a").await.unwrap().url,
+        a_now.url,
+        "a's record unchanged"
+    );
+
+    // Join tokens: single use, short-lived, and the certificate names the token's host.
+    let t = admin
+        .join_token(&JoinTokenRequest {
+            host: "c".into(),
+            ttl_s: Some(600),
+        })
+        .await
+        .unwrap();
+    let joiner = ServerClient::connect(&lab.server_url, &ca_only(&lab)).unwrap();
+    // The request asks for host a's name; the server issues for c, the token's host.
+    let (_key, csr) = new_key_and_csr(&Identity::host("a").unwrap()).unwrap();
+    let issued = joiner
+        .join(&JoinRequest {
+            token: t.token.clone(),
+            csr_pem: csr.clone(),
+        })
+        .await
+        .expect("a good token joins");
+    assert_eq!(issued.host, "c");
+    let info = ferry_pki::cert_info_pem(&issued.cert_pem).unwrap();
+    assert_eq!(info.identity, Some(Identity::host("c").unwrap()));
+    let again = joiner
+        .join(&JoinRequest {
+            token: t.token.clone(),
+            csr_pem: csr.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(code(&again), Some(ErrorCode::Unauthorized), "{again}");
+    assert!(again.to_string().contains("already used"), "{again}");
+    let short = admin
+        .join_token(&JoinTokenRequest {
+            host: "d".into(),
+            ttl_s: Some(1),
+        })
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let expired = joiner
+        .join(&JoinRequest {
+            token: short.token,
+            csr_pem: csr,
+        })
+        .await
+        .unwrap_err();
+    assert!(expired.to_string().contains("expired"), "{expired}");
+    // A host that holds a certificate cannot be given a second identity by a new token.
+    assert_eq!(
+        code(
+            &admin
+                .join_token(&JoinTokenRequest {
+                    host: "a".into(),
+                    ttl_s: None
+                })
+                .await
+                .unwrap_err()
+        ),
+        Some(ErrorCode::Conflict)
+    );
+
+    // Renewal: both agents renew their 60 s certificates before expiry and stay connected.
+    let first = material(&lab, "a").cert_pem;
+    let deadline = started + Duration::from_secs(120);
+    loop {
+        let renewed = admin
+            .events(&EventQuery {
+                kind: Some("host.certificate".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let by = |h: &str| {
+            renewed
+                .iter()
+                .any(|e| e.actor == format!("host:{h}") && e.outcome == Outcome::Ok)
+        };
+        if by("a") && by("b") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no renewal within 120 s: {renewed:?}\n{}",
+            lab.server_logs()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_ne!(
+        material(&lab, "a").cert_pem,
+        first,
+        "a's certificate file was replaced"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let hosts = admin.hosts().await.unwrap();
+    assert!(
+        hosts.iter().all(|h| h.state == HostState::Connected),
+        "{hosts:?}"
+    );
+    assert!(
+        lab.agent_client("a").unwrap().vms().await.is_ok(),
+        "a serves after renewal"
+    );
+
+    // Removing host b revokes its certificates: its agent is shut out.
+    let removed = admin.remove_host("b").await.expect("b holds no VM");
+    assert!(removed.to_string().contains("revoked"), "{removed}");
+    let refused = as_host_b.hosts().await.unwrap_err();
+    assert_eq!(code(&refused), Some(ErrorCode::Unauthorized), "{refused}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        admin.host("b").await.is_err(),
+        "b's heartbeats did not bring it back"
+    );
+
+    // Every change above is in the log under who made it.
+    let events = admin
+        .events(&EventQuery {
+            limit: Some(1000),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    for (kind, actor) in [
+        ("user.add", "user:admin"),
+        ("user.remove", "user:admin"),
+        ("host.join_token", "user:admin"),
+        ("host.remove", "user:admin"),
+        ("host.register", "host:a"),
+    ] {
+        assert!(
+            events
+                .iter()
+                .any(|e| e.kind.as_str() == kind && e.actor == actor),
+            "no {kind} by {actor}"
+        );
+    }
+    assert!(
+        events.iter().any(|e| e.kind.as_str() == "host.register"
+            && e.actor == "host:b"
+            && e.outcome == Outcome::Error),
+        "the hijack attempt is on the record"
+    );
+}
