@@ -120,6 +120,27 @@ async fn only_the_server(
             })
     );
     if allowed {
+        // The server polls agents during migrations; this only stops a runaway.
+        static LIMITER: std::sync::OnceLock<ferry_api::rate::RateLimiter> =
+            std::sync::OnceLock::new();
+        const RATE: ferry_api::rate::Rate = ferry_api::rate::Rate {
+            per_second: 200.0,
+            burst: 400.0,
+        };
+        let key = match peer.and_then(|p| p.identity()) {
+            Some(id) => id.dns_name(),
+            None => peer.map(|p| p.addr.ip().to_string()).unwrap_or_default(),
+        };
+        if let Err(wait) = LIMITER.get_or_init(Default::default).check(&key, RATE) {
+            return Failure(ApiError::new(
+                ferry_api::ErrorCode::TooManyRequests,
+                format!(
+                    "too many requests; try again in {} ms",
+                    wait.as_millis().max(1)
+                ),
+            ))
+            .into_response();
+        }
         return next.run(req).await;
     }
     let who = match peer.and_then(|p| p.identity()) {

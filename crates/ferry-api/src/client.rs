@@ -154,10 +154,7 @@ impl Http {
             reason: error_chain(&e),
         })?;
         let status = resp.status();
-        let bytes = resp.bytes().await.map_err(|e| ClientError::Unreachable {
-            url: url.clone(),
-            reason: error_chain(&e),
-        })?;
+        let bytes = read_bounded(resp, &url).await?;
         if status.is_success() {
             let text: &[u8] = if bytes.is_empty() { b"null" } else { &bytes };
             return serde_json::from_slice(text).map_err(|e| ClientError::Decode {
@@ -193,6 +190,42 @@ impl Http {
     }
     async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         self.call::<(), T>(Method::DELETE, path, None).await
+    }
+}
+
+/// The largest answer a client reads: nothing Ferry's services send comes near it, and a
+/// peer that sends more (a bug, or not a Ferry service) cannot make the caller buffer
+/// without bound.
+pub const MAX_REPLY_BYTES: usize = 16 << 20;
+
+async fn read_bounded(mut resp: reqwest::Response, url: &str) -> Result<Vec<u8>, ClientError> {
+    let too_big = || ClientError::Decode {
+        url: url.to_string(),
+        reason: format!("the answer is larger than {} MiB", MAX_REPLY_BYTES >> 20),
+    };
+    if resp
+        .content_length()
+        .is_some_and(|n| n > MAX_REPLY_BYTES as u64)
+    {
+        return Err(too_big());
+    }
+    let mut body = Vec::new();
+    loop {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > MAX_REPLY_BYTES {
+                    return Err(too_big());
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(body),
+            Err(e) => {
+                return Err(ClientError::Unreachable {
+                    url: url.to_string(),
+                    reason: error_chain(&e),
+                })
+            }
+        }
     }
 }
 
@@ -701,6 +734,55 @@ mod tests {
         match c.hosts().await {
             Err(ClientError::Unreachable { url, .. }) => assert!(url.contains("/v1/hosts")),
             other => panic!("expected Unreachable, got {other:?}"),
+        }
+    }
+
+    /// Serves one HTTP answer of `len` bytes (chunked when `chunked`) on loopback.
+    async fn huge_answer(len: usize, chunked: bool) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            let head = if chunked {
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_string()
+            } else {
+                format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\n\r\n")
+            };
+            let _ = s.write_all(head.as_bytes()).await;
+            let block = vec![b' '; 1 << 20];
+            let mut sent = 0;
+            while sent < len {
+                let r = if chunked {
+                    let mut c = format!("{:x}\r\n", block.len()).into_bytes();
+                    c.extend_from_slice(&block);
+                    c.extend_from_slice(b"\r\n");
+                    s.write_all(&c).await
+                } else {
+                    s.write_all(&block).await
+                };
+                if r.is_err() {
+                    return;
+                }
+                sent += block.len();
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    #[tokio::test]
+    async fn an_answer_larger_than_the_bound_is_refused_not_buffered() {
+        for chunked in [false, true] {
+            let url = huge_answer(MAX_REPLY_BYTES + (4 << 20), chunked).await;
+            let c = ServerClient::new(&url).unwrap();
+            match c.hosts().await {
+                Err(ClientError::Decode { reason, .. }) => {
+                    assert!(reason.contains("larger than"), "{reason}")
+                }
+                other => panic!("chunked={chunked}: expected a refusal, got {other:?}"),
+            }
         }
     }
 }

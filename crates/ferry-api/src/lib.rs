@@ -19,6 +19,7 @@ pub mod host;
 pub mod http;
 pub mod migration;
 pub mod names;
+pub mod rate;
 pub mod spec;
 pub mod storage;
 pub mod tuning;

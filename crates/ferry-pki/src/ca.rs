@@ -334,3 +334,46 @@ mod tests {
             .is_err());
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// A certificate request is whatever a joining host sent: garbage and
+        /// PEM-looking garbage are refused, never a panic.
+        #[test]
+        fn arbitrary_requests_and_certificates_are_refused_cleanly(
+            body in prop::collection::vec(any::<u8>(), 0..400),
+            text in ".{0,300}",
+        ) {
+            let encode = |b: &[u8]| {
+                use base64::Engine;
+                base64::engine::general_purpose::STANDARD.encode(b)
+            };
+            let ca = ca();
+            let pem_csr = format!(
+                "-----BEGIN CERTIFICATE REQUEST-----\n{}\n-----END CERTIFICATE REQUEST-----\n",
+                encode(&body)
+            );
+            let id = Identity::Server;
+            let _ = ca.issue(&pem_csr, &id, Duration::from_secs(60));
+            let _ = ca.issue(&text, &id, Duration::from_secs(60));
+            let pem_cert = format!(
+                "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+                encode(&body)
+            );
+            let _ = cert_info_pem(&pem_cert);
+            let _ = cert_info_der(&body);
+            let _ = fingerprint_pem(&text);
+        }
+    }
+
+    fn ca() -> &'static CertAuthority {
+        static CA: std::sync::OnceLock<CertAuthority> = std::sync::OnceLock::new();
+        CA.get_or_init(|| CertAuthority::generate("fuzz").unwrap())
+    }
+}

@@ -611,7 +611,7 @@ fn is_event(line: &[u8]) -> bool {
     matches!(parse_message(line), Ok(Incoming::Event(_)))
 }
 
-fn parse_greeting(line: &[u8]) -> Result<Greeting, String> {
+pub(crate) fn parse_greeting(line: &[u8]) -> Result<Greeting, String> {
     #[derive(serde::Deserialize)]
     struct Wrapper {
         #[serde(rename = "QMP")]

@@ -28,6 +28,9 @@ mod error;
 mod events;
 mod types;
 
+#[cfg(test)]
+mod fuzz_tests;
+
 pub use block::{BlockJobInfo, MirrorArgs};
 pub use client::{QmpClient, QmpOptions, DEFAULT_COMMAND_TIMEOUT, DEFAULT_EVENT_CAPACITY};
 pub use error::QmpError;

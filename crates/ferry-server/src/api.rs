@@ -74,6 +74,17 @@ pub const MAX_BODY_BYTES: usize = 1 << 20;
 /// starting a VM waits for QEMU).
 pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
+/// Requests per caller: generous for users and hosts (a heartbeat is one every few
+/// seconds; a busy script a few per second), tight for callers with no identity.
+pub const IDENTIFIED_RATE: ferry_api::rate::Rate = ferry_api::rate::Rate {
+    per_second: 50.0,
+    burst: 200.0,
+};
+pub const ANONYMOUS_RATE: ferry_api::rate::Rate = ferry_api::rate::Rate {
+    per_second: 5.0,
+    burst: 30.0,
+};
+
 /// Who a route is for: what the core will demand of its caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RouteRole {
@@ -269,7 +280,29 @@ impl FromRequestParts<Arc<Server>> for AnyCaller {
                 Some(text)
             }
         };
-        Ok(AnyCaller(s.authenticate(peer, bearer)?))
+        let caller = s.authenticate(peer, bearer);
+        // Charged before a failed authentication is answered, so guessing tokens is slowed
+        // down too: identified callers by identity, everyone else by address.
+        let (key, rate) = match &caller {
+            Ok(Caller::Anonymous) | Err(_) => (
+                format!(
+                    "ip:{}",
+                    peer.map(|p| p.addr.ip().to_string()).unwrap_or_default()
+                ),
+                ANONYMOUS_RATE,
+            ),
+            Ok(c) => (c.actor(), IDENTIFIED_RATE),
+        };
+        if let Err(wait) = s.limiter.check(&key, rate) {
+            return Err(Failure(ApiError::new(
+                ErrorCode::TooManyRequests,
+                format!(
+                    "too many requests from {key}; try again in {} ms",
+                    wait.as_millis().max(1)
+                ),
+            )));
+        }
+        Ok(AnyCaller(caller?))
     }
 }
 

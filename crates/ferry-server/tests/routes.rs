@@ -19,7 +19,11 @@ use ferry_server::api::{routes, RouteRole, RouteSpec};
 use ferry_server::{Server, ServerConfig};
 use tower::ServiceExt;
 
+static NEXT_ADDR: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
 struct World {
+    /// Anonymous calls all come from one address (the rate-limit test).
+    same_address: bool,
     _dir: tempfile::TempDir,
     server: Arc<Server>,
     tokens: Vec<(Role, String)>,
@@ -61,6 +65,7 @@ fn world() -> World {
         hosts.push((h.to_string(), info.fingerprint));
     }
     World {
+        same_address: false,
         _dir: dir,
         server,
         tokens,
@@ -103,8 +108,15 @@ fn request(w: &World, spec: &RouteSpec, who: &Who) -> Request<Body> {
         },
         _ => Transport::Anonymous,
     };
+    // Each anonymous call from its own address: the walk tests roles, not the rate limit
+    // (which keys anonymous callers by address).
+    let n = NEXT_ADDR.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let addr = match who {
+        Who::Nobody if !w.same_address => format!("127.1.{}.{}:1", n / 250, n % 250 + 1),
+        _ => "127.0.0.1:1".to_string(),
+    };
     req.extensions_mut().insert(Peer {
-        addr: "127.0.0.1:1".parse().unwrap(),
+        addr: addr.parse().unwrap(),
         transport,
     });
     if let Who::User(role) = who {
@@ -285,4 +297,25 @@ async fn every_event_names_the_authenticated_caller() {
             .any(|e| e.actor == "user:v" && e.outcome == ferry_api::Outcome::Error),
         "{actors:?}"
     );
+}
+
+#[tokio::test]
+async fn a_caller_past_its_rate_is_told_to_wait_and_others_are_not() {
+    let mut w = world();
+    w.same_address = true;
+    let health = routes()
+        .into_iter()
+        .find(|r| r.path == "/v1/health")
+        .unwrap();
+    let mut statuses = Vec::new();
+    for _ in 0..60 {
+        statuses.push(call(&w, &health, &Who::Nobody).await.0);
+    }
+    assert!(statuses[..20].iter().all(|s| *s == 200), "{statuses:?}");
+    assert!(
+        statuses.contains(&429),
+        "no limit for an anonymous caller: {statuses:?}"
+    );
+    // An identified caller has its own bucket.
+    assert_eq!(call(&w, &health, &Who::User(Role::Viewer)).await.0, 200);
 }

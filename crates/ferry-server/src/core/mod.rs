@@ -144,6 +144,8 @@ pub struct Server {
     pub pki: Option<Arc<crate::pki::ServerPki>>,
     /// How the server reaches agents (its certificate, the CA to check theirs).
     pub agent_creds: ferry_api::client::Credentials,
+    /// Requests per caller (see [`crate::api::IDENTIFIED_RATE`]).
+    pub limiter: ferry_api::rate::RateLimiter,
     pub store: Arc<Store>,
     pub orchestrator: Arc<Orchestrator>,
     /// Serialises what attaches or deletes disk images (claims and deletes), so an image
@@ -195,6 +197,7 @@ impl Server {
             config,
             pki,
             agent_creds,
+            limiter: Default::default(),
             store,
             orchestrator,
             disk_ops: tokio::sync::Mutex::new(()),
