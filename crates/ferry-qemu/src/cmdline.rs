@@ -73,6 +73,12 @@ pub fn build_args(
     push(&format!("size={}M", spec.memory_mib));
     push("-nodefaults");
     push("-no-user-config");
+    // seccomp: QEMU runs as root and parses what guests and the network send it; a
+    // compromised QEMU may not exec, gain privileges, or use obsolete or scheduling
+    // syscalls. Ferry never asks QEMU to spawn anything (no exec: migration, no tap
+    // scripts), so nothing it does needs them.
+    push("-sandbox");
+    push("on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny");
     push("-display");
     push("none");
     push("-msg");
@@ -473,6 +479,7 @@ mod tests {
             "-smp 2",
             "-m size=512M",
             "-nodefaults",
+            "-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
         ] {
             assert!(joined.contains(needle), "missing {needle} in {joined}");
         }
