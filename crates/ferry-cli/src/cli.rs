@@ -673,6 +673,21 @@ pub enum BenchCmd {
         after_help = "Examples:\n  ferry bench soak --count 10\n  ferry bench soak --count 100 --seed 7"
     )]
     Soak(BenchSoakArgs),
+    /// What TLS and authentication cost: p50/p99 of `ferry host list` and of GET
+    /// /v1/hosts on a kept connection, against a secured cluster and an --insecure one.
+    /// Writes bench/results/api-latency.json.
+    #[command(after_help = "Example:\n  ferry bench api --samples 200")]
+    Api(BenchApiArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchApiArgs {
+    /// Requests per arm.
+    #[arg(long, default_value_t = 200)]
+    pub samples: usize,
+    /// Where to write the result file.
+    #[arg(long, default_value = "bench/results")]
+    pub out: PathBuf,
 }
 
 #[derive(Args, Debug, Clone)]

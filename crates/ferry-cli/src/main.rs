@@ -1,6 +1,7 @@
 //! `ferry`: thin entry point. Parse, dispatch, map the outcome to an exit status.
 
 mod bench;
+mod bench_api;
 mod bench_converge;
 mod bench_faults;
 mod bench_net;
@@ -102,6 +103,7 @@ async fn run(cli: Cli) -> CliResult {
         }
         Command::Bench(cli::BenchCmd::Faults(a)) => interruptible(bench_faults::faults(a)).await,
         Command::Bench(cli::BenchCmd::Soak(a)) => interruptible(bench_faults::soak(a)).await,
+        Command::Bench(cli::BenchCmd::Api(a)) => interruptible(bench_api::api(a)).await,
     }
 }
 

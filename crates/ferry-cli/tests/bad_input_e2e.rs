@@ -124,7 +124,8 @@ async fn bad_requests_are_refused_with_reasons_and_change_nothing() {
 
     // The API itself refuses malformed bodies with the documented error shape (bypassing
     // the CLI's own checks).
-    let http = lab.trust.raw_http(Some(lab.trust.admin_token()));
+    let trust = lab.trust().unwrap();
+    let http = trust.raw_http(Some(trust.admin_token()));
     for body in [
         "{",
         r#"{"host":"a","spec":{"name":"x","memory_mib":1,"boot":{"type":"image","image":"t","cmdline":""}}}"#,

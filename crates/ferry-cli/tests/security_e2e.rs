@@ -116,7 +116,7 @@ async fn nobody_without_the_right_identity_gets_in() {
         Err(ClientError::Unreachable { .. })
     ));
     // Calling a's address while expecting b's certificate fails: identities, not addresses.
-    let wrong = lab.trust.agent_client(a_url, "b").unwrap();
+    let wrong = lab.trust().unwrap().agent_client(a_url, "b").unwrap();
     assert!(matches!(
         wrong.vms().await,
         Err(ClientError::Unreachable { .. })

@@ -34,6 +34,9 @@ pub struct LabConfig {
     /// Extra arguments for `ferry server` (e.g. the hidden `--test-hold-at` flags of the
     /// fault tests, or `--recovery-bound-s 20`); kept on a restart.
     pub server_args: Vec<String>,
+    /// Run the cluster with `--insecure` (plain HTTP, no identities): only for comparing
+    /// against the secured cluster (`ferry bench api`).
+    pub insecure: bool,
 }
 
 impl LabConfig {
@@ -46,6 +49,7 @@ impl LabConfig {
             log_filter: "info".into(),
             pools: false,
             server_args: Vec::new(),
+            insecure: false,
         }
     }
 }
@@ -57,8 +61,9 @@ pub struct AgentInfo {
 }
 
 pub struct Lab {
-    /// The cluster's CA and the admin's token (`ferry ca init` on the server's data dir).
-    pub trust: crate::Trust,
+    /// The cluster's CA and the admin's token (`ferry ca init` on the server's data dir);
+    /// None when the lab runs `--insecure`.
+    pub trust: Option<crate::Trust>,
     dir: Option<tempfile::TempDir>,
     path: PathBuf,
     daemons: Vec<Daemon>,
@@ -81,11 +86,15 @@ impl Lab {
             .tempdir()
             .map_err(|e| LabError::Io(format!("cannot create a lab directory: {e}")))?;
         let path = dir.path().to_path_buf();
-        let trust = crate::Trust::init(
-            &cfg.ferry_bin,
-            &path.join("server"),
-            &path.join("client.toml"),
-        )?;
+        let trust = if cfg.insecure {
+            None
+        } else {
+            Some(crate::Trust::init(
+                &cfg.ferry_bin,
+                &path.join("server"),
+                &path.join("client.toml"),
+            )?)
+        };
         let mut lab = Lab {
             trust,
             dir: Some(dir),
@@ -113,12 +122,18 @@ impl Lab {
             "--host-timeout-ms".into(),
             "5000".into(),
         ];
+        if cfg.insecure {
+            args.push("--insecure".into());
+        }
         args.extend(cfg.server_args.iter().cloned());
         lab.server_args = args.clone();
         lab.spawn(&cfg, "server", &args)?;
         let addr = lab.wait_ready_file("server", &server_ready).await?;
-        lab.server_url = format!("https://{addr}");
-        lab.trust.write_config(&lab.server_url)?;
+        let scheme = if cfg.insecure { "http" } else { "https" };
+        lab.server_url = format!("{scheme}://{addr}");
+        if let Some(t) = &lab.trust {
+            t.write_config(&lab.server_url)?;
+        }
         for host in &cfg.hosts {
             let state = path.join(host);
             let ready = path.join(format!("{host}.addr"));
@@ -153,20 +168,24 @@ impl Lab {
                 args.push("--pool".into());
                 args.push(format!("shared={}:shared", shared.display()));
             }
+            if cfg.insecure {
+                args.push("--insecure".into());
+            }
             lab.agent_args.insert(host.clone(), args.clone());
-            let token = lab.trust.join_token(&lab.server_url, host).await?;
-            lab.spawn_with(
-                &cfg,
-                &format!("agent-{host}"),
-                &args,
-                vec![("FERRY_JOIN_TOKEN".into(), token)],
-            )?;
+            let env = match &lab.trust {
+                Some(t) => vec![(
+                    "FERRY_JOIN_TOKEN".into(),
+                    t.join_token(&lab.server_url, host).await?,
+                )],
+                None => Vec::new(),
+            };
+            lab.spawn_with(&cfg, &format!("agent-{host}"), &args, env)?;
             let addr = lab
                 .wait_ready_file(&format!("agent {host}"), &ready)
                 .await?;
             lab.agents.push(AgentInfo {
                 name: host.clone(),
-                url: format!("https://{addr}"),
+                url: format!("{scheme}://{addr}"),
                 state_dir: state,
             });
         }
@@ -263,8 +282,13 @@ impl Lab {
         let addr = self
             .wait_ready_file(&format!("agent {host}"), &ready)
             .await?;
+        let scheme = if self.trust.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         if let Some(a) = self.agents.iter_mut().find(|a| a.name == host) {
-            a.url = format!("https://{addr}");
+            a.url = format!("{scheme}://{addr}");
         }
         Ok(())
     }
@@ -300,7 +324,12 @@ impl Lab {
         let args = self.server_args.clone();
         self.spawn(cfg, &name, &args)?;
         let addr = self.wait_ready_file("server", &ready).await?;
-        let url = format!("https://{addr}");
+        let scheme = if self.trust.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let url = format!("{scheme}://{addr}");
         if url != self.server_url {
             return Err(LabError::Start {
                 what: "server".into(),
@@ -323,9 +352,22 @@ impl Lab {
         out
     }
 
-    /// The admin's client.
+    /// The admin's client (no credentials when the lab runs `--insecure`).
     pub fn client(&self) -> ServerClient {
-        self.trust.client(&self.server_url)
+        match &self.trust {
+            Some(t) => t.client(&self.server_url),
+            None => match ServerClient::new(&self.server_url) {
+                Ok(c) => c,
+                Err(e) => panic!("lab client for {}: {e}", self.server_url),
+            },
+        }
+    }
+
+    /// The lab's trust; an error for a lab run `--insecure`.
+    pub fn trust(&self) -> Result<&crate::Trust, LabError> {
+        self.trust
+            .as_ref()
+            .ok_or_else(|| LabError::Io("this lab runs --insecure: it has no CA".into()))
     }
 
     /// A client for host `host`'s agent, presenting the server's certificate (agents take
@@ -336,7 +378,11 @@ impl Lab {
             .iter()
             .find(|a| a.name == host)
             .ok_or_else(|| LabError::Io(format!("no agent {host} in this lab")))?;
-        self.trust.agent_client(&a.url, host)
+        match &self.trust {
+            Some(t) => t.agent_client(&a.url, host),
+            None => ferry_api::client::AgentClient::new(&a.url)
+                .map_err(|e| LabError::Io(format!("agent client for {host}: {e}"))),
+        }
     }
 
     pub fn dir(&self) -> &Path {

@@ -169,7 +169,7 @@ async fn a_two_host_lab_is_wired_shaped_relayed_and_removed() {
             .expect("host registered");
         assert_eq!(h.state, HostState::Connected);
         let mgmt = format!("172.29.{n}.{}", 11 + i);
-        assert!(h.url.starts_with(&format!("http://{mgmt}:")), "{}", h.url);
+        assert!(h.url.starts_with(&format!("https://{mgmt}:")), "{}", h.url);
         assert_eq!(h.migration_address, format!("172.31.{n}.{}", 11 + i));
         assert_eq!(lab.migration_ip(name).to_string(), h.migration_address);
         assert_eq!(lab.mgmt_ip(name).to_string(), mgmt);

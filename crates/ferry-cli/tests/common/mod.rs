@@ -40,7 +40,10 @@ pub fn ferry(lab: &Lab, args: &[&str]) -> Output {
 pub fn ferry_as(lab: &Lab, args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = std::process::Command::new(ferry_bin());
     cmd.args(args)
-        .env("FERRY_CONFIG", &lab.trust.config_path)
+        .env(
+            "FERRY_CONFIG",
+            &lab.trust().expect("a secured lab").config_path,
+        )
         .env_remove("FERRY_SERVER")
         .env_remove("FERRY_CA")
         .env_remove("FERRY_TOKEN")
