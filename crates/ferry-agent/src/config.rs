@@ -48,6 +48,10 @@ pub struct AgentConfig {
     /// Directories a VM's kernel, initrd or boot disk may come from, besides the image
     /// cache and the pools (QEMU runs as root: a spec must not name any file on the host).
     pub boot_path_allow: Vec<PathBuf>,
+    /// This host's TLS material for QEMU's own TLS (`ca.crt`, `host.crt`, `host.key`, see
+    /// [`crate::tls_material`]): every migration stream and disk export is then encrypted
+    /// and both ends authenticated. None: insecure development mode, plain TCP.
+    pub tls_dir: Option<PathBuf>,
 }
 
 /// The defaults of the flags behind the capacity settings.
@@ -173,6 +177,7 @@ mod tests {
             cpu_models: None,
             aux_qmp: false,
             boot_path_allow: Vec::new(),
+            tls_dir: None,
         }
     }
 

@@ -174,6 +174,11 @@ pub struct AgentArgs {
     /// Write the bound address to this file once listening.
     #[arg(long)]
     pub ready_file: Option<PathBuf>,
+    /// Tests only, until the cluster CA hands agents their certificates: a directory
+    /// with ca.crt, host.crt and host.key for QEMU's TLS on migration streams and disk
+    /// exports.
+    #[arg(long, hide = true, value_name = "DIR")]
+    pub test_qemu_tls_dir: Option<PathBuf>,
 }
 
 #[derive(Args, Debug, Default, Clone, Copy)]

@@ -74,6 +74,7 @@ pub async fn agent(a: AgentArgs, server_url: &str) -> CliResult {
             .iter()
             .map(|d| absolute(d))
             .collect::<Result<_, _>>()?,
+        tls_dir: a.test_qemu_tls_dir.as_deref().map(absolute).transpose()?,
     };
     config.validate().map_err(CliError::refused)?;
     ferry_agent::run(config).await.map_err(CliError::failed)
