@@ -345,14 +345,13 @@ async fn postcopy_over_tls_survives_a_pause_and_recovers_over_tls() {
         .port();
     let deadline = std::time::Instant::now() + T;
     loop {
-        match dq.migrate_recover_oob(&format!("tcp:127.0.0.1:{port}")).await {
+        match dq
+            .migrate_recover_oob(&format!("tcp:127.0.0.1:{port}"))
+            .await
+        {
             Ok(()) => break,
             // Refused until the destination noticed the pause itself.
-            Err(e) => assert!(
-                std::time::Instant::now() < deadline,
-                "{e}\n{}",
-                dst.log()
-            ),
+            Err(e) => assert!(std::time::Instant::now() < deadline, "{e}\n{}", dst.log()),
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
