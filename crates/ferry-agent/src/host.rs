@@ -21,7 +21,9 @@ use crate::config::AgentConfig;
 use crate::error::AgentError;
 use crate::persist::{PersistedVm, Role};
 use crate::postcopy::PostcopyRecoverable;
+use crate::qemu_tls::{check_same_peer, peer_tls, PeerTls};
 use crate::runtime::{Migratable, QemuVm};
+use crate::tls_material::HostTls;
 
 mod adopt;
 
@@ -44,6 +46,8 @@ pub struct Agent {
     /// accelerator, restricted by `--cpu-models`). Empty if QEMU could not be asked.
     cpu_models: Vec<CpuModelAvailability>,
     probes: crate::probe::ProbeListeners,
+    /// This host's material for QEMU's TLS (`--tls-dir`); None: plain TCP.
+    tls: Option<HostTls>,
 }
 
 impl Agent {
@@ -61,6 +65,17 @@ impl Agent {
         for pool in &config.pools {
             pool.prepare()?;
         }
+        let tls = match &config.tls_dir {
+            Some(dir) => {
+                let tls = HostTls::load(dir, &config.name).map_err(|e| e.to_string())?;
+                tracing::info!(dir = %dir.display(), "migration streams and disk exports use QEMU's TLS");
+                Some(tls)
+            }
+            None => {
+                tracing::warn!("no TLS material: migration streams and disk exports are plain TCP");
+                None
+            }
+        };
         let facts = host_facts();
         let accel = decide_accel(&facts);
         let mut agent = Agent {
@@ -71,6 +86,7 @@ impl Agent {
             unadopted: Arc::new(Mutex::new(HashMap::new())),
             cpu_models: Vec::new(),
             probes: crate::probe::ProbeListeners::default(),
+            tls,
             config,
         };
         agent.adopt_running().await;
@@ -624,6 +640,7 @@ impl Agent {
         req: &IncomingRequest,
     ) -> Result<IncomingResponse, AgentError> {
         req.spec.validate()?;
+        let tls = peer_tls(self.tls.as_ref(), req.peer_host.as_deref(), "incoming")?;
         let created = self.create_copy_targets(req)?;
         let vm = match self
             .launch_inner(&req.spec, Role::Incoming, created.clone())
@@ -638,7 +655,10 @@ impl Agent {
                 return Err(e);
             }
         };
-        match self.listen_and_export(&vm, &created, &req.stream).await {
+        match self
+            .listen_and_export(&vm, &created, &req.stream, tls)
+            .await
+        {
             Ok(resp) => Ok(resp),
             Err(e) => {
                 let _ = self.remove(&vm.name).await;
@@ -688,17 +708,20 @@ impl Agent {
         vm: &Arc<QemuVm>,
         created: &[usize],
         stream: &ferry_api::StreamSettings,
+        tls: Option<PeerTls<'_>>,
     ) -> Result<IncomingResponse, AgentError> {
         let port = vm
             .listen_incoming(
                 self.config.migration_address,
                 self.config.migration_port,
                 stream,
+                tls,
             )
             .await?;
         let listen = std::net::SocketAddr::new(self.config.migration_address, port);
         let advertised_ip = self.config.advertised_migration_address();
         let advertised = std::net::SocketAddr::new(advertised_ip, port);
+        let mut disk_export_names = Vec::new();
         let disk_export = if created.is_empty() {
             None
         } else {
@@ -706,9 +729,10 @@ impl Agent {
             let fixed = (self.config.migration_port != 0)
                 .then(|| self.config.migration_port.checked_add(1))
                 .flatten();
-            let nbd = vm
-                .export_disks(self.config.migration_address, fixed, created)
+            let (nbd, names) = vm
+                .export_disks(self.config.migration_address, fixed, created, tls)
                 .await?;
+            disk_export_names = names;
             vm.release_after_stream();
             Some(std::net::SocketAddr::new(advertised_ip, nbd).to_string())
         };
@@ -717,6 +741,7 @@ impl Agent {
             listen: listen.to_string(),
             advertised: advertised.to_string(),
             disk_export,
+            disk_export_names,
         })
     }
 
@@ -742,6 +767,7 @@ impl Agent {
             )));
         }
         let export = crate::targets::disk_export(&req.export)?;
+        let tls = peer_tls(self.tls.as_ref(), req.peer_host.as_deref(), "disk copy")?;
         if req.disks.is_empty() {
             return Err(AgentError::bad_request("no disks to copy"));
         }
@@ -757,7 +783,9 @@ impl Agent {
             &export.ip().to_string(),
             export.port(),
             &req.disks,
+            &req.export_names,
             req.max_bandwidth_bytes,
+            tls,
         )
         .await?;
         tracing::info!(vm = %name, export = %req.export, disks = ?req.disks, "disk copy started");
@@ -775,6 +803,7 @@ impl Agent {
             uri: crate::targets::migration_uri(&req.uri)?,
             ..req.clone()
         };
+        let tls = peer_tls(self.tls.as_ref(), req.peer_host.as_deref(), "migration")?;
         let vm = self.find(name).await?;
         let _op = vm.op_lock.lock().await;
         if !vm.is_running_process() {
@@ -788,7 +817,7 @@ impl Agent {
                 "VM '{name}' is already migrating"
             )));
         }
-        vm.send(req).await?;
+        vm.send(req, tls).await?;
         tracing::info!(vm = %name, uri = %req.uri, "outgoing migration started");
         vm.migration_status().await
     }
@@ -822,8 +851,15 @@ impl Agent {
 
     /// Destination, post-copy paused: listen for the source again on the migration
     /// address (the fixed migration port when one is configured).
-    pub async fn recover_incoming(&self, name: &str) -> Result<IncomingResponse, AgentError> {
+    pub async fn recover_incoming(
+        &self,
+        name: &str,
+        req: &ferry_api::RecoverRequest,
+    ) -> Result<IncomingResponse, AgentError> {
+        let tls = peer_tls(self.tls.as_ref(), req.peer_host.as_deref(), "recovery")?;
         let vm = self.find(name).await?;
+        // QEMU re-listens with the TLS parameters the migration started with.
+        check_same_peer(vm.record().tls_peer.as_deref(), tls, name)?;
         let port = vm
             .recover_incoming(self.config.migration_address, self.config.migration_port)
             .await?;
@@ -835,6 +871,7 @@ impl Agent {
             listen: listen.to_string(),
             advertised: advertised.to_string(),
             disk_export: None,
+            disk_export_names: Vec::new(),
         })
     }
 
@@ -845,8 +882,10 @@ impl Agent {
         req: &ferry_api::ResumeRequest,
     ) -> Result<AgentMigrationStatus, AgentError> {
         let target = crate::targets::migration_uri(&req.uri)?;
+        let tls = peer_tls(self.tls.as_ref(), req.peer_host.as_deref(), "resume")?;
         let vm = self.find(name).await?;
         let _op = vm.op_lock.lock().await;
+        check_same_peer(vm.record().tls_peer.as_deref(), tls, name)?;
         vm.resume_outgoing(&target).await?;
         tracing::info!(vm = %name, %target, "post-copy resumed towards the destination");
         vm.migration_status().await

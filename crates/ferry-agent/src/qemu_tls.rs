@@ -203,6 +203,27 @@ impl PeerTls<'_> {
     }
 }
 
+/// The TLS of a request that names `peer`: None on an agent without TLS material (plain
+/// TCP, development mode); an agent with it refuses a request that names no peer. A named
+/// peer must be a valid host name either way.
+pub fn peer_tls<'a>(
+    local: Option<&'a HostTls>,
+    peer: Option<&'a str>,
+    what: &str,
+) -> Result<Option<PeerTls<'a>>, AgentError> {
+    if let Some(p) = peer {
+        ferry_api::validate_name("peer host", p)?;
+    }
+    match (local, peer) {
+        (None, _) => Ok(None),
+        (Some(local), Some(peer)) => Ok(Some(PeerTls { local, peer })),
+        (Some(_), None) => Err(AgentError::bad_request(format!(
+            "{what}: this host runs migrations over QEMU's TLS and must be told the peer \
+             host (peer_host)"
+        ))),
+    }
+}
+
 /// Post-copy recovery and resume re-open the stream with the TLS parameters the migration
 /// started with (QEMU keeps them): check the request names the same peer, from the VM's
 /// record (no QMP: a stuck destination's in-band monitor may not answer).
@@ -261,6 +282,23 @@ mod tests {
             dir.path.clone()
         };
         assert!(!path.exists(), "removed on drop");
+    }
+
+    #[test]
+    fn with_tls_material_every_request_must_name_a_valid_peer() {
+        let local = material();
+        assert!(peer_tls(None, None, "x").unwrap().is_none(), "plain TCP");
+        assert!(peer_tls(None, Some("b"), "x").unwrap().is_none());
+        let t = peer_tls(Some(&local), Some("b"), "x").unwrap().unwrap();
+        assert_eq!(t.peer_dn(), "CN=b.host.ferry");
+        assert_eq!(t.peer_hostname(), "b.host.ferry");
+        let e = peer_tls(Some(&local), None, "incoming").unwrap_err();
+        assert!(matches!(e, AgentError::BadRequest(_)), "{e}");
+        assert!(e.to_string().contains("peer_host"), "{e}");
+        for bad in ["", "b,c", "../b", "b host"] {
+            assert!(peer_tls(Some(&local), Some(bad), "x").is_err(), "{bad:?}");
+            assert!(peer_tls(None, Some(bad), "x").is_err(), "{bad:?}");
+        }
     }
 
     #[test]
