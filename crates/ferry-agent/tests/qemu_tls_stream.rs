@@ -384,3 +384,55 @@ async fn postcopy_over_tls_survives_a_pause_and_recovers_over_tls() {
         "guest memory readable after recovery"
     );
 }
+
+/// A measurement, not a timed assertion (`cargo test -p ferry-agent --test qemu_tls_stream
+/// tls_cost -- --ignored --nocapture`): a 512 MiB guest with 256 MiB of random pages,
+/// loopback, plain vs TLS, one stream vs four; prints QEMU's total time and throughput.
+#[tokio::test]
+#[ignore]
+async fn tls_cost_on_loopback() {
+    let w = World::new();
+    let pattern = w.tmp.path().join("big.bin");
+    write_big_pattern(&pattern, 256 << 20);
+    for streams in [1u64, 4] {
+        for tls in [false, true] {
+            let name = format!("cost-{streams}-{tls}");
+            let (_src, sq) = guest_big(&format!("{name}-a"), false, 512, &pattern).await;
+            let (_dst, dq) = guest_big(&format!("{name}-b"), true, 512, &pattern).await;
+            if streams > 1 {
+                for q in [&sq, &dq] {
+                    q.migrate_set_capabilities(&[("multifd", true)])
+                        .await
+                        .unwrap();
+                    q.migrate_set_parameters(&MigrationParameters {
+                        multifd_channels: Some(streams),
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap();
+                }
+            }
+            let b_from_a = PeerTls {
+                local: &w.b,
+                peer: "a",
+            };
+            let a_to_b = PeerTls {
+                local: &w.a,
+                peer: "b",
+            };
+            let port = listen(&dq, tls.then_some(b_from_a), &w.scratch(&name)).await;
+            send(&sq, tls.then_some(a_to_b), &w.scratch(&name), port).await;
+            let info = wait_status(&sq, &[MigrationStatus::Completed]).await;
+            let ram = info.ram.clone().unwrap_or_default();
+            eprintln!(
+                "streams={streams} tls={tls}: total {:?} ms, downtime {:?} ms, {} MiB sent, {:.0} Mbit/s",
+                info.total_time,
+                info.downtime,
+                ram.transferred >> 20,
+                ram.mbps
+            );
+            let _ = sq.quit().await;
+            let _ = dq.quit().await;
+        }
+    }
+}

@@ -183,3 +183,41 @@ pub async fn wait_running(qmp: &QmpClient) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A `mem_mib` guest with `pattern` (any size) loaded at 16 MiB: for measurements.
+pub async fn guest_big(
+    name: &str,
+    incoming: bool,
+    mem_mib: u32,
+    pattern: &Path,
+) -> (Qemu, QmpClient) {
+    let loader = format!(
+        "loader,file={},addr={PATTERN_ADDR},force-raw=on",
+        pattern.display()
+    );
+    let mem = mem_mib.to_string();
+    let mut args = vec!["-machine", "pc", "-m", &mem, "-device", &loader];
+    if incoming {
+        args.extend(["-incoming", "defer"]);
+    }
+    let mut q = Qemu::spawn(name, &args);
+    let qmp = q.connect().await;
+    qmp.migrate_set_capabilities(&[("events", true)])
+        .await
+        .expect("events capability");
+    (q, qmp)
+}
+
+/// `bytes` of non-zero, non-repeating pages (no page is a zero page or a duplicate).
+pub fn write_big_pattern(path: &Path, bytes: usize) {
+    let mut data = Vec::with_capacity(bytes);
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    while data.len() < bytes {
+        // xorshift: cheap, and nothing a compressor or zero-page check could shortcut.
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        data.extend_from_slice(&x.to_le_bytes());
+    }
+    std::fs::write(path, data).expect("pattern file");
+}
