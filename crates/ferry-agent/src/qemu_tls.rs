@@ -96,12 +96,14 @@ impl Drop for CredsDir {
 
 /// A QEMU error during TLS set-up: QEMU's reason, said as a refusal to go on without TLS.
 fn tls_err(command: &str, e: ferry_qmp::QmpError) -> AgentError {
-    let e = qmp_err(command, e);
-    AgentError::Qmp {
-        command: command.to_string(),
-        reason: format!(
-            "{e}; QEMU's TLS cannot be set up, and Ferry does not fall back to plain TCP"
-        ),
+    match qmp_err(command, e) {
+        AgentError::Qmp { command, reason } => AgentError::Qmp {
+            command,
+            reason: format!(
+                "{reason}; QEMU's TLS cannot be set up, and Ferry does not fall back to plain TCP"
+            ),
+        },
+        gone => gone,
     }
 }
 

@@ -243,6 +243,37 @@ async fn a_valid_certificate_of_the_wrong_host_is_refused_both_ways() {
     );
 }
 
+/// TLS on one side only never becomes plain TCP: both ways the migration fails and the
+/// source keeps its guest.
+#[tokio::test]
+async fn one_side_with_tls_never_falls_back_to_plain_tcp() {
+    let w = World::new();
+    for source_has_tls in [true, false] {
+        let name = format!("half-{source_has_tls}");
+        let (_src, sq) = guest(&w, &format!("{name}-a"), false, &[]).await;
+        let (_dst, dq) = guest(&w, &format!("{name}-b"), true, &[]).await;
+        let dst_tls = (!source_has_tls).then_some(PeerTls {
+            local: &w.b,
+            peer: "a",
+        });
+        let src_tls = source_has_tls.then_some(PeerTls {
+            local: &w.a,
+            peer: "b",
+        });
+        let port = listen(&dq, dst_tls, &w.scratch(&format!("{name}-b"))).await;
+        send(&sq, src_tls, &w.scratch(&format!("{name}-a")), port).await;
+        let failed = wait_status(&sq, &[MigrationStatus::Failed]).await;
+        assert!(failed.error_desc.is_some(), "{failed:?}");
+        assert_eq!(
+            sq.query_status().await.unwrap().status,
+            RunState::Running,
+            "source with TLS: {source_has_tls}"
+        );
+        let d = dq.query_migrate().await.unwrap();
+        assert_ne!(d.status, Some(MigrationStatus::Completed), "{d:?}");
+    }
+}
+
 #[tokio::test]
 async fn multifd_over_tls_completes_and_hides_the_pages() {
     let w = World::new();
