@@ -34,6 +34,9 @@ pub struct LabConfig {
     /// Extra arguments for `ferry server` (e.g. the hidden `--test-hold-at` flags of the
     /// fault tests, or `--recovery-bound-s 20`); kept on a restart.
     pub server_args: Vec<String>,
+    /// Extra arguments per agent (host name -> arguments, e.g. the hidden
+    /// `--test-qemu-tls-dir`); kept on a restart.
+    pub agent_args: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 impl LabConfig {
@@ -46,6 +49,7 @@ impl LabConfig {
             log_filter: "info".into(),
             pools: false,
             server_args: Vec::new(),
+            agent_args: Default::default(),
         }
     }
 }
@@ -143,6 +147,9 @@ impl Lab {
                 args.push(format!("local={}", state.join("pool-local").display()));
                 args.push("--pool".into());
                 args.push(format!("shared={}:shared", shared.display()));
+            }
+            if let Some(extra) = cfg.agent_args.get(host) {
+                args.extend(extra.iter().cloned());
             }
             lab.agent_args.insert(host.clone(), args.clone());
             lab.spawn(&cfg, &format!("agent-{host}"), &args)?;
