@@ -17,7 +17,8 @@
 //! POST   /v1/vms/{name}/migration/reclaim   VmRuntime (source whose migration completed
 //!                                           resumes: the destination is proven not to hold it)
 //! POST   /v1/vms/{name}/migration/pause     AgentMigrationStatus (post-copy, either side)
-//! POST   /v1/vms/{name}/migration/recover   IncomingResponse (destination, post-copy paused)
+//! POST   /v1/vms/{name}/migration/recover   RecoverRequest -> IncomingResponse (destination,
+//!                                           post-copy paused)
 //! POST   /v1/vms/{name}/migration/resume    ResumeRequest -> AgentMigrationStatus (source)
 //! POST   /v1/vms/{name}/migration/handover  source QEMU shut down after completion
 //! POST   /v1/vms/{name}/announce            QEMU self-announce (RARP from every NIC)
@@ -258,8 +259,12 @@ async fn pause_postcopy(
     Ok(Json(a.pause_postcopy(&name).await?))
 }
 
-async fn recover_incoming(State(a): Shared, Path(name): Path<String>) -> Answer<IncomingResponse> {
-    Ok(Json(a.recover_incoming(&name).await?))
+async fn recover_incoming(
+    State(a): Shared,
+    Path(name): Path<String>,
+    ApiJson(req): ApiJson<ferry_api::RecoverRequest>,
+) -> Answer<IncomingResponse> {
+    Ok(Json(a.recover_incoming(&name, &req).await?))
 }
 
 async fn resume_outgoing(

@@ -48,8 +48,10 @@ pub struct AgentConfig {
     /// Directories a VM's kernel, initrd or boot disk may come from, besides the image
     /// cache and the pools (QEMU runs as root: a spec must not name any file on the host).
     pub boot_path_allow: Vec<PathBuf>,
-    /// Where the host's TLS material lives (`ca.crt`, `host.crt`, `host.key`); None runs
-    /// the agent with `--insecure` (plain HTTP, anyone may call it; development only).
+    /// Where the host's TLS material lives (`ca.crt`, `host.crt`, `host.key`): the agent's
+    /// API and its calls to the server use it (mTLS), and so does QEMU's own TLS for every
+    /// migration stream and disk export (see [`crate::tls_material`]). None runs the agent
+    /// with `--insecure` (plain HTTP and plain TCP; anyone may call it; development only).
     pub tls_dir: Option<PathBuf>,
     /// A join token (`ferry host join-token`), used once when `tls_dir` has no certificate.
     pub join_token: Option<String>,

@@ -24,12 +24,18 @@ use ferry_qmp::{BlockJobInfo, MigrationStatus, MirrorArgs, QmpClient, QmpEvent};
 use tokio::sync::broadcast;
 
 use crate::error::AgentError;
+use crate::qemu_tls::PeerTls;
 use crate::runtime::{qmp_err, QemuVm};
 
-/// The guest's format node of data disk `i` (fixed by the command line), also the name
-/// it is exported under.
-pub fn export_name(i: usize) -> String {
+/// The guest's format node of data disk `i` (fixed by the command line).
+pub fn disk_node(i: usize) -> String {
     format!("disk{i}")
+}
+
+/// A fresh export name: random per migration, so nothing about the VM or its disks can be
+/// guessed from it (and a name from an earlier migration never reaches this one's export).
+fn random_export_name() -> String {
+    format!("ferry-{}", uuid::Uuid::new_v4().simple())
 }
 
 /// The source's NBD client node for disk `i`, and the id of the mirror job writing to it.
@@ -75,49 +81,61 @@ impl QemuVm {
 
     /// Destination: serve `disks` over NBD on `address` (the migration network), writable,
     /// on `fixed_port` if the host has fixed ports (NAT/relay forwarding), else any free
-    /// port. Returns the port.
+    /// port; over QEMU's TLS admitting only the peer when `tls` is given. Returns the port
+    /// and each disk's export name (random, in `disks` order).
     pub async fn export_disks(
         &self,
         address: IpAddr,
         fixed_port: Option<u16>,
         disks: &[usize],
-    ) -> Result<u16, AgentError> {
+        tls: Option<PeerTls<'_>>,
+    ) -> Result<(u16, Vec<String>), AgentError> {
         let host = address.to_string();
-        if let Some(port) = fixed_port {
-            self.qmp
-                .nbd_server_start(&host, port)
-                .await
-                .map_err(|e| qmp_err("nbd-server-start", e))?;
-            self.add_exports(disks).await?;
-            return Ok(port);
-        }
-        let mut attempt = 0;
-        let port = loop {
-            attempt += 1;
-            let port = free_port(address)?;
-            match self.qmp.nbd_server_start(&host, port).await {
-                Ok(()) => break port,
-                Err(e) if attempt >= 5 => return Err(qmp_err("nbd-server-start", e)),
-                Err(_) => continue,
+        let tls = match tls {
+            Some(t) => Some(t.nbd_server(&self.qmp, &self.dir).await?),
+            None => None,
+        };
+        let start = |port| self.qmp.nbd_server_start_with(&host, port, tls.as_ref());
+        let port = match fixed_port {
+            Some(port) => {
+                start(port)
+                    .await
+                    .map_err(|e| qmp_err("nbd-server-start", e))?;
+                port
+            }
+            None => {
+                let mut attempt = 0;
+                loop {
+                    attempt += 1;
+                    let port = free_port(address)?;
+                    match start(port).await {
+                        Ok(()) => break port,
+                        Err(e) if attempt >= 5 => return Err(qmp_err("nbd-server-start", e)),
+                        Err(_) => continue,
+                    }
+                }
             }
         };
-        self.add_exports(disks).await?;
-        Ok(port)
+        let names = self.add_exports(disks).await?;
+        Ok((port, names))
     }
 
-    async fn add_exports(&self, disks: &[usize]) -> Result<(), AgentError> {
+    async fn add_exports(&self, disks: &[usize]) -> Result<Vec<String>, AgentError> {
+        let mut names = Vec::new();
         for &i in disks {
+            let name = random_export_name();
             self.qmp
                 .block_export_add_nbd(
-                    &format!("export-{}", export_name(i)),
-                    &export_name(i),
-                    &export_name(i),
+                    &format!("export-{}", disk_node(i)),
+                    &disk_node(i),
+                    &name,
                     true,
                 )
                 .await
                 .map_err(|e| qmp_err("block-export-add", e))?;
+            names.push(name);
         }
-        Ok(())
+        Ok(names)
     }
 
     /// Destination: once the stream completed, drop the exports (they hold write access
@@ -149,15 +167,29 @@ impl QemuVm {
         });
     }
 
-    /// Source: mirror `disks` into the destination's NBD server at `host`:`port`.
+    /// Source: mirror `disks` into the destination's NBD server at `host`:`port`, each to
+    /// its export in `names`, over QEMU's TLS to the peer only when `tls` is given.
     /// `speed`: bytes/s per disk, 0 = unlimited. On any failure nothing stays behind.
     pub async fn start_copies(
         &self,
         host: &str,
         port: u16,
         disks: &[usize],
+        names: &[String],
         speed: u64,
+        tls: Option<PeerTls<'_>>,
     ) -> Result<(), AgentError> {
+        if names.len() != disks.len() {
+            return Err(AgentError::bad_request(format!(
+                "{} disks to copy but {} export names",
+                disks.len(),
+                names.len()
+            )));
+        }
+        let tls = match tls {
+            Some(t) => Some(t.nbd_client(&self.qmp, &self.dir).await?),
+            None => None,
+        };
         *self.copy_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
         *self.disk_progress.lock().unwrap_or_else(|p| p.into_inner()) = disks
             .iter()
@@ -169,11 +201,11 @@ impl QemuVm {
             .collect();
         // Recorded first, so an abort (or a restarted agent) knows what to undo.
         self.update_record(|r| r.copying_disks = disks.to_vec())?;
-        for &i in disks {
+        for (&i, name) in disks.iter().zip(names) {
             let label = self.disk_label(i);
             if let Err(e) = self
                 .qmp
-                .blockdev_add_nbd(&copy_node(i), host, port, &export_name(i))
+                .blockdev_add_nbd_with(&copy_node(i), host, port, name, tls.as_ref())
                 .await
             {
                 self.abort_copies().await;
@@ -183,7 +215,7 @@ impl QemuVm {
             }
             let args = MirrorArgs::full(
                 &copy_node(i),
-                &export_name(i),
+                &disk_node(i),
                 &copy_node(i),
                 (speed > 0).then_some(speed),
             )

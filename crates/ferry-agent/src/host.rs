@@ -21,7 +21,9 @@ use crate::config::AgentConfig;
 use crate::error::AgentError;
 use crate::persist::{PersistedVm, Role};
 use crate::postcopy::PostcopyRecoverable;
+use crate::qemu_tls::{check_same_peer, peer_tls, PeerTls};
 use crate::runtime::{Migratable, QemuVm};
+use crate::tls_material::HostTls;
 
 mod adopt;
 
@@ -46,6 +48,10 @@ pub struct Agent {
     probes: crate::probe::ProbeListeners,
     /// The host's certificate; None with `--insecure`.
     pub identity: Option<Arc<crate::identity::HostIdentity>>,
+    /// Whether this host's migrations use QEMU's TLS (material in `config.tls_dir`, checked
+    /// at start); None: plain TCP. Each migration reads the files again
+    /// ([`Agent::host_tls`]), so a renewed certificate is used from the next one on.
+    tls: Option<HostTls>,
 }
 
 impl Agent {
@@ -70,6 +76,17 @@ impl Agent {
         for pool in &config.pools {
             pool.prepare()?;
         }
+        let tls = match &config.tls_dir {
+            Some(dir) => {
+                let tls = HostTls::load(dir, &config.name).map_err(|e| e.to_string())?;
+                tracing::info!(dir = %dir.display(), "migration streams and disk exports use QEMU's TLS");
+                Some(tls)
+            }
+            None => {
+                tracing::warn!("no TLS material: migration streams and disk exports are plain TCP");
+                None
+            }
+        };
         let facts = host_facts();
         let accel = decide_accel(&facts);
         let mut agent = Agent {
@@ -81,6 +98,7 @@ impl Agent {
             cpu_models: Vec::new(),
             probes: crate::probe::ProbeListeners::default(),
             identity,
+            tls,
             config,
         };
         agent.adopt_running().await;
@@ -629,11 +647,24 @@ impl Agent {
     /// With `copy_disks`, first creates those disks empty in this host's pools (refusing to
     /// overwrite an existing image), then exports them over NBD on the migration address
     /// for the source to copy into.
+    /// The host's TLS material as it is now on disk (renewals replace it), for QEMU's TLS;
+    /// None when the agent runs without TLS.
+    fn host_tls(&self) -> Result<Option<HostTls>, AgentError> {
+        match (&self.tls, &self.config.tls_dir) {
+            (Some(_), Some(dir)) => HostTls::load(dir, &self.config.name)
+                .map(Some)
+                .map_err(|e| AgentError::Internal(format!("host TLS material: {e}"))),
+            _ => Ok(None),
+        }
+    }
+
     pub async fn prepare_incoming(
         &self,
         req: &IncomingRequest,
     ) -> Result<IncomingResponse, AgentError> {
         req.spec.validate()?;
+        let local = self.host_tls()?;
+        let tls = peer_tls(local.as_ref(), req.peer_host.as_deref(), "incoming")?;
         let created = self.create_copy_targets(req)?;
         let vm = match self
             .launch_inner(&req.spec, Role::Incoming, created.clone())
@@ -648,7 +679,10 @@ impl Agent {
                 return Err(e);
             }
         };
-        match self.listen_and_export(&vm, &created, &req.stream).await {
+        match self
+            .listen_and_export(&vm, &created, &req.stream, tls)
+            .await
+        {
             Ok(resp) => Ok(resp),
             Err(e) => {
                 let _ = self.remove(&vm.name).await;
@@ -698,17 +732,20 @@ impl Agent {
         vm: &Arc<QemuVm>,
         created: &[usize],
         stream: &ferry_api::StreamSettings,
+        tls: Option<PeerTls<'_>>,
     ) -> Result<IncomingResponse, AgentError> {
         let port = vm
             .listen_incoming(
                 self.config.migration_address,
                 self.config.migration_port,
                 stream,
+                tls,
             )
             .await?;
         let listen = std::net::SocketAddr::new(self.config.migration_address, port);
         let advertised_ip = self.config.advertised_migration_address();
         let advertised = std::net::SocketAddr::new(advertised_ip, port);
+        let mut disk_export_names = Vec::new();
         let disk_export = if created.is_empty() {
             None
         } else {
@@ -716,9 +753,10 @@ impl Agent {
             let fixed = (self.config.migration_port != 0)
                 .then(|| self.config.migration_port.checked_add(1))
                 .flatten();
-            let nbd = vm
-                .export_disks(self.config.migration_address, fixed, created)
+            let (nbd, names) = vm
+                .export_disks(self.config.migration_address, fixed, created, tls)
                 .await?;
+            disk_export_names = names;
             vm.release_after_stream();
             Some(std::net::SocketAddr::new(advertised_ip, nbd).to_string())
         };
@@ -727,6 +765,7 @@ impl Agent {
             listen: listen.to_string(),
             advertised: advertised.to_string(),
             disk_export,
+            disk_export_names,
         })
     }
 
@@ -752,6 +791,8 @@ impl Agent {
             )));
         }
         let export = crate::targets::disk_export(&req.export)?;
+        let local = self.host_tls()?;
+        let tls = peer_tls(local.as_ref(), req.peer_host.as_deref(), "disk copy")?;
         if req.disks.is_empty() {
             return Err(AgentError::bad_request("no disks to copy"));
         }
@@ -767,7 +808,9 @@ impl Agent {
             &export.ip().to_string(),
             export.port(),
             &req.disks,
+            &req.export_names,
             req.max_bandwidth_bytes,
+            tls,
         )
         .await?;
         tracing::info!(vm = %name, export = %req.export, disks = ?req.disks, "disk copy started");
@@ -785,6 +828,8 @@ impl Agent {
             uri: crate::targets::migration_uri(&req.uri)?,
             ..req.clone()
         };
+        let local = self.host_tls()?;
+        let tls = peer_tls(local.as_ref(), req.peer_host.as_deref(), "migration")?;
         let vm = self.find(name).await?;
         let _op = vm.op_lock.lock().await;
         if !vm.is_running_process() {
@@ -798,7 +843,7 @@ impl Agent {
                 "VM '{name}' is already migrating"
             )));
         }
-        vm.send(req).await?;
+        vm.send(req, tls).await?;
         tracing::info!(vm = %name, uri = %req.uri, "outgoing migration started");
         vm.migration_status().await
     }
@@ -832,8 +877,16 @@ impl Agent {
 
     /// Destination, post-copy paused: listen for the source again on the migration
     /// address (the fixed migration port when one is configured).
-    pub async fn recover_incoming(&self, name: &str) -> Result<IncomingResponse, AgentError> {
+    pub async fn recover_incoming(
+        &self,
+        name: &str,
+        req: &ferry_api::RecoverRequest,
+    ) -> Result<IncomingResponse, AgentError> {
+        let local = self.host_tls()?;
+        let tls = peer_tls(local.as_ref(), req.peer_host.as_deref(), "recovery")?;
         let vm = self.find(name).await?;
+        // QEMU re-listens with the TLS parameters the migration started with.
+        check_same_peer(vm.record().tls_peer.as_deref(), tls, name)?;
         let port = vm
             .recover_incoming(self.config.migration_address, self.config.migration_port)
             .await?;
@@ -845,6 +898,7 @@ impl Agent {
             listen: listen.to_string(),
             advertised: advertised.to_string(),
             disk_export: None,
+            disk_export_names: Vec::new(),
         })
     }
 
@@ -855,8 +909,11 @@ impl Agent {
         req: &ferry_api::ResumeRequest,
     ) -> Result<AgentMigrationStatus, AgentError> {
         let target = crate::targets::migration_uri(&req.uri)?;
+        let local = self.host_tls()?;
+        let tls = peer_tls(local.as_ref(), req.peer_host.as_deref(), "resume")?;
         let vm = self.find(name).await?;
         let _op = vm.op_lock.lock().await;
+        check_same_peer(vm.record().tls_peer.as_deref(), tls, name)?;
         vm.resume_outgoing(&target).await?;
         tracing::info!(vm = %name, %target, "post-copy resumed towards the destination");
         vm.migration_status().await

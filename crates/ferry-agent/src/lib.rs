@@ -11,7 +11,8 @@
 //! (registration with the server), [`inventory`] (what the host offers), [`probe`] (the
 //! reachability and bandwidth probe of the pre-migration checks), [`error`] (the agent's
 //! failures, turned into API errors only in [`api`]), [`postcopy`] (pausing and
-//! resuming a post-copy migration across a broken link).
+//! resuming a post-copy migration across a broken link), [`tls_material`] and [`qemu_tls`]
+//! (QEMU's own TLS for the migration stream and the NBD disk export).
 
 pub mod api;
 pub mod boot_paths;
@@ -28,9 +29,11 @@ pub mod net;
 pub mod persist;
 pub mod postcopy;
 pub mod probe;
+pub mod qemu_tls;
 pub mod runtime;
 pub mod storage;
 pub mod targets;
+pub mod tls_material;
 
 pub use config::AgentConfig;
 pub use host::Agent;

@@ -55,6 +55,11 @@ pub struct PersistedVm {
     /// record written before they were recorded.
     #[serde(default)]
     pub files: Option<QemuFiles>,
+    /// The host at the other end of this QEMU's current (or last) migration when it runs
+    /// over QEMU's TLS: a post-copy recovery or resume must name the same peer. None: no
+    /// TLS (an agent without TLS material, or a record written before TLS existed).
+    #[serde(default)]
+    pub tls_peer: Option<String>,
 }
 
 /// Where a QEMU's monitors, pidfile and console are, as it was started.
@@ -93,6 +98,7 @@ impl PersistedVm {
             aux_qmp: false,
             taps: Vec::new(),
             files: None,
+            tls_peer: None,
         }
     }
 

@@ -22,6 +22,7 @@ use tokio::sync::watch;
 
 use crate::error::AgentError;
 use crate::persist::{PersistedVm, QemuFiles, Role};
+use crate::qemu_tls::PeerTls;
 
 /// How long QEMU gets to open its QMP socket after start.
 const QMP_CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
@@ -39,16 +40,19 @@ pub trait Pausable {
 /// Either side of a live migration.
 #[allow(async_fn_in_trait)]
 pub trait Migratable {
-    /// Destination: set up the stream as the source will (`stream`), then listen on
-    /// `address`:`port` (0: QEMU picks a free port); returns the port it listens on.
+    /// Destination: set up the stream as the source will (`stream`), over QEMU's TLS
+    /// admitting only the peer when `tls` is given, then listen on `address`:`port` (0:
+    /// QEMU picks a free port); returns the port it listens on.
     async fn listen_incoming(
         &self,
         address: IpAddr,
         port: u16,
         stream: &StreamSettings,
+        tls: Option<PeerTls<'_>>,
     ) -> Result<u16, AgentError>;
-    /// Source: start sending.
-    async fn send(&self, req: &OutgoingRequest) -> Result<(), AgentError>;
+    /// Source: start sending (over QEMU's TLS, to the peer only, when `tls` is given).
+    async fn send(&self, req: &OutgoingRequest, tls: Option<PeerTls<'_>>)
+        -> Result<(), AgentError>;
     /// Either side: where the migration is.
     async fn migration_status(&self) -> Result<AgentMigrationStatus, AgentError>;
     /// Source: stop sending and make sure the guest runs here.
@@ -495,6 +499,22 @@ impl QemuVm {
             .map_err(|e| qmp_err("migrate-set-parameters", e))
     }
 
+    /// QEMU's TLS on this side of the stream (nothing without `tls`), and the peer in the
+    /// record: a post-copy recovery must name the same one.
+    async fn secure_stream(
+        &self,
+        tls: Option<PeerTls<'_>>,
+        incoming: bool,
+    ) -> Result<(), AgentError> {
+        if let Some(t) = tls {
+            match incoming {
+                true => t.secure_incoming(&self.qmp, &self.dir).await?,
+                false => t.secure_outgoing(&self.qmp, &self.dir).await?,
+            }
+        }
+        self.update_record(|r| r.tls_peer = tls.map(|t| t.peer.to_string()))
+    }
+
     /// Source: the controller's live changes.
     pub async fn tune(&self, req: &TuneRequest) -> Result<(), AgentError> {
         if let Some(p) = req.throttle_pct {
@@ -570,8 +590,10 @@ impl Migratable for QemuVm {
         address: IpAddr,
         port: u16,
         stream: &StreamSettings,
+        tls: Option<PeerTls<'_>>,
     ) -> Result<u16, AgentError> {
         self.set_up_stream(stream, false).await?;
+        self.secure_stream(tls, true).await?;
         let host = match address {
             IpAddr::V4(a) => a.to_string(),
             IpAddr::V6(a) => format!("[{a}]"),
@@ -590,7 +612,11 @@ impl Migratable for QemuVm {
         })
     }
 
-    async fn send(&self, req: &OutgoingRequest) -> Result<(), AgentError> {
+    async fn send(
+        &self,
+        req: &OutgoingRequest,
+        tls: Option<PeerTls<'_>>,
+    ) -> Result<(), AgentError> {
         // With disks being copied, QEMU pauses before the switch so the copies can finish
         // while the vCPUs are stopped (see `disk_copy`). Set either way: capabilities
         // outlive a migration inside QEMU.
@@ -599,6 +625,7 @@ impl Migratable for QemuVm {
             self.check_disks_in_sync().await?;
         }
         self.set_up_stream(&req.stream, copying).await?;
+        self.secure_stream(tls, false).await?;
         let params = MigrationParameters {
             // QEMU's default cap is 128 MiB/s, which would throttle every migration on a
             // fast link; 0 disables QEMU's rate limit (RATE_LIMIT_DISABLED).

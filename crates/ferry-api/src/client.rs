@@ -627,9 +627,13 @@ impl AgentClient {
             .await
     }
     /// Destination, post-copy paused: listen again on the migration address.
-    pub async fn recover_incoming(&self, name: &str) -> Result<IncomingResponse, ClientError> {
+    pub async fn recover_incoming(
+        &self,
+        name: &str,
+        req: &RecoverRequest,
+    ) -> Result<IncomingResponse, ClientError> {
         self.http
-            .post(&format!("/v1/vms/{}/migration/recover", seg(name)), &())
+            .post(&format!("/v1/vms/{}/migration/recover", seg(name)), req)
             .await
     }
     /// Source, post-copy paused: reconnect to the destination's recovery listener.

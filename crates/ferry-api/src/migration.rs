@@ -219,6 +219,10 @@ pub struct IncomingRequest {
     /// Capabilities and parameters that must match the source's.
     #[serde(default)]
     pub stream: crate::StreamSettings,
+    /// The source host. An agent with TLS material needs it: QEMU
+    /// then admits (or talks to) only that host's certificate.
+    #[serde(default)]
+    pub peer_host: Option<String>,
 }
 
 /// One disk the destination creates and exports for a storage copy.
@@ -241,6 +245,10 @@ pub struct IncomingResponse {
     /// source must reach it (on the migration network).
     #[serde(default)]
     pub disk_export: Option<String>,
+    /// With `copy_disks`: the export name of each target, in `copy_disks` order (random
+    /// per migration, never the VM's or the disk's name).
+    #[serde(default)]
+    pub disk_export_names: Vec<String>,
 }
 
 /// Source, post-copy paused: reconnect to the destination's recovery listener
@@ -250,6 +258,21 @@ pub struct IncomingResponse {
 pub struct ResumeRequest {
     /// `tcp:ADDR:PORT`, as the destination's recover answer advertised it.
     pub uri: String,
+    /// The destination host. An agent with TLS material needs it: QEMU
+    /// then admits (or talks to) only that host's certificate.
+    #[serde(default)]
+    pub peer_host: Option<String>,
+}
+
+/// Destination, post-copy paused: listen for the source again
+/// (`POST /v1/vms/{name}/migration/recover`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecoverRequest {
+    /// The source host. An agent with TLS material needs it: QEMU
+    /// then admits (or talks to) only that host's certificate.
+    #[serde(default)]
+    pub peer_host: Option<String>,
 }
 
 /// Source: mirror the listed disks to the destination's NBD export.
@@ -263,6 +286,12 @@ pub struct DiskCopyRequest {
     /// Bytes per second per disk; 0 = unlimited.
     #[serde(default)]
     pub max_bandwidth_bytes: u64,
+    /// The export name of each disk, in `disks` order, as the destination reported them.
+    pub export_names: Vec<String>,
+    /// The destination host. An agent with TLS material needs it: QEMU
+    /// then admits (or talks to) only that host's certificate.
+    #[serde(default)]
+    pub peer_host: Option<String>,
 }
 
 /// The network endpoints a migration used.
@@ -286,6 +315,10 @@ pub struct OutgoingRequest {
     pub downtime_limit_ms: u64,
     #[serde(default)]
     pub stream: crate::StreamSettings,
+    /// The destination host. An agent with TLS material needs it: QEMU
+    /// then admits (or talks to) only that host's certificate.
+    #[serde(default)]
+    pub peer_host: Option<String>,
 }
 
 /// A side's view of its migration (`query-migrate`, normalised), and of its QEMU.

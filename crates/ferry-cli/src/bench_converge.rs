@@ -108,6 +108,7 @@ async fn qemu_defaults(
             spec,
             copy_disks: Vec::new(),
             stream: StreamSettings::default(),
+            peer_host: Some("a".into()),
         })
         .await?;
     let a = lab.host("a").ok_or_else(|| fail("no host a"))?;

@@ -93,6 +93,7 @@ pub async fn plain_qemu_uncapped(
             spec,
             copy_disks: Vec::new(),
             stream: StreamSettings::default(),
+            peer_host: Some("a".into()),
         })
         .await?;
     let socket = a

@@ -194,6 +194,7 @@ async fn bad_requests_are_refused_with_reasons_and_change_nothing() {
             max_bandwidth_bytes: 0,
             downtime_limit_ms: 300,
             stream: Default::default(),
+            peer_host: None,
         };
         match agent.start_outgoing("web1", &req).await {
             Err(ferry_api::client::ClientError::Api(e)) => {

@@ -3,7 +3,9 @@
 //! controller (policy `automatic`) switches to post-copy, and then the destination's
 //! migration link is cut at the switch, silently, as a pulled cable would. Ferry sees the
 //! page stream stall, pauses both sides, and resumes the stream when the link is back; the
-//! guest finishes on the destination and verifies every page.
+//! guest finishes on the destination and verifies every page. The lab's agents hold their
+//! cluster certificates, so the stream and the recovery run over QEMU's TLS, admitting only
+//! the source's certificate.
 
 mod common;
 
@@ -16,11 +18,16 @@ use ferry_lab::{ensure_test_image, test_vm_spec, verdict_after, wait_ready, Obse
 
 const VM: &str = "pc1";
 
-async fn start_netlab() -> NetLab {
+/// One network lab at a time: two guests rewriting memory on two cores would starve each
+/// other.
+static ONE_LAB: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn start_netlab(host_args: Vec<(String, Vec<String>)>) -> NetLab {
     let image_dir = ensure_test_image(&mut |_| {}).expect("test image");
     let mut cfg = NetLabConfig::new(ferry_bin(), &["a", "b"]);
     cfg.image_dir = Some(image_dir);
     cfg.keep = std::env::var_os("FERRY_KEEP_LAB").is_some();
+    cfg.host_args = host_args;
     NetLab::start(cfg).await.expect("network lab starts")
 }
 
@@ -41,8 +48,36 @@ async fn wait_phase(
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn post_copy_survives_a_broken_link_and_the_guest_finishes_clean_on_the_destination() {
-    let lab = start_netlab().await;
+async fn post_copy_survives_a_broken_link_over_qemu_tls_and_the_guest_finishes_clean() {
+    let _one = ONE_LAB.lock().await;
+    let host_args = ["a", "b"]
+        .iter()
+        .map(|h| (h.to_string(), vec!["--aux-qmp".to_string()]))
+        .collect();
+    let lab = start_netlab(host_args).await;
+    broken_link_story(&lab).await;
+    // b's QEMU took the stream, and the recovery, over TLS from a only.
+    let socket = lab
+        .host("b")
+        .expect("host b")
+        .state_dir
+        .join("vms")
+        .join(VM)
+        .join(ferry_agent::runtime::AUX_QMP_SOCKET);
+    let qmp = ferry_qmp::QmpClient::connect(&socket)
+        .await
+        .expect("aux monitor");
+    let params = qmp.query_migrate_parameters().await.expect("parameters");
+    assert_eq!(params.tls_creds.as_deref(), Some("ferry-migration-tls"));
+    let admitted = qmp
+        .qom_get_string("/objects/ferry-migration-authz", "identity")
+        .await
+        .expect("authz object");
+    assert_eq!(admitted, "CN=a.host.ferry");
+}
+
+/// The story of the module doc, on a started lab.
+async fn broken_link_story(lab: &NetLab) {
     let c = lab.client();
     // 128 MiB rewritten at 64 MiB/s over a 16 MiB/s cap: pre-copy cannot converge.
     c.create_vm(&CreateVmRequest {

@@ -37,6 +37,9 @@ pub struct LabConfig {
     /// Run the cluster with `--insecure` (plain HTTP, no identities): only for comparing
     /// against the secured cluster (`ferry bench api`).
     pub insecure: bool,
+    /// Extra arguments per agent (host name -> arguments, e.g. `--aux-qmp`); kept on a
+    /// restart.
+    pub agent_args: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 impl LabConfig {
@@ -50,6 +53,7 @@ impl LabConfig {
             pools: false,
             server_args: Vec::new(),
             insecure: false,
+            agent_args: Default::default(),
         }
     }
 }
@@ -170,6 +174,9 @@ impl Lab {
             }
             if cfg.insecure {
                 args.push("--insecure".into());
+            }
+            if let Some(extra) = cfg.agent_args.get(host) {
+                args.extend(extra.iter().cloned());
             }
             lab.agent_args.insert(host.clone(), args.clone());
             let env = match &lab.trust {

@@ -116,13 +116,10 @@ impl MirrorArgs {
 }
 
 impl QmpClient {
-    /// `nbd-server-start` on `host:port` (TCP, no TLS: the migration network is trusted).
+    /// `nbd-server-start` on `host:port`, plain TCP (see
+    /// [`QmpClient::nbd_server_start_with`] for TLS).
     pub async fn nbd_server_start(&self, host: &str, port: u16) -> Result<(), QmpError> {
-        self.unit(
-            "nbd-server-start",
-            json!({"addr": {"type": "inet", "data": {"host": host, "port": port.to_string()}}}),
-        )
-        .await
+        self.nbd_server_start_with(host, port, None).await
     }
 
     /// `nbd-server-stop`: closes the server and removes every NBD export.
@@ -146,7 +143,8 @@ impl QmpClient {
         .await
     }
 
-    /// `blockdev-add` of an NBD client node connected to `host:port`, export `export`.
+    /// `blockdev-add` of an NBD client node connected to `host:port`, export `export`,
+    /// plain TCP (see [`QmpClient::blockdev_add_nbd_with`] for TLS).
     pub async fn blockdev_add_nbd(
         &self,
         node: &str,
@@ -154,14 +152,8 @@ impl QmpClient {
         port: u16,
         export: &str,
     ) -> Result<(), QmpError> {
-        self.unit(
-            "blockdev-add",
-            json!({
-                "driver": "nbd", "node-name": node, "export": export,
-                "server": {"type": "inet", "host": host, "port": port.to_string()},
-            }),
-        )
-        .await
+        self.blockdev_add_nbd_with(node, host, port, export, None)
+            .await
     }
 
     /// `blockdev-del`.

@@ -26,6 +26,7 @@ mod client;
 mod commands;
 mod error;
 mod events;
+mod tls;
 mod types;
 
 #[cfg(test)]
@@ -38,4 +39,5 @@ pub use events::{
     event_names, wait_for_event_on, MigrationEventData, MigrationPassEventData, QmpEvent,
     QmpTimestamp, ShutdownEventData,
 };
+pub use tls::{NbdClientTls, NbdServerTls, TlsCredsX509, TlsEndpoint};
 pub use types::*;

@@ -118,7 +118,12 @@ pub trait Agents: Send + Sync {
     /// Post-copy: drop the connection (either side).
     async fn pause_postcopy(&self, host: &str, vm: &str) -> AgentResult<AgentMigrationStatus>;
     /// Post-copy, destination: listen again.
-    async fn recover_incoming(&self, host: &str, vm: &str) -> AgentResult<IncomingResponse>;
+    async fn recover_incoming(
+        &self,
+        host: &str,
+        vm: &str,
+        req: &RecoverRequest,
+    ) -> AgentResult<IncomingResponse>;
     /// Post-copy, source: reconnect.
     async fn resume_outgoing(
         &self,
@@ -253,8 +258,13 @@ impl Agents for HttpAgents {
     async fn pause_postcopy(&self, host: &str, vm: &str) -> AgentResult<AgentMigrationStatus> {
         call!(self, host, QUICK, |c| c.pause_postcopy(vm))
     }
-    async fn recover_incoming(&self, host: &str, vm: &str) -> AgentResult<IncomingResponse> {
-        call!(self, host, QUICK, |c| c.recover_incoming(vm))
+    async fn recover_incoming(
+        &self,
+        host: &str,
+        vm: &str,
+        req: &RecoverRequest,
+    ) -> AgentResult<IncomingResponse> {
+        call!(self, host, QUICK, |c| c.recover_incoming(vm, req))
     }
     async fn resume_outgoing(
         &self,

@@ -22,9 +22,11 @@ fn mib(b: u64) -> u64 {
 impl Run {
     /// Starts the copy on the source (its start saved first: from here the destination may
     /// hold data and a rollback must cancel the copy).
-    pub(super) async fn start_copy(&mut self, export: &str) -> Step<Next> {
+    pub(super) async fn start_copy(&mut self, export: &str, names: Vec<String>) -> Step<Next> {
         let req = DiskCopyRequest {
             export: export.to_string(),
+            export_names: names,
+            peer_host: Some(self.m.destination.clone()),
             disks: self.m.run.copies.iter().map(|c| c.index).collect(),
             max_bandwidth_bytes: self
                 .m

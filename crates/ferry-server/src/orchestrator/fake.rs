@@ -279,6 +279,21 @@ impl FakeCluster {
     }
 
     /// Call bookkeeping: record, refuse if the host is down, fire triggers after.
+    /// Every stream and export names its peer (QEMU's TLS admits only that host): the other
+    /// side of the migration, never the host itself.
+    fn check_peer(&self, host: &str, peer: &Option<String>) -> AgentResult<()> {
+        let known = peer
+            .as_deref()
+            .is_some_and(|p| p != host && self.lock().hosts.contains_key(p));
+        if known {
+            return Ok(());
+        }
+        Err(AgentError::Refused {
+            host: host.into(),
+            reason: format!("peer_host {peer:?} is not the other side (fake)"),
+        })
+    }
+
     fn enter(&self, call: &str, host: &str) -> AgentResult<()> {
         let mut s = self.lock();
         s.calls.push((call.to_string(), host.to_string()));
@@ -464,6 +479,7 @@ impl Agents for FakeCluster {
         req: &IncomingRequest,
     ) -> AgentResult<IncomingResponse> {
         self.enter("prepare_incoming", host)?;
+        self.check_peer(host, &req.peer_host)?;
         {
             let mut s = self.lock();
             let Some(h) = s.hosts.get_mut(host) else {
@@ -491,6 +507,11 @@ impl Agents for FakeCluster {
             listen: "127.0.0.1:4444".into(),
             advertised: "127.0.0.1:4444".into(),
             disk_export: (!req.copy_disks.is_empty()).then(|| "127.0.0.1:4445".to_string()),
+            disk_export_names: req
+                .copy_disks
+                .iter()
+                .map(|d| format!("random-{}", d.index))
+                .collect(),
         })
     }
 
@@ -501,6 +522,14 @@ impl Agents for FakeCluster {
         req: &DiskCopyRequest,
     ) -> AgentResult<AgentMigrationStatus> {
         self.enter("start_disk_copy", host)?;
+        self.check_peer(host, &req.peer_host)?;
+        let named: Vec<String> = req.disks.iter().map(|i| format!("random-{i}")).collect();
+        if req.export_names != named {
+            return Err(AgentError::Refused {
+                host: host.into(),
+                reason: format!("export names {:?}, expected {named:?}", req.export_names),
+            });
+        }
         let status = {
             let mut s = self.lock();
             let v = self.vm_mut(&mut s, host)?;
@@ -525,9 +554,10 @@ impl Agents for FakeCluster {
         &self,
         host: &str,
         _vm: &str,
-        _req: &OutgoingRequest,
+        req: &OutgoingRequest,
     ) -> AgentResult<AgentMigrationStatus> {
         self.enter("start_outgoing", host)?;
+        self.check_peer(host, &req.peer_host)?;
         let status = {
             let mut s = self.lock();
             let dst = if host == "a" { "b" } else { "a" }.to_string();
@@ -720,8 +750,14 @@ impl Agents for FakeCluster {
         Ok(st)
     }
 
-    async fn recover_incoming(&self, host: &str, _vm: &str) -> AgentResult<IncomingResponse> {
+    async fn recover_incoming(
+        &self,
+        host: &str,
+        _vm: &str,
+        req: &RecoverRequest,
+    ) -> AgentResult<IncomingResponse> {
         self.enter("recover_incoming", host)?;
+        self.check_peer(host, &req.peer_host)?;
         {
             let mut s = self.lock();
             let v = self.vm_mut(&mut s, host)?;
@@ -733,6 +769,7 @@ impl Agents for FakeCluster {
             listen: "127.0.0.1:4446".into(),
             advertised: "127.0.0.1:4446".into(),
             disk_export: None,
+            disk_export_names: Vec::new(),
         })
     }
 
@@ -740,9 +777,10 @@ impl Agents for FakeCluster {
         &self,
         host: &str,
         _vm: &str,
-        _req: &ResumeRequest,
+        req: &ResumeRequest,
     ) -> AgentResult<AgentMigrationStatus> {
         self.enter("resume_outgoing", host)?;
+        self.check_peer(host, &req.peer_host)?;
         let st = {
             let mut s = self.lock();
             for h in ["a", "b"] {

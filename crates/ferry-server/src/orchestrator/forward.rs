@@ -35,6 +35,7 @@ impl Run {
             spec,
             copy_disks: self.m.run.copies.iter().map(|c| c.target()).collect(),
             stream,
+            peer_host: Some(self.m.source.clone()),
         };
         let dest = self.m.destination.clone();
         let incoming = match self.agents().prepare_incoming(&dest, &req).await {
@@ -91,7 +92,7 @@ impl Run {
             serde_json::json!({"addresses": self.m.addresses, "disk_export": export, "disks": labels}),
         )
         .await?;
-        self.start_copy(&export).await
+        self.start_copy(&export, incoming.disk_export_names).await
     }
 
     /// `Transferring`: the source starts sending (the stream's start is saved first, so
@@ -111,6 +112,7 @@ impl Run {
                 o.downtime_limit_ms.unwrap_or(DEFAULT_DOWNTIME_LIMIT_MS),
             ),
             stream: StreamSettings::from_options(o, self.m.run.ram_mib << 20),
+            peer_host: Some(self.m.destination.clone()),
         };
         self.m.run.outgoing_started = true;
         self.save_run().await?;

@@ -221,7 +221,18 @@ impl Run {
         let _ = bounded(within, self.agents().pause_postcopy(&source, &vm)).await;
         let listener = match &outage.listener {
             Some(l) => l.clone(),
-            None => match bounded(within, self.agents().recover_incoming(&dest, &vm)).await {
+            None => match bounded(
+                within,
+                self.agents().recover_incoming(
+                    &dest,
+                    &vm,
+                    &RecoverRequest {
+                        peer_host: Some(source.clone()),
+                    },
+                ),
+            )
+            .await
+            {
                 Ok(r) => format!("tcp:{}", r.advertised),
                 Err(e) => {
                     tracing::warn!("destination could not listen for the recovery: {e}");
@@ -232,6 +243,7 @@ impl Run {
         outage.listener = Some(listener.clone());
         let resume = ResumeRequest {
             uri: listener.clone(),
+            peer_host: Some(dest.clone()),
         };
         match bounded(within, self.agents().resume_outgoing(&source, &vm, &resume)).await {
             Ok(_) => {
