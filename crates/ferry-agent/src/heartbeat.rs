@@ -32,7 +32,22 @@ pub async fn run(agent: Arc<Agent>) {
         }
     };
     let mut failing = false;
+    let mut beats: u64 = 0;
     loop {
+        beats += 1;
+        // Every few heartbeats: has the cluster's CA bundle changed (a rotation)?
+        if let Some(id) = agent.identity.as_ref().filter(|_| beats % 4 == 1) {
+            match id.refresh_bundle(&server).await {
+                Ok(true) => {
+                    tracing::info!("the cluster's CA bundle changed; trusting the new one");
+                    if let Ok(c) = connect(&agent) {
+                        client = c;
+                    }
+                }
+                Ok(false) => {}
+                Err(e) => tracing::debug!("cannot check the CA bundle: {e}"),
+            }
+        }
         if let Some(id) = agent.identity.as_ref().filter(|id| id.due_for_renewal()) {
             match id.renew(&server).await {
                 Ok(until) => {

@@ -19,7 +19,7 @@ use std::sync::{Arc, RwLock};
 
 use ferry_api::client::{Credentials, ServerClient, TlsCredentials};
 use ferry_api::{IssuedCertificate, JoinRequest, RenewRequest};
-use ferry_pki::{new_key_and_csr, Identity, JoinToken, Material, ReloadableCert};
+use ferry_pki::{new_key_and_csr, Identity, JoinToken, Material, ReloadableCert, TlsSlot};
 
 use crate::AgentConfig;
 
@@ -30,6 +30,9 @@ pub struct HostIdentity {
     material: RwLock<Material>,
     /// What the agent's TLS server presents; replaced on renewal.
     pub server_cert: Arc<ReloadableCert>,
+    /// The agent's TLS server settings (whom it trusts); replaced when the CA bundle
+    /// changes (a CA rotation).
+    pub server_tls: Arc<TlsSlot>,
     dir: std::path::PathBuf,
 }
 
@@ -54,12 +57,52 @@ impl HostIdentity {
         Ok((info.not_after - now, info.not_after - info.not_before))
     }
 
-    /// Whether two thirds of the certificate's life are gone.
+    /// Whether two thirds of the certificate's life are gone, or the cluster's signing CA
+    /// (the first in the bundle) is not the one that issued it (a CA rotation).
     pub fn due_for_renewal(&self) -> bool {
+        let m = self.material();
+        if !ferry_pki::ca::issued_by(&m.cert_pem, &m.ca_pem).unwrap_or(false) {
+            return true;
+        }
         match self.lifetime() {
             Ok((left, total)) => left * 3 < total,
             Err(_) => true,
         }
+    }
+
+    /// Fetches the CA bundle over the verified connection to the server and, if it
+    /// changed (a CA rotation started or finished), trusts it from now on. Returns whether
+    /// it changed.
+    pub async fn refresh_bundle(&self, server_url: &str) -> Result<bool, String> {
+        let client =
+            ServerClient::connect(server_url, &self.credentials()).map_err(|e| e.to_string())?;
+        let bundle = client.ca_bundle().await.map_err(|e| e.to_string())?;
+        let mut m = self.material();
+        if bundle.ca_pem == m.ca_pem {
+            return Ok(false);
+        }
+        ferry_pki::tls::roots_from_pem(&bundle.ca_pem).map_err(|e| e.to_string())?;
+        m.ca_pem = bundle.ca_pem;
+        self.apply(m)?;
+        Ok(true)
+    }
+
+    /// Stores `m` and uses it for new connections both ways.
+    fn apply(&self, m: Material) -> Result<(), String> {
+        store(&self.dir, &m)?;
+        self.server_cert.replace(&m).map_err(|e| e.to_string())?;
+        let config = ferry_pki::server_config(
+            &m.ca_pem,
+            self.server_cert.clone(),
+            ferry_pki::ClientCerts::Required,
+        )
+        .map_err(|e| e.to_string())?;
+        self.server_tls.replace(config);
+        match self.material.write() {
+            Ok(mut g) => *g = m,
+            Err(p) => *p.into_inner() = m,
+        }
+        Ok(())
     }
 
     /// Renews the certificate with a new key; the new one serves new connections at once.
@@ -76,12 +119,7 @@ impl HostIdentity {
             .await
             .map_err(|e| format!("renewal refused: {e}"))?;
         let m = accept(&issued, &key_pem, &self.identity)?;
-        store(&self.dir, &m)?;
-        self.server_cert.replace(&m).map_err(|e| e.to_string())?;
-        match self.material.write() {
-            Ok(mut g) => *g = m,
-            Err(p) => *p.into_inner() = m,
-        }
+        self.apply(m)?;
         Ok(issued.not_after)
     }
 }
@@ -128,9 +166,17 @@ pub async fn establish(config: &AgentConfig) -> Result<Option<Arc<HostIdentity>>
             config.name
         ));
     }
+    let server_cert = ReloadableCert::new(&material).map_err(|e| e.to_string())?;
+    let config = ferry_pki::server_config(
+        &material.ca_pem,
+        server_cert.clone(),
+        ferry_pki::ClientCerts::Required,
+    )
+    .map_err(|e| e.to_string())?;
     Ok(Some(Arc::new(HostIdentity {
         identity,
-        server_cert: ReloadableCert::new(&material).map_err(|e| e.to_string())?,
+        server_cert,
+        server_tls: TlsSlot::new(config),
         material: RwLock::new(material),
         dir: dir.clone(),
     })))

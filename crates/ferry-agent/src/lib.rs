@@ -46,14 +46,7 @@ pub async fn run(config: AgentConfig) -> Result<(), String> {
     let (listener, bound) = ferry_api::http::bind(config.listen).await?;
     let agent = Arc::new(Agent::start(config, bound, identity.clone()).await?);
     let tls = match &identity {
-        Some(id) => Some(
-            ferry_pki::server_config(
-                &id.material().ca_pem,
-                id.server_cert.clone(),
-                ferry_pki::ClientCerts::Required,
-            )
-            .map_err(|e| e.to_string())?,
-        ),
+        Some(id) => Some(id.server_tls.clone()),
         None => {
             tracing::warn!(
                 "running with --insecure: plain HTTP and no authentication; anyone who reaches \

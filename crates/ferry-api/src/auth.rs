@@ -119,6 +119,30 @@ pub struct CaBundle {
     pub fingerprints: Vec<String>,
 }
 
+/// `POST /v1/ca/rotate`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RotateRequest {
+    /// End the overlap: the server takes a certificate from the new CA and stops trusting
+    /// the old one. Refused while a host still holds only old certificates.
+    #[serde(default)]
+    pub finish: bool,
+}
+
+/// Where a CA rotation stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaRotation {
+    /// `settled` (one CA) or `overlapping` (the new CA signs, the old one is still trusted).
+    pub state: String,
+    /// SHA-256 of the CA that signs new certificates.
+    pub signing: String,
+    /// SHA-256 of every CA trusted now.
+    pub trusted: Vec<String>,
+    /// Registered hosts that hold no certificate from the signing CA yet (agents renew
+    /// within a heartbeat or two of seeing the new bundle).
+    pub pending_hosts: Vec<String>,
+}
+
 /// `GET /v1/whoami`: how the server sees the caller.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WhoAmI {

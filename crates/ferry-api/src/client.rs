@@ -306,6 +306,12 @@ impl ServerClient {
     pub async fn ca_bundle(&self) -> Result<CaBundle, ClientError> {
         self.http.get("/v1/ca").await
     }
+    pub async fn ca_rotation(&self) -> Result<CaRotation, ClientError> {
+        self.http.get("/v1/ca/rotation").await
+    }
+    pub async fn rotate_ca(&self, req: &RotateRequest) -> Result<CaRotation, ClientError> {
+        self.http.post("/v1/ca/rotate", req).await
+    }
     pub async fn join(&self, req: &JoinRequest) -> Result<IssuedCertificate, ClientError> {
         self.http.post("/v1/join", req).await
     }

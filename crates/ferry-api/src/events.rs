@@ -71,6 +71,8 @@ event_kinds! {
     HostCertificate => "host.certificate",
     /// A host was removed and its certificates revoked.
     HostRemove => "host.remove",
+    /// A CA rotation started or finished.
+    CaRotate => "ca.rotate",
     UserAdd => "user.add",
     UserRemove => "user.remove",
     /// A user got a new API token.

@@ -249,6 +249,25 @@ pub enum CaCmd {
     },
     /// The CA certificate(s) the server trusts, with their SHA-256.
     Show(JsonFlag),
+    /// Replace the cluster CA with an overlap (admin). Without --finish: a new CA signs
+    /// from now on and both are trusted; every agent picks up the new CA at its next
+    /// heartbeats and renews its certificate. With --finish (once no host is pending): the
+    /// server takes a certificate from the new CA and the old one is no longer trusted.
+    #[command(
+        after_help = "Examples:\n  ferry ca rotate              # start: prints the hosts still pending\n  \
+        ferry ca rotate --status     # where it stands\n  \
+        ferry ca rotate --finish     # once no host is pending"
+    )]
+    Rotate {
+        /// End the overlap (refused while a host holds only old certificates).
+        #[arg(long, conflicts_with = "status")]
+        finish: bool,
+        /// Only show where a rotation stands.
+        #[arg(long)]
+        status: bool,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
 }
 
 #[derive(Subcommand, Debug)]

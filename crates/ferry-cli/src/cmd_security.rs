@@ -68,6 +68,41 @@ pub async fn ca(conn: &ConnOpts, cmd: CaCmd) -> CliResult {
             );
             Ok(())
         }
+        CaCmd::Rotate {
+            finish,
+            status,
+            json,
+        } => {
+            let c = client(conn)?;
+            let r = if status {
+                c.ca_rotation().await?
+            } else {
+                c.rotate_ca(&RotateRequest { finish }).await?
+            };
+            if json.json {
+                return print_json(&r);
+            }
+            println!("CA rotation:  {}", r.state);
+            println!("signing CA:   {}", r.signing);
+            for t in &r.trusted {
+                println!("trusted CA:   {t}");
+            }
+            if r.state == "overlapping" {
+                println!(
+                    "operators:    before --finish, make the CA file your CLI trusts the server's \
+                     <data dir>/pki/ca.crt (it now holds both CAs)"
+                );
+                if r.pending_hosts.is_empty() {
+                    println!("every host holds a certificate from the new CA: `ferry ca rotate --finish`");
+                } else {
+                    println!(
+                        "pending:      {} (agents renew within a few heartbeats; run --status to follow)",
+                        r.pending_hosts.join(", ")
+                    );
+                }
+            }
+            Ok(())
+        }
         CaCmd::Show(json) => {
             let b = client(conn)?.ca_bundle().await?;
             if json.json {

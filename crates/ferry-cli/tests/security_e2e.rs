@@ -289,3 +289,130 @@ async fn nobody_without_the_right_identity_gets_in() {
         "the hijack attempt is on the record"
     );
 }
+
+/// `ferry ca rotate`: the overlap, a finish refused while a host (its agent down) still
+/// holds only old certificates, the agents renewing from the new CA on their own, the
+/// finish, and a guest that then migrates over QEMU's TLS with the new certificates and
+/// verifies clean.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cluster_ca_rotates_with_an_overlap_and_migrations_still_run() {
+    let (mut lab, cfg) = start_lab(&["a", "b"]).await;
+    boot_guest(&lab, "rot", "a", 64, 4.0).await;
+    let admin = lab.client();
+    let old = admin.ca_bundle().await.unwrap().fingerprints;
+    assert_eq!(old.len(), 1);
+
+    // b's agent is down while the rotation starts: b cannot renew yet.
+    lab.kill_agent("b").expect("b stops");
+    let started = admin
+        .rotate_ca(&RotateRequest { finish: false })
+        .await
+        .expect("rotation starts");
+    assert_eq!(started.state, "overlapping");
+    assert_eq!(started.trusted.len(), 2);
+    assert_eq!(started.trusted[1], old[0], "the old CA stays trusted");
+    assert_eq!(
+        code(
+            &admin
+                .rotate_ca(&RotateRequest { finish: false })
+                .await
+                .unwrap_err()
+        ),
+        Some(ErrorCode::Conflict),
+        "one rotation at a time"
+    );
+
+    // a renews from the new CA on its own; b cannot: finishing is refused and names b.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = admin.ca_rotation().await.unwrap();
+        if r.pending_hosts == vec!["b".to_string()] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "a did not renew: {r:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let refused = admin
+        .rotate_ca(&RotateRequest { finish: true })
+        .await
+        .unwrap_err();
+    assert_eq!(code(&refused), Some(ErrorCode::Conflict));
+    assert!(refused.to_string().contains('b'), "{refused}");
+
+    // b comes back with its old certificate (still trusted), sees the new CA and renews.
+    lab.restart_agent(&cfg, "b").await.expect("b restarts");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = admin.ca_rotation().await.unwrap();
+        if r.pending_hosts.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "b did not renew: {r:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let finished = admin
+        .rotate_ca(&RotateRequest { finish: true })
+        .await
+        .expect("rotation finishes");
+    assert_eq!(finished.state, "settled");
+    assert_eq!(finished.trusted, vec![started.signing.clone()]);
+
+    // The lab now trusts the new CA only (as an operator's CLI would after copying ca.crt).
+    lab.reload_trust().unwrap();
+    let admin = lab.client();
+    // Both agents take the settled bundle and stay connected.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let hosts = admin.hosts().await.unwrap();
+        let fresh = |h: &str| {
+            let pem = std::fs::read_to_string(
+                lab.agents
+                    .iter()
+                    .find(|a| a.name == h)
+                    .unwrap()
+                    .state_dir
+                    .join("tls/ca.crt"),
+            )
+            .unwrap_or_default();
+            ferry_pki::tls::certs_from_pem(&pem)
+                .map(|c| c.len())
+                .unwrap_or(0)
+                == 1
+        };
+        if hosts.iter().all(|h| h.state == HostState::Connected) && fresh("a") && fresh("b") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "agents did not settle: {hosts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let before = ferry_lab::Observer {
+        client: &admin,
+        vm: "rot",
+    }
+    .last_status()
+    .await
+    .unwrap()
+    .expect("status");
+    let out = ferry(&lab, &["vm", "migrate", "rot", "--to", "b", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let m: Migration = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(m.phase, Phase::Completed);
+    let v = ferry_lab::verdict_after(&admin, "rot", &before, Duration::from_secs(120))
+        .await
+        .unwrap();
+    assert!(v.ok(), "{}", v.describe());
+    let events = admin
+        .events(&EventQuery {
+            kind: Some("ca.rotate".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(
+        events.iter().filter(|e| e.outcome == Outcome::Ok).count() >= 2,
+        "{events:?}"
+    );
+}

@@ -370,6 +370,15 @@ impl Lab {
         }
     }
 
+    /// Reads the cluster's CA bundle and the server's certificate again (after
+    /// `ferry ca rotate`).
+    pub fn reload_trust(&mut self) -> Result<(), LabError> {
+        match &mut self.trust {
+            Some(t) => t.reload(),
+            None => Ok(()),
+        }
+    }
+
     /// The lab's trust; an error for a lab run `--insecure`.
     pub fn trust(&self) -> Result<&crate::Trust, LabError> {
         self.trust

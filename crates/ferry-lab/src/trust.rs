@@ -93,6 +93,20 @@ impl Trust {
         })
     }
 
+    /// Reads the CA bundle and the server's certificate again (after a CA rotation).
+    pub fn reload(&mut self) -> Result<(), LabError> {
+        let pki = self
+            .ca_path
+            .parent()
+            .map(Path::to_path_buf)
+            .ok_or_else(|| LabError::Io("the CA path has no directory".into()))?;
+        let server = ferry_pki::Material::load(&pki, "server")
+            .map_err(|e| LabError::Io(format!("{}: {e}", pki.display())))?;
+        self.ca_pem = server.ca_pem.clone();
+        self.server = server;
+        Ok(())
+    }
+
     /// Writes the client config for the server at `url`.
     pub fn write_config(&self, url: &str) -> Result<(), LabError> {
         use std::io::Write;

@@ -103,7 +103,7 @@ impl CertAuthority {
         Ok(CertAuthority {
             params,
             key,
-            cert_pem: cert_pem.to_string(),
+            cert_pem: first_pem_block(cert_pem),
         })
     }
 
@@ -185,6 +185,16 @@ fn leaf_params(identity: &Identity) -> Result<CertificateParams, PkiError> {
     Ok(params)
 }
 
+/// The first `CERTIFICATE` block of a PEM text (a trust bundle lists the signing CA
+/// first), as written.
+fn first_pem_block(pem: &str) -> String {
+    const END: &str = "-----END CERTIFICATE-----";
+    match (pem.find("-----BEGIN CERTIFICATE-----"), pem.find(END)) {
+        (Some(b), Some(e)) if b < e => format!("{}\n", &pem[b..e + END.len()]),
+        _ => pem.to_string(),
+    }
+}
+
 /// SHA-256 of the first certificate in `pem`, hex.
 pub fn fingerprint_pem(pem: &str) -> Result<String, PkiError> {
     let ders = crate::tls::certs_from_pem(pem)?;
@@ -244,6 +254,22 @@ fn cert_has_key(pem: &str, key: &KeyPair) -> Result<bool, PkiError> {
     let (_, cert) = x509_parser::parse_x509_certificate(first)
         .map_err(|e| PkiError::BadInput(format!("not an X.509 certificate: {e}")))?;
     Ok(cert.public_key().subject_public_key.data.as_ref() == key.public_key_raw())
+}
+
+/// Whether the first certificate in `cert_pem` was issued by the first certificate in
+/// `ca_pem` (issuer name and signature both checked).
+pub fn issued_by(cert_pem: &str, ca_pem: &str) -> Result<bool, PkiError> {
+    let certs = crate::tls::certs_from_pem(cert_pem)?;
+    let cas = crate::tls::certs_from_pem(ca_pem)?;
+    let (Some(cert), Some(ca)) = (certs.first(), cas.first()) else {
+        return Ok(false);
+    };
+    let (_, cert) = x509_parser::parse_x509_certificate(cert)
+        .map_err(|e| PkiError::BadInput(format!("not an X.509 certificate: {e}")))?;
+    let (_, ca) = x509_parser::parse_x509_certificate(ca)
+        .map_err(|e| PkiError::BadInput(format!("not an X.509 certificate: {e}")))?;
+    Ok(cert.issuer().as_raw() == ca.subject().as_raw()
+        && cert.verify_signature(Some(ca.public_key())).is_ok())
 }
 
 /// Whether `key_pem` is the private key of the first certificate in `cert_pem`.
@@ -307,6 +333,15 @@ mod tests {
     }
 
     #[test]
+    fn a_ca_loaded_from_a_bundle_is_the_first_certificate_only() {
+        let new = CertAuthority::generate("new").unwrap();
+        let old = CertAuthority::generate("old").unwrap();
+        let bundle = format!("{}{}", new.cert_pem(), old.cert_pem());
+        let loaded = CertAuthority::load(&bundle, &new.key_pem()).unwrap();
+        assert_eq!(loaded.cert_pem(), new.cert_pem());
+    }
+
+    #[test]
     fn a_ca_with_someone_elses_key_is_refused() {
         let ca = CertAuthority::generate("one").unwrap();
         let other = CertAuthority::generate("two").unwrap();
@@ -324,6 +359,24 @@ mod tests {
         assert!(key_matches_cert(&pem, &key).unwrap());
         let (other, _) = new_key_and_csr(&Identity::Server).unwrap();
         assert!(!key_matches_cert(&pem, &other).unwrap());
+    }
+
+    #[test]
+    fn the_issuer_is_recognised_by_name_and_signature() {
+        let one = CertAuthority::generate("one 1").unwrap();
+        let two = CertAuthority::generate("two 2").unwrap();
+        let (_k, csr) = new_key_and_csr(&Identity::Server).unwrap();
+        let (pem, _) = one
+            .issue(&csr, &Identity::Server, Duration::from_secs(60))
+            .unwrap();
+        assert!(issued_by(&pem, one.cert_pem()).unwrap());
+        assert!(!issued_by(&pem, two.cert_pem()).unwrap());
+        // A CA reloaded from its files (the server after a restart) issues under the same name.
+        let again = CertAuthority::load(one.cert_pem(), &one.key_pem()).unwrap();
+        let (pem, _) = again
+            .issue(&csr, &Identity::Server, Duration::from_secs(60))
+            .unwrap();
+        assert!(issued_by(&pem, one.cert_pem()).unwrap());
     }
 
     #[test]

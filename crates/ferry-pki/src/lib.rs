@@ -21,7 +21,7 @@ pub mod token;
 
 pub use ca::{cert_info_der, cert_info_pem, new_key_and_csr, CertAuthority, CertInfo};
 pub use identity::Identity;
-pub use serve::{serve, Peer, Transport};
+pub use serve::{serve, Peer, TlsSlot, Transport};
 pub use tls::{client_config, server_config, ClientCerts, Material, ReloadableCert};
 pub use token::{ApiToken, JoinToken};
 

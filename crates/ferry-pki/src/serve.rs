@@ -62,15 +62,43 @@ impl Peer {
     }
 }
 
+/// A TLS server configuration that can be replaced while serving (a CA rotation changes
+/// whom the server trusts): each new connection takes the current one.
+#[derive(Debug)]
+pub struct TlsSlot {
+    current: std::sync::RwLock<Arc<ServerConfig>>,
+}
+
+impl TlsSlot {
+    pub fn new(config: Arc<ServerConfig>) -> Arc<TlsSlot> {
+        Arc::new(TlsSlot {
+            current: std::sync::RwLock::new(config),
+        })
+    }
+
+    pub fn get(&self) -> Arc<ServerConfig> {
+        match self.current.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    pub fn replace(&self, config: Arc<ServerConfig>) {
+        match self.current.write() {
+            Ok(mut g) => *g = config,
+            Err(p) => *p.into_inner() = config,
+        }
+    }
+}
+
 /// Serves `app` on `listener` until `shutdown` resolves, then drains.
 /// `tls: None` serves plain HTTP (insecure development mode).
 pub async fn serve(
     listener: TcpListener,
-    tls: Option<Arc<ServerConfig>>,
+    tls: Option<Arc<TlsSlot>>,
     app: Router,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), std::io::Error> {
-    let acceptor = tls.map(TlsAcceptor::from);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -87,7 +115,7 @@ pub async fn serve(
             _ = &mut shutdown => break,
         };
         let app = app.clone();
-        let acceptor = acceptor.clone();
+        let acceptor = tls.as_ref().map(|slot| TlsAcceptor::from(slot.get()));
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             let _ = tcp.set_nodelay(true);

@@ -42,9 +42,14 @@ async fn start(
     let cfg = server_config(&m.ca_pem, ReloadableCert::new(m).unwrap(), clients).unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let app = Router::new().route("/who", get(who));
-    tokio::spawn(ferry_pki::serve(listener, Some(cfg), app, async {
-        let _ = rx.await;
-    }));
+    tokio::spawn(ferry_pki::serve(
+        listener,
+        Some(ferry_pki::TlsSlot::new(cfg)),
+        app,
+        async {
+            let _ = rx.await;
+        },
+    ));
     (addr, tx)
 }
 
@@ -122,7 +127,7 @@ async fn a_renewed_certificate_serves_new_connections() {
     let app = Router::new().route("/who", get(who));
     tokio::spawn(ferry_pki::serve(
         listener,
-        Some(cfg),
+        Some(ferry_pki::TlsSlot::new(cfg)),
         app,
         std::future::pending(),
     ));

@@ -10,6 +10,8 @@
 //! ```text
 //! GET    /v1/health                   public
 //! GET    /v1/ca                       public: CaBundle
+//! GET    /v1/ca/rotation              CaRotation (admin)
+//! POST   /v1/ca/rotate                RotateRequest -> CaRotation (admin): start / finish
 //! GET    /v1/whoami                   public: WhoAmI
 //! POST   /v1/join                     JoinRequest -> IssuedCertificate (the token is the credential)
 //! POST   /v1/hosts/join-tokens        JoinTokenRequest -> JoinTokenResponse (admin)
@@ -117,6 +119,8 @@ fn table() -> Vec<(RouteSpec, MethodRouter<Arc<Server>>)> {
     vec![
         r(M::GET, "/v1/health", Public, get(health)),
         r(M::GET, "/v1/ca", Public, get(ca_bundle)),
+        r(M::GET, "/v1/ca/rotation", R(Admin), get(ca_rotation)),
+        r(M::POST, "/v1/ca/rotate", R(Admin), post(rotate_ca)),
         r(M::GET, "/v1/whoami", Public, get(whoami)),
         r(M::POST, "/v1/join", Public, post(join)),
         r(M::GET, "/v1/hosts", R(Viewer), get(hosts)),
@@ -375,6 +379,24 @@ async fn health(State(s): Shared, AnyCaller(c): AnyCaller) -> Answer<serde_json:
 
 async fn ca_bundle(State(s): Shared, AnyCaller(c): AnyCaller) -> Answer<CaBundle> {
     ask(&s, &c, Query::CaBundle, pick!(QueryOutcome::CaBundle)).await
+}
+
+async fn ca_rotation(State(s): Shared, Authenticated(c): Authenticated) -> Answer<CaRotation> {
+    ask(&s, &c, Query::CaRotation, pick!(QueryOutcome::CaRotation)).await
+}
+
+async fn rotate_ca(
+    State(s): Shared,
+    Authenticated(c): Authenticated,
+    ApiJson(req): ApiJson<RotateRequest>,
+) -> Answer<CaRotation> {
+    act(
+        &s,
+        &c,
+        Action::RotateCa(req),
+        pick!(ActionOutcome::CaRotation),
+    )
+    .await
 }
 
 async fn whoami(State(s): Shared, AnyCaller(c): AnyCaller) -> Answer<WhoAmI> {

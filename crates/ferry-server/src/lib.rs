@@ -31,18 +31,8 @@ pub async fn run(config: ServerConfig) -> Result<(), String> {
     if let Some(file) = &config.ready_file {
         ferry_api::http::write_ready_file(file, &bound.to_string())?;
     }
-    let tls = match &server.pki {
-        Some(pki) => {
-            let cert = ferry_pki::ReloadableCert::new(&pki.material).map_err(|e| e.to_string())?;
-            Some(
-                ferry_pki::server_config(
-                    &pki.material.ca_pem,
-                    cert,
-                    ferry_pki::ClientCerts::Optional,
-                )
-                .map_err(|e| e.to_string())?,
-            )
-        }
+    let tls = match &server.tls {
+        Some(t) => Some(t.slot.clone()),
         None => {
             tracing::warn!(
                 "running with --insecure: no TLS, no authentication, anyone who reaches \

@@ -41,11 +41,28 @@ pub enum PkiSetupError {
     Store(#[from] crate::store::StoreError),
 }
 
-/// The CA and the server's certificate, loaded.
+/// The CA and the server's certificate, loaded; both change when the CA rotates.
 pub struct ServerPki {
-    pub ca: CertAuthority,
-    pub material: Material,
+    state: std::sync::RwLock<PkiState>,
     pub host_cert_validity: Duration,
+    dir: PathBuf,
+}
+
+struct PkiState {
+    /// The CA that signs now (the first certificate of `ca.crt`).
+    ca: CertAuthority,
+    /// The server's own certificate and key, and the bundle it trusts (`ca.crt`: one CA,
+    /// or the new and the old one while a rotation overlaps).
+    material: Material,
+}
+
+/// Where a CA rotation stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rotation {
+    /// One CA.
+    Settled { ca: String },
+    /// A new CA signs; the old one is still trusted until `ferry ca rotate --finish`.
+    Overlapping { new: String, old: String },
 }
 
 impl std::fmt::Debug for ServerPki {
@@ -137,10 +154,109 @@ pub fn load(data_dir: &Path, host_cert_validity: Duration) -> Result<ServerPki, 
         )));
     }
     Ok(ServerPki {
-        ca,
-        material,
+        state: std::sync::RwLock::new(PkiState { ca, material }),
         host_cert_validity,
+        dir,
     })
+}
+
+impl ServerPki {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, PkiState> {
+        match self.state.read() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    /// The server's certificate, key and trusted CA bundle, as they are now.
+    pub fn material(&self) -> Material {
+        self.read().material.clone()
+    }
+
+    /// SHA-256 of the CA that signs now.
+    pub fn signing_fingerprint(&self) -> Result<String, ferry_pki::PkiError> {
+        self.read().ca.fingerprint()
+    }
+
+    /// Issues a certificate for `identity`; returns it and its facts.
+    pub fn issue(
+        &self,
+        csr_pem: &str,
+        identity: &Identity,
+    ) -> Result<(String, ferry_pki::CertInfo), ferry_pki::PkiError> {
+        self.read()
+            .ca
+            .issue(csr_pem, identity, self.host_cert_validity)
+    }
+
+    pub fn rotation(&self) -> Result<Rotation, ferry_pki::PkiError> {
+        let bundle = ferry_pki::tls::certs_from_pem(&self.read().material.ca_pem)?;
+        let fps: Vec<String> = bundle
+            .iter()
+            .map(|c| ferry_pki::ca::fingerprint_der(c))
+            .collect();
+        Ok(match fps.as_slice() {
+            [new, old, ..] => Rotation::Overlapping {
+                new: new.clone(),
+                old: old.clone(),
+            },
+            [one] => Rotation::Settled { ca: one.clone() },
+            [] => return Err(ferry_pki::PkiError::BadInput("no CA in the bundle".into())),
+        })
+    }
+
+    /// Starts a rotation: a new CA signs from now on, and the bundle everyone trusts holds
+    /// the new CA and the old one. The server keeps presenting its certificate from the old
+    /// CA, so agents that have not fetched the new bundle yet still reach it.
+    pub fn rotate_start(&self) -> Result<Rotation, PkiSetupError> {
+        let mut st = match self.state.write() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        let current = ferry_pki::tls::certs_from_pem(&st.material.ca_pem)?;
+        if current.len() > 1 {
+            return Err(PkiSetupError::Io(
+                "a CA rotation is already under way: finish it first (`ferry ca rotate --finish`)"
+                    .into(),
+            ));
+        }
+        let label = format!(
+            "Ferry cluster CA {}",
+            Utc::now().format("%Y-%m-%d %H:%M:%S%.3f")
+        );
+        let new = CertAuthority::generate(&label)?;
+        let bundle = format!("{}{}", new.cert_pem(), st.material.ca_pem);
+        // The key first: a crash between the two writes leaves the old bundle with a key
+        // that does not match its first certificate, which `load` refuses loudly rather
+        // than signing with the wrong CA.
+        write_secret(&self.dir.join("ca.key"), &new.key_pem())?;
+        write_public(&self.dir.join("ca.crt"), &bundle)?;
+        st.ca = new;
+        st.material.ca_pem = bundle;
+        drop(st);
+        Ok(self.rotation()?)
+    }
+
+    /// Ends a rotation: the server takes a certificate from the new CA and the bundle is
+    /// the new CA alone. The caller checks first that every host holds a new certificate.
+    pub fn rotate_finish(&self) -> Result<Rotation, PkiSetupError> {
+        let mut st = match self.state.write() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        let current = ferry_pki::tls::certs_from_pem(&st.material.ca_pem)?;
+        if current.len() < 2 {
+            return Err(PkiSetupError::Io(
+                "no CA rotation is under way (`ferry ca rotate` starts one)".into(),
+            ));
+        }
+        let new_ca = st.ca.cert_pem().to_string();
+        issue_server_cert(&st.ca, &self.dir)?;
+        write_public(&self.dir.join("ca.crt"), &new_ca)?;
+        st.material = Material::load(&self.dir, "server")?;
+        drop(st);
+        Ok(self.rotation()?)
+    }
 }
 
 fn issue_server_cert(ca: &CertAuthority, dir: &Path) -> Result<(), PkiSetupError> {
@@ -186,8 +302,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let report = init(dir.path(), "admin").unwrap();
         let pki = load(dir.path(), DEFAULT_HOST_CERT_VALIDITY).unwrap();
-        assert_eq!(pki.ca.fingerprint().unwrap(), report.ca_fingerprint);
-        assert_eq!(pki.material.identity().unwrap(), Identity::Server);
+        assert_eq!(pki.signing_fingerprint().unwrap(), report.ca_fingerprint);
+        assert_eq!(pki.material().identity().unwrap(), Identity::Server);
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(pki_dir(dir.path()).join("ca.key"))
             .unwrap()
@@ -207,6 +323,50 @@ mod tests {
             init(dir.path(), "admin"),
             Err(PkiSetupError::Exists(_))
         ));
+    }
+
+    #[test]
+    fn a_rotation_overlaps_then_settles_on_the_new_ca_and_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        init(dir.path(), "admin").unwrap();
+        let pki = load(dir.path(), DEFAULT_HOST_CERT_VALIDITY).unwrap();
+        let old = pki.signing_fingerprint().unwrap();
+        let old_server_cert = pki.material().cert_pem;
+        let r = pki.rotate_start().unwrap();
+        let new = pki.signing_fingerprint().unwrap();
+        assert_ne!(new, old);
+        assert_eq!(
+            r,
+            Rotation::Overlapping {
+                new: new.clone(),
+                old: old.clone()
+            }
+        );
+        assert!(pki.rotate_start().is_err(), "one rotation at a time");
+        // The server keeps its old certificate during the overlap; hosts get the new CA's.
+        assert_eq!(pki.material().cert_pem, old_server_cert);
+        let (_k, csr) = ferry_pki::new_key_and_csr(&Identity::host("a").unwrap()).unwrap();
+        let (cert, _) = pki.issue(&csr, &Identity::host("a").unwrap()).unwrap();
+        let bundle = pki.material().ca_pem;
+        assert!(
+            ferry_pki::ca::issued_by(&cert, &bundle).unwrap(),
+            "signed by the new CA"
+        );
+        // A restart in the middle keeps the overlap.
+        drop(pki);
+        let pki = load(dir.path(), DEFAULT_HOST_CERT_VALIDITY).unwrap();
+        assert_eq!(
+            pki.rotation().unwrap(),
+            Rotation::Overlapping {
+                new: new.clone(),
+                old
+            }
+        );
+        let r = pki.rotate_finish().unwrap();
+        assert_eq!(r, Rotation::Settled { ca: new });
+        let m = pki.material();
+        assert!(ferry_pki::ca::issued_by(&m.cert_pem, &m.ca_pem).unwrap());
+        assert!(pki.rotate_finish().is_err(), "nothing to finish");
     }
 
     #[test]

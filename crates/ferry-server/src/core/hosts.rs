@@ -183,9 +183,22 @@ impl Server {
         Ok((h, client))
     }
 
+    /// How the server reaches agents: its certificate, and the CA bundle to check theirs.
+    pub fn agent_creds(&self) -> ferry_api::client::Credentials {
+        match &self.pki {
+            Some(p) => ferry_api::client::Credentials::daemon(p.material()),
+            None => ferry_api::client::Credentials::default(),
+        }
+    }
+
     /// A client for `h`'s agent that accepts only `h`'s certificate.
     pub fn agent_client(&self, h: &Host) -> Result<AgentClient, ApiError> {
-        AgentClient::connect(&h.url, &h.name, &self.agent_creds, Duration::from_secs(120))
-            .map_err(|e| ApiError::internal(e.to_string()))
+        AgentClient::connect(
+            &h.url,
+            &h.name,
+            &self.agent_creds(),
+            Duration::from_secs(120),
+        )
+        .map_err(|e| ApiError::internal(e.to_string()))
     }
 }

@@ -24,7 +24,7 @@ impl Server {
     /// The CA bundle hosts and operators trust.
     pub fn ca_bundle(&self) -> Result<CaBundle, ApiError> {
         let pki = self.pki()?;
-        let ca_pem = pki.material.ca_pem.clone();
+        let ca_pem = pki.material().ca_pem;
         let fingerprints = ferry_pki::tls::certs_from_pem(&ca_pem)
             .map_err(|e| ApiError::internal(e.to_string()))?
             .iter()
@@ -64,8 +64,7 @@ impl Server {
             )));
         }
         let fingerprint = pki
-            .ca
-            .fingerprint()
+            .signing_fingerprint()
             .map_err(|e| ApiError::internal(e.to_string()))?;
         let token =
             JoinToken::generate(&fingerprint).map_err(|e| ApiError::internal(e.to_string()))?;
@@ -130,15 +129,18 @@ impl Server {
             ));
         }
         let identity = Identity::host(host).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let signing = pki
+            .signing_fingerprint()
+            .map_err(|e| ApiError::internal(e.to_string()))?;
         let (cert_pem, info) = pki
-            .ca
-            .issue(csr_pem, &identity, pki.host_cert_validity)
+            .issue(csr_pem, &identity)
             .map_err(|e| ApiError::bad_request(e.to_string()))?;
-        self.store.record_host_cert(host, &info, Utc::now())?;
+        self.store
+            .record_host_cert(host, &info, &signing, Utc::now())?;
         Ok(IssuedCertificate {
             host: host.to_string(),
             cert_pem,
-            ca_pem: pki.material.ca_pem.clone(),
+            ca_pem: pki.material().ca_pem,
             not_after: info.not_after,
         })
     }
@@ -182,6 +184,64 @@ impl Server {
             "host {name} ({revoked} certificate{} revoked)",
             if revoked == 1 { "" } else { "s" }
         ))
+    }
+
+    /// Where a CA rotation stands, with the hosts it still waits for.
+    pub fn ca_rotation(&self) -> Result<CaRotation, ApiError> {
+        let pki = self.pki()?;
+        let internal = |e: ferry_pki::PkiError| ApiError::internal(e.to_string());
+        let signing = pki.signing_fingerprint().map_err(internal)?;
+        let (state, trusted) = match pki.rotation().map_err(internal)? {
+            crate::pki::Rotation::Settled { ca } => ("settled", vec![ca]),
+            crate::pki::Rotation::Overlapping { new, old } => ("overlapping", vec![new, old]),
+        };
+        let pending_hosts = if state == "settled" {
+            Vec::new()
+        } else {
+            self.store.hosts_without_cert_from(&signing, Utc::now())?
+        };
+        Ok(CaRotation {
+            state: state.into(),
+            signing,
+            trusted,
+            pending_hosts,
+        })
+    }
+
+    /// `ferry ca rotate`: starts the overlap (a new CA signs; both are trusted; agents
+    /// fetch the new bundle and renew), or finishes it once every host holds a certificate
+    /// from the new CA (the server takes one too, and the old CA is dropped).
+    pub(super) fn rotate_ca(&self, req: &RotateRequest) -> Result<CaRotation, ApiError> {
+        let pki = self.pki()?;
+        let tls = self
+            .tls
+            .as_ref()
+            .ok_or_else(|| ApiError::internal("a secured server without TLS settings"))?;
+        if req.finish {
+            let now = self.ca_rotation()?;
+            if now.state != "overlapping" {
+                return Err(ApiError::conflict(
+                    "no CA rotation is under way (`ferry ca rotate` starts one)",
+                ));
+            }
+            if !now.pending_hosts.is_empty() {
+                return Err(ApiError::conflict(format!(
+                    "hosts still hold only certificates from the old CA: {}; their agents \
+                     renew once they see the new CA (running agents do within a heartbeat \
+                     or two); remove hosts that are gone (`ferry host remove`)",
+                    now.pending_hosts.join(", ")
+                ))
+                .with_details(serde_json::to_value(&now).unwrap_or_default()));
+            }
+            pki.rotate_finish()
+                .map_err(|e| ApiError::internal(e.to_string()))?;
+        } else {
+            pki.rotate_start()
+                .map_err(|e| ApiError::conflict(e.to_string()))?;
+        }
+        tls.update(&pki.material())
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        self.ca_rotation()
     }
 
     pub(super) fn add_user(&self, req: &CreateUserRequest) -> Result<UserToken, ApiError> {

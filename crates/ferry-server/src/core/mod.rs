@@ -60,6 +60,8 @@ pub enum Action {
     },
     /// Forget a host and revoke its certificates.
     RemoveHost(String),
+    /// Start or finish replacing the cluster CA.
+    RotateCa(RotateRequest),
     AddUser(CreateUserRequest),
     RemoveUser(String),
     NewUserToken(String),
@@ -117,6 +119,7 @@ impl Action {
             | Action::SetMigrationDefaults(_)
             | Action::CreateJoinToken(_)
             | Action::RemoveHost(_)
+            | Action::RotateCa(_)
             | Action::AddUser(_)
             | Action::RemoveUser(_)
             | Action::NewUserToken(_) => Need::Role(Admin),
@@ -126,6 +129,7 @@ impl Action {
 
 #[derive(Debug, Clone)]
 pub enum ActionOutcome {
+    CaRotation(CaRotation),
     UserToken(UserToken),
     JoinToken(JoinTokenResponse),
     Certificate(IssuedCertificate),
@@ -142,8 +146,9 @@ pub struct Server {
     pub config: ServerConfig,
     /// The CA and the server's certificate; None when the server runs with `--insecure`.
     pub pki: Option<Arc<crate::pki::ServerPki>>,
-    /// How the server reaches agents (its certificate, the CA to check theirs).
-    pub agent_creds: ferry_api::client::Credentials,
+    /// The server's TLS listener settings and certificate, replaced when the CA rotates;
+    /// None with `--insecure`.
+    pub tls: Option<ServerTls>,
     /// Requests per caller (see [`crate::api::IDENTIFIED_RATE`]).
     pub limiter: ferry_api::rate::RateLimiter,
     pub store: Arc<Store>,
@@ -155,6 +160,36 @@ pub struct Server {
     _lock: DataDirLock,
 }
 
+/// The server's side of TLS: what new connections get (whom to trust, which certificate).
+pub struct ServerTls {
+    pub slot: Arc<ferry_pki::TlsSlot>,
+    pub cert: Arc<ferry_pki::ReloadableCert>,
+}
+
+impl ServerTls {
+    fn new(m: &ferry_pki::Material) -> Result<ServerTls, ferry_pki::PkiError> {
+        let cert = ferry_pki::ReloadableCert::new(m)?;
+        let config =
+            ferry_pki::server_config(&m.ca_pem, cert.clone(), ferry_pki::ClientCerts::Optional)?;
+        Ok(ServerTls {
+            slot: ferry_pki::TlsSlot::new(config),
+            cert,
+        })
+    }
+
+    /// New connections trust `m.ca_pem` and are served `m`'s certificate.
+    pub fn update(&self, m: &ferry_pki::Material) -> Result<(), ferry_pki::PkiError> {
+        self.cert.replace(m)?;
+        let config = ferry_pki::server_config(
+            &m.ca_pem,
+            self.cert.clone(),
+            ferry_pki::ClientCerts::Optional,
+        )?;
+        self.slot.replace(config);
+        Ok(())
+    }
+}
+
 /// Why a server could not open its data directory.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
@@ -164,6 +199,8 @@ pub enum OpenError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Pki(#[from] crate::pki::PkiSetupError),
+    #[error("TLS: {0}")]
+    Tls(#[from] ferry_pki::PkiError),
 }
 
 impl Server {
@@ -183,11 +220,11 @@ impl Server {
                 config.host_cert_validity,
             )?))
         };
-        let agent_creds = match &pki {
-            Some(p) => ferry_api::client::Credentials::daemon(p.material.clone()),
-            None => ferry_api::client::Credentials::default(),
+        let tls = match &pki {
+            Some(p) => Some(ServerTls::new(&p.material())?),
+            None => None,
         };
-        let agents = Arc::new(HttpAgents::new(store.clone(), agent_creds.clone()));
+        let agents = Arc::new(HttpAgents::new(store.clone(), pki.clone()));
         let orchestrator = Arc::new(Orchestrator::new(
             store.clone(),
             agents,
@@ -196,7 +233,7 @@ impl Server {
         Ok(Server {
             config,
             pki,
-            agent_creds,
+            tls,
             limiter: Default::default(),
             store,
             orchestrator,
@@ -283,6 +320,7 @@ impl Server {
                 .renew_certificate(&host, &req)
                 .map(ActionOutcome::Certificate),
             Action::RemoveHost(name) => self.remove_host(&name).map(ActionOutcome::Deleted),
+            Action::RotateCa(req) => self.rotate_ca(&req).map(ActionOutcome::CaRotation),
             Action::AddUser(req) => self.add_user(&req).map(ActionOutcome::UserToken),
             Action::RemoveUser(name) => self.remove_user(&name).map(ActionOutcome::Deleted),
             Action::NewUserToken(name) => self.new_user_token(&name).map(ActionOutcome::UserToken),
@@ -336,6 +374,7 @@ fn describe(action: &Action) -> (EventKind, Option<String>, Option<String>, Opti
             (K::HostCertificate, None, Some(host.clone()), None)
         }
         Action::RemoveHost(h) => (K::HostRemove, None, Some(h.clone()), None),
+        Action::RotateCa(_) => (K::CaRotate, None, None, None),
         Action::AddUser(_) => (K::UserAdd, None, None, None),
         Action::RemoveUser(_) => (K::UserRemove, None, None, None),
         Action::NewUserToken(_) => (K::UserToken, None, None, None),
@@ -389,6 +428,13 @@ fn summary_of_checks(r: &CheckReport) -> String {
 /// caller, and only their hashes are kept).
 fn summary(outcome: &ActionOutcome) -> String {
     match outcome {
+        ActionOutcome::CaRotation(r) => format!(
+            "CA rotation {}: signing CA {}, {} CA(s) trusted, {} host(s) still on the old CA",
+            r.state,
+            &r.signing[..r.signing.len().min(16)],
+            r.trusted.len(),
+            r.pending_hosts.len()
+        ),
         ActionOutcome::UserToken(t) => format!(
             "user {} ({}) has a new API token; {} in all",
             t.user.name, t.user.role, t.user.tokens

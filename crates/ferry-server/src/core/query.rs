@@ -31,6 +31,8 @@ pub enum Query {
         pool: String,
     },
     Users,
+    /// Where a CA rotation stands.
+    CaRotation,
     /// The audit trail's signed checkpoints and the key that signs them.
     Checkpoints,
     /// Sign the event log's head now (for `ferry events verify/export`). It adds a
@@ -40,6 +42,7 @@ pub enum Query {
 
 #[derive(Debug, Clone)]
 pub enum QueryOutcome {
+    CaRotation(CaRotation),
     Checkpoints(ferry_api::audit::Checkpoints),
     Checkpoint(Option<ferry_api::audit::Checkpoint>),
     Health(serde_json::Value),
@@ -63,7 +66,7 @@ impl Query {
         match self {
             Query::Health | Query::CaBundle | Query::WhoAmI => Need::Public,
             Query::Console { .. } => Need::Role(Role::Operator),
-            Query::Users => Need::Role(Role::Admin),
+            Query::Users | Query::CaRotation => Need::Role(Role::Admin),
             Query::Hosts
             | Query::Host(_)
             | Query::Vms
@@ -122,6 +125,7 @@ impl Server {
                 )
             }
             Query::Users => QueryOutcome::Users(self.store.users()?),
+            Query::CaRotation => QueryOutcome::CaRotation(self.ca_rotation()?),
             Query::Checkpoints => QueryOutcome::Checkpoints(self.checkpoints()?),
             Query::CheckpointNow => QueryOutcome::Checkpoint(self.checkpoint_now()?),
         })

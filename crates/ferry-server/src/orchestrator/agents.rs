@@ -164,7 +164,8 @@ pub async fn side_facts(
 /// a restarted agent may come back on another port).
 pub struct HttpAgents {
     store: Arc<Store>,
-    creds: ferry_api::client::Credentials,
+    /// The server's certificate and trusted CAs, read per call (a CA rotation changes them).
+    pki: Option<Arc<crate::pki::ServerPki>>,
 }
 
 /// Calls that only read or flip a flag: a live agent answers these at once.
@@ -173,8 +174,8 @@ const QUICK: Duration = Duration::from_secs(5);
 const SLOW: Duration = Duration::from_secs(120);
 
 impl HttpAgents {
-    pub fn new(store: Arc<Store>, creds: ferry_api::client::Credentials) -> HttpAgents {
-        HttpAgents { store, creds }
+    pub fn new(store: Arc<Store>, pki: Option<Arc<crate::pki::ServerPki>>) -> HttpAgents {
+        HttpAgents { store, pki }
     }
 
     fn client(&self, host: &str, timeout: Duration) -> AgentResult<AgentClient> {
@@ -188,7 +189,11 @@ impl HttpAgents {
             .ok_or_else(|| AgentError::UnknownHost {
                 host: host.to_string(),
             })?;
-        AgentClient::connect(&h.url, host, &self.creds, timeout)
+        let creds = match &self.pki {
+            Some(p) => ferry_api::client::Credentials::daemon(p.material()),
+            None => ferry_api::client::Credentials::default(),
+        };
+        AgentClient::connect(&h.url, host, &creds, timeout)
             .map_err(|e| AgentError::from_client(host, e))
     }
 }

@@ -219,19 +219,41 @@ impl Store {
         Ok(JoinRedeem::Host(host))
     }
 
-    pub fn record_host_cert(&self, host: &str, info: &CertInfo, now: DateTime<Utc>) -> R<()> {
+    /// Records a certificate issued to `host` by the CA whose SHA-256 is `ca`.
+    pub fn record_host_cert(
+        &self,
+        host: &str,
+        info: &CertInfo,
+        ca: &str,
+        now: DateTime<Utc>,
+    ) -> R<()> {
         self.conn().execute(
-            "INSERT INTO host_certs (fingerprint, host, serial, not_after, issued_at)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT INTO host_certs (fingerprint, host, serial, not_after, issued_at, ca)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![
                 info.fingerprint,
                 host,
                 info.serial,
                 info.not_after,
-                ts(&now)
+                ts(&now),
+                ca
             ],
         )?;
         Ok(())
+    }
+
+    /// Registered hosts that hold no live certificate from the CA `ca`: what a CA
+    /// rotation still waits for.
+    pub fn hosts_without_cert_from(&self, ca: &str, now: DateTime<Utc>) -> R<Vec<String>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT h.name FROM hosts h WHERE NOT EXISTS (
+                 SELECT 1 FROM host_certs c WHERE c.host = h.name AND c.ca = ?1
+                 AND c.revoked_at IS NULL AND c.not_after > ?2)
+             ORDER BY h.name",
+        )?;
+        let rows = stmt.query_map(params![ca, now.timestamp()], |r| r.get::<_, String>(0))?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
 
     /// Whether `fingerprint` is a certificate issued to `host`, not revoked, not expired.
@@ -342,7 +364,7 @@ mod tests {
             not_after: now.timestamp() + 3600,
             is_ca: false,
         };
-        s.record_host_cert("a", &info, now).unwrap();
+        s.record_host_cert("a", &info, "ca1", now).unwrap();
         assert!(s.host_cert_valid("a", "f1", now).unwrap());
         assert!(
             !s.host_cert_valid("b", "f1", now).unwrap(),

@@ -80,7 +80,10 @@ CREATE TABLE host_certs (
     serial TEXT NOT NULL,
     not_after INTEGER NOT NULL,
     issued_at TEXT NOT NULL,
-    revoked_at TEXT
+    revoked_at TEXT,
+    -- SHA-256 of the CA that signed it: a CA rotation finishes once every host holds one
+    -- from the new CA.
+    ca TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX host_certs_host ON host_certs(host);
 ";
