@@ -64,7 +64,7 @@ fn world() -> World {
         let (_pem, info) = pki.issue(&csr, &id).unwrap();
         server
             .store
-            .record_host_cert(h, &info, "", Utc::now())
+            .record_host_cert(h, &info, &signing, Utc::now())
             .unwrap();
         hosts.push((h.to_string(), info.fingerprint));
     }
