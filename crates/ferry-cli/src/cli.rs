@@ -697,6 +697,35 @@ pub enum BenchCmd {
     /// Writes bench/results/api-latency.json.
     #[command(after_help = "Example:\n  ferry bench api --samples 200")]
     Api(BenchApiArgs),
+    /// What QEMU's TLS costs a migration: the same guest with 1 and 4 streams, secured vs
+    /// --insecure, over loopback and a 1 Gbit/s migration network. Writes
+    /// bench/results/tls.json. Needs root (the network lab).
+    #[command(
+        after_help = "Examples:\n  ferry bench tls\n  ferry bench tls --links loopback --streams 1"
+    )]
+    Tls(BenchTlsArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchTlsArgs {
+    /// Guest memory (MiB).
+    #[arg(long, default_value_t = 1024)]
+    pub memory: u64,
+    /// Memory the guest's workload fills with self-verifying pages (MiB).
+    #[arg(long, default_value_t = 768)]
+    pub workload_mem: u64,
+    /// The workload's dirty rate (MiB/s).
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
+    /// Stream counts to measure.
+    #[arg(long, value_delimiter = ',', default_value = "1,4")]
+    pub streams: Vec<u8>,
+    /// Links: loopback, 1gbit.
+    #[arg(long, value_delimiter = ',', default_value = "loopback,1gbit")]
+    pub links: Vec<String>,
+    /// Where to write the result file.
+    #[arg(long, default_value = "bench/results")]
+    pub out: PathBuf,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -7,6 +7,7 @@ mod bench_faults;
 mod bench_net;
 mod bench_plain;
 mod bench_storage;
+mod bench_tls;
 mod cli;
 mod cmd_cluster;
 mod cmd_daemons;
@@ -104,6 +105,7 @@ async fn run(cli: Cli) -> CliResult {
         Command::Bench(cli::BenchCmd::Faults(a)) => interruptible(bench_faults::faults(a)).await,
         Command::Bench(cli::BenchCmd::Soak(a)) => interruptible(bench_faults::soak(a)).await,
         Command::Bench(cli::BenchCmd::Api(a)) => interruptible(bench_api::api(a)).await,
+        Command::Bench(cli::BenchCmd::Tls(a)) => interruptible(bench_tls::tls(a)).await,
     }
 }
 

@@ -139,6 +139,9 @@ pub struct NetLabConfig {
     pub heartbeat_ms: u64,
     /// Extra arguments for the server (e.g. the fault tests' hold points).
     pub server_args: Vec<String>,
+    /// Run the cluster with `--insecure` (plain HTTP and plain TCP streams): only for
+    /// comparing against the secured cluster (`ferry bench tls`).
+    pub insecure: bool,
 }
 
 impl NetLabConfig {
@@ -157,6 +160,7 @@ impl NetLabConfig {
             host_timeout_ms: 5000,
             heartbeat_ms: 500,
             server_args: Vec::new(),
+            insecure: false,
         }
     }
 
@@ -605,11 +609,18 @@ impl NetLab {
 
     async fn start_daemons(&mut self, cfg: &NetLabConfig) -> Result<(), NetLabError> {
         let n = self.record.slot;
-        self.trust = Some(crate::Trust::init(
-            &cfg.ferry_bin,
-            &self.work.join("server"),
-            &self.work.join("client.toml"),
-        )?);
+        if !cfg.insecure {
+            self.trust = Some(crate::Trust::init(
+                &cfg.ferry_bin,
+                &self.work.join("server"),
+                &self.work.join("client.toml"),
+            )?);
+        }
+        let insecure: Vec<String> = if cfg.insecure {
+            vec!["--insecure".into()]
+        } else {
+            Vec::new()
+        };
         let ready = self.work.join("server.addr");
         let server = DaemonSpec {
             name: "server".into(),
@@ -626,6 +637,7 @@ impl NetLab {
                 cfg.host_timeout_ms.to_string(),
             ]
             .into_iter()
+            .chain(insecure.iter().cloned())
             .chain(cfg.server_args.iter().cloned())
             .collect(),
             netns: None,
@@ -636,8 +648,11 @@ impl NetLab {
         let idx = self.spawn_daemon(server)?;
         let addr =
             daemon::wait_ready_file(&mut self.daemons[idx], &self.work, "server", &ready).await?;
-        let url = format!("https://{addr}");
-        self.trust()?.write_config(&url)?;
+        let scheme = if cfg.insecure { "http" } else { "https" };
+        let url = format!("{scheme}://{addr}");
+        if let Some(t) = &self.trust {
+            t.write_config(&url)?;
+        }
         self.record.server_url = Some(url);
         self.save()?;
 
@@ -659,8 +674,9 @@ impl NetLab {
             let what = format!("agent {name}");
             let addr =
                 daemon::wait_ready_file(&mut self.daemons[idx], &self.work, &what, &ready).await?;
+            let scheme = if cfg.insecure { "http" } else { "https" };
             if let Some(h) = self.record.hosts.iter_mut().find(|h| h.name == name) {
-                h.agent_url = format!("https://{addr}");
+                h.agent_url = format!("{scheme}://{addr}");
             }
         }
         self.save()?;
@@ -713,8 +729,13 @@ impl NetLab {
         let what = format!("agent {host}");
         let addr =
             daemon::wait_ready_file(&mut self.daemons[idx], &self.work, &what, &ready).await?;
+        let scheme = if self.trust.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         if let Some(h) = self.record.hosts.iter_mut().find(|h| h.name == host) {
-            h.agent_url = format!("https://{addr}");
+            h.agent_url = format!("{scheme}://{addr}");
         }
         self.save()?;
         Ok(())
@@ -743,7 +764,8 @@ impl NetLab {
     pub fn client(&self) -> ServerClient {
         match &self.trust {
             Some(t) => t.client(self.server_url()),
-            None => panic!("NetLab::client before the lab's server started"),
+            // An --insecure lab: its URL is plain http, which the lab wrote itself.
+            None => ServerClient::new(self.server_url()).expect("the lab's own URL is valid"),
         }
     }
 
