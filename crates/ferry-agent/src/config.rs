@@ -55,6 +55,9 @@ pub struct AgentConfig {
     pub tls_dir: Option<PathBuf>,
     /// A join token (`ferry host join-token`), used once when `tls_dir` has no certificate.
     pub join_token: Option<String>,
+    /// Run QEMU as this unprivileged user (QEMU opens what it needs as root, then drops
+    /// to it: `-run-with user=`). None: QEMU runs as root.
+    pub qemu_user: Option<String>,
 }
 
 /// The defaults of the flags behind the capacity settings.
@@ -134,6 +137,12 @@ impl AgentConfig {
                 _ => {}
             }
         }
+        if let Some(u) = &self.qemu_user {
+            self.qemu_owner()?;
+            if u.is_empty() {
+                return Err("--qemu-user must name a user".into());
+            }
+        }
         if self.join_token.is_some() && self.tls_dir.is_none() {
             return Err("--join and --insecure do not go together".into());
         }
@@ -141,6 +150,22 @@ impl AgentConfig {
             ferry_pki::Identity::host(h).map_err(|e| e.to_string())?;
         }
         Ok(())
+    }
+
+    /// The (uid, gid) of `qemu_user`; an error if that user does not exist or is root.
+    pub fn qemu_owner(&self) -> Result<Option<(u32, u32)>, String> {
+        let Some(name) = &self.qemu_user else {
+            return Ok(None);
+        };
+        let user = nix::unistd::User::from_name(name)
+            .map_err(|e| format!("--qemu-user {name}: {e}"))?
+            .ok_or_else(|| format!("--qemu-user {name}: no such user on this host"))?;
+        if user.uid.is_root() {
+            return Err(format!(
+                "--qemu-user {name} is root; leave the flag out instead"
+            ));
+        }
+        Ok(Some((user.uid.as_raw(), user.gid.as_raw())))
     }
 
     /// The migration address peers connect to.
@@ -198,6 +223,7 @@ mod tests {
             ready_file: None,
             tls_dir: None,
             join_token: None,
+            qemu_user: None,
             memory_reserve_mib: DEFAULT_MEMORY_RESERVE_MIB,
             vcpu_overcommit: DEFAULT_VCPU_OVERCOMMIT,
             cpu_models: None,

@@ -403,7 +403,10 @@ impl Agent {
             &taps,
             &disks,
             dir.clone(),
-            start,
+            ferry_qemu::cmdline::Launch {
+                start,
+                run_as: self.config.qemu_user.as_deref(),
+            },
         )
         .await;
         match launched {
@@ -651,9 +654,12 @@ impl Agent {
     /// None when the agent runs without TLS.
     fn host_tls(&self) -> Result<Option<HostTls>, AgentError> {
         match (&self.tls, &self.config.tls_dir) {
-            (Some(_), Some(dir)) => HostTls::load(dir, &self.config.name)
-                .map(Some)
-                .map_err(|e| AgentError::Internal(format!("host TLS material: {e}"))),
+            (Some(_), Some(dir)) => {
+                let mut tls = HostTls::load(dir, &self.config.name)
+                    .map_err(|e| AgentError::Internal(format!("host TLS material: {e}")))?;
+                tls.qemu_owner = self.config.qemu_owner().map_err(AgentError::Internal)?;
+                Ok(Some(tls))
+            }
             _ => Ok(None),
         }
     }

@@ -62,9 +62,24 @@ impl CredsDir {
             TlsEndpoint::Server => "server",
             TlsEndpoint::Client => "client",
         };
-        dir.file("ca-cert.pem", &tls.ca_pem)?;
-        dir.file(&format!("{side}-cert.pem"), &tls.cert_pem)?;
-        dir.file(&format!("{side}-key.pem"), &tls.key_pem)?;
+        let names = [
+            "ca-cert.pem".to_string(),
+            format!("{side}-cert.pem"),
+            format!("{side}-key.pem"),
+        ];
+        dir.file(&names[0], &tls.ca_pem)?;
+        dir.file(&names[1], &tls.cert_pem)?;
+        dir.file(&names[2], &tls.key_pem)?;
+        if let Some((uid, gid)) = tls.qemu_owner {
+            // QEMU reads these after dropping to its user: give them to it (and to nobody
+            // else: the modes stay 0700/0600).
+            for p in std::iter::once(dir.path.clone()).chain(names.iter().map(|n| dir.path.join(n)))
+            {
+                std::os::unix::fs::chown(&p, Some(uid), Some(gid)).map_err(|e| {
+                    AgentError::internal(format!("cannot hand {} to QEMU's user: {e}", p.display()))
+                })?;
+            }
+        }
         Ok(dir)
     }
 
@@ -254,6 +269,7 @@ mod tests {
 
     fn material() -> HostTls {
         HostTls {
+            qemu_owner: None,
             host: "a".into(),
             dir: "/nowhere".into(),
             ca_pem: b"CA".to_vec(),

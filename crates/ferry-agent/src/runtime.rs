@@ -13,7 +13,7 @@ use ferry_api::{
     AgentMigrationStatus, Compression, DiskCopyProgress, MigrationProgress, OutgoingRequest,
     StreamSettings, TuneRequest, VmRuntime, VmState, ZeroPage,
 };
-use ferry_qemu::{build_args, QemuProcess, ResolvedBoot, RuntimePaths, StartMode};
+use ferry_qemu::{build_args, QemuProcess, ResolvedBoot, RuntimePaths};
 use ferry_qmp::{
     MigrationParameters, MigrationStatus, MultifdCompression, QmpClient, RunState,
     ZeroPageDetection,
@@ -196,8 +196,9 @@ impl QemuVm {
         taps: &[String],
         disks: &[PathBuf],
         dir: PathBuf,
-        start: StartMode,
+        how: ferry_qemu::cmdline::Launch<'_>,
     ) -> Result<Arc<QemuVm>, AgentError> {
+        let start = how.start;
         std::fs::create_dir_all(&dir)
             .map_err(|e| internal("cannot create the VM directory")(e.to_string()))?;
         let paths = paths_in(&dir, record.aux_qmp);
@@ -209,7 +210,7 @@ impl QemuVm {
         std::fs::write(&paths.console_log, b"")
             .map_err(|e| internal("cannot create the console log")(e.to_string()))?;
         record.save(&record_path(&dir)).map_err(AgentError::from)?;
-        let args = build_args(&record.spec, boot, record.accel, &paths, taps, disks, start);
+        let args = build_args(&record.spec, boot, record.accel, &paths, taps, disks, how);
         let log = dir.join("qemu.log");
         let mut process = QemuProcess::spawn(qemu, &args, &log)
             .map_err(|e| AgentError::process(e.to_string()))?;

@@ -51,6 +51,9 @@ pub struct HostTls {
     pub ca_pem: Vec<u8>,
     pub cert_pem: Vec<u8>,
     pub key_pem: Vec<u8>,
+    /// The (uid, gid) QEMU runs as when it is not root (`--qemu-user`): the per-use
+    /// credentials directory is handed to it, since QEMU reads it after dropping to it.
+    pub qemu_owner: Option<(u32, u32)>,
 }
 
 impl std::fmt::Debug for HostTls {
@@ -169,6 +172,7 @@ impl HostTls {
             ));
         }
         Ok(HostTls {
+            qemu_owner: None,
             host: host.to_string(),
             dir: dir.to_path_buf(),
             ca_pem,

@@ -211,6 +211,11 @@ pub struct AgentArgs {
     /// controls this host's VMs). For development on one machine only.
     #[arg(long, conflicts_with = "join")]
     pub insecure: bool,
+    /// Run QEMU as this unprivileged user: it opens /dev/kvm, taps, disks and sockets as
+    /// root, then drops to the user (post-copy then needs /dev/userfaultfd usable by it),
+    /// e.g. --qemu-user ferry-qemu.
+    #[arg(long, value_name = "USER")]
+    pub qemu_user: Option<String>,
     /// Write the bound address to this file once listening.
     #[arg(long)]
     pub ready_file: Option<PathBuf>,

@@ -49,6 +49,7 @@ pub async fn agent(a: AgentArgs, conn: &crate::connection::ConnOpts) -> CliResul
     let config = ferry_agent::AgentConfig {
         tls_dir: (!a.insecure).then(|| state_dir.join("tls")),
         join_token: a.join.clone(),
+        qemu_user: a.qemu_user.clone(),
         name: a.name,
         listen: a.listen,
         advertise_url: a.advertise_url,

@@ -416,3 +416,51 @@ async fn the_cluster_ca_rotates_with_an_overlap_and_migrations_still_run() {
         "{events:?}"
     );
 }
+
+/// `--qemu-user`: QEMU opens what it needs as root, then runs as an unprivileged user
+/// (checked from /proc), and a guest still boots, migrates over QEMU's TLS (whose per-use
+/// credentials the agent hands to that user) and verifies clean.
+#[tokio::test(flavor = "multi_thread")]
+async fn qemu_runs_as_an_unprivileged_user_and_still_migrates_over_tls() {
+    let mut cfg = lab_config(&["a", "b"]);
+    for h in ["a", "b"] {
+        cfg.agent_args
+            .insert(h.into(), vec!["--qemu-user".into(), "nobody".into()]);
+    }
+    let lab = ferry_lab::Lab::start(cfg).await.expect("lab");
+    boot_guest(&lab, "low", "a", 64, 4.0).await;
+    let nobody = nix::unistd::User::from_name("nobody")
+        .unwrap()
+        .expect("user nobody")
+        .uid
+        .as_raw();
+    let uid_of = |pid: u32| -> u32 {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+        line.split_whitespace().nth(2).unwrap().parse().unwrap() // effective uid
+    };
+    let on_a = lab.qemus_on("a");
+    assert_eq!(on_a.len(), 1);
+    assert_eq!(uid_of(on_a[0]), nobody, "QEMU on a runs as nobody");
+
+    let admin = lab.client();
+    let before = ferry_lab::Observer {
+        client: &admin,
+        vm: "low",
+    }
+    .last_status()
+    .await
+    .unwrap()
+    .expect("status");
+    let out = ferry(&lab, &["vm", "migrate", "low", "--to", "b", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let m: Migration = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(m.phase, Phase::Completed);
+    let v = ferry_lab::verdict_after(&admin, "low", &before, Duration::from_secs(120))
+        .await
+        .unwrap();
+    assert!(v.ok(), "{}", v.describe());
+    let on_b = lab.qemus_on("b");
+    assert_eq!(on_b.len(), 1);
+    assert_eq!(uid_of(on_b[0]), nobody, "QEMU on b runs as nobody");
+}

@@ -664,8 +664,13 @@ impl NetLab {
         let mut started = Vec::new();
         for h in &hosts {
             let mut spec = self.agent_spec(cfg, h, vm_network);
-            let token = self.trust()?.join_token(self.server_url(), &h.name).await?;
-            spec.env.push(("FERRY_JOIN_TOKEN".into(), token));
+            match &self.trust {
+                Some(t) => {
+                    let token = t.join_token(self.server_url(), &h.name).await?;
+                    spec.env.push(("FERRY_JOIN_TOKEN".into(), token));
+                }
+                None => spec.args.push("--insecure".into()),
+            }
             self.agent_specs.push((h.name.clone(), spec.clone()));
             started.push((h.name.clone(), self.spawn_daemon(spec)?));
         }

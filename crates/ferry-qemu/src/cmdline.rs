@@ -45,6 +45,23 @@ pub struct RuntimePaths {
 /// the resolved one (never Auto). `taps` holds the host tap device of each of the spec's
 /// NICs, and `disks` the host path of each of its data disks, in order. `start` says
 /// whether QEMU boots or waits for a migration stream.
+/// How QEMU starts: booting or waiting for a stream, and as which user.
+#[derive(Debug, Clone, Copy)]
+pub struct Launch<'a> {
+    pub start: StartMode,
+    /// Drop to this unprivileged user once set up (`-run-with user=`); None: stay root.
+    pub run_as: Option<&'a str>,
+}
+
+impl Launch<'_> {
+    pub fn as_root(start: StartMode) -> Launch<'static> {
+        Launch {
+            start,
+            run_as: None,
+        }
+    }
+}
+
 pub fn build_args(
     spec: &VmSpec,
     boot: &ResolvedBoot,
@@ -52,8 +69,9 @@ pub fn build_args(
     paths: &RuntimePaths,
     taps: &[String],
     disks: &[PathBuf],
-    start: StartMode,
+    how: Launch<'_>,
 ) -> Vec<OsString> {
+    let Launch { start, run_as } = how;
     let mut a: Vec<OsString> = Vec::new();
     let mut push = |s: &str| a.push(OsString::from(s));
     push("-name");
@@ -78,7 +96,16 @@ pub fn build_args(
     // syscalls. Ferry never asks QEMU to spawn anything (no exec: migration, no tap
     // scripts), so nothing it does needs them.
     push("-sandbox");
-    push("on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny");
+    match run_as {
+        // QEMU drops to the user itself (setuid after opening what it needs), so set*id
+        // must stay allowed; once it runs as that user it cannot climb back anyway.
+        Some(_) => push("on,obsolete=deny,spawn=deny,resourcecontrol=deny"),
+        None => push("on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"),
+    }
+    if let Some(user) = run_as {
+        push("-run-with");
+        push(&format!("user={user}"));
+    }
     push("-display");
     push("none");
     push("-msg");
@@ -291,7 +318,7 @@ mod tests {
             &paths("/v"),
             &[],
             &[],
-            StartMode::Boot,
+            Launch::as_root(StartMode::Boot),
         ));
         let file: serde_json::Value =
             serde_json::from_str(&args[args.iter().position(|a| a == "-blockdev").unwrap() + 1])
@@ -329,7 +356,7 @@ mod tests {
             &paths("/a/vm"),
             &taps("a"),
             &[],
-            StartMode::Boot,
+            Launch::as_root(StartMode::Boot),
         );
         let b = build_args(
             &spec(),
@@ -338,7 +365,7 @@ mod tests {
             &paths("/b/vm"),
             &taps("b"),
             &[],
-            StartMode::Incoming,
+            Launch::as_root(StartMode::Incoming),
         );
         assert_eq!(guest_visible_args(&a), guest_visible_args(&b));
         assert_ne!(a, b, "host-side paths do differ");
@@ -354,7 +381,7 @@ mod tests {
             &paths("/v"),
             &[],
             &disks,
-            StartMode::Boot,
+            Launch::as_root(StartMode::Boot),
         ));
         let first = args.iter().position(|a| a == "-blockdev").unwrap();
         let file: serde_json::Value = serde_json::from_str(&args[first + 1]).unwrap();
@@ -378,7 +405,7 @@ mod tests {
             &paths("/w"),
             &[],
             &elsewhere,
-            StartMode::Incoming,
+            Launch::as_root(StartMode::Incoming),
         );
         assert_eq!(
             guest_visible_args(&build_args(
@@ -388,7 +415,7 @@ mod tests {
                 &paths("/v"),
                 &[],
                 &disks,
-                StartMode::Boot
+                Launch::as_root(StartMode::Boot),
             )),
             guest_visible_args(&b)
         );
@@ -403,7 +430,7 @@ mod tests {
             &paths("/v"),
             &taps("a"),
             &[],
-            StartMode::Boot,
+            Launch::as_root(StartMode::Boot),
         ));
         assert!(args.contains(&"tap,id=net0,ifname=tap-a0,script=no,downscript=no".to_string()));
         assert!(
@@ -420,7 +447,7 @@ mod tests {
             &paths("/v"),
             &[],
             &[],
-            StartMode::Incoming,
+            Launch::as_root(StartMode::Incoming),
         ));
         let pos = args.iter().position(|a| a == "-incoming").unwrap();
         assert_eq!(args[pos + 1], "defer");
@@ -432,7 +459,7 @@ mod tests {
             &paths("/v"),
             &[],
             &[],
-            StartMode::IncomingHeld,
+            Launch::as_root(StartMode::IncomingHeld),
         );
         assert!(strings(&held).contains(&"-S".to_string()));
         assert_eq!(
@@ -444,7 +471,7 @@ mod tests {
                 &paths("/v"),
                 &[],
                 &[],
-                StartMode::Boot,
+                Launch::as_root(StartMode::Boot),
             )),
             "holding the vCPUs is not guest-visible"
         );
@@ -455,7 +482,7 @@ mod tests {
             &paths("/v"),
             &[],
             &[],
-            StartMode::Boot,
+            Launch::as_root(StartMode::Boot),
         ));
         assert!(!args.contains(&"-incoming".to_string()));
     }
@@ -469,7 +496,7 @@ mod tests {
             &paths("/v"),
             &[],
             &[],
-            StartMode::Boot,
+            Launch::as_root(StartMode::Boot),
         ));
         let joined = args.join(" ");
         for needle in [
@@ -498,8 +525,34 @@ mod tests {
             &p,
             &[],
             &[],
-            StartMode::Boot,
+            Launch::as_root(StartMode::Boot),
         ));
         assert!(args.contains(&"unix:/x,,y/qmp.sock,server=on,wait=off".to_string()));
+    }
+
+    #[test]
+    fn an_unprivileged_qemu_drops_to_its_user_inside_the_sandbox() {
+        let joined = strings(&build_args(
+            &spec(),
+            &boot("/i"),
+            Accel::Tcg,
+            &paths("/v"),
+            &[],
+            &[],
+            Launch {
+                start: StartMode::Boot,
+                run_as: Some("ferry-qemu"),
+            },
+        ))
+        .join(" ");
+        assert!(joined.contains("-run-with user=ferry-qemu"), "{joined}");
+        assert!(
+            joined.contains("-sandbox on,obsolete=deny,spawn=deny"),
+            "{joined}"
+        );
+        assert!(
+            !joined.contains("elevateprivileges=deny"),
+            "QEMU must be able to drop: {joined}"
+        );
     }
 }
