@@ -287,8 +287,11 @@ async fn announce(State(a): Shared, Path(name): Path<String>) -> Answer<serde_js
 
 // No body extractor: the request carries nothing (the client posts JSON `null`), and
 // ignoring the body accepts `null`, `{}` and an empty body alike.
-async fn probe_listen(State(a): Shared) -> Answer<ProbeListenResponse> {
-    Ok(Json(a.probe_listen().await?))
+async fn probe_listen(
+    State(a): Shared,
+    ApiJson(req): ApiJson<ferry_api::ProbeListenRequest>,
+) -> Answer<ProbeListenResponse> {
+    Ok(Json(a.probe_listen(&req).await?))
 }
 
 async fn probe_send(

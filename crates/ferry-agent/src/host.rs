@@ -204,12 +204,36 @@ impl Agent {
 
     /// Destination: a one-shot probe listener on the migration address (see
     /// [`crate::probe`]).
-    pub async fn probe_listen(&self) -> Result<ProbeListenResponse, AgentError> {
+    pub async fn probe_listen(
+        &self,
+        req: &ferry_api::ProbeListenRequest,
+    ) -> Result<ProbeListenResponse, AgentError> {
+        let tls =
+            match (&self.identity, &req.peer_host) {
+                (None, _) => None,
+                (Some(_), None) => return Err(AgentError::bad_request(
+                    "probe: this host probes over TLS and must be told the source host (peer_host)",
+                )),
+                (Some(id), Some(peer)) => {
+                    validate_name("peer host", peer)?;
+                    let m = id.material();
+                    let config = ferry_pki::server_config(
+                        &m.ca_pem,
+                        id.server_cert.clone(),
+                        ferry_pki::ClientCerts::Required,
+                    )
+                    .map_err(|e| AgentError::internal(e.to_string()))?;
+                    let peer = ferry_pki::Identity::host(peer)
+                        .map_err(|e| AgentError::bad_request(e.to_string()))?;
+                    Some(crate::probe::ListenTls { config, peer })
+                }
+            };
         self.probes
-            .listen(
+            .listen_with(
                 self.config.migration_address,
                 self.config.migration_port,
                 self.config.advertised_migration_address(),
+                tls,
             )
             .await
     }
@@ -219,7 +243,26 @@ impl Agent {
         &self,
         req: &ProbeSendRequest,
     ) -> Result<ProbeSendResponse, AgentError> {
-        crate::probe::send(req).await
+        let tls = match (&self.identity, &req.peer_host) {
+            (None, _) => None,
+            (Some(_), None) => {
+                return Err(AgentError::bad_request(
+                    "probe: this host probes over TLS and must be told the destination host \
+                     (peer_host)",
+                ))
+            }
+            (Some(id), Some(peer)) => {
+                validate_name("peer host", peer)?;
+                let peer = ferry_pki::Identity::host(peer)
+                    .map_err(|e| AgentError::bad_request(e.to_string()))?;
+                let m = id.material();
+                Some(std::sync::Arc::new(
+                    ferry_pki::client_config(&m.ca_pem, Some(&m), &peer)
+                        .map_err(|e| AgentError::internal(e.to_string()))?,
+                ))
+            }
+        };
+        crate::probe::send_with(req, tls).await
     }
 
     async fn find(&self, name: &str) -> Result<Arc<QemuVm>, AgentError> {

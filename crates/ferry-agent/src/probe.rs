@@ -69,6 +69,18 @@ impl ProbeListeners {
         port: u16,
         advertise: IpAddr,
     ) -> Result<ProbeListenResponse, AgentError> {
+        self.listen_with(bind, port, advertise, None).await
+    }
+
+    /// [`ProbeListeners::listen`], over TLS when `tls` is given: the one connection must
+    /// present the expected peer's certificate, else it is closed unread.
+    pub async fn listen_with(
+        &self,
+        bind: IpAddr,
+        port: u16,
+        advertise: IpAddr,
+        tls: Option<ListenTls>,
+    ) -> Result<ProbeListenResponse, AgentError> {
         let slot = self.slots.clone().try_acquire_owned().map_err(|_| {
             AgentError::refused(format!(
                 "{MAX_LISTENERS} probe listeners are already open; try again in a few seconds"
@@ -101,12 +113,41 @@ impl ProbeListeners {
             };
             // Stop listening at once: the probe is one connection.
             drop(listener);
-            match accepted {
-                Ok((stream, peer)) => {
+            match (accepted, tls) {
+                (Ok((stream, peer)), None) => {
                     let read = drain(stream, read_for).await;
                     tracing::debug!(port, %peer, read, "probe connection done");
                 }
-                Err(e) => tracing::debug!(port, "probe accept failed: {e}"),
+                (Ok((stream, peer)), Some(tls)) => {
+                    let acceptor = ferry_pki::tokio_rustls::TlsAcceptor::from(tls.config);
+                    let stream = match tokio::time::timeout(accept_within, acceptor.accept(stream))
+                        .await
+                    {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::info!(port, %peer, "probe connection refused: TLS: {e}");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::info!(port, %peer, "probe connection refused: no TLS handshake");
+                            return;
+                        }
+                    };
+                    let who = stream
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                        .and_then(|c| ferry_pki::cert_info_der(c).ok())
+                        .and_then(|i| i.identity);
+                    if who.as_ref() != Some(&tls.peer) {
+                        tracing::info!(port, %peer, ?who, expected = %tls.peer, "probe connection refused: not the expected host");
+                        return;
+                    }
+                    let read = drain(stream, read_for).await;
+                    tracing::debug!(port, %peer, read, "probe connection (TLS) done");
+                }
+                (Err(e), _) => tracing::debug!(port, "probe accept failed: {e}"),
             }
         });
         let advertised = SocketAddr::new(advertise, port).to_string();
@@ -115,9 +156,20 @@ impl ProbeListeners {
     }
 }
 
+/// What a TLS probe listener needs: its server settings (client certificates required)
+/// and the one host it admits.
+pub struct ListenTls {
+    pub config: Arc<rustls_config::ServerConfig>,
+    pub peer: ferry_pki::Identity,
+}
+
+mod rustls_config {
+    pub use ferry_pki::tokio_rustls::rustls::{ClientConfig, ServerConfig};
+}
+
 /// Reads and discards until EOF, MAX_PROBE_BYTES or `read_for`; returns the bytes read.
 /// Dropping the stream closes it, which tells the sender everything arrived.
-async fn drain(mut stream: TcpStream, read_for: Duration) -> u64 {
+async fn drain<S: tokio::io::AsyncRead + Unpin>(mut stream: S, read_for: Duration) -> u64 {
     let mut buf = vec![0u8; CHUNK];
     let mut read = 0u64;
     let deadline = tokio::time::Instant::now() + read_for;
@@ -157,11 +209,20 @@ pub fn validate_send(req: &ProbeSendRequest) -> Result<SocketAddr, AgentError> {
 
 /// Source: connects to a probe listener and sends `bytes`, or for at most `max_ms`.
 pub async fn send(req: &ProbeSendRequest) -> Result<ProbeSendResponse, AgentError> {
+    send_with(req, None).await
+}
+
+/// [`send`], over TLS when `tls` is given (its verifier accepts only the destination's
+/// certificate).
+pub async fn send_with(
+    req: &ProbeSendRequest,
+    tls: Option<Arc<rustls_config::ClientConfig>>,
+) -> Result<ProbeSendResponse, AgentError> {
     let target = validate_send(req)?;
     let unreachable =
         |reason: String| AgentError::upstream(format!("cannot reach {target}: {reason}"));
     let connect_started = Instant::now();
-    let mut stream = match tokio::time::timeout(
+    let stream = match tokio::time::timeout(
         Duration::from_millis(req.connect_timeout_ms),
         TcpStream::connect(target),
     )
@@ -176,8 +237,40 @@ pub async fn send(req: &ProbeSendRequest) -> Result<ProbeSendResponse, AgentErro
             )))
         }
     };
-    let connect_ms = ms(connect_started.elapsed());
+    let _ = stream.set_nodelay(true);
+    match tls {
+        None => {
+            let connect_ms = ms(connect_started.elapsed());
+            pump(stream, req, target, connect_ms).await
+        }
+        Some(config) => {
+            let connector = ferry_pki::tokio_rustls::TlsConnector::from(config);
+            // The verifier checks the destination's identity, not this name.
+            let name = ferry_pki::tokio_rustls::rustls::pki_types::ServerName::try_from("probe")
+                .map_err(|e| AgentError::internal(e.to_string()))?;
+            let stream = match tokio::time::timeout(
+                Duration::from_millis(req.connect_timeout_ms),
+                connector.connect(name, stream),
+            )
+            .await
+            {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => return Err(unreachable(format!("TLS: {e}"))),
+                Err(_) => return Err(unreachable("no TLS handshake in time".into())),
+            };
+            let connect_ms = ms(connect_started.elapsed());
+            pump(stream, req, target, connect_ms).await
+        }
+    }
+}
 
+/// Sends the probe's data on a connected stream and waits for the listener to close it.
+async fn pump<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    mut stream: S,
+    req: &ProbeSendRequest,
+    target: SocketAddr,
+    connect_ms: f64,
+) -> Result<ProbeSendResponse, AgentError> {
     let chunk = filler();
     let started = Instant::now();
     let deadline = started + Duration::from_millis(req.max_ms);
@@ -258,6 +351,7 @@ mod tests {
 
     fn request(target: &str, bytes: u64) -> ProbeSendRequest {
         ProbeSendRequest {
+            peer_host: None,
             target: target.into(),
             bytes,
             max_ms: 5_000,
@@ -383,5 +477,81 @@ mod tests {
             assert_eq!(e.code(), ErrorCode::BadRequest);
             assert!(e.to_string().contains(word), "{word}: {e}");
         }
+    }
+
+    fn host_material(ca: &ferry_pki::CertAuthority, host: &str) -> ferry_pki::Material {
+        let id = ferry_pki::Identity::host(host).unwrap();
+        let (key_pem, csr) = ferry_pki::new_key_and_csr(&id).unwrap();
+        let (cert_pem, _) = ca.issue(&csr, &id, Duration::from_secs(600)).unwrap();
+        ferry_pki::Material {
+            ca_pem: ca.cert_pem().to_string(),
+            cert_pem,
+            key_pem,
+        }
+    }
+
+    fn listen_tls(m: &ferry_pki::Material, peer: &str) -> ListenTls {
+        ListenTls {
+            config: ferry_pki::server_config(
+                &m.ca_pem,
+                ferry_pki::ReloadableCert::new(m).unwrap(),
+                ferry_pki::ClientCerts::Required,
+            )
+            .unwrap(),
+            peer: ferry_pki::Identity::host(peer).unwrap(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_tls_probe_runs_between_the_expected_hosts_only() {
+        let ca = ferry_pki::CertAuthority::generate("probe CA").unwrap();
+        let (a, b, c) = (
+            host_material(&ca, "a"),
+            host_material(&ca, "b"),
+            host_material(&ca, "c"),
+        );
+        let client = |me: &ferry_pki::Material, dest: &str| {
+            Some(Arc::new(
+                ferry_pki::client_config(
+                    &me.ca_pem,
+                    Some(me),
+                    &ferry_pki::Identity::host(dest).unwrap(),
+                )
+                .unwrap(),
+            ))
+        };
+        let listeners = ProbeListeners::default();
+        // b listens for a; a sends: the probe runs and measures.
+        let open = listeners
+            .listen_with(LOOPBACK, 0, LOOPBACK, Some(listen_tls(&b, "a")))
+            .await
+            .unwrap();
+        let r = send_with(&request(&open.advertised, 4 << 20), client(&a, "b"))
+            .await
+            .unwrap();
+        assert_eq!(r.bytes_sent, 4 << 20);
+
+        // c, with a valid certificate of the cluster, is not the host b waits for.
+        let open = listeners
+            .listen_with(LOOPBACK, 0, LOOPBACK, Some(listen_tls(&b, "a")))
+            .await
+            .unwrap();
+        let e = send_with(&request(&open.advertised, 64 << 20), client(&c, "b"))
+            .await
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("cannot reach") || e.to_string().contains("probe stream"),
+            "{e}"
+        );
+
+        // a expecting b but reaching a listener with c's certificate: refused by a itself.
+        let open = listeners
+            .listen_with(LOOPBACK, 0, LOOPBACK, Some(listen_tls(&c, "a")))
+            .await
+            .unwrap();
+        let e = send_with(&request(&open.advertised, 1 << 20), client(&a, "b"))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("TLS"), "{e}");
     }
 }

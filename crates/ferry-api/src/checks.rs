@@ -82,6 +82,14 @@ impl CheckReport {
     }
 }
 
+/// `POST /v1/probe/listen` (destination).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProbeListenRequest {
+    /// The source host: with TLS, the listener admits only its certificate.
+    #[serde(default)]
+    pub peer_host: Option<String>,
+}
+
 /// Destination: listen once on the migration address for a reachability and bandwidth
 /// probe.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -95,6 +103,9 @@ pub struct ProbeListenResponse {
 #[serde(deny_unknown_fields)]
 pub struct ProbeSendRequest {
     pub target: String,
+    /// The destination host: with TLS, the probe connects only to its certificate.
+    #[serde(default)]
+    pub peer_host: Option<String>,
     pub bytes: u64,
     pub max_ms: u64,
     /// Give up connecting after this long.

@@ -595,8 +595,11 @@ impl AgentClient {
             .await
     }
     /// Destination: accept one probe connection on the migration address.
-    pub async fn probe_listen(&self) -> Result<ProbeListenResponse, ClientError> {
-        self.http.post("/v1/probe/listen", &()).await
+    pub async fn probe_listen(
+        &self,
+        req: &ProbeListenRequest,
+    ) -> Result<ProbeListenResponse, ClientError> {
+        self.http.post("/v1/probe/listen", req).await
     }
     /// Source: connect to a destination's probe listener and send data for a while.
     pub async fn probe_send(

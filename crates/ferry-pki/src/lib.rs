@@ -24,6 +24,8 @@ pub use identity::Identity;
 pub use serve::{serve, Peer, TlsSlot, Transport};
 pub use tls::{client_config, server_config, ClientCerts, Material, ReloadableCert};
 pub use token::{ApiToken, JoinToken};
+/// The TLS stream types daemons use for their own raw streams (the bandwidth probe).
+pub use tokio_rustls;
 
 /// Why a PKI operation failed.
 #[derive(Debug, thiserror::Error)]

@@ -43,13 +43,16 @@ pub(crate) async fn probe_link(
 ) -> Result<ProbeSendResponse, String> {
     let listen = within(
         &format!("{dest_name} (probe listener)"),
-        dest.probe_listen(),
+        dest.probe_listen(&ProbeListenRequest {
+            peer_host: Some(source_name.to_string()),
+        }),
     )
     .await?;
     within(
         &format!("{source_name} (probe)"),
         source.probe_send(&ProbeSendRequest {
             target: listen.advertised,
+            peer_host: Some(dest_name.to_string()),
             bytes,
             max_ms,
             connect_timeout_ms: PROBE_CONNECT_MS,

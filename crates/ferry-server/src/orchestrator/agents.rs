@@ -286,9 +286,14 @@ impl Agents for HttpAgents {
         bytes: u64,
         max_ms: u64,
     ) -> AgentResult<ProbeSendResponse> {
-        let listen = call!(self, destination, QUICK, |c| c.probe_listen())?;
+        let listen = call!(self, destination, QUICK, |c| c.probe_listen(
+            &ProbeListenRequest {
+                peer_host: Some(source.to_string()),
+            }
+        ))?;
         call!(self, source, QUICK, |c| c.probe_send(&ProbeSendRequest {
             target: listen.advertised,
+            peer_host: Some(destination.to_string()),
             bytes,
             max_ms,
             connect_timeout_ms: 1000,
