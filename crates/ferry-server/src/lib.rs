@@ -15,6 +15,7 @@ pub mod cluster;
 pub mod core;
 pub mod orchestrator;
 pub mod pki;
+pub mod placement;
 pub mod precheck;
 pub mod storage_plan;
 pub mod store;
