@@ -306,6 +306,18 @@ impl ServerClient {
     pub async fn ca_bundle(&self) -> Result<CaBundle, ClientError> {
         self.http.get("/v1/ca").await
     }
+    pub async fn rules(&self) -> Result<Vec<Rule>, ClientError> {
+        self.http.get("/v1/rules").await
+    }
+    pub async fn add_rule(&self, rule: &Rule) -> Result<Rule, ClientError> {
+        self.http.post("/v1/rules", rule).await
+    }
+    pub async fn delete_rule(&self, name: &str) -> Result<serde_json::Value, ClientError> {
+        self.http.delete(&format!("/v1/rules/{}", seg(name))).await
+    }
+    pub async fn placement(&self, req: &PlacementRequest) -> Result<PlacementReport, ClientError> {
+        self.http.post("/v1/placement", req).await
+    }
     pub async fn ca_rotation(&self) -> Result<CaRotation, ClientError> {
         self.http.get("/v1/ca/rotation").await
     }

@@ -80,6 +80,10 @@ event_kinds! {
     ClusterBaseline => "cluster.baseline",
     ClusterMigrationDefaults => "cluster.migration_defaults",
     VmCreate => "vm.create",
+    /// Placement chose a host for a VM (with the runner-up and every candidate's score).
+    VmPlaced => "vm.placed",
+    RuleAdd => "rule.add",
+    RuleDelete => "rule.delete",
     VmStart => "vm.start",
     VmStop => "vm.stop",
     VmDelete => "vm.delete",

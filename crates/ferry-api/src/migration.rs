@@ -89,7 +89,9 @@ impl MigrationOptions {
 #[serde(deny_unknown_fields)]
 pub struct MigrateRequest {
     pub vm: String,
-    pub to: String,
+    /// None: the server picks the destination (see `ferry_server::placement`).
+    #[serde(default)]
+    pub to: Option<String>,
     #[serde(default)]
     pub options: MigrationOptions,
 }

@@ -98,7 +98,9 @@ pub struct Vm {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateVmRequest {
-    pub host: String,
+    /// None: the server places the VM (see `ferry_server::placement`).
+    #[serde(default)]
+    pub host: Option<String>,
     pub spec: VmSpec,
 }
 

@@ -91,7 +91,7 @@ pub async fn migrate(a: BenchMigrateArgs) -> CliResult {
         );
         let spec = test_vm_spec(&vm, a.memory, a.workload_mem, *rate);
         c.create_vm(&CreateVmRequest {
-            host: "a".into(),
+            host: Some("a".into()),
             spec,
         })
         .await?;
@@ -111,7 +111,7 @@ pub async fn migrate(a: BenchMigrateArgs) -> CliResult {
         let m = c
             .migrate(&MigrateRequest {
                 vm: vm.clone(),
-                to: "b".into(),
+                to: Some("b".into()),
                 options: Default::default(),
             })
             .await?;
@@ -232,7 +232,7 @@ async fn plain_row(lab: &Lab, a: &BenchMigrateArgs, i: usize, rate: f64) -> Resu
     let vm = format!("plain{i}");
     eprintln!("bench: {vm}: the same guest and rate, moved by QEMU alone (uncapped)");
     c.create_vm(&CreateVmRequest {
-        host: "a".into(),
+        host: Some("a".into()),
         spec: test_vm_spec(&vm, a.memory, a.workload_mem, rate),
     })
     .await?;

@@ -189,7 +189,7 @@ async fn one(
         let m = c
             .migrate(&MigrateRequest {
                 vm: vm.into(),
-                to: "b".into(),
+                to: Some("b".into()),
                 options: if mode == "ferry" {
                     MigrationOptions {
                         downtime_limit_ms: Some(a.downtime_limit),

@@ -64,7 +64,7 @@ pub(crate) async fn boot_networked_guest(
         );
     }
     c.create_vm(&CreateVmRequest {
-        host: "a".into(),
+        host: Some("a".into()),
         spec,
     })
     .await?;
@@ -105,7 +105,7 @@ async fn one(
     let m = c
         .migrate(&MigrateRequest {
             vm: vm.into(),
-            to: "b".into(),
+            to: Some("b".into()),
             options: Default::default(),
         })
         .await?;

@@ -240,7 +240,7 @@ pub async fn storage(a: BenchStorageArgs) -> CliResult {
         *cmdline = ferry_image::with_disk(cmdline, "vda", GUEST_AREA_MIB, a.guest_write_rate);
     }
     c.create_vm(&CreateVmRequest {
-        host: "a".into(),
+        host: Some("a".into()),
         spec,
     })
     .await?;
@@ -269,7 +269,7 @@ pub async fn storage(a: BenchStorageArgs) -> CliResult {
     let m = c
         .migrate(&MigrateRequest {
             vm: VM.into(),
-            to: "b".into(),
+            to: Some("b".into()),
             options: Default::default(),
         })
         .await?;

@@ -45,7 +45,7 @@ async fn run(
 ) -> Result<Vec<Row>, CliError> {
     let vm = "tlsbench";
     c.create_vm(&CreateVmRequest {
-        host: "a".into(),
+        host: Some("a".into()),
         spec: test_vm_spec(vm, a.memory, a.workload_mem, a.rate),
     })
     .await?;
@@ -65,7 +65,7 @@ async fn run(
         let m = c
             .migrate(&MigrateRequest {
                 vm: vm.into(),
-                to: to.into(),
+                to: Some(to.into()),
                 options: MigrationOptions {
                     streams: Some(streams),
                     ..Default::default()

@@ -61,6 +61,9 @@ pub enum Command {
     User(UserCmd),
     /// How the server sees you (your user and role).
     Whoami(JsonFlag),
+    /// Placement rules: affinity, anti-affinity, VM-to-host; each must or should.
+    #[command(subcommand)]
+    Rule(RuleCmd),
     /// Run the per-host agent.
     Agent(AgentArgs),
     /// Registered hosts.
@@ -276,6 +279,47 @@ pub enum CaCmd {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum RuleCmd {
+    /// Add a rule. Exactly one of --affinity, --anti-affinity, --on-hosts, --off-hosts.
+    #[command(
+        after_help = "Examples:\n  ferry rule add dbs-apart --anti-affinity --vms db1,db2\n  \
+        ferry rule add web-with-cache --affinity --vms web1,cache1 --should\n  \
+        ferry rule add licensed --vms db1,db2 --on-hosts a,b"
+    )]
+    Add {
+        name: String,
+        /// The VMs the rule is about.
+        #[arg(long, value_delimiter = ',', required = true)]
+        vms: Vec<String>,
+        /// Keep the VMs on one host.
+        #[arg(long, group = "kind")]
+        affinity: bool,
+        /// Keep the VMs on different hosts.
+        #[arg(long, group = "kind")]
+        anti_affinity: bool,
+        /// Run the VMs only on these hosts.
+        #[arg(long, value_delimiter = ',', group = "kind")]
+        on_hosts: Vec<String>,
+        /// Never run the VMs on these hosts.
+        #[arg(long, value_delimiter = ',', group = "kind")]
+        off_hosts: Vec<String>,
+        /// A preference placement may break (it costs score) instead of a must.
+        #[arg(long)]
+        should: bool,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// List the rules.
+    List(JsonFlag),
+    /// Delete a rule.
+    Delete {
+        name: String,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 pub enum UserCmd {
     /// Add a user with a role (viewer: read; operator: VMs and migrations; admin: hosts,
     /// cluster settings, users) and print its first API token (shown once).
@@ -428,9 +472,12 @@ pub enum VmCmd {
 #[derive(Args, Debug)]
 pub struct VmCreateArgs {
     pub name: String,
-    /// Host to boot it on.
+    /// Host to boot it on (default: the best host by placement and the rules).
     #[arg(long)]
-    pub host: String,
+    pub host: Option<String>,
+    /// Print every host's placement score and why each loser lost.
+    #[arg(long)]
+    pub explain: bool,
     /// A JSON VM spec file; the options below are then not allowed.
     #[arg(long, conflicts_with_all = ["memory", "vcpus", "image", "kernel", "disk", "workload_mem", "workload_rate", "cmdline", "nics", "guest_ip", "disks"])]
     pub spec: Option<PathBuf>,
@@ -488,9 +535,12 @@ pub struct VmCreateArgs {
 #[derive(Args, Debug)]
 pub struct MigrateArgs {
     pub name: String,
-    /// Destination host.
+    /// Destination host (default: the best host by placement and the rules).
     #[arg(long)]
-    pub to: String,
+    pub to: Option<String>,
+    /// Print every host's placement score and why each loser lost.
+    #[arg(long)]
+    pub explain: bool,
     #[command(flatten)]
     pub tuning: TuningArgs,
     /// Local-pool disks are copied to the destination; keep the source's copy afterwards

@@ -189,6 +189,17 @@ pub async fn vm(server: &crate::connection::ConnOpts, cmd: VmCmd) -> CliResult {
                 host: a.host.clone(),
                 spec: spec_from_args(&a)?,
             };
+            if a.explain {
+                crate::cmd_rules::explain(
+                    &c,
+                    &PlacementRequest {
+                        vm: None,
+                        spec: Some(req.spec.clone()),
+                    },
+                    json,
+                )
+                .await?;
+            }
             let vm = c.create_vm(&req).await?;
             if json {
                 return print_json(&vm);

@@ -25,6 +25,17 @@ pub async fn migrate(server: &crate::connection::ConnOpts, a: MigrateArgs) -> Cl
     req.options
         .validate()
         .map_err(|e| CliError::refused(e.message))?;
+    if a.explain {
+        crate::cmd_rules::explain(
+            &c,
+            &PlacementRequest {
+                vm: Some(a.name.clone()),
+                spec: None,
+            },
+            a.json.json,
+        )
+        .await?;
+    }
     if a.check {
         let report = c.check_migration(&req).await?;
         if a.json.json {

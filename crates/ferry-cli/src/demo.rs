@@ -82,7 +82,7 @@ async fn demo(a: DemoArgs) -> CliResult {
     let started = std::time::Instant::now();
     let spec = test_vm_spec(VM, a.memory, a.workload_mem, a.workload_rate);
     c.create_vm(&CreateVmRequest {
-        host: "a".into(),
+        host: Some("a".into()),
         spec,
     })
     .await?;
@@ -107,7 +107,7 @@ async fn demo(a: DemoArgs) -> CliResult {
         let m = c
             .migrate(&MigrateRequest {
                 vm: VM.into(),
-                to: to.into(),
+                to: Some(to.into()),
                 options: Default::default(),
             })
             .await?;

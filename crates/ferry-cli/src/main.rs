@@ -16,6 +16,7 @@ mod cmd_events;
 mod cmd_image;
 mod cmd_lab;
 mod cmd_migrate;
+mod cmd_rules;
 mod cmd_security;
 mod connection;
 mod demo;
@@ -77,6 +78,7 @@ async fn run(cli: Cli) -> CliResult {
         Command::Ca(c) => cmd_security::ca(&server, c).await,
         Command::User(c) => cmd_security::user(&server, c).await,
         Command::Whoami(j) => cmd_security::whoami(&server, j).await,
+        Command::Rule(c) => cmd_rules::rule(&server, c).await,
         Command::Host(cli::HostCmd::JoinToken { name, ttl_s, json }) => {
             cmd_security::join_token(&server, &name, ttl_s, json).await
         }

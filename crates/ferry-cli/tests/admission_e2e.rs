@@ -60,7 +60,7 @@ async fn twenty_creates_at_once_at_a_host_that_fits_three_admit_exactly_three() 
         let c = lab.client();
         set.spawn(async move {
             let req = CreateVmRequest {
-                host: "a".into(),
+                host: Some("a".into()),
                 spec: test_vm_spec(&format!("burst{i}"), MEMORY_MIB, 8, 1.0),
             };
             c.create_vm(&req).await
@@ -100,7 +100,7 @@ async fn twenty_creates_at_once_at_a_host_that_fits_three_admit_exactly_three() 
     let stopped = admitted[0].clone();
     c.stop_vm(&stopped).await.expect("stop");
     c.create_vm(&CreateVmRequest {
-        host: "a".into(),
+        host: Some("a".into()),
         spec: test_vm_spec("late", MEMORY_MIB, 8, 1.0),
     })
     .await
@@ -133,7 +133,7 @@ async fn a_disk_image_belongs_to_one_vm_wherever_it_runs_and_while_it_is_stopped
         spec
     };
     c.create_vm(&CreateVmRequest {
-        host: "a".into(),
+        host: Some("a".into()),
         spec: with_disk("owner"),
     })
     .await
@@ -142,7 +142,7 @@ async fn a_disk_image_belongs_to_one_vm_wherever_it_runs_and_while_it_is_stopped
     // The same shared image from the other host: refused, naming the owner.
     let e = c
         .create_vm(&CreateVmRequest {
-            host: "b".into(),
+            host: Some("b".into()),
             spec: with_disk("thief"),
         })
         .await

@@ -27,7 +27,7 @@ async fn the_baseline_is_the_best_model_every_host_runs() {
     // A new VM gets it by default.
     let vm = c
         .create_vm(&CreateVmRequest {
-            host: "a".into(),
+            host: Some("a".into()),
             spec: ferry_lab::test_vm_spec("base1", 256, 16, 1.0),
         })
         .await
@@ -60,7 +60,7 @@ async fn the_baseline_is_the_best_model_every_host_runs() {
     let m = c
         .migrate(&MigrateRequest {
             vm: "base1".into(),
-            to: "b".into(),
+            to: Some("b".into()),
             options: MigrationOptions {
                 downtime_limit_ms: Some(400),
                 ..Default::default()

@@ -147,7 +147,7 @@ async fn each_unfit_destination_is_refused_by_the_check_that_names_why() {
         image: "data".into(),
     }];
     c.create_vm(&CreateVmRequest {
-        host: "a".into(),
+        host: Some("a".into()),
         spec,
     })
     .await

@@ -158,7 +158,7 @@ async fn a_vm_with_a_shared_pool_disk_migrates_and_a_local_disk_that_cannot_be_c
         image: "ldata".into(),
     }];
     c.create_vm(&CreateVmRequest {
-        host: "a".into(),
+        host: Some("a".into()),
         spec,
     })
     .await
@@ -198,7 +198,7 @@ async fn a_vm_with_a_shared_pool_disk_migrates_and_a_local_disk_that_cannot_be_c
         *cmdline = ferry_image::with_disk(cmdline, "vda", 32, 2.0);
     }
     c.create_vm(&CreateVmRequest {
-        host: "a".into(),
+        host: Some("a".into()),
         spec,
     })
     .await

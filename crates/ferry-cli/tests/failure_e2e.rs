@@ -21,7 +21,7 @@ async fn killing_the_destination_qemu_mid_migration_keeps_the_vm_on_the_source()
     let m = c
         .migrate(&MigrateRequest {
             vm: VM.into(),
-            to: "b".into(),
+            to: Some("b".into()),
             options: MigrationOptions {
                 max_bandwidth_mib: Some(16),
                 ..Default::default()

@@ -48,7 +48,7 @@ async fn boot_networked_guest(
     let c = lab.client();
     let vm = c
         .create_vm(&CreateVmRequest {
-            host: host.into(),
+            host: Some(host.into()),
             spec,
         })
         .await

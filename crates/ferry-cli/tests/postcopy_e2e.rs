@@ -81,7 +81,7 @@ async fn broken_link_story(lab: &NetLab) {
     let c = lab.client();
     // 128 MiB rewritten at 64 MiB/s over a 16 MiB/s cap: pre-copy cannot converge.
     c.create_vm(&CreateVmRequest {
-        host: "a".into(),
+        host: Some("a".into()),
         spec: test_vm_spec(VM, 512, 128, 64.0),
     })
     .await
@@ -99,7 +99,7 @@ async fn broken_link_story(lab: &NetLab) {
     let refused = c
         .migrate(&MigrateRequest {
             vm: VM.into(),
-            to: "b".into(),
+            to: Some("b".into()),
             options: MigrationOptions {
                 postcopy: Some(PostcopyPolicy::Automatic),
                 streams: Some(2),
@@ -113,7 +113,7 @@ async fn broken_link_story(lab: &NetLab) {
     let m = c
         .migrate(&MigrateRequest {
             vm: VM.into(),
-            to: "b".into(),
+            to: Some("b".into()),
             options: MigrationOptions {
                 max_bandwidth_mib: Some(16),
                 postcopy: Some(PostcopyPolicy::Automatic),

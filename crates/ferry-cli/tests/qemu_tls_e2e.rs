@@ -113,7 +113,7 @@ async fn a_guest_and_its_local_disk_move_over_qemu_tls_and_verify_clean() {
         *cmdline = ferry_image::with_disk(cmdline, "vda", 16, 1.0);
     }
     c.create_vm(&CreateVmRequest {
-        host: "a".into(),
+        host: Some("a".into()),
         spec,
     })
     .await

@@ -35,7 +35,7 @@ fn free_bytes(dir: &Path) -> u64 {
 async fn start(c: &ServerClient, max_mib: Option<u64>) -> Migration {
     c.migrate(&MigrateRequest {
         vm: VM.into(),
-        to: "b".into(),
+        to: Some("b".into()),
         options: MigrationOptions {
             max_bandwidth_mib: max_mib,
             ..Default::default()
@@ -143,7 +143,7 @@ async fn local_disks_move_with_the_vm_and_every_failure_leaves_the_source_intact
         *cmdline = ferry_image::with_disk(cmdline, "vda", AREA_MIB, WRITE_MIB_S);
     }
     c.create_vm(&CreateVmRequest {
-        host: "a".into(),
+        host: Some("a".into()),
         spec,
     })
     .await

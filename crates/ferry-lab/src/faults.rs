@@ -466,7 +466,7 @@ async fn run(cfg: &MatrixConfig, cell: Cell, r: &mut CellResult) -> Result<(), S
     let m = c
         .migrate(&MigrateRequest {
             vm: VM.into(),
-            to: "b".into(),
+            to: Some("b".into()),
             options: options(cell),
         })
         .await
@@ -586,7 +586,7 @@ async fn boot(cfg: &MatrixConfig, c: &ServerClient, cell: Cell) -> Result<(), St
         }
     }
     c.create_vm(&CreateVmRequest {
-        host: "a".into(),
+        host: Some("a".into()),
         spec,
     })
     .await

@@ -129,7 +129,7 @@ pub async fn run(cfg: &SoakConfig, mut progress: impl FnMut(&Round)) -> Result<S
     let c = lab.client();
     for (vm, host) in VMS.iter().zip(HOSTS) {
         c.create_vm(&CreateVmRequest {
-            host: host.into(),
+            host: Some(host.into()),
             spec: test_vm_spec(vm, 256, 32, 2.0),
         })
         .await
@@ -228,7 +228,7 @@ async fn one_round(
     let m = c
         .migrate(&MigrateRequest {
             vm: route.vm.into(),
-            to: route.destination.into(),
+            to: Some(route.destination.into()),
             options: MigrationOptions::default(),
         })
         .await

@@ -13,6 +13,10 @@
 //! GET    /v1/ca/rotation              CaRotation (admin)
 //! POST   /v1/ca/rotate                RotateRequest -> CaRotation (admin): start / finish
 //! GET    /v1/whoami                   public: WhoAmI
+//! GET    /v1/rules                    [Rule]
+//! POST   /v1/rules                    Rule -> Rule (operator)
+//! DELETE /v1/rules/{name}             (operator)
+//! POST   /v1/placement                PlacementRequest -> PlacementReport (moves nothing)
 //! POST   /v1/join                     JoinRequest -> IssuedCertificate (the token is the credential)
 //! POST   /v1/hosts/join-tokens        JoinTokenRequest -> JoinTokenResponse (admin)
 //! POST   /v1/hosts/{name}/certificate RenewRequest -> IssuedCertificate (that host)
@@ -191,6 +195,15 @@ fn table() -> Vec<(RouteSpec, MethodRouter<Arc<Server>>)> {
             post(set_migration_defaults),
         ),
         r(M::GET, "/v1/events", R(Viewer), get(events)),
+        r(M::GET, "/v1/rules", R(Viewer), get(rules)),
+        r(M::POST, "/v1/rules", R(Operator), post(add_rule)),
+        r(
+            M::DELETE,
+            "/v1/rules/{name}",
+            R(Operator),
+            delete(delete_rule),
+        ),
+        r(M::POST, "/v1/placement", R(Viewer), post(placement)),
         r(
             M::GET,
             "/v1/events/checkpoints",
@@ -771,6 +784,40 @@ async fn checkpoint_now(
         &c,
         Query::CheckpointNow,
         pick!(QueryOutcome::Checkpoint),
+    )
+    .await
+}
+
+async fn rules(State(s): Shared, Authenticated(c): Authenticated) -> Answer<Vec<Rule>> {
+    ask(&s, &c, Query::Rules, pick!(QueryOutcome::Rules)).await
+}
+
+async fn add_rule(
+    State(s): Shared,
+    Authenticated(c): Authenticated,
+    ApiJson(rule): ApiJson<Rule>,
+) -> Answer<Rule> {
+    act(&s, &c, Action::AddRule(rule), pick!(ActionOutcome::Rule)).await
+}
+
+async fn delete_rule(
+    State(s): Shared,
+    Authenticated(c): Authenticated,
+    Path(name): Path<String>,
+) -> Answer<serde_json::Value> {
+    act(&s, &c, Action::DeleteRule(name), deleted).await
+}
+
+async fn placement(
+    State(s): Shared,
+    Authenticated(c): Authenticated,
+    ApiJson(req): ApiJson<PlacementRequest>,
+) -> Answer<PlacementReport> {
+    ask(
+        &s,
+        &c,
+        Query::Placement(req),
+        pick!(QueryOutcome::Placement),
     )
     .await
 }

@@ -70,8 +70,12 @@ impl Server {
     ) -> Result<CheckReport, ApiError> {
         let started = Instant::now();
         let vm = self.find_vm(&req.vm)?;
-        validate_name("host name", &req.to)?;
-        let dest = self.host(&req.to)?;
+        let to = req
+            .to
+            .as_deref()
+            .ok_or_else(|| ApiError::internal("the destination was not placed"))?;
+        validate_name("host name", to)?;
+        let dest = self.host(to)?;
         let source = self.host(&vm.host)?;
         let source_agent = self.agent_client(&source)?;
         let dest_agent = self.agent_client(&dest)?;

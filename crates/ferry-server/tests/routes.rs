@@ -159,6 +159,10 @@ fn sample_body(spec: &RouteSpec) -> String {
             serde_json::json!({"vm": "nope", "to": "zz"})
         }
         "/v1/migrations/{id}/resolve" => serde_json::json!({"keep": "source"}),
+        "/v1/rules" => serde_json::json!({
+            "name": "sample", "strength": "must", "kind": "anti_affinity", "vms": ["x1", "x2"]
+        }),
+        "/v1/placement" => serde_json::json!({"vm": "nope"}),
         "/v1/cluster/baseline" => serde_json::json!({"mode": "auto"}),
         "/v1/cluster/migration-defaults" => serde_json::json!({}),
         "/v1/hosts/{host}/pools/{pool}/disks" => serde_json::json!({"name": "d1", "size_mib": 1}),

@@ -94,7 +94,7 @@ pub fn stderr(o: &Output) -> String {
 pub async fn boot_guest(lab: &Lab, name: &str, host: &str, workload_mib: u64, rate: f64) {
     let c = lab.client();
     c.create_vm(&CreateVmRequest {
-        host: host.into(),
+        host: Some(host.into()),
         spec: test_vm_spec(name, 512, workload_mib, rate),
     })
     .await

@@ -59,8 +59,12 @@ impl Server {
         req.options = req.options.with_defaults(&self.migration_defaults()?);
         req.options.validate()?;
         let vm = self.find_vm(&req.vm)?;
-        validate_name("host name", &req.to)?;
-        let dest = self.host(&req.to)?;
+        let to = req
+            .to
+            .clone()
+            .ok_or_else(|| ApiError::internal("the destination was not placed"))?;
+        validate_name("host name", &to)?;
+        let dest = self.host(&to)?;
         if dest.name == vm.host {
             return Err(ApiError::bad_request(format!(
                 "VM '{}' already runs on {}; choose another destination",

@@ -24,6 +24,7 @@ mod hosts;
 mod identities;
 mod lock;
 mod migrations;
+mod placing;
 mod query;
 mod vms;
 
@@ -62,6 +63,8 @@ pub enum Action {
     RemoveHost(String),
     /// Start or finish replacing the cluster CA.
     RotateCa(RotateRequest),
+    AddRule(Rule),
+    DeleteRule(String),
     AddUser(CreateUserRequest),
     RemoveUser(String),
     NewUserToken(String),
@@ -113,7 +116,9 @@ impl Action {
             | Action::CancelMigration(_)
             | Action::ResolveMigration { .. }
             | Action::CreateDisk { .. }
-            | Action::DeleteDisk { .. } => Need::Role(Operator),
+            | Action::DeleteDisk { .. }
+            | Action::AddRule(_)
+            | Action::DeleteRule(_) => Need::Role(Operator),
             Action::SetMaintenance { .. }
             | Action::SetBaseline(_)
             | Action::SetMigrationDefaults(_)
@@ -129,6 +134,7 @@ impl Action {
 
 #[derive(Debug, Clone)]
 pub enum ActionOutcome {
+    Rule(Rule),
     CaRotation(CaRotation),
     UserToken(UserToken),
     JoinToken(JoinTokenResponse),
@@ -324,15 +330,29 @@ impl Server {
             Action::AddUser(req) => self.add_user(&req).map(ActionOutcome::UserToken),
             Action::RemoveUser(name) => self.remove_user(&name).map(ActionOutcome::Deleted),
             Action::NewUserToken(name) => self.new_user_token(&name).map(ActionOutcome::UserToken),
-            Action::CreateVm(req) => self.create_vm(req).await.map(ActionOutcome::Vm),
+            Action::CreateVm(mut req) => {
+                if req.host.is_none() {
+                    let place = PlacementRequest {
+                        vm: None,
+                        spec: Some(req.spec.clone()),
+                    };
+                    req.host = Some(self.place_or_refuse(actor, &place)?);
+                }
+                self.create_vm(req).await.map(ActionOutcome::Vm)
+            }
+            Action::AddRule(rule) => self.add_rule(&rule).map(ActionOutcome::Rule),
+            Action::DeleteRule(name) => self.delete_rule(&name).map(ActionOutcome::Deleted),
             Action::StopVm(name) => self.stop_vm(&name).await.map(ActionOutcome::Vm),
             Action::StartVm(name) => self.start_vm(&name).await.map(ActionOutcome::Vm),
             Action::DeleteVm(name) => self.delete_vm(&name).await.map(ActionOutcome::Deleted),
-            Action::StartMigration(req) => self
-                .start_migration(actor, req)
-                .await
-                .map(ActionOutcome::Migration),
-            Action::CheckMigration(req) => {
+            Action::StartMigration(mut req) => {
+                self.place_destination(actor, &mut req)?;
+                self.start_migration(actor, req)
+                    .await
+                    .map(ActionOutcome::Migration)
+            }
+            Action::CheckMigration(mut req) => {
+                self.place_destination(actor, &mut req)?;
                 self.check_migration(&req).await.map(ActionOutcome::Checks)
             }
             Action::SetBaseline(s) => self.set_baseline(s).map(ActionOutcome::Cluster),
@@ -364,6 +384,21 @@ impl Server {
     }
 }
 
+impl Server {
+    /// A migration without a destination gets one from placement (its own host excluded).
+    fn place_destination(&self, actor: &str, req: &mut MigrateRequest) -> Result<(), ApiError> {
+        if req.to.is_none() {
+            validate_name("VM name", &req.vm)?;
+            let place = PlacementRequest {
+                vm: Some(req.vm.clone()),
+                spec: None,
+            };
+            req.to = Some(self.place_or_refuse(actor, &place)?);
+        }
+        Ok(())
+    }
+}
+
 fn describe(action: &Action) -> (EventKind, Option<String>, Option<String>, Option<Uuid>) {
     use EventKind as K;
     match action {
@@ -375,30 +410,17 @@ fn describe(action: &Action) -> (EventKind, Option<String>, Option<String>, Opti
         }
         Action::RemoveHost(h) => (K::HostRemove, None, Some(h.clone()), None),
         Action::RotateCa(_) => (K::CaRotate, None, None, None),
+        Action::AddRule(_) => (K::RuleAdd, None, None, None),
+        Action::DeleteRule(_) => (K::RuleDelete, None, None, None),
         Action::AddUser(_) => (K::UserAdd, None, None, None),
         Action::RemoveUser(_) => (K::UserRemove, None, None, None),
         Action::NewUserToken(_) => (K::UserToken, None, None, None),
-        Action::CreateVm(r) => (
-            K::VmCreate,
-            Some(r.spec.name.clone()),
-            Some(r.host.clone()),
-            None,
-        ),
+        Action::CreateVm(r) => (K::VmCreate, Some(r.spec.name.clone()), r.host.clone(), None),
         Action::StopVm(n) => (K::VmStop, Some(n.clone()), None, None),
         Action::StartVm(n) => (K::VmStart, Some(n.clone()), None, None),
         Action::DeleteVm(n) => (K::VmDelete, Some(n.clone()), None, None),
-        Action::StartMigration(r) => (
-            K::MigrationRequest,
-            Some(r.vm.clone()),
-            Some(r.to.clone()),
-            None,
-        ),
-        Action::CheckMigration(r) => (
-            K::MigrationCheck,
-            Some(r.vm.clone()),
-            Some(r.to.clone()),
-            None,
-        ),
+        Action::StartMigration(r) => (K::MigrationRequest, Some(r.vm.clone()), r.to.clone(), None),
+        Action::CheckMigration(r) => (K::MigrationCheck, Some(r.vm.clone()), r.to.clone(), None),
         Action::CancelMigration(id) => (K::MigrationCancel, None, None, Some(*id)),
         Action::ResolveMigration { id, .. } => (K::MigrationResolve, None, None, Some(*id)),
         Action::SetBaseline(_) => (K::ClusterBaseline, None, None, None),
@@ -428,6 +450,12 @@ fn summary_of_checks(r: &CheckReport) -> String {
 /// caller, and only their hashes are kept).
 fn summary(outcome: &ActionOutcome) -> String {
     match outcome {
+        ActionOutcome::Rule(r) => format!(
+            "rule {} ({:?}) on {}",
+            r.name,
+            r.strength,
+            r.vms().join(", ")
+        ),
         ActionOutcome::CaRotation(r) => format!(
             "CA rotation {}: signing CA {}, {} CA(s) trusted, {} host(s) still on the old CA",
             r.state,

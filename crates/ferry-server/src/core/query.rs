@@ -33,6 +33,9 @@ pub enum Query {
     Users,
     /// Where a CA rotation stands.
     CaRotation,
+    Rules,
+    /// Where a VM would go, every candidate scored (`--explain`).
+    Placement(PlacementRequest),
     /// The audit trail's signed checkpoints and the key that signs them.
     Checkpoints,
     /// Sign the event log's head now (for `ferry events verify/export`). It adds a
@@ -43,6 +46,8 @@ pub enum Query {
 #[derive(Debug, Clone)]
 pub enum QueryOutcome {
     CaRotation(CaRotation),
+    Rules(Vec<Rule>),
+    Placement(PlacementReport),
     Checkpoints(ferry_api::audit::Checkpoints),
     Checkpoint(Option<ferry_api::audit::Checkpoint>),
     Health(serde_json::Value),
@@ -76,6 +81,8 @@ impl Query {
             | Query::Events(_)
             | Query::Cluster
             | Query::Disks { .. }
+            | Query::Rules
+            | Query::Placement(_)
             | Query::Checkpoints
             | Query::CheckpointNow => Need::Role(Role::Viewer),
         }
@@ -126,6 +133,8 @@ impl Server {
             }
             Query::Users => QueryOutcome::Users(self.store.users()?),
             Query::CaRotation => QueryOutcome::CaRotation(self.ca_rotation()?),
+            Query::Rules => QueryOutcome::Rules(self.store.rules()?),
+            Query::Placement(req) => QueryOutcome::Placement(self.placement(&req)?),
             Query::Checkpoints => QueryOutcome::Checkpoints(self.checkpoints()?),
             Query::CheckpointNow => QueryOutcome::Checkpoint(self.checkpoint_now()?),
         })

@@ -35,7 +35,11 @@ impl Server {
     pub(super) async fn create_vm(&self, mut req: CreateVmRequest) -> Result<Vm, ApiError> {
         req.spec.validate()?;
         req.spec.assign_defaults();
-        validate_name("host name", &req.host)?;
+        let host_name = req
+            .host
+            .clone()
+            .ok_or_else(|| ApiError::internal("the VM was not placed"))?;
+        validate_name("host name", &host_name)?;
         self.resolve_cpu_model(&mut req.spec)?;
         if self.store.vm(&req.spec.name)?.is_some() {
             return Err(ApiError::conflict(format!(
@@ -43,7 +47,7 @@ impl Server {
                 req.spec.name
             )));
         }
-        let (host, agent) = self.agent(&req.host)?;
+        let (host, agent) = self.agent(&host_name)?;
         if host.maintenance {
             return Err(ApiError::conflict(format!(
                 "host {} is in maintenance: it takes no new VMs",

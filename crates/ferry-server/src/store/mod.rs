@@ -26,7 +26,7 @@ use rows::{
     event_row, migration_row, stored_host_row, vm_row, EVENT_SELECT, MIGRATION_SELECT, VM_SELECT,
 };
 
-pub const SCHEMA_VERSION: i64 = 6;
+pub const SCHEMA_VERSION: i64 = 7;
 
 /// Upgrades from each older schema version to the next, in order. Index i upgrades
 /// version i+1 to i+2.
@@ -50,7 +50,18 @@ const UPGRADES: &[&str] = &[
     "ALTER TABLE events ADD COLUMN hash TEXT;",
     // 5 -> 6: operators, their API tokens, join tokens and the host certificates issued.
     AUTH_SCHEMA,
+    // 6 -> 7: placement rules.
+    RULES_SCHEMA,
 ];
+
+/// Placement rules (issue 12), each kept whole as JSON under its name.
+const RULES_SCHEMA: &str = "
+CREATE TABLE rules (
+    name TEXT PRIMARY KEY,
+    rule TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+";
 
 /// Who may call the server (issue 11): users with roles and token hashes, join tokens,
 /// and every host certificate the CA issued (revocation is `revoked_at`).
@@ -244,6 +255,7 @@ impl Store {
                 tx.execute_batch(SCHEMA)?;
                 tx.execute_batch(audit::CHECKPOINTS_SCHEMA)?;
                 tx.execute_batch(AUTH_SCHEMA)?;
+                tx.execute_batch(RULES_SCHEMA)?;
                 tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
                 tx.commit()?;
             }
@@ -499,6 +511,35 @@ impl Store {
             .into_iter()
             .filter(|m| m.run.cleanup_pending())
             .collect())
+    }
+
+    // ---- placement rules --------------------------------------------------------------
+
+    /// Adds a rule; false if the name is taken.
+    pub fn add_rule(&self, rule: &Rule, now: DateTime<Utc>) -> R<bool> {
+        Ok(self.conn().execute(
+            "INSERT OR IGNORE INTO rules (name, rule, created_at) VALUES (?1, ?2, ?3)",
+            params![rule.name, json(rule)?, ts(&now)],
+        )? == 1)
+    }
+
+    pub fn rules(&self) -> R<Vec<Rule>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT rule FROM rules ORDER BY name")?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(from_json(&row?)?);
+        }
+        Ok(out)
+    }
+
+    /// Deletes a rule; false if there is none of that name.
+    pub fn delete_rule(&self, name: &str) -> R<bool> {
+        Ok(self
+            .conn()
+            .execute("DELETE FROM rules WHERE name = ?1", [name])?
+            == 1)
     }
 
     // ---- events -----------------------------------------------------------------------
