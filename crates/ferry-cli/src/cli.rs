@@ -759,6 +759,32 @@ pub enum BenchCmd {
         after_help = "Examples:\n  ferry bench tls\n  ferry bench tls --links loopback --streams 1"
     )]
     Tls(BenchTlsArgs),
+    /// The placement function on a synthetic cluster (1,000 hosts, 20,000 VMs, 1,000
+    /// rules): one placement, and a whole host's evacuation plan. Writes
+    /// bench/results/placement.json.
+    #[command(
+        after_help = "Example:\n  ferry bench placement --hosts 1000 --vms 20000 --rules 1000"
+    )]
+    Placement(BenchPlacementArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchPlacementArgs {
+    #[arg(long, default_value_t = 1000)]
+    pub hosts: usize,
+    #[arg(long, default_value_t = 20_000)]
+    pub vms: usize,
+    #[arg(long, default_value_t = 1000)]
+    pub rules: usize,
+    /// Placement decisions to time.
+    #[arg(long, default_value_t = 200)]
+    pub placements: usize,
+    /// Seed of the synthetic inventory.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Where to write the result file.
+    #[arg(long, default_value = "bench/results")]
+    pub out: PathBuf,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -5,6 +5,7 @@ mod bench_api;
 mod bench_converge;
 mod bench_faults;
 mod bench_net;
+mod bench_placement;
 mod bench_plain;
 mod bench_storage;
 mod bench_tls;
@@ -108,6 +109,7 @@ async fn run(cli: Cli) -> CliResult {
         Command::Bench(cli::BenchCmd::Soak(a)) => interruptible(bench_faults::soak(a)).await,
         Command::Bench(cli::BenchCmd::Api(a)) => interruptible(bench_api::api(a)).await,
         Command::Bench(cli::BenchCmd::Tls(a)) => interruptible(bench_tls::tls(a)).await,
+        Command::Bench(cli::BenchCmd::Placement(a)) => bench_placement::placement(a).await,
     }
 }
 

@@ -80,5 +80,9 @@ async fn vms_go_where_the_score_and_the_rules_say() {
     assert!(placed.len() >= 4, "{placed:?}");
     assert!(placed.iter().all(|e| e.message.contains("runner-up")));
     let out = ferry(&lab, &["rule", "list"]);
-    assert!(stdout(&out).contains("p1, p2 must run apart"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("p1, p2 must run apart"),
+        "{}",
+        stdout(&out)
+    );
 }

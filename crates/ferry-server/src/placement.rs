@@ -143,6 +143,48 @@ fn judge(
     }
 }
 
+/// One VM of an evacuation plan.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Move {
+    pub vm: String,
+    pub demand: Demand,
+}
+
+/// Plans where each of `moves` (the VMs on `from`) goes, one after another, counting what
+/// the plan already sends to each host (memory, vCPUs, and where rules see the VM). A VM
+/// no host can take gets `None` with the decision that says why; the others still move.
+pub fn plan_evacuation(
+    from: &str,
+    moves: &[Move],
+    hosts: &[HostFacts],
+    located: &HashMap<&str, &str>,
+    rules: &[Rule],
+) -> Vec<PlacementReport> {
+    let mut state: Vec<HostFacts> = hosts.to_vec();
+    let mut located: HashMap<&str, &str> = located.clone();
+    let mut out = Vec::with_capacity(moves.len());
+    for m in moves {
+        let report = place(
+            &Ask {
+                vm: &m.vm,
+                demand: m.demand,
+                from: Some(from),
+            },
+            &state,
+            &located,
+            rules,
+        );
+        if let Some(to) = &report.chosen {
+            if let Some(i) = hosts.iter().position(|h| &h.name == to) {
+                state[i].used = state[i].used + m.demand;
+                located.insert(m.vm.as_str(), hosts[i].name.as_str());
+            }
+        }
+        out.push(report);
+    }
+    out
+}
+
 /// Whether putting `vm` on `host` breaks `rule`, and how.
 fn breaks(rule: &Rule, vm: &str, host: &str, located: &HashMap<&str, &str>) -> Option<String> {
     let others = || {
@@ -274,6 +316,33 @@ mod tests {
         let r = place(&a, &hosts, &HashMap::new(), &[]);
         assert_eq!(r.chosen, None);
         assert!(r.candidates.iter().all(|c| c.score.is_none()));
+    }
+
+    #[test]
+    fn an_evacuation_plan_counts_what_it_already_sent() {
+        // b and c can each take one 3 GiB VM; the plan must not send both to one host.
+        let hosts = [host("a", 8192, 0), host("b", 4096, 0), host("c", 4096, 0)];
+        let big = |n: &str| Move {
+            vm: n.into(),
+            demand: Demand {
+                memory_mib: 3072,
+                vcpus: 1,
+            },
+        };
+        let located: HashMap<&str, &str> = [("v1", "a"), ("v2", "a"), ("v3", "a")]
+            .into_iter()
+            .collect();
+        let plan = plan_evacuation(
+            "a",
+            &[big("v1"), big("v2"), big("v3")],
+            &hosts,
+            &located,
+            &[],
+        );
+        let chosen: Vec<Option<&str>> = plan.iter().map(|r| r.chosen.as_deref()).collect();
+        assert_eq!(chosen[..2].iter().filter(|c| c.is_some()).count(), 2);
+        assert_ne!(chosen[0], chosen[1]);
+        assert_eq!(chosen[2], None, "the third fits nowhere: {plan:?}");
     }
 
     fn arb_rule() -> impl Strategy<Value = Rule> {
