@@ -12,8 +12,6 @@
 //! <tls dir>/host.key   its key (0600; generated here, never sent)
 //! ```
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
@@ -269,19 +267,7 @@ fn store(dir: &Path, m: &Material) -> Result<(), String> {
 }
 
 fn write(path: &Path, text: &str, mode: u32) -> Result<(), String> {
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let run = || -> std::io::Result<()> {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    };
-    run().map_err(|e| format!("cannot write {}: {e}", path.display()))
+    ferry_pki::files::write_atomic(path, text, mode).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

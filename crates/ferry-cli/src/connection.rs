@@ -59,23 +59,12 @@ pub fn read_config(path: &Path) -> Result<FileConfig, CliError> {
 
 /// Writes a client config readable by its owner only (it holds a token).
 pub fn write_config(path: &Path, c: &FileConfig) -> Result<(), CliError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let text = toml::to_string(c).map_err(|e| CliError::failed(e.to_string()))?;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)
             .map_err(|e| CliError::failed(format!("cannot create {}: {e}", dir.display())))?;
     }
-    let write = || -> std::io::Result<()> {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(path)?;
-        f.write_all(text.as_bytes())
-    };
-    write().map_err(|e| CliError::failed(format!("cannot write {}: {e}", path.display())))
+    ferry_pki::files::write_atomic(path, &text, 0o600).map_err(|e| CliError::failed(e.to_string()))
 }
 
 impl ConnOpts {

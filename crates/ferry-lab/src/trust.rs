@@ -109,25 +109,14 @@ impl Trust {
 
     /// Writes the client config for the server at `url`.
     pub fn write_config(&self, url: &str) -> Result<(), LabError> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
         let text = toml::to_string(&ClientFile {
             server: url.to_string(),
             ca: self.ca_path.clone(),
             token: self.admin_token.clone(),
         })
         .map_err(|e| LabError::Io(e.to_string()))?;
-        let write = || -> std::io::Result<()> {
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&self.config_path)?
-                .write_all(text.as_bytes())
-        };
-        write()
-            .map_err(|e| LabError::Io(format!("cannot write {}: {e}", self.config_path.display())))
+        ferry_pki::files::write_atomic(&self.config_path, &text, 0o600)
+            .map_err(|e| LabError::Io(e.to_string()))
     }
 
     /// The admin's client for the server at `url`.

@@ -14,6 +14,7 @@
 //! they issued and revoked (see the server's store).
 
 pub mod ca;
+pub mod files;
 pub mod identity;
 pub mod serve;
 pub mod tls;

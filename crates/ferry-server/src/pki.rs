@@ -8,8 +8,6 @@
 //! <data dir>/pki/server.key   its key (0600)
 //! ```
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -278,19 +276,7 @@ pub fn write_public(path: &Path, text: &str) -> Result<(), PkiSetupError> {
 }
 
 fn write_file(path: &Path, text: &str, mode: u32) -> Result<(), PkiSetupError> {
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let write = || -> std::io::Result<()> {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    };
-    write().map_err(|e| PkiSetupError::Io(format!("cannot write {}: {e}", path.display())))
+    Ok(ferry_pki::files::write_atomic(path, text, mode)?)
 }
 
 #[cfg(test)]

@@ -32,11 +32,13 @@ impl Server {
         spec.assign_defaults();
         let view = self.store.view()?;
         let hosts = self.hosts()?;
+        let live_by_name: HashMap<&str, &Host> =
+            hosts.iter().map(|x| (x.name.as_str(), x)).collect();
         let facts: Vec<HostFacts> = view
             .hosts
             .iter()
             .map(|h| {
-                let live = hosts.iter().find(|x| x.name == h.name);
+                let live = live_by_name.get(h.name.as_str()).copied();
                 let unavailable = match live {
                     Some(x) if x.state != HostState::Connected => {
                         Some(format!("host {} is {}", h.name, x.state))
