@@ -422,6 +422,12 @@ impl ServerClient {
     ) -> Result<ClusterInfo, ClientError> {
         self.http.post("/v1/cluster/migration-defaults", o).await
     }
+    pub async fn limits(&self) -> Result<MigrationLimits, ClientError> {
+        self.http.get("/v1/cluster/limits").await
+    }
+    pub async fn set_limits(&self, u: &LimitsUpdate) -> Result<MigrationLimits, ClientError> {
+        self.http.post("/v1/cluster/limits", u).await
+    }
     pub async fn set_maintenance(&self, host: &str, on: bool) -> Result<Host, ClientError> {
         self.http
             .post(
@@ -498,6 +504,9 @@ impl ServerClient {
         }
         if let Some(k) = &q.kind {
             params.push(format!("kind={}", seg(k)));
+        }
+        if let Some(o) = q.operation {
+            params.push(format!("operation={o}"));
         }
         if let Some(a) = q.after {
             params.push(format!("after={a}"));

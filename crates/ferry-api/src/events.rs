@@ -110,6 +110,24 @@ event_kinds! {
     MigrationPostcopyResuming => "migration.postcopy_resuming",
     MigrationPostcopyResumed => "migration.postcopy_resumed",
     MigrationPostcopyProgress => "migration.postcopy_progress",
+    /// A migration past a limit waits in the queue (with its position and what it waits for).
+    MigrationQueued => "migration.queued",
+    /// The queue gave a migration its slot.
+    MigrationStarted => "migration.started",
+    /// A queued migration's checks failed when its turn came: it leaves the queue.
+    MigrationRefused => "migration.refused",
+    /// The cluster's migration limits changed.
+    ClusterLimits => "cluster.limits",
+    /// An operation (an evacuation) started, with its plan.
+    OperationStart => "operation.start",
+    /// An operation's VM moved, with where it went.
+    OperationMoved => "operation.moved",
+    /// An operation's VM could not move, with the reason (it runs where it was).
+    OperationCouldNotMove => "operation.could_not_move",
+    /// An operator cancelled an operation.
+    OperationCancel => "operation.cancel",
+    /// An operation ended, with its outcome.
+    OperationFinish => "operation.finish",
     /// Admission control refused or granted capacity.
     AdmissionRefused => "admission.refused",
 }
@@ -163,6 +181,10 @@ pub struct EventQuery {
     pub migration: Option<Uuid>,
     /// A kind (`migration.phase`) or an area (`migration`: every `migration.*` kind).
     pub kind: Option<String>,
+    /// An operation's whole story: its own events and every event of the migrations it
+    /// started.
+    #[serde(default)]
+    pub operation: Option<Uuid>,
     /// Only events with an id greater than this, and then the oldest `limit` of them (for
     /// following or paging through the log). Without it, the newest `limit`.
     pub after: Option<i64>,

@@ -94,6 +94,10 @@ pub struct MigrateRequest {
     pub to: Option<String>,
     #[serde(default)]
     pub options: MigrationOptions,
+    /// Queue rank: higher starts first, then the earlier request (default 0; an
+    /// evacuation's migrations get [`crate::EVACUATION_PRIORITY`]).
+    #[serde(default)]
+    pub priority: Option<i32>,
 }
 
 /// The server's record of a migration.
@@ -124,6 +128,15 @@ pub struct Migration {
     /// (`needs_attention` only).
     #[serde(default)]
     pub attention: Option<Attention>,
+    /// Queue rank (higher first, then the earlier request).
+    #[serde(default)]
+    pub priority: i32,
+    /// The operation (an evacuation) that asked for this migration, if any.
+    #[serde(default)]
+    pub operation: Option<Uuid>,
+    /// `queued` only: its place in the queue and what holds it back (computed when read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<crate::QueueStanding>,
 }
 
 /// Everything recovery needs that is not in the phase: saved with every phase change, so

@@ -113,6 +113,7 @@ pub async fn migrate(a: BenchMigrateArgs) -> CliResult {
                 vm: vm.clone(),
                 to: Some("b".into()),
                 options: Default::default(),
+                priority: None,
             })
             .await?;
         let m = follow(&c, &m, true).await?;

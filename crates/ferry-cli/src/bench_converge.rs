@@ -204,6 +204,7 @@ async fn one(
                         ..Default::default()
                     }
                 },
+                priority: None,
             })
             .await?;
         let m = follow(&c, &m, false).await?;

@@ -107,6 +107,7 @@ async fn one(
             vm: vm.into(),
             to: Some("b".into()),
             options: Default::default(),
+            priority: None,
         })
         .await?;
     let m = follow(&c, &m, false).await?;

@@ -271,6 +271,7 @@ pub async fn storage(a: BenchStorageArgs) -> CliResult {
             vm: VM.into(),
             to: Some("b".into()),
             options: Default::default(),
+            priority: None,
         })
         .await?;
     let (mut during_first, mut during_last) = (None, None);

@@ -70,6 +70,7 @@ async fn run(
                     streams: Some(streams),
                     ..Default::default()
                 },
+                priority: None,
             })
             .await?;
         let m = crate::cmd_migrate::follow(c, &m, false).await?;

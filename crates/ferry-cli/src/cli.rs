@@ -421,6 +421,27 @@ pub enum ClusterCmd {
         #[command(flatten)]
         json: JsonFlag,
     },
+    /// Show or set how many migrations run at once; past a limit, requests wait in the
+    /// queue (`ferry migration list` shows what each waits for).
+    #[command(
+        after_help = "Examples:\n  ferry cluster limits\n  ferry cluster limits --per-host-out 3 --per-host-in 3\n  ferry cluster limits --per-pair 1 --cluster 4 --json"
+    )]
+    Limits {
+        /// Migrations one host may send at once (default 2).
+        #[arg(long)]
+        per_host_out: Option<u32>,
+        /// Migrations one host may receive at once (default 2).
+        #[arg(long)]
+        per_host_in: Option<u32>,
+        /// Migrations between one pair of hosts, either way (default 1).
+        #[arg(long)]
+        per_pair: Option<u32>,
+        /// Migrations in the whole cluster (default 8).
+        #[arg(long)]
+        cluster: Option<u32>,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -557,6 +578,9 @@ pub struct MigrateArgs {
     /// Return once the migration is accepted, without following it.
     #[arg(long)]
     pub no_wait: bool,
+    /// Queue rank when limits make it wait: higher starts first (-100..100, default 0).
+    #[arg(long, allow_hyphen_values = true)]
+    pub priority: Option<i32>,
     #[command(flatten)]
     pub json: JsonFlag,
 }
@@ -610,7 +634,8 @@ pub enum MigrationCmd {
         #[command(flatten)]
         json: JsonFlag,
     },
-    /// Cancel a running migration (the VM keeps running on its source).
+    /// Cancel a migration (the VM keeps running on its source); a queued one leaves the
+    /// queue at once.
     Cancel { id: String },
     /// Settle a migration that needs attention by keeping one side, after checking both
     /// hosts. Ferry checks the choice again and refuses one that would lose the VM (the
@@ -651,6 +676,10 @@ pub struct EventsArgs {
     pub vm: Option<String>,
     #[arg(long)]
     pub migration: Option<String>,
+    /// An operation's whole story (an evacuation: its plan, every migration it started,
+    /// each VM moved or not).
+    #[arg(long)]
+    pub operation: Option<String>,
     /// Event kind or kind prefix (e.g. `migration`, `vm.create`).
     #[arg(long)]
     pub kind: Option<String>,

@@ -119,6 +119,37 @@ pub async fn host(server: &crate::connection::ConnOpts, cmd: HostCmd) -> CliResu
 pub async fn cluster(server: &crate::connection::ConnOpts, cmd: ClusterCmd) -> CliResult {
     let c = client(server)?;
     let (info, json) = match cmd {
+        ClusterCmd::Limits {
+            per_host_out,
+            per_host_in,
+            per_pair,
+            cluster,
+            json,
+        } => {
+            let update = LimitsUpdate {
+                per_host_outgoing: per_host_out,
+                per_host_incoming: per_host_in,
+                per_pair,
+                cluster,
+            };
+            let limits = if update == LimitsUpdate::default() {
+                c.limits().await?
+            } else {
+                update
+                    .apply(MigrationLimits::default())
+                    .validate()
+                    .map_err(|e| CliError::refused(e.message))?;
+                c.set_limits(&update).await?
+            };
+            if json.json {
+                return print_json(&limits);
+            }
+            println!("per host out   {}", limits.per_host_outgoing);
+            println!("per host in    {}", limits.per_host_incoming);
+            println!("per host pair  {}", limits.per_pair);
+            println!("cluster        {}", limits.cluster);
+            return Ok(());
+        }
         ClusterCmd::Show(j) => (c.cluster().await?, j.json),
         ClusterCmd::Defaults {
             tuning,
@@ -432,9 +463,18 @@ pub async fn events(server: &crate::connection::ConnOpts, a: EventsArgs) -> CliR
                 .map_err(|_| CliError::refused(format!("'{m}' is not a migration id")))
         })
         .transpose()?;
+    let operation = a
+        .operation
+        .as_deref()
+        .map(|m| {
+            uuid::Uuid::parse_str(m)
+                .map_err(|_| CliError::refused(format!("'{m}' is not an operation id")))
+        })
+        .transpose()?;
     let mut q = EventQuery {
         vm: a.vm,
         migration,
+        operation,
         kind: a.kind,
         after: None,
         limit: Some(a.limit),

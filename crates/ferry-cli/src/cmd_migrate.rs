@@ -21,6 +21,7 @@ pub async fn migrate(server: &crate::connection::ConnOpts, a: MigrateArgs) -> Cl
             force: a.force,
             ..options_from(&a.tuning)?
         },
+        priority: a.priority,
     };
     req.options
         .validate()
@@ -76,10 +77,21 @@ pub async fn migrate(server: &crate::connection::ConnOpts, a: MigrateArgs) -> Cl
         if a.json.json {
             return print_json(&m);
         }
-        println!(
-            "migration {} of VM {} from {} to {} started",
-            m.id, m.vm, m.source, m.destination
-        );
+        match &m.queue {
+            Some(q) => println!(
+                "migration {} of VM {} from {} to {} waits in the queue at position {}: {}",
+                m.id,
+                m.vm,
+                m.source,
+                m.destination,
+                q.position,
+                waits_for(q)
+            ),
+            None => println!(
+                "migration {} of VM {} from {} to {} started",
+                m.id, m.vm, m.source, m.destination
+            ),
+        }
         return Ok(());
     }
     let done = follow(&c, &m, !a.json.json).await?;
@@ -141,6 +153,9 @@ pub async fn follow(c: &ServerClient, m: &Migration, bar: bool) -> Result<Migrat
             Err(e) => return Err(e.into()),
         };
         pb.set_prefix(cur.phase.to_string());
+        if let Some(q) = &cur.queue {
+            pb.set_message(format!("position {}: {}", q.position, waits_for(q)));
+        }
         if let Some(p) = &cur.progress {
             let (fraction, message) = progress_line(cur.phase, p);
             pb.set_position((fraction * 1000.0) as u64);
@@ -155,6 +170,18 @@ pub async fn follow(c: &ServerClient, m: &Migration, bar: bool) -> Result<Migrat
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// What holds a queued migration back, in one line.
+pub fn waits_for(q: &QueueStanding) -> String {
+    if q.waits_for.is_empty() {
+        return "starts at the next look".to_string();
+    }
+    q.waits_for
+        .iter()
+        .map(|w| w.to_string())
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// The streaming and convergence options the flags name (unset flags stay unset).
@@ -330,7 +357,14 @@ pub async fn migration(server: &crate::connection::ConnOpts, cmd: MigrationCmd) 
                         m.id.to_string(),
                         m.vm.clone(),
                         format!("{} -> {}", m.source, m.destination),
-                        m.phase.to_string(),
+                        match &m.queue {
+                            Some(q) => format!("queued #{}", q.position),
+                            None => m.phase.to_string(),
+                        },
+                        m.queue
+                            .as_ref()
+                            .map(waits_for)
+                            .unwrap_or_else(|| "-".into()),
                         m.report
                             .as_ref()
                             .map(|r| millis(r.total_time_ms))
@@ -344,7 +378,9 @@ pub async fn migration(server: &crate::connection::ConnOpts, cmd: MigrationCmd) 
                 })
                 .collect();
             print_table(
-                &["ID", "VM", "ROUTE", "PHASE", "TOTAL", "DOWNTIME", "STARTED"],
+                &[
+                    "ID", "VM", "ROUTE", "PHASE", "WAITS FOR", "TOTAL", "DOWNTIME", "CREATED",
+                ],
                 &rows,
             );
             Ok(())
@@ -410,10 +446,17 @@ pub async fn migration(server: &crate::connection::ConnOpts, cmd: MigrationCmd) 
         }
         MigrationCmd::Cancel { id } => {
             let m = c.cancel_migration(parse(&id)?).await?;
-            println!(
-                "cancel requested for migration {}; the VM stays on {}",
-                m.id, m.source
-            );
+            if m.phase == Phase::Cancelled {
+                println!(
+                    "migration {} cancelled while it waited in the queue; the VM stays on {}",
+                    m.id, m.source
+                );
+            } else {
+                println!(
+                    "cancel requested for migration {}; the VM stays on {}",
+                    m.id, m.source
+                );
+            }
             Ok(())
         }
     }

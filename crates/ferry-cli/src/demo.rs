@@ -109,6 +109,7 @@ async fn demo(a: DemoArgs) -> CliResult {
                 vm: VM.into(),
                 to: Some(to.into()),
                 options: Default::default(),
+                priority: None,
             })
             .await?;
         let m = follow(&c, &m, !json).await?;

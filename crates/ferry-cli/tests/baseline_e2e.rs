@@ -65,6 +65,7 @@ async fn the_baseline_is_the_best_model_every_host_runs() {
                 downtime_limit_ms: Some(400),
                 ..Default::default()
             },
+            priority: None,
         })
         .await
         .unwrap();

@@ -26,6 +26,7 @@ async fn killing_the_destination_qemu_mid_migration_keeps_the_vm_on_the_source()
                 max_bandwidth_mib: Some(16),
                 ..Default::default()
             },
+            priority: None,
         })
         .await
         .unwrap();

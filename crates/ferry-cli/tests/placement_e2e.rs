@@ -63,6 +63,7 @@ async fn vms_go_where_the_score_and_the_rules_say() {
             vm: "p4".into(),
             to: None,
             options: Default::default(),
+            priority: None,
         })
         .await
         .unwrap_err();

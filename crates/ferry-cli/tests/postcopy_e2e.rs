@@ -105,6 +105,7 @@ async fn broken_link_story(lab: &NetLab) {
                 streams: Some(2),
                 ..Default::default()
             },
+            priority: None,
         })
         .await
         .expect_err("post-copy with multifd is refused");
@@ -119,6 +120,7 @@ async fn broken_link_story(lab: &NetLab) {
                 postcopy: Some(PostcopyPolicy::Automatic),
                 ..Default::default()
             },
+            priority: None,
         })
         .await
         .expect("migration starts");

@@ -40,6 +40,7 @@ async fn start(c: &ServerClient, max_mib: Option<u64>) -> Migration {
             max_bandwidth_mib: max_mib,
             ..Default::default()
         },
+        priority: None,
     })
     .await
     .expect("migration accepted")

@@ -468,6 +468,7 @@ async fn run(cfg: &MatrixConfig, cell: Cell, r: &mut CellResult) -> Result<(), S
             vm: VM.into(),
             to: Some("b".into()),
             options: options(cell),
+            priority: None,
         })
         .await
         .map_err(|e| format!("migrate: {e}"))?;

@@ -230,6 +230,7 @@ async fn one_round(
             vm: route.vm.into(),
             to: Some(route.destination.into()),
             options: MigrationOptions::default(),
+            priority: None,
         })
         .await
         .map_err(|e| format!("migrate: {e}"))?;

@@ -6,6 +6,10 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
+    /// Accepted and checked, waiting in the migration queue for a slot within the limits
+    /// (per host, per host pair, per cluster). Nothing is touched on either host; the VM is
+    /// claimed and the destination's capacity reserved, so the wait cannot be overtaken.
+    Queued,
     /// Accepted, nothing touched yet.
     Pending,
     /// The destination starts QEMU with the same devices, waiting for the incoming stream.
@@ -47,6 +51,7 @@ impl Phase {
 
     pub fn as_str(self) -> &'static str {
         match self {
+            Phase::Queued => "queued",
             Phase::Pending => "pending",
             Phase::Preparing => "preparing",
             Phase::CopyingDisks => "copying_disks",
@@ -66,7 +71,8 @@ impl Phase {
     }
 }
 
-pub const ALL_PHASES: [Phase; 11] = [
+pub const ALL_PHASES: [Phase; 12] = [
+    Phase::Queued,
     Phase::Pending,
     Phase::Preparing,
     Phase::CopyingDisks,
@@ -89,6 +95,11 @@ impl std::fmt::Display for Phase {
 /// What happened, as observed by the orchestrator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PhaseEvent {
+    /// The queue gave a waiting migration its slot (and its checks passed again).
+    Dequeued,
+    /// A waiting migration leaves the queue without touching anything: the operator
+    /// cancelled it (`cancelled`), or its checks failed when its turn came.
+    Withdrawn { cancelled: bool },
     /// The orchestrator begins preparing the destination.
     Start,
     /// The destination QEMU listens for the incoming stream.
@@ -138,6 +149,10 @@ impl Phase {
         use Phase::*;
         use PhaseEvent::*;
         let next = match (self, event) {
+            (Queued, Dequeued) => Pending,
+            // Nothing was touched while it waited: no rollback needed.
+            (Queued, Withdrawn { cancelled: true }) => Cancelled,
+            (Queued, Withdrawn { cancelled: false }) => Failed,
             (Pending, Start) => Preparing,
             (Preparing, DestinationReady) => Transferring,
             (Preparing, DestinationReadyWithDisks) => CopyingDisks,
@@ -328,6 +343,8 @@ mod tests {
 
     fn any_event() -> impl Strategy<Value = PhaseEvent> {
         prop_oneof![
+            Just(PhaseEvent::Dequeued),
+            any::<bool>().prop_map(|cancelled| PhaseEvent::Withdrawn { cancelled }),
             Just(PhaseEvent::Start),
             Just(PhaseEvent::DestinationReady),
             Just(PhaseEvent::DestinationReadyWithDisks),
@@ -352,8 +369,8 @@ mod tests {
         /// running) or the end of post-copy, never from a rollback, and nothing rolls back
         /// once post-copy started.
         #[test]
-        fn no_event_sequence_breaks_the_invariants(events in proptest::collection::vec(any_event(), 0..40)) {
-            let mut p = Phase::Pending;
+        fn no_event_sequence_breaks_the_invariants(queued in any::<bool>(), events in proptest::collection::vec(any_event(), 0..40)) {
+            let mut p = if queued { Phase::Queued } else { Phase::Pending };
             for e in events {
                 match p.next(e) {
                     Ok(n) => {
@@ -367,13 +384,19 @@ mod tests {
                             }
                         }
                         if n == Phase::Cancelled {
-                            prop_assert_eq!(p, Phase::RollingBack);
+                            // Rolled back, or withdrawn before anything was touched.
+                            let withdrawn = p == Phase::Queued && e == PhaseEvent::Withdrawn { cancelled: true };
+                            prop_assert!(p == Phase::RollingBack || withdrawn, "cancelled from {}", p);
+                        }
+                        if p == Phase::Queued {
+                            // A waiting migration touched nothing: it only starts or leaves.
+                            prop_assert!(matches!(n, Phase::Pending | Phase::Cancelled | Phase::Failed));
                         }
                         if n == Phase::Failed {
                             // Rolled back, lost, or settled by an operator: never straight
                             // from a running phase for an ordinary failure.
                             prop_assert!(
-                                matches!(p, Phase::RollingBack | Phase::NeedsAttention)
+                                matches!(p, Phase::RollingBack | Phase::NeedsAttention | Phase::Queued)
                                     || e == PhaseEvent::Lost
                             );
                         }

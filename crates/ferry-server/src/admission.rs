@@ -314,6 +314,9 @@ mod tests {
             finished_at: None,
             run: Default::default(),
             attention: None,
+            priority: 0,
+            operation: None,
+            queue: None,
         };
         moving.migration = Some(m.id);
         view.vms.push(moving);

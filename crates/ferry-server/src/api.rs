@@ -43,6 +43,8 @@
 //! GET    /v1/cluster                  ClusterInfo (CPU baseline)
 //! POST   /v1/cluster/baseline         BaselineSetting -> ClusterInfo
 //! POST   /v1/cluster/migration-defaults MigrationOptions -> ClusterInfo
+//! GET    /v1/cluster/limits           MigrationLimits (how many migrations run at once)
+//! POST   /v1/cluster/limits           LimitsUpdate -> MigrationLimits
 //! GET    /v1/migrations/{id}          Migration
 //! POST   /v1/migrations/{id}/cancel   Migration
 //! POST   /v1/migrations/{id}/resolve  ResolveRequest -> Migration (needs_attention only)
@@ -194,6 +196,8 @@ fn table() -> Vec<(RouteSpec, MethodRouter<Arc<Server>>)> {
             R(Admin),
             post(set_migration_defaults),
         ),
+        r(M::GET, "/v1/cluster/limits", R(Viewer), get(limits)),
+        r(M::POST, "/v1/cluster/limits", R(Admin), post(set_limits)),
         r(M::GET, "/v1/events", R(Viewer), get(events)),
         r(M::GET, "/v1/rules", R(Viewer), get(rules)),
         r(M::POST, "/v1/rules", R(Operator), post(add_rule)),
@@ -654,6 +658,18 @@ async fn set_migration_defaults(
     .await
 }
 
+async fn limits(State(s): Shared, Authenticated(c): Authenticated) -> Answer<MigrationLimits> {
+    ask(&s, &c, Query::Limits, pick!(QueryOutcome::Limits)).await
+}
+
+async fn set_limits(
+    State(s): Shared,
+    Authenticated(c): Authenticated,
+    ApiJson(req): ApiJson<LimitsUpdate>,
+) -> Answer<MigrationLimits> {
+    act(&s, &c, Action::SetLimits(req), pick!(ActionOutcome::Limits)).await
+}
+
 async fn maintenance(
     State(s): Shared,
     Authenticated(c): Authenticated,
@@ -711,6 +727,7 @@ struct EventParams {
     vm: Option<String>,
     migration: Option<String>,
     kind: Option<String>,
+    operation: Option<String>,
     after: Option<i64>,
     limit: Option<u32>,
 }
@@ -721,9 +738,11 @@ async fn events(
     QueryParams(p): QueryParams<EventParams>,
 ) -> Answer<Vec<Event>> {
     let migration = p.migration.as_deref().map(parse_id).transpose()?;
+    let operation = p.operation.as_deref().map(parse_id).transpose()?;
     let q = Query::Events(EventQuery {
         vm: p.vm,
         migration,
+        operation,
         kind: p.kind,
         after: p.after,
         limit: p.limit,

@@ -17,6 +17,7 @@ pub mod orchestrator;
 pub mod pki;
 pub mod placement;
 pub mod precheck;
+pub mod queue;
 pub mod storage_plan;
 pub mod store;
 
@@ -29,6 +30,7 @@ pub async fn run(config: ServerConfig) -> Result<(), String> {
     let (listener, bound) = ferry_api::http::bind(config.listen).await?;
     let server = Arc::new(Server::open(config.clone()).map_err(|e| e.to_string())?);
     server.orchestrator.resume_unfinished();
+    server.spawn_queue();
     if let Some(file) = &config.ready_file {
         ferry_api::http::write_ready_file(file, &bound.to_string())?;
     }

@@ -68,6 +68,17 @@ impl Server {
         self: &Arc<Self>,
         req: &MigrateRequest,
     ) -> Result<CheckReport, ApiError> {
+        self.check_queued_migration(req, None).await
+    }
+
+    /// [`Server::check_migration`] for a migration already recorded (`own`: it waited in
+    /// the queue and its turn came), so its own claim on the VM is not taken for another
+    /// migration in flight.
+    pub async fn check_queued_migration(
+        self: &Arc<Self>,
+        req: &MigrateRequest,
+        own: Option<uuid::Uuid>,
+    ) -> Result<CheckReport, ApiError> {
         let started = Instant::now();
         let vm = self.find_vm(&req.vm)?;
         let to = req
@@ -109,7 +120,7 @@ impl Server {
         let checks = run_checks(&CheckInput {
             vm: &vm,
             source_state,
-            migrating: vm.migration.is_some(),
+            migrating: vm.migration.is_some_and(|id| Some(id) != own),
             source: &source,
             dest: &dest,
             incoming_memory_mib,

@@ -90,7 +90,7 @@ fn every_write_path_chains_and_a_checkpoint_is_signed_every_64_events() {
         runtime: None,
     };
     store.insert_vm(&vm).unwrap();
-    let m = Migration {
+    let mut m = Migration {
         id: Uuid::new_v4(),
         vm: "web1".into(),
         source: "a".into(),
@@ -107,8 +107,11 @@ fn every_write_path_chains_and_a_checkpoint_is_signed_every_64_events() {
         finished_at: None,
         run: Default::default(),
         attention: None,
+        priority: 0,
+        operation: None,
+        queue: None,
     };
-    store.begin_migration(&m, &|_| Ok(())).unwrap();
+    store.begin_migration(&mut m, &|_| Ok(()), &Default::default()).unwrap();
     for n in 0..130 {
         match n % 3 {
             0 => {

@@ -48,6 +48,9 @@ fn migration(vm: &str, from: &str, to: &str) -> Migration {
         finished_at: None,
         run: Default::default(),
         attention: None,
+        priority: 0,
+        operation: None,
+        queue: None,
     }
 }
 
@@ -78,10 +81,10 @@ fn only_one_migration_per_vm_can_begin() {
     let store = Store::open(&dir.path().join("ferry.db")).unwrap();
     store.insert_vm(&vm("web1", "a")).unwrap();
     store
-        .begin_migration(&migration("web1", "a", "b"), &|_| Ok(()))
+        .begin_migration(&mut migration("web1", "a", "b"), &|_| Ok(()), &Default::default())
         .unwrap();
     let second = store
-        .begin_migration(&migration("web1", "a", "c"), &|_| Ok(()))
+        .begin_migration(&mut migration("web1", "a", "c"), &|_| Ok(()), &Default::default())
         .unwrap_err()
         .to_string();
     assert!(second.contains("already migrating"), "{second}");
@@ -93,14 +96,14 @@ fn completing_moves_the_vm_and_failing_keeps_it() {
     let store = Store::open(&dir.path().join("ferry.db")).unwrap();
     store.insert_vm(&vm("web1", "a")).unwrap();
     let mut m = migration("web1", "a", "b");
-    store.begin_migration(&m, &|_| Ok(())).unwrap();
+    store.begin_migration(&mut m, &|_| Ok(()), &Default::default()).unwrap();
     m.phase = Phase::Failed;
     store.save_migration(&m).unwrap();
     let v = store.vm("web1").unwrap().unwrap();
     assert_eq!((v.host.as_str(), v.migration), ("a", None));
 
     let mut m = migration("web1", "a", "b");
-    store.begin_migration(&m, &|_| Ok(())).unwrap();
+    store.begin_migration(&mut m, &|_| Ok(()), &Default::default()).unwrap();
     m.phase = Phase::SwitchingOver;
     store.save_migration(&m).unwrap();
     assert_eq!(
@@ -125,7 +128,7 @@ fn a_phase_change_and_its_event_land_together_or_not_at_all() {
     let store = Store::open(&path).unwrap();
     store.insert_vm(&vm("web1", "a")).unwrap();
     let mut m = migration("web1", "a", "b");
-    store.begin_migration(&m, &|_| Ok(())).unwrap();
+    store.begin_migration(&mut m, &|_| Ok(()), &Default::default()).unwrap();
     let event = |kind: &str| NewEvent {
         migration: Some(m.id),
         ..NewEvent::new("server", EventKind::parse(kind), "VM web1 runs on b")

@@ -33,10 +33,14 @@ fn link_estimate(report: &CheckReport, options: &MigrationOptions) -> u64 {
 
 impl Server {
     pub fn migration(&self, id: Uuid) -> Result<Migration, ApiError> {
-        let mut m = self
+        let m = self
             .store
             .migration(id)?
             .ok_or_else(|| ApiError::not_found(format!("no migration with id {id}")))?;
+        let mut m = self
+            .with_standing(vec![m])?
+            .pop()
+            .ok_or_else(|| ApiError::internal("the migration vanished"))?;
         if let Some(reason) = self.orchestrator.stalled(id) {
             // The run stopped without settling it: say so with the record.
             m.error = Some(format!(
@@ -55,9 +59,12 @@ impl Server {
         self: &Arc<Self>,
         actor: &str,
         mut req: MigrateRequest,
+        operation: Option<Uuid>,
     ) -> Result<Migration, ApiError> {
         req.options = req.options.with_defaults(&self.migration_defaults()?);
         req.options.validate()?;
+        let priority = req.priority.unwrap_or(DEFAULT_PRIORITY);
+        validate_priority(priority)?;
         let vm = self.find_vm(&req.vm)?;
         let to = req
             .to
@@ -100,7 +107,7 @@ impl Server {
             ));
         }
         let now = Utc::now();
-        let m = Migration {
+        let mut m = Migration {
             id: Uuid::new_v4(),
             vm: vm.spec.name.clone(),
             source: vm.host.clone(),
@@ -125,10 +132,14 @@ impl Server {
                 ..Default::default()
             },
             attention: None,
+            priority,
+            operation,
+            queue: None,
         };
         let (to, spec) = (&dest.name, &vm.spec);
+        let limits = self.store.limits()?;
         self.store
-            .begin_migration(&m, &|view| admission::admit(view, to, spec))?;
+            .begin_migration(&mut m, &|view| admission::admit(view, to, spec), &limits)?;
         self.event(NewEvent {
             actor: actor.to_string(),
             kind: EventKind::MigrationCheck,
@@ -139,8 +150,7 @@ impl Server {
             message: summary_of_checks(&report),
             data: details,
         });
-        self.orchestrator.start(m.clone());
-        Ok(m)
+        self.after_admission(&m)
     }
 
     /// What happens to each of the VM's disks (see [`crate::storage_plan`]), from the
@@ -202,7 +212,10 @@ impl Server {
         )
     }
 
-    pub(super) fn cancel_migration(&self, id: Uuid) -> Result<Migration, ApiError> {
+    pub(super) fn cancel_migration(&self, id: Uuid, actor: &str) -> Result<Migration, ApiError> {
+        if let Some(m) = self.cancel_queued(id, actor)? {
+            return Ok(m);
+        }
         let m = self.migration(id)?;
         if m.phase.is_terminal() {
             return Err(ApiError::conflict(format!(

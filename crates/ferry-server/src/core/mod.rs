@@ -26,6 +26,7 @@ mod lock;
 mod migrations;
 mod placing;
 mod query;
+mod queueing;
 mod vms;
 
 pub use auth::{authorize, Caller, Need};
@@ -86,6 +87,8 @@ pub enum Action {
     },
     SetBaseline(BaselineSetting),
     SetMigrationDefaults(MigrationOptions),
+    /// Change how many migrations may run at once.
+    SetLimits(LimitsUpdate),
     CreateDisk {
         host: String,
         pool: String,
@@ -122,6 +125,7 @@ impl Action {
             Action::SetMaintenance { .. }
             | Action::SetBaseline(_)
             | Action::SetMigrationDefaults(_)
+            | Action::SetLimits(_)
             | Action::CreateJoinToken(_)
             | Action::RemoveHost(_)
             | Action::RotateCa(_)
@@ -146,6 +150,7 @@ pub enum ActionOutcome {
     Disk(DiskImage),
     Checks(CheckReport),
     Cluster(ClusterInfo),
+    Limits(MigrationLimits),
 }
 
 pub struct Server {
@@ -162,6 +167,8 @@ pub struct Server {
     /// Serialises what attaches or deletes disk images (claims and deletes), so an image
     /// is never deleted between the ownership check and a launch that attaches it.
     pub(crate) disk_ops: tokio::sync::Mutex<()>,
+    /// Wakes the migration queue's dispatcher (see [`queueing`]).
+    pub(crate) queue_wake: tokio::sync::Notify,
     /// Held for the server's life: a second server on the same data directory refuses.
     _lock: DataDirLock,
 }
@@ -244,6 +251,7 @@ impl Server {
             store,
             orchestrator,
             disk_ops: tokio::sync::Mutex::new(()),
+            queue_wake: tokio::sync::Notify::new(),
             _lock: lock,
         })
     }
@@ -347,7 +355,7 @@ impl Server {
             Action::DeleteVm(name) => self.delete_vm(&name).await.map(ActionOutcome::Deleted),
             Action::StartMigration(mut req) => {
                 self.place_destination(actor, &mut req)?;
-                self.start_migration(actor, req)
+                self.start_migration(actor, req, None)
                     .await
                     .map(ActionOutcome::Migration)
             }
@@ -359,6 +367,7 @@ impl Server {
             Action::SetMigrationDefaults(o) => {
                 self.set_migration_defaults(o).map(ActionOutcome::Cluster)
             }
+            Action::SetLimits(u) => self.set_limits(&u).map(ActionOutcome::Limits),
             Action::SetMaintenance { host, on } => {
                 validate_name("host name", &host)?;
                 if !self.store.set_maintenance(&host, on)? {
@@ -366,7 +375,9 @@ impl Server {
                 }
                 self.host(&host).map(ActionOutcome::Host)
             }
-            Action::CancelMigration(id) => self.cancel_migration(id).map(ActionOutcome::Migration),
+            Action::CancelMigration(id) => self
+                .cancel_migration(id, actor)
+                .map(ActionOutcome::Migration),
             Action::ResolveMigration { id, req } => self
                 .orchestrator
                 .resolve(id, &req, actor)
@@ -425,6 +436,7 @@ fn describe(action: &Action) -> (EventKind, Option<String>, Option<String>, Opti
         Action::ResolveMigration { id, .. } => (K::MigrationResolve, None, None, Some(*id)),
         Action::SetBaseline(_) => (K::ClusterBaseline, None, None, None),
         Action::SetMigrationDefaults(_) => (K::ClusterMigrationDefaults, None, None, None),
+        Action::SetLimits(_) => (K::ClusterLimits, None, None, None),
         Action::SetMaintenance { host, .. } => (K::HostMaintenance, None, Some(host.clone()), None),
         Action::CreateDisk { host, .. } => (K::DiskCreate, None, Some(host.clone()), None),
         Action::DeleteDisk { host, .. } => (K::DiskDelete, None, Some(host.clone()), None),
@@ -499,6 +511,10 @@ fn summary(outcome: &ActionOutcome) -> String {
             c.baseline_model
                 .as_deref()
                 .unwrap_or("no model common to every host")
+        ),
+        ActionOutcome::Limits(l) => format!(
+            "migration limits: {} out and {} in per host, {} per pair of hosts, {} in the cluster",
+            l.per_host_outgoing, l.per_host_incoming, l.per_pair, l.cluster
         ),
         ActionOutcome::Disk(d) => format!(
             "disk {} created in pool {} ({} MiB)",

@@ -24,6 +24,8 @@ pub enum Query {
     },
     Migrations,
     Migration(Uuid),
+    /// How many migrations may run at once.
+    Limits,
     Events(EventQuery),
     Cluster,
     Disks {
@@ -60,6 +62,7 @@ pub enum QueryOutcome {
     Console(ConsoleTail),
     Migrations(Vec<Migration>),
     Migration(Migration),
+    Limits(MigrationLimits),
     Events(Vec<Event>),
     Cluster(ClusterInfo),
     Disks(Vec<DiskImage>),
@@ -78,6 +81,7 @@ impl Query {
             | Query::Vm(_)
             | Query::Migrations
             | Query::Migration(_)
+            | Query::Limits
             | Query::Events(_)
             | Query::Cluster
             | Query::Disks { .. }
@@ -118,7 +122,10 @@ impl Server {
                         .map_err(|e| e.into_api_error(&format!("host {}", found.host)))?,
                 )
             }
-            Query::Migrations => QueryOutcome::Migrations(self.store.migrations(200)?),
+            Query::Migrations => {
+                QueryOutcome::Migrations(self.with_standing(self.store.migrations(200)?)?)
+            }
+            Query::Limits => QueryOutcome::Limits(self.limits()?),
             Query::Migration(id) => QueryOutcome::Migration(self.migration(id)?),
             Query::Events(q) => QueryOutcome::Events(self.events(&q)?),
             Query::Cluster => QueryOutcome::Cluster(self.cluster_info()?),

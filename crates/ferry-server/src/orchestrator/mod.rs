@@ -122,6 +122,8 @@ pub struct Orchestrator {
     /// The runs' tasks (a unit test "kills the server" by aborting them).
     #[cfg_attr(not(test), allow(dead_code))]
     tasks: Mutex<Vec<tokio::task::AbortHandle>>,
+    /// Told whenever a run ends (the migration queue may start the next one).
+    pub finished: Arc<tokio::sync::Notify>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -142,6 +144,7 @@ impl Orchestrator {
             stalled: Default::default(),
             running: Default::default(),
             tasks: Default::default(),
+            finished: Default::default(),
         }
     }
 
@@ -174,6 +177,7 @@ impl Orchestrator {
                 }
                 lock(&o.running).remove(&id);
                 lock(&o.cancels).remove(&id);
+                o.finished.notify_one();
             }
             .instrument(span),
         );
@@ -190,6 +194,17 @@ impl Orchestrator {
                 for m in list {
                     if m.phase == Phase::NeedsAttention {
                         continue; // an operator decides
+                    }
+                    if m.phase == Phase::Queued {
+                        continue; // it waits for its turn; the queue starts it
+                    }
+                    if m.phase == Phase::Pending && !m.run.cancel_requested {
+                        // Admitted, nothing touched yet (`Preparing` is saved before the
+                        // destination is asked for anything): it simply begins.
+                        tracing::info!(id = %m.id, vm = %m.vm,
+                            "starting a migration the last server admitted but had not begun");
+                        self.spawn(m, Next::Begin);
+                        continue;
                     }
                     tracing::warn!(id = %m.id, vm = %m.vm, phase = %m.phase,
                         "settling a migration the server was running when it stopped");

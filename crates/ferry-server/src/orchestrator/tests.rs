@@ -132,7 +132,7 @@ impl Lab {
             }];
         }
         self.store
-            .begin_migration(&m, &|_| Ok(()))
+            .begin_migration(&mut m, &|_| Ok(()), &Default::default())
             .expect("begin migration");
         self.o.start(m.clone());
         m.id
@@ -269,6 +269,9 @@ fn pending(options: MigrationOptions) -> Migration {
         finished_at: None,
         run: RunState::default(),
         attention: None,
+        priority: 0,
+        operation: None,
+        queue: None,
     }
 }
 
@@ -537,9 +540,9 @@ async fn a_failed_save_of_completed_stops_before_anything_irreversible() {
 #[tokio::test]
 async fn a_refused_transition_stops_the_run_and_saves_nothing() {
     let lab = Lab::new(3);
-    let m = pending(MigrationOptions::default());
+    let mut m = pending(MigrationOptions::default());
     let id = m.id;
-    lab.store.begin_migration(&m, &|_| Ok(())).expect("begin");
+    lab.store.begin_migration(&mut m, &|_| Ok(()), &Default::default()).expect("begin");
     let mut run = Run::new(lab.o.clone(), m.clone());
     let e = run
         .advance(

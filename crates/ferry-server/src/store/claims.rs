@@ -111,36 +111,62 @@ impl Store {
     /// Records a new migration and marks the VM as migrating, if `check` accepts (the
     /// destination has room for it, counting every migration already heading there): two
     /// concurrent requests for the same VM cannot both start, and concurrent migrations
-    /// cannot overcommit a destination.
-    pub fn begin_migration(&self, m: &Migration, check: Check) -> Result<(), ClaimError> {
-        self.claim(check, |tx| {
-            let claimed = tx.execute(
-                "UPDATE vms SET migration = ?2, updated_at = ?3 WHERE name = ?1 AND migration IS NULL",
-                params![m.vm, m.id.to_string(), ts(&m.created_at)],
-            )?;
-            if claimed != 1 {
-                return Err(ClaimError::Refused(ApiError::conflict(format!(
-                    "VM '{}' is already migrating",
-                    m.vm
-                ))));
-            }
-            tx.execute(
-                "INSERT INTO migrations (id, vm, source, destination, phase, options, created_at,
-                    updated_at, run)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8)",
-                params![
-                    m.id.to_string(),
-                    m.vm,
-                    m.source,
-                    m.destination,
-                    m.phase.as_str(),
-                    json(&m.options)?,
-                    ts(&m.created_at),
-                    json(&m.run)?,
-                ],
-            )?;
-            Ok(())
-        })
+    /// cannot overcommit a destination. In the same transaction the queue decides whether
+    /// it starts now (`Pending`) or waits (`Queued`) under `limits`; `m.phase` says which.
+    pub fn begin_migration(
+        &self,
+        m: &mut Migration,
+        check: Check,
+        limits: &MigrationLimits,
+    ) -> Result<(), ClaimError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut view = ClusterView {
+            hosts: load_hosts(&tx)?,
+            vms: load_vms(&tx)?,
+            migrations: load_unfinished(&tx)?,
+        };
+        check(&view).map_err(ClaimError::Refused)?;
+        let mut candidate = m.clone();
+        candidate.phase = Phase::Queued;
+        view.migrations.push(candidate);
+        m.phase = if crate::queue::decide(limits, &view.migrations)
+            .start
+            .contains(&m.id)
+        {
+            Phase::Pending
+        } else {
+            Phase::Queued
+        };
+        let claimed = tx.execute(
+            "UPDATE vms SET migration = ?2, updated_at = ?3 WHERE name = ?1 AND migration IS NULL",
+            params![m.vm, m.id.to_string(), ts(&m.created_at)],
+        )?;
+        if claimed != 1 {
+            return Err(ClaimError::Refused(ApiError::conflict(format!(
+                "VM '{}' is already migrating",
+                m.vm
+            ))));
+        }
+        tx.execute(
+            "INSERT INTO migrations (id, vm, source, destination, phase, options, created_at,
+                updated_at, run, priority, operation)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8, ?9, ?10)",
+            params![
+                m.id.to_string(),
+                m.vm,
+                m.source,
+                m.destination,
+                m.phase.as_str(),
+                json(&m.options)?,
+                ts(&m.created_at),
+                json(&m.run)?,
+                m.priority,
+                m.operation.map(|o| o.to_string()),
+            ],
+        )?;
+        tx.commit()?;
+        Ok(())
     }
 
     /// Deletes a VM record if `check` accepts (e.g. it is not active anywhere).

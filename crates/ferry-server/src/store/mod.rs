@@ -17,6 +17,7 @@ use uuid::Uuid;
 mod audit;
 mod auth;
 mod claims;
+mod queue;
 mod rows;
 
 pub use audit::{load_or_create_audit_key, AUDIT_KEY_FILE};
@@ -26,7 +27,7 @@ use rows::{
     event_row, migration_row, stored_host_row, vm_row, EVENT_SELECT, MIGRATION_SELECT, VM_SELECT,
 };
 
-pub const SCHEMA_VERSION: i64 = 7;
+pub const SCHEMA_VERSION: i64 = 8;
 
 /// Upgrades from each older schema version to the next, in order. Index i upgrades
 /// version i+1 to i+2.
@@ -52,7 +53,27 @@ const UPGRADES: &[&str] = &[
     AUTH_SCHEMA,
     // 6 -> 7: placement rules.
     RULES_SCHEMA,
+    // 7 -> 8: the migration queue (rank, the operation that asked) and operations.
+    QUEUE_SCHEMA,
 ];
+
+/// The migration queue and operations (issue 12): a migration's queue rank and the
+/// operation (an evacuation) that requested it; each operation kept whole as JSON, with
+/// its state beside it so unfinished ones are found at start.
+const QUEUE_SCHEMA: &str = "
+ALTER TABLE migrations ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE migrations ADD COLUMN operation TEXT;
+CREATE INDEX migrations_operation ON migrations(operation);
+CREATE TABLE operations (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    host TEXT NOT NULL,
+    state TEXT NOT NULL,
+    record TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+";
 
 /// Placement rules (issue 12), each kept whole as JSON under its name.
 const RULES_SCHEMA: &str = "
@@ -256,6 +277,7 @@ impl Store {
                 tx.execute_batch(audit::CHECKPOINTS_SCHEMA)?;
                 tx.execute_batch(AUTH_SCHEMA)?;
                 tx.execute_batch(RULES_SCHEMA)?;
+                tx.execute_batch(QUEUE_SCHEMA)?;
                 tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
                 tx.commit()?;
             }
@@ -556,6 +578,8 @@ impl Store {
                 {EVENT_SELECT}
                 WHERE (?1 IS NULL OR vm = ?1) AND (?2 IS NULL OR migration = ?2)
                   AND (?3 IS NULL OR kind = ?3 OR kind LIKE ?3 || '.%') AND (?4 IS NULL OR id > ?4)
+                  AND (?6 IS NULL OR json_extract(data, '$.operation') = ?6
+                       OR migration IN (SELECT id FROM migrations WHERE operation = ?6))
                 ORDER BY id {order} LIMIT ?5) ORDER BY id ASC"
         ))?;
         let rows = stmt.query_map(
@@ -564,7 +588,8 @@ impl Store {
                 q.migration.map(|m| m.to_string()),
                 q.kind,
                 q.after,
-                limit
+                limit,
+                q.operation.map(|o| o.to_string()),
             ],
             event_row,
         )?;

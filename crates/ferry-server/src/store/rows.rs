@@ -53,7 +53,8 @@ pub(super) fn vm_row(r: &Row) -> rusqlite::Result<R<Vm>> {
 
 pub(super) const MIGRATION_SELECT: &str =
     "SELECT id, vm, source, destination, phase, options, stream_uri, progress,
-    report, error, created_at, updated_at, finished_at, addresses, run, attention FROM migrations";
+    report, error, created_at, updated_at, finished_at, addresses, run, attention, priority,
+    operation FROM migrations";
 
 pub(super) fn migration_row(r: &Row) -> rusqlite::Result<R<Migration>> {
     let id: String = r.get(0)?;
@@ -67,6 +68,8 @@ pub(super) fn migration_row(r: &Row) -> rusqlite::Result<R<Migration>> {
     let addresses: Option<String> = r.get(13)?;
     let run: Option<String> = r.get(14)?;
     let attention: Option<String> = r.get(15)?;
+    let priority: i32 = r.get(16)?;
+    let operation: Option<String> = r.get(17)?;
     let (vm, source, destination): (String, String, String) = (r.get(1)?, r.get(2)?, r.get(3)?);
     let stream_uri: Option<String> = r.get(6)?;
     let error: Option<String> = r.get(9)?;
@@ -93,6 +96,11 @@ pub(super) fn migration_row(r: &Row) -> rusqlite::Result<R<Migration>> {
                 .transpose()?
                 .unwrap_or_default(),
             attention: attention.as_deref().map(from_json).transpose()?,
+            priority,
+            operation: operation
+                .map(|o| Uuid::parse_str(&o).map_err(|e| StoreError::Corrupt(e.to_string())))
+                .transpose()?,
+            queue: None,
         })
     })())
 }
