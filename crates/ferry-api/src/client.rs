@@ -428,13 +428,31 @@ impl ServerClient {
     pub async fn set_limits(&self, u: &LimitsUpdate) -> Result<MigrationLimits, ClientError> {
         self.http.post("/v1/cluster/limits", u).await
     }
-    pub async fn set_maintenance(&self, host: &str, on: bool) -> Result<Host, ClientError> {
+    /// Marks `host` for maintenance and evacuates it (or, with `dry_run`, only plans).
+    pub async fn enter_maintenance(
+        &self,
+        host: &str,
+        req: &EnterMaintenanceRequest,
+    ) -> Result<EvacuationPlan, ClientError> {
         self.http
-            .post(
-                &format!("/v1/hosts/{}/maintenance", seg(host)),
-                &MaintenanceRequest { on },
-            )
+            .post(&format!("/v1/hosts/{}/maintenance/enter", seg(host)), req)
             .await
+    }
+    pub async fn cancel_maintenance(&self, host: &str) -> Result<Operation, ClientError> {
+        self.http
+            .post(&format!("/v1/hosts/{}/maintenance/cancel", seg(host)), &())
+            .await
+    }
+    pub async fn exit_maintenance(&self, host: &str) -> Result<Host, ClientError> {
+        self.http
+            .post(&format!("/v1/hosts/{}/maintenance/exit", seg(host)), &())
+            .await
+    }
+    pub async fn operations(&self) -> Result<Vec<Operation>, ClientError> {
+        self.http.get("/v1/operations").await
+    }
+    pub async fn operation(&self, id: Uuid) -> Result<Operation, ClientError> {
+        self.http.get(&format!("/v1/operations/{id}")).await
     }
     pub async fn migrations(&self) -> Result<Vec<Migration>, ClientError> {
         self.http.get("/v1/migrations").await

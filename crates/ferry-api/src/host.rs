@@ -79,13 +79,6 @@ pub struct HostBaselineProblem {
     pub reason: String,
 }
 
-/// `POST /v1/hosts/{name}/maintenance`: a host in maintenance takes no VMs.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MaintenanceRequest {
-    pub on: bool,
-}
-
 /// One CPU model as a host's QEMU sees it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CpuModelAvailability {

@@ -69,7 +69,7 @@ pub enum Command {
     /// Registered hosts.
     #[command(subcommand)]
     Host(HostCmd),
-    /// Cluster-wide settings: the CPU baseline new VMs get.
+    /// Cluster-wide settings: the CPU baseline new VMs get, migration defaults and limits.
     #[command(subcommand)]
     Cluster(ClusterCmd),
     /// Virtual machines.
@@ -78,6 +78,10 @@ pub enum Command {
     /// Migrations (started with `ferry vm migrate`).
     #[command(subcommand)]
     Migration(MigrationCmd),
+    /// Operations: evacuations (`ferry host maintenance enter`), each with an id and its
+    /// story in the event log (`ferry events --operation ID`).
+    #[command(subcommand)]
+    Operation(crate::cmd_maintenance::OperationCmd),
     /// The event log: who asked what, when, with what outcome.
     Events(EventsArgs),
     /// Disk images in the hosts' storage pools.
@@ -375,20 +379,10 @@ pub enum HostCmd {
         #[command(flatten)]
         json: JsonFlag,
     },
-    /// Put a host into maintenance (it takes no VMs; migrations to it are refused) or take
-    /// it out.
-    #[command(
-        after_help = "Examples:\n  ferry host maintenance b --on\n  ferry host maintenance b --off"
-    )]
-    Maintenance {
-        name: String,
-        #[arg(long, conflicts_with = "off", required_unless_present = "off")]
-        on: bool,
-        #[arg(long)]
-        off: bool,
-        #[command(flatten)]
-        json: JsonFlag,
-    },
+    /// Maintenance mode: evacuate a host (enter), stop an evacuation (cancel), return the
+    /// host to service (exit), follow it (status).
+    #[command(subcommand)]
+    Maintenance(crate::cmd_maintenance::MaintenanceCmd),
 }
 
 #[derive(Subcommand, Debug)]

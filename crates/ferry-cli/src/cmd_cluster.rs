@@ -97,20 +97,8 @@ pub async fn host(server: &crate::connection::ConnOpts, cmd: HostCmd) -> CliResu
             println!("last seen       {}", ago(h.last_seen));
             Ok(())
         }
-        HostCmd::Maintenance { name, on, json, .. } => {
-            let h = c.set_maintenance(&name, on).await?;
-            if json.json {
-                return print_json(&h);
-            }
-            if h.maintenance {
-                println!("host {} is in maintenance: it takes no VMs", h.name);
-            } else {
-                println!("host {} takes VMs again", h.name);
-            }
-            Ok(())
-        }
         // Dispatched to cmd_security by main.
-        HostCmd::JoinToken { .. } | HostCmd::Remove { .. } => Err(CliError::failed(
+        HostCmd::JoinToken { .. } | HostCmd::Remove { .. } | HostCmd::Maintenance(_) => Err(CliError::failed(
             "internal: host command dispatched to the wrong module",
         )),
     }

@@ -16,6 +16,7 @@ mod cmd_disk;
 mod cmd_events;
 mod cmd_image;
 mod cmd_lab;
+mod cmd_maintenance;
 mod cmd_migrate;
 mod cmd_rules;
 mod cmd_security;
@@ -86,7 +87,9 @@ async fn run(cli: Cli) -> CliResult {
         Command::Host(cli::HostCmd::Remove { name, json }) => {
             cmd_security::remove_host(&server, &name, json).await
         }
+        Command::Host(cli::HostCmd::Maintenance(m)) => cmd_maintenance::maintenance(&server, m).await,
         Command::Host(c) => cmd_cluster::host(&server, c).await,
+        Command::Operation(c) => cmd_maintenance::operation(&server, c).await,
         Command::Cluster(c) => cmd_cluster::cluster(&server, c).await,
         Command::Vm(cli::VmCmd::Migrate(a)) => cmd_migrate::migrate(&server, a).await,
         Command::Vm(c) => cmd_cluster::vm(&server, c).await,

@@ -181,7 +181,7 @@ async fn each_unfit_destination_is_refused_by_the_check_that_names_why() {
     }
 
     // Maintenance: refused while on, fine again once off.
-    let out = ferry_net(&lab, &["host", "maintenance", "b", "--on"]);
+    let out = ferry_net(&lab, &["host", "maintenance", "enter", "b"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let r = check(&lab, "b");
     assert_eq!(failed_names(&r), vec!["destination"]);
@@ -217,7 +217,7 @@ async fn each_unfit_destination_is_refused_by_the_check_that_names_why() {
         e.data
     );
 
-    let out = ferry_net(&lab, &["host", "maintenance", "b", "--off"]);
+    let out = ferry_net(&lab, &["host", "maintenance", "exit", "b"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let out = ferry_net(&lab, &["vm", "migrate", VM, "--to", "b", "--json"]);
     assert!(out.status.success(), "{}", stderr(&out));

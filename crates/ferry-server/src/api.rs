@@ -39,7 +39,12 @@
 //! POST   /v1/migrations               MigrateRequest -> Migration (202; runs in background;
 //!                                      409 with the check report in `details` if refused)
 //! POST   /v1/migrations/check         MigrateRequest -> CheckReport (migrates nothing)
-//! POST   /v1/hosts/{name}/maintenance MaintenanceRequest -> Host
+//! POST   /v1/hosts/{name}/maintenance/enter EnterMaintenanceRequest -> EvacuationPlan
+//!                                      (marks the host and evacuates it; dry_run: plan only)
+//! POST   /v1/hosts/{name}/maintenance/cancel Operation (drop waiting, roll back running)
+//! POST   /v1/hosts/{name}/maintenance/exit Host (takes VMs again)
+//! GET    /v1/operations               [Operation] newest first
+//! GET    /v1/operations/{id}          Operation (with progress per VM and the ETA)
 //! GET    /v1/cluster                  ClusterInfo (CPU baseline)
 //! POST   /v1/cluster/baseline         BaselineSetting -> ClusterInfo
 //! POST   /v1/cluster/migration-defaults MigrationOptions -> ClusterInfo
@@ -142,10 +147,24 @@ fn table() -> Vec<(RouteSpec, MethodRouter<Arc<Server>>)> {
         ),
         r(
             M::POST,
-            "/v1/hosts/{name}/maintenance",
+            "/v1/hosts/{name}/maintenance/enter",
             R(Admin),
-            post(maintenance),
+            post(enter_maintenance),
         ),
+        r(
+            M::POST,
+            "/v1/hosts/{name}/maintenance/cancel",
+            R(Admin),
+            post(cancel_maintenance),
+        ),
+        r(
+            M::POST,
+            "/v1/hosts/{name}/maintenance/exit",
+            R(Admin),
+            post(exit_maintenance),
+        ),
+        r(M::GET, "/v1/operations", R(Viewer), get(operations)),
+        r(M::GET, "/v1/operations/{id}", R(Viewer), get(operation)),
         r(M::GET, "/v1/users", R(Admin), get(users)),
         r(M::POST, "/v1/users", R(Admin), post(add_user)),
         r(M::DELETE, "/v1/users/{name}", R(Admin), delete(remove_user)),
@@ -670,23 +689,56 @@ async fn set_limits(
     act(&s, &c, Action::SetLimits(req), pick!(ActionOutcome::Limits)).await
 }
 
-async fn maintenance(
+async fn enter_maintenance(
     State(s): Shared,
     Authenticated(c): Authenticated,
     Path(name): Path<String>,
-    ApiJson(req): ApiJson<MaintenanceRequest>,
+    ApiJson(req): ApiJson<EnterMaintenanceRequest>,
+) -> Answer<EvacuationPlan> {
+    let action = Action::EnterMaintenance { host: name, req };
+    act(&s, &c, action, pick!(ActionOutcome::Evacuation)).await
+}
+
+async fn cancel_maintenance(
+    State(s): Shared,
+    Authenticated(c): Authenticated,
+    Path(name): Path<String>,
+) -> Answer<Operation> {
+    let action = Action::CancelMaintenance(name);
+    act(&s, &c, action, pick!(ActionOutcome::Operation)).await
+}
+
+async fn exit_maintenance(
+    State(s): Shared,
+    Authenticated(c): Authenticated,
+    Path(name): Path<String>,
 ) -> Answer<Host> {
-    let action = Action::SetMaintenance {
-        host: name,
-        on: req.on,
-    };
-    act(&s, &c, action, pick!(ActionOutcome::Host)).await
+    act(
+        &s,
+        &c,
+        Action::ExitMaintenance(name),
+        pick!(ActionOutcome::Host),
+    )
+    .await
+}
+
+async fn operations(State(s): Shared, Authenticated(c): Authenticated) -> Answer<Vec<Operation>> {
+    ask(&s, &c, Query::Operations, pick!(QueryOutcome::Operations)).await
+}
+
+async fn operation(
+    State(s): Shared,
+    Authenticated(c): Authenticated,
+    Path(id): Path<String>,
+) -> Answer<Operation> {
+    let q = Query::Operation(parse_id(&id)?);
+    ask(&s, &c, q, pick!(QueryOutcome::Operation)).await
 }
 
 fn parse_id(id: &str) -> Result<Uuid, Failure> {
     Uuid::parse_str(id).map_err(|_| {
         Failure(ApiError::bad_request(format!(
-            "'{id}' is not a migration id"
+            "'{id}' is not an id (a UUID)"
         )))
     })
 }

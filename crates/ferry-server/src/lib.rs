@@ -31,6 +31,7 @@ pub async fn run(config: ServerConfig) -> Result<(), String> {
     let server = Arc::new(Server::open(config.clone()).map_err(|e| e.to_string())?);
     server.orchestrator.resume_unfinished();
     server.spawn_queue();
+    server.resume_operations();
     if let Some(file) = &config.ready_file {
         ferry_api::http::write_ready_file(file, &bound.to_string())?;
     }

@@ -20,6 +20,8 @@ use crate::store::{load_or_create_audit_key, NewEvent, Store, StoreError};
 
 mod audit;
 mod auth;
+mod estimating;
+mod evacuation;
 mod hosts;
 mod identities;
 mod lock;
@@ -81,10 +83,15 @@ pub enum Action {
         id: Uuid,
         req: ResolveRequest,
     },
-    SetMaintenance {
+    /// Mark a host for maintenance and evacuate it (or only plan, `dry_run`).
+    EnterMaintenance {
         host: String,
-        on: bool,
+        req: EnterMaintenanceRequest,
     },
+    /// Stop a host's evacuation: drop what waits, roll back what runs.
+    CancelMaintenance(String),
+    /// The host takes VMs again.
+    ExitMaintenance(String),
     SetBaseline(BaselineSetting),
     SetMigrationDefaults(MigrationOptions),
     /// Change how many migrations may run at once.
@@ -122,7 +129,9 @@ impl Action {
             | Action::DeleteDisk { .. }
             | Action::AddRule(_)
             | Action::DeleteRule(_) => Need::Role(Operator),
-            Action::SetMaintenance { .. }
+            Action::EnterMaintenance { .. }
+            | Action::CancelMaintenance(_)
+            | Action::ExitMaintenance(_)
             | Action::SetBaseline(_)
             | Action::SetMigrationDefaults(_)
             | Action::SetLimits(_)
@@ -151,6 +160,8 @@ pub enum ActionOutcome {
     Checks(CheckReport),
     Cluster(ClusterInfo),
     Limits(MigrationLimits),
+    Evacuation(EvacuationPlan),
+    Operation(Operation),
 }
 
 pub struct Server {
@@ -368,13 +379,14 @@ impl Server {
                 self.set_migration_defaults(o).map(ActionOutcome::Cluster)
             }
             Action::SetLimits(u) => self.set_limits(&u).map(ActionOutcome::Limits),
-            Action::SetMaintenance { host, on } => {
-                validate_name("host name", &host)?;
-                if !self.store.set_maintenance(&host, on)? {
-                    return Err(ApiError::not_found(format!("no host named '{host}'")));
-                }
-                self.host(&host).map(ActionOutcome::Host)
-            }
+            Action::EnterMaintenance { host, req } => self
+                .enter_maintenance(actor, &host, &req)
+                .await
+                .map(ActionOutcome::Evacuation),
+            Action::CancelMaintenance(host) => self
+                .cancel_maintenance(actor, &host)
+                .map(ActionOutcome::Operation),
+            Action::ExitMaintenance(host) => self.exit_maintenance(&host).map(ActionOutcome::Host),
             Action::CancelMigration(id) => self
                 .cancel_migration(id, actor)
                 .map(ActionOutcome::Migration),
@@ -437,7 +449,9 @@ fn describe(action: &Action) -> (EventKind, Option<String>, Option<String>, Opti
         Action::SetBaseline(_) => (K::ClusterBaseline, None, None, None),
         Action::SetMigrationDefaults(_) => (K::ClusterMigrationDefaults, None, None, None),
         Action::SetLimits(_) => (K::ClusterLimits, None, None, None),
-        Action::SetMaintenance { host, .. } => (K::HostMaintenance, None, Some(host.clone()), None),
+        Action::EnterMaintenance { host, .. }
+        | Action::CancelMaintenance(host)
+        | Action::ExitMaintenance(host) => (K::HostMaintenance, None, Some(host.clone()), None),
         Action::CreateDisk { host, .. } => (K::DiskCreate, None, Some(host.clone()), None),
         Action::DeleteDisk { host, .. } => (K::DiskDelete, None, Some(host.clone()), None),
     }
@@ -515,6 +529,26 @@ fn summary(outcome: &ActionOutcome) -> String {
         ActionOutcome::Limits(l) => format!(
             "migration limits: {} out and {} in per host, {} per pair of hosts, {} in the cluster",
             l.per_host_outgoing, l.per_host_incoming, l.per_pair, l.cluster
+        ),
+        ActionOutcome::Evacuation(p) => match &p.operation {
+            Some(op) => format!(
+                "host {} in maintenance; evacuation {} of {} VM(s) started (estimate {:.0} s)",
+                p.host,
+                op.id,
+                p.items.len(),
+                p.estimate_s
+            ),
+            None => format!(
+                "dry run: evacuating host {} would move {} of {} VM(s) in about {:.0} s",
+                p.host,
+                p.items.iter().filter(|i| i.destination.is_some()).count(),
+                p.items.len(),
+                p.estimate_s
+            ),
+        },
+        ActionOutcome::Operation(op) => format!(
+            "evacuation {} of host {}: {}",
+            op.id, op.host, op.state
         ),
         ActionOutcome::Disk(d) => format!(
             "disk {} created in pool {} ({} MiB)",

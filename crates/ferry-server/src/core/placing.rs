@@ -9,7 +9,7 @@ use ferry_api::*;
 use super::Server;
 use crate::admission::{capacity, committed, Demand};
 use crate::placement::{place, Ask, HostFacts};
-use crate::store::NewEvent;
+use crate::store::{ClusterView, NewEvent};
 
 impl Server {
     /// Where `req` would go, with every candidate's score and reasons.
@@ -31,31 +31,7 @@ impl Server {
         };
         spec.assign_defaults();
         let view = self.store.view()?;
-        let hosts = self.hosts()?;
-        let live_by_name: HashMap<&str, &Host> =
-            hosts.iter().map(|x| (x.name.as_str(), x)).collect();
-        let facts: Vec<HostFacts> = view
-            .hosts
-            .iter()
-            .map(|h| {
-                let live = live_by_name.get(h.name.as_str()).copied();
-                let unavailable = match live {
-                    Some(x) if x.state != HostState::Connected => {
-                        Some(format!("host {} is {}", h.name, x.state))
-                    }
-                    Some(x) if x.maintenance => Some(format!("host {} is in maintenance", h.name)),
-                    None => Some(format!("host {} is unknown", h.name)),
-                    _ => cpu_refusal(&spec, &h.inventory, &h.name),
-                };
-                HostFacts {
-                    name: h.name.clone(),
-                    capacity: capacity(h),
-                    used: committed(&view, &h.name, &name).0,
-                    link_mib_s: None,
-                    unavailable,
-                }
-            })
-            .collect();
+        let facts = self.host_facts(&view, Some(&spec), &name)?;
         let located: HashMap<&str, &str> = view
             .vms
             .iter()
@@ -73,6 +49,42 @@ impl Server {
             &located,
             &rules,
         ))
+    }
+
+    /// What placement knows of every host: capacity, what is committed there (leaving out
+    /// `except`, the VM being placed), and why a host takes nothing (not connected, in
+    /// maintenance, or it cannot run `spec`'s CPU model).
+    pub(super) fn host_facts(
+        &self,
+        view: &ClusterView,
+        spec: Option<&VmSpec>,
+        except: &str,
+    ) -> Result<Vec<HostFacts>, ApiError> {
+        let hosts = self.hosts()?;
+        let live_by_name: HashMap<&str, &Host> =
+            hosts.iter().map(|x| (x.name.as_str(), x)).collect();
+        Ok(view
+            .hosts
+            .iter()
+            .map(|h| {
+                let live = live_by_name.get(h.name.as_str()).copied();
+                let unavailable = match live {
+                    Some(x) if x.state != HostState::Connected => {
+                        Some(format!("host {} is {}", h.name, x.state))
+                    }
+                    Some(x) if x.maintenance => Some(format!("host {} is in maintenance", h.name)),
+                    None => Some(format!("host {} is unknown", h.name)),
+                    _ => spec.and_then(|s| cpu_refusal(s, &h.inventory, &h.name)),
+                };
+                HostFacts {
+                    name: h.name.clone(),
+                    capacity: capacity(h),
+                    used: committed(view, &h.name, except).0,
+                    link_mib_s: None,
+                    unavailable,
+                }
+            })
+            .collect())
     }
 
     /// Picks a host for `req` or says why none fits; records the decision as an event.

@@ -26,6 +26,8 @@ pub enum Query {
     Migration(Uuid),
     /// How many migrations may run at once.
     Limits,
+    Operations,
+    Operation(Uuid),
     Events(EventQuery),
     Cluster,
     Disks {
@@ -63,6 +65,8 @@ pub enum QueryOutcome {
     Migrations(Vec<Migration>),
     Migration(Migration),
     Limits(MigrationLimits),
+    Operations(Vec<Operation>),
+    Operation(Operation),
     Events(Vec<Event>),
     Cluster(ClusterInfo),
     Disks(Vec<DiskImage>),
@@ -82,6 +86,8 @@ impl Query {
             | Query::Migrations
             | Query::Migration(_)
             | Query::Limits
+            | Query::Operations
+            | Query::Operation(_)
             | Query::Events(_)
             | Query::Cluster
             | Query::Disks { .. }
@@ -126,6 +132,8 @@ impl Server {
                 QueryOutcome::Migrations(self.with_standing(self.store.migrations(200)?)?)
             }
             Query::Limits => QueryOutcome::Limits(self.limits()?),
+            Query::Operations => QueryOutcome::Operations(self.operations()?),
+            Query::Operation(id) => QueryOutcome::Operation(self.operation(id)?),
             Query::Migration(id) => QueryOutcome::Migration(self.migration(id)?),
             Query::Events(q) => QueryOutcome::Events(self.events(&q)?),
             Query::Cluster => QueryOutcome::Cluster(self.cluster_info()?),
