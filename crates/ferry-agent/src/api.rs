@@ -12,6 +12,8 @@
 //! POST   /v1/vms/{name}/incoming            IncomingRequest -> IncomingResponse (destination)
 //! POST   /v1/vms/{name}/migration           OutgoingRequest -> AgentMigrationStatus (source)
 //! GET    /v1/vms/{name}/migration           AgentMigrationStatus
+//! POST   /v1/vms/{name}/migration/tune      TuneRequest -> AgentMigrationStatus (source:
+//!                                           throttle, post-copy, bandwidth cap)
 //! POST   /v1/vms/{name}/migration/cancel    VmRuntime (source resumes; refused once the
 //!                                           switch-over started, completed or post-copy)
 //! POST   /v1/vms/{name}/migration/reclaim   VmRuntime (source whose migration completed
