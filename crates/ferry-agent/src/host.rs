@@ -265,7 +265,7 @@ impl Agent {
         crate::probe::send_with(req, tls).await
     }
 
-    async fn find(&self, name: &str) -> Result<Arc<QemuVm>, AgentError> {
+    pub(crate) async fn find(&self, name: &str) -> Result<Arc<QemuVm>, AgentError> {
         validate_name("VM name", name)?;
         if let Some(vm) = self.vms.lock().await.get(name).cloned() {
             return Ok(vm);
