@@ -9,9 +9,12 @@
 //! POST   /v1/vms/{name}/stop                VmRuntime (QEMU ended, VM forgotten here)
 //! DELETE /v1/vms/{name}                     kill if running, forget (idempotent)
 //! GET    /v1/vms/{name}/console?bytes=N     ConsoleTail
+//! GET    /v1/vms/{name}/memory              VmMemoryFacts (RAM, resident, dirty rate; ~1 s)
 //! POST   /v1/vms/{name}/incoming            IncomingRequest -> IncomingResponse (destination)
 //! POST   /v1/vms/{name}/migration           OutgoingRequest -> AgentMigrationStatus (source)
 //! GET    /v1/vms/{name}/migration           AgentMigrationStatus
+//! POST   /v1/vms/{name}/migration/tune      TuneRequest -> AgentMigrationStatus (source:
+//!                                           throttle, post-copy, bandwidth cap)
 //! POST   /v1/vms/{name}/migration/cancel    VmRuntime (source resumes; refused once the
 //!                                           switch-over started, completed or post-copy)
 //! POST   /v1/vms/{name}/migration/reclaim   VmRuntime (source whose migration completed
@@ -39,7 +42,7 @@ use ferry_api::http::{not_found, ApiJson, Failure};
 use ferry_api::{
     AgentMigrationStatus, ApiError, ConsoleTail, HostInventory, IncomingRequest, IncomingResponse,
     LaunchRequest, OutgoingRequest, ProbeListenResponse, ProbeSendRequest, ProbeSendResponse,
-    VmRuntime,
+    VmMemoryFacts, VmRuntime,
 };
 use serde::Deserialize;
 
@@ -70,6 +73,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/vms/{name}", get(show).delete(remove))
         .route("/v1/vms/{name}/stop", post(stop))
         .route("/v1/vms/{name}/console", get(console))
+        .route("/v1/vms/{name}/memory", get(memory))
         .route("/v1/vms/{name}/incoming", post(incoming))
         .route(
             "/v1/vms/{name}/migration",
@@ -196,6 +200,10 @@ async fn console(
     Query(q): Query<ConsoleParams>,
 ) -> Answer<ConsoleTail> {
     Ok(Json(a.console(&name, q.bytes.unwrap_or(64 * 1024)).await?))
+}
+
+async fn memory(State(a): Shared, Path(name): Path<String>) -> Answer<VmMemoryFacts> {
+    Ok(Json(a.memory_facts(&name).await?))
 }
 
 async fn incoming(

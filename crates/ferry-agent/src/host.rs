@@ -265,7 +265,7 @@ impl Agent {
         crate::probe::send_with(req, tls).await
     }
 
-    async fn find(&self, name: &str) -> Result<Arc<QemuVm>, AgentError> {
+    pub(crate) async fn find(&self, name: &str) -> Result<Arc<QemuVm>, AgentError> {
         validate_name("VM name", name)?;
         if let Some(vm) = self.vms.lock().await.get(name).cloned() {
             return Ok(vm);
@@ -897,12 +897,13 @@ impl Agent {
         vm.migration_status().await
     }
 
-    /// Source: the convergence controller's live changes (throttle, post-copy).
+    /// Source: live changes (the controller's throttle and post-copy, the fair share's cap).
     pub async fn tune(
         &self,
         name: &str,
         req: &ferry_api::TuneRequest,
     ) -> Result<AgentMigrationStatus, AgentError> {
+        req.validate()?;
         let vm = self.find(name).await?;
         if vm.role() != Role::Outgoing {
             return Err(AgentError::refused(format!(

@@ -12,7 +12,8 @@
 //! reachability and bandwidth probe of the pre-migration checks), [`error`] (the agent's
 //! failures, turned into API errors only in [`api`]), [`postcopy`] (pausing and
 //! resuming a post-copy migration across a broken link), [`tls_material`] and [`qemu_tls`]
-//! (QEMU's own TLS for the migration stream and the NBD disk export).
+//! (QEMU's own TLS for the migration stream and the NBD disk export), [`memory`] (what
+//! moving a VM's memory costs, for the evacuation estimate).
 
 pub mod api;
 pub mod boot_paths;
@@ -25,6 +26,7 @@ pub mod heartbeat;
 pub mod host;
 pub mod identity;
 pub mod inventory;
+pub mod memory;
 pub mod net;
 pub mod persist;
 pub mod postcopy;

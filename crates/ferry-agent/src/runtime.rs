@@ -533,6 +533,18 @@ impl QemuVm {
                 .await
                 .map_err(|e| qmp_err("migrate-set-parameters", e))?;
         }
+        if let Some(cap) = req.max_bandwidth_bytes_s {
+            // As at the start (`send`): one cap for pre-copy and post-copy, 0 = no limit.
+            let params = MigrationParameters {
+                max_bandwidth: Some(cap),
+                max_postcopy_bandwidth: Some(cap),
+                ..Default::default()
+            };
+            self.qmp
+                .migrate_set_parameters(&params)
+                .await
+                .map_err(|e| qmp_err("migrate-set-parameters", e))?;
+        }
         if req.start_postcopy {
             self.qmp
                 .migrate_start_postcopy()

@@ -667,6 +667,13 @@ impl AgentClient {
             .post(&format!("/v1/vms/{}/migration/tune", seg(name)), req)
             .await
     }
+    /// What moving the VM's memory costs: RAM, QEMU's resident memory, the dirty rate
+    /// (takes about a second: QEMU samples the guest's pages).
+    pub async fn memory_facts(&self, name: &str) -> Result<VmMemoryFacts, ClientError> {
+        self.http
+            .get(&format!("/v1/vms/{}/memory", seg(name)))
+            .await
+    }
     /// Either side, during post-copy: drop the migration connection so it can be
     /// re-established (QEMU's `migrate-pause`); a no-op on a side already paused.
     pub async fn pause_postcopy(&self, name: &str) -> Result<AgentMigrationStatus, ClientError> {

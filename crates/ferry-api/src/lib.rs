@@ -17,6 +17,7 @@ pub mod events;
 pub mod host;
 #[cfg(feature = "server")]
 pub mod http;
+pub mod load;
 pub mod migration;
 pub mod names;
 pub mod operation;
@@ -33,6 +34,7 @@ pub use checks::*;
 pub use error::{ApiError, ErrorBody, ErrorCode};
 pub use events::*;
 pub use host::*;
+pub use load::*;
 pub use migration::*;
 pub use names::validate_name;
 pub use operation::*;

@@ -182,6 +182,35 @@ pub struct TuneRequest {
     /// Switch the running pre-copy to post-copy.
     #[serde(default)]
     pub start_postcopy: bool,
+    /// The migration's bandwidth cap, bytes/s (QEMU's `max-bandwidth`, and its post-copy
+    /// one, as at the start). None: leave it as it is. `Some(0)`: no cap, QEMU's "no
+    /// limit" and what Ferry sets at the start without `--max-bandwidth`. To lift a fair
+    /// share (`link_share` says None), pass the operator's cap if the migration has one,
+    /// else `Some(0)`.
+    #[serde(default)]
+    pub max_bandwidth_bytes_s: Option<u64>,
+}
+
+/// The smallest bandwidth cap the tune route sets, bytes/s: below it a migration makes no
+/// useful progress (the operator's `--max-bandwidth` starts at 1 MiB/s too).
+pub const MIN_TUNE_BANDWIDTH_BYTES_S: u64 = 1 << 20;
+/// The largest, bytes/s (the operator's `--max-bandwidth` limit, 1 TiB/s).
+pub const MAX_TUNE_BANDWIDTH_BYTES_S: u64 = 1 << 40;
+
+impl TuneRequest {
+    /// The throttle is clamped where it is applied (1-99), as before this check existed.
+    pub fn validate(&self) -> Result<(), ApiError> {
+        match self.max_bandwidth_bytes_s {
+            None | Some(0) => Ok(()),
+            Some(b) if (MIN_TUNE_BANDWIDTH_BYTES_S..=MAX_TUNE_BANDWIDTH_BYTES_S).contains(&b) => {
+                Ok(())
+            }
+            Some(b) => Err(ApiError::bad_request(format!(
+                "max_bandwidth_bytes_s is {b}; it must be 0 (no cap) or between \
+                 {MIN_TUNE_BANDWIDTH_BYTES_S} and {MAX_TUNE_BANDWIDTH_BYTES_S}"
+            ))),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -238,6 +267,24 @@ mod tests {
             ..Default::default()
         })
         .is_ok());
+    }
+
+    #[test]
+    fn a_tune_request_s_bandwidth_is_checked_and_defaults_to_unchanged() {
+        let old: TuneRequest = serde_json::from_str(r#"{"throttle_pct": 20}"#).unwrap();
+        assert_eq!(old.max_bandwidth_bytes_s, None, "absent: left as it is");
+        assert!(old.validate().is_ok());
+        let ok = |b: u64| {
+            TuneRequest {
+                max_bandwidth_bytes_s: Some(b),
+                ..Default::default()
+            }
+            .validate()
+            .is_ok()
+        };
+        assert!(ok(0) && ok(1 << 20) && ok(125_000_000) && ok(1 << 40));
+        assert!(!ok(1) && !ok((1 << 20) - 1) && !ok((1 << 40) + 1) && !ok(u64::MAX));
+        assert!(serde_json::from_str::<TuneRequest>(r#"{"max_bandwidth": 5}"#).is_err());
     }
 
     #[test]

@@ -219,6 +219,28 @@ impl QmpClient {
             .await
     }
 
+    /// `calc-dirty-rate`: start measuring the guest's dirty page rate over `calc_time_s`
+    /// seconds; returns at once (QEMU measures in a thread). Read the result with
+    /// [`QmpClient::query_dirty_rate`] once its status is `measured`. QEMU refuses while a
+    /// measurement runs.
+    pub async fn calc_dirty_rate(
+        &self,
+        calc_time_s: u64,
+        mode: DirtyRateMeasureMode,
+    ) -> Result<(), QmpError> {
+        // Seconds, without `calc-time-unit`: that argument only exists since QEMU 8.2.
+        self.execute_unit(
+            "calc-dirty-rate",
+            Some(json!({ "calc-time": calc_time_s, "mode": mode })),
+        )
+        .await
+    }
+
+    /// `query-dirty-rate`: the result of the most recent `calc-dirty-rate`.
+    pub async fn query_dirty_rate(&self) -> Result<DirtyRateInfo, QmpError> {
+        self.execute_no_args("query-dirty-rate").await
+    }
+
     // -- CPUs, machines ------------------------------------------------------------------------
 
     /// `query-cpu-definitions`: CPU models, with what this host/accelerator cannot provide.

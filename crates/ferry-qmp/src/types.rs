@@ -738,6 +738,90 @@ pub struct BlockInfo {
     pub io_status: Option<String>,
 }
 
+// ---------------------------------------------------------------------------------------------
+// Dirty page rate (`calc-dirty-rate`, `query-dirty-rate`)
+
+qapi_enum! {
+    /// `DirtyRateStatus`: where the last `calc-dirty-rate` is.
+    pub enum DirtyRateStatus {
+        Unstarted = "unstarted",
+        Measuring = "measuring",
+        Measured = "measured",
+    }
+}
+
+qapi_enum! {
+    /// `DirtyRateMeasureMode`. Page sampling hashes a few pages per GiB and needs nothing
+    /// of the accelerator; dirty-ring needs KVM's dirty ring, and the dirty bitmap
+    /// cannot be used while a migration runs.
+    pub enum DirtyRateMeasureMode {
+        PageSampling = "page-sampling",
+        DirtyRing = "dirty-ring",
+        DirtyBitmap = "dirty-bitmap",
+    }
+}
+
+/// The largest dirty rate taken as real, MiB/s (1 TiB/s: far above any memory bus).
+pub const MAX_DIRTY_RATE_MIB_S: i64 = 1 << 20;
+
+/// `query-dirty-rate`: the result of the most recent `calc-dirty-rate`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct DirtyRateInfo {
+    /// MiB/s; present once measured.
+    #[serde(default)]
+    pub dirty_rate: Option<i64>,
+    pub status: DirtyRateStatus,
+    #[serde(default)]
+    pub start_time: Option<i64>,
+    /// How long it measured, in `calc_time_unit` (seconds when absent).
+    #[serde(default)]
+    pub calc_time: Option<i64>,
+    #[serde(default)]
+    pub calc_time_unit: Option<String>,
+    #[serde(default)]
+    pub sample_pages: Option<u64>,
+    #[serde(default)]
+    pub mode: Option<DirtyRateMeasureMode>,
+}
+
+impl DirtyRateInfo {
+    /// The measured rate, MiB/s; `Ok(None)` while QEMU still measures. QEMU's reply is
+    /// not trusted: a measurement that never started, a "measured" without a rate, a
+    /// negative or implausible rate, or a status this crate does not know is an error.
+    pub fn rate_mib_s(&self) -> Result<Option<u64>, String> {
+        match (&self.status, self.dirty_rate) {
+            (DirtyRateStatus::Measuring, _) => Ok(None),
+            (DirtyRateStatus::Measured, Some(r)) if (0..=MAX_DIRTY_RATE_MIB_S).contains(&r) => {
+                Ok(Some(r as u64))
+            }
+            (DirtyRateStatus::Measured, Some(r)) => Err(format!(
+                "QEMU reports a dirty rate of {r} MiB/s, outside 0..={MAX_DIRTY_RATE_MIB_S}"
+            )),
+            (DirtyRateStatus::Measured, None) => {
+                Err("QEMU reports the dirty rate measured but gives no rate".into())
+            }
+            (DirtyRateStatus::Unstarted, _) => {
+                Err("QEMU reports no dirty rate measurement started".into())
+            }
+            (DirtyRateStatus::Other(s), _) => {
+                Err(format!("QEMU reports an unknown dirty rate status '{s}'"))
+            }
+        }
+    }
+
+    /// How long the measurement ran, milliseconds (None: a unit this crate does not know,
+    /// or no or a negative time).
+    pub fn calc_time_ms(&self) -> Option<u64> {
+        let t = u64::try_from(self.calc_time?).ok()?;
+        match self.calc_time_unit.as_deref() {
+            None | Some("second") => t.checked_mul(1000),
+            Some("millisecond") => Some(t),
+            Some(_) => None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -803,6 +887,46 @@ mod tests {
         assert_eq!(
             serde_json::to_value(&file).unwrap(),
             json!({"transport": "file", "filename": "/tmp/x", "offset": 0})
+        );
+    }
+
+    #[test]
+    fn dirty_rate_replies_are_checked() {
+        let info = |v: serde_json::Value| serde_json::from_value::<DirtyRateInfo>(v).unwrap();
+        let measured = info(
+            json!({"status": "measured", "sample-pages": 512, "dirty-rate": 108,
+            "mode": "page-sampling", "start-time": 3665220, "calc-time": 1,
+            "calc-time-unit": "second"}),
+        );
+        assert_eq!(measured.rate_mib_s(), Ok(Some(108)));
+        assert_eq!(measured.calc_time_ms(), Some(1000));
+        assert_eq!(measured.mode, Some(DirtyRateMeasureMode::PageSampling));
+        let measuring = info(json!({"status": "measuring", "start-time": 1, "calc-time": 1}));
+        assert_eq!(measuring.rate_mib_s(), Ok(None));
+        for bad in [
+            json!({"status": "measured"}),
+            json!({"status": "measured", "dirty-rate": -1}),
+            json!({"status": "measured", "dirty-rate": MAX_DIRTY_RATE_MIB_S + 1}),
+            json!({"status": "unstarted", "dirty-rate": 5}),
+            json!({"status": "guessed", "dirty-rate": 5}),
+        ] {
+            assert!(info(bad.clone()).rate_mib_s().is_err(), "{bad}");
+        }
+        // Shapes QEMU never sends do not decode at all.
+        for bad in [
+            json!({"dirty-rate": 5}),
+            json!({"status": "measured", "dirty-rate": "5"}),
+        ] {
+            assert!(serde_json::from_value::<DirtyRateInfo>(bad).is_err());
+        }
+        let ms = info(
+            json!({"status": "measured", "dirty-rate": 0, "calc-time": 500,
+            "calc-time-unit": "millisecond"}),
+        );
+        assert_eq!(ms.calc_time_ms(), Some(500));
+        assert_eq!(
+            info(json!({"status": "measured", "calc-time": -1})).calc_time_ms(),
+            None
         );
     }
 }

@@ -13,6 +13,8 @@ pub mod baseline;
 pub mod checks;
 pub mod cluster;
 pub mod core;
+pub mod estimate;
+pub mod link_share;
 pub mod orchestrator;
 pub mod pki;
 pub mod placement;
