@@ -39,6 +39,9 @@ pub struct AgentConfig {
     pub memory_reserve_mib: u64,
     /// vCPUs allowed per host CPU.
     pub vcpu_overcommit: f64,
+    /// The migration link's capacity, MiB/s, if the operator knows it (the server shares
+    /// it fairly among migrations and estimates evacuations with it).
+    pub migration_link_mib_s: Option<u64>,
     /// If set, the only CPU models this host offers (an operator policy, e.g. models the
     /// host is certified for); None: every model its QEMU can run.
     pub cpu_models: Option<Vec<String>>,
@@ -69,6 +72,14 @@ pub const MAX_VCPU_OVERCOMMIT: f64 = 64.0;
 impl AgentConfig {
     pub fn validate(&self) -> Result<(), String> {
         validate_name("host name", &self.name).map_err(|e| e.message)?;
+        if let Some(l) = self.migration_link_mib_s {
+            if !(1..=1 << 20).contains(&l) {
+                return Err(format!(
+                    "--migration-link-mib-s is {l}; it must be between 1 and {}",
+                    1 << 20
+                ));
+            }
+        }
         if !self.state_dir.is_absolute() {
             return Err(format!(
                 "state directory '{}' must be an absolute path",
@@ -225,6 +236,7 @@ mod tests {
             join_token: None,
             qemu_user: None,
             memory_reserve_mib: DEFAULT_MEMORY_RESERVE_MIB,
+            migration_link_mib_s: None,
             vcpu_overcommit: DEFAULT_VCPU_OVERCOMMIT,
             cpu_models: None,
             aux_qmp: false,

@@ -179,6 +179,7 @@ impl Agent {
         inv.cpu_models = self.cpu_models.clone();
         inv.memory_reserve_mib = self.config.memory_reserve_mib;
         inv.vcpu_overcommit = self.config.vcpu_overcommit;
+        inv.migration_link_mib_s = self.config.migration_link_mib_s;
         let mut specs: Vec<VmSpec> = {
             let vms = self.vms.lock().await;
             vms.values()

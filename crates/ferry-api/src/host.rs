@@ -47,6 +47,10 @@ pub struct HostInventory {
     /// vCPUs of the VMs running here.
     #[serde(default)]
     pub vcpus_committed: u32,
+    /// The migration link's capacity as the operator configured it, MiB/s
+    /// (`--migration-link-mib-s`; None: the server uses what its probes measured).
+    #[serde(default)]
+    pub migration_link_mib_s: Option<u64>,
 }
 
 /// The cluster CPU baseline setting (`POST /v1/cluster/baseline`).

@@ -148,6 +148,9 @@ pub struct Operation {
     /// The plan's estimate of the whole operation, seconds.
     #[serde(default)]
     pub estimate_s: Option<f64>,
+    /// The figures behind the estimate (the ETA is worked out from them and the progress).
+    #[serde(default)]
+    pub assumptions: Vec<EstimateAssumption>,
     /// Seconds left, from what is still to move and how far the running ones are
     /// (filled in when read, while it runs).
     #[serde(default, skip_serializing_if = "Option::is_none")]

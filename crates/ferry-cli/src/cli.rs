@@ -193,6 +193,10 @@ pub struct AgentArgs {
     /// vCPUs allowed per host CPU (more than 0, at most 64).
     #[arg(long, default_value_t = ferry_agent::config::DEFAULT_VCPU_OVERCOMMIT)]
     pub vcpu_overcommit: f64,
+    /// The migration link's capacity (MiB/s), shared fairly among the migrations using it
+    /// and used for evacuation estimates; default: what the server's probes measure.
+    #[arg(long)]
+    pub migration_link_mib_s: Option<u64>,
     /// Offer only these CPU models (comma-separated), e.g. the ones this host is certified
     /// for; default: every model its QEMU can run.
     #[arg(long, value_delimiter = ',', value_name = "MODEL,...")]

@@ -74,6 +74,7 @@ pub async fn agent(a: AgentArgs, conn: &crate::connection::ConnOpts) -> CliResul
         ready_file: a.ready_file,
         memory_reserve_mib: a.memory_reserve_mib,
         vcpu_overcommit: a.vcpu_overcommit,
+        migration_link_mib_s: a.migration_link_mib_s,
         cpu_models: a.cpu_models,
         aux_qmp: a.aux_qmp,
         boot_path_allow: a

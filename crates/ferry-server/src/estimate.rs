@@ -54,26 +54,8 @@
 
 use std::collections::HashMap;
 
-/// The queue's limits on migrations running at once.
-// Replaced later by `ferry_api::MigrationLimits`, which has the same four fields.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
-    pub per_host_outgoing: u32,
-    pub per_host_incoming: u32,
-    pub per_pair: u32,
-    pub cluster: u32,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            per_host_outgoing: 2,
-            per_host_incoming: 2,
-            per_pair: 1,
-            cluster: 8,
-        }
-    }
-}
+/// The queue's limits on migrations running at once (the same the queue applies).
+pub use ferry_api::MigrationLimits as Limits;
 
 /// One VM to move.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -360,7 +342,7 @@ impl<'a> Occupancy<'a> {
     fn add(&mut self, vm: &'a EstimateVm) {
         *self.out.entry(&vm.source).or_default() += 1;
         *self.inn.entry(&vm.destination).or_default() += 1;
-        *self.pair.entry((&vm.source, &vm.destination)).or_default() += 1;
+        *self.pair.entry(pair_key(&vm.source, &vm.destination)).or_default() += 1;
         self.all += 1;
     }
 
@@ -370,11 +352,20 @@ impl<'a> Occupancy<'a> {
             && get(&self.inn, &vm.destination) < l.per_host_incoming
             && self
                 .pair
-                .get(&(vm.source.as_str(), vm.destination.as_str()))
+                .get(&pair_key(&vm.source, &vm.destination))
                 .copied()
                 .unwrap_or(0)
                 < l.per_pair
             && self.all < l.cluster
+    }
+}
+
+/// A pair of hosts in either direction (the queue's pair limit counts both ways).
+fn pair_key<'a>(a: &'a str, b: &'a str) -> (&'a str, &'a str) {
+    if a <= b {
+        (a, b)
+    } else {
+        (b, a)
     }
 }
 

@@ -107,6 +107,9 @@ impl Server {
             PROBE_MAX_MS,
         )
         .await;
+        if let Ok(r) = &probe {
+            self.record_probe(&source.name, &dest.name, r.bytes_per_s);
+        }
 
         let (mut incoming_memory_mib, mut incoming_vcpus) = (0, 0);
         for m in self.store.unfinished_migrations()? {

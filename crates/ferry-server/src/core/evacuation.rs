@@ -71,6 +71,7 @@ impl Server {
             finished_at: None,
             items: plan.items.clone(),
             estimate_s: Some(plan.estimate_s),
+            assumptions: plan.assumptions.clone(),
             eta_s: None,
         };
         let summary = format!(
@@ -407,11 +408,7 @@ impl Server {
         }
         // A migration requested by an earlier driver whose id was not saved yet.
         if item.migration.is_none() {
-            item.migration = migrations
-                .iter()
-                .filter(|m| m.vm == item.vm)
-                .next_back()
-                .map(|m| m.id);
+            item.migration = migrations.iter().rfind(|m| m.vm == item.vm).map(|m| m.id);
         }
         let Some(mid) = item.migration else {
             // Planned, not requested yet.

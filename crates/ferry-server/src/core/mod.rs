@@ -180,6 +180,10 @@ pub struct Server {
     pub(crate) disk_ops: tokio::sync::Mutex<()>,
     /// Wakes the migration queue's dispatcher (see [`queueing`]).
     pub(crate) queue_wake: tokio::sync::Notify,
+    /// The best rate a probe measured to or from each host, bytes/s.
+    pub(crate) links: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+    /// The bandwidth cap last given to each running migration by the fair share.
+    pub(crate) applied_shares: std::sync::Mutex<std::collections::HashMap<Uuid, u64>>,
     /// Held for the server's life: a second server on the same data directory refuses.
     _lock: DataDirLock,
 }
@@ -263,6 +267,8 @@ impl Server {
             orchestrator,
             disk_ops: tokio::sync::Mutex::new(()),
             queue_wake: tokio::sync::Notify::new(),
+            links: Default::default(),
+            applied_shares: Default::default(),
             _lock: lock,
         })
     }

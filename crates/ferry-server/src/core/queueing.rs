@@ -36,6 +36,7 @@ impl Server {
                 if let Err(e) = server.dispatch_queue().await {
                     tracing::warn!("migration queue: {e}");
                 }
+                server.share_links().await;
             }
         });
     }
