@@ -98,9 +98,9 @@ pub async fn host(server: &crate::connection::ConnOpts, cmd: HostCmd) -> CliResu
             Ok(())
         }
         // Dispatched to cmd_security by main.
-        HostCmd::JoinToken { .. } | HostCmd::Remove { .. } | HostCmd::Maintenance(_) => Err(CliError::failed(
-            "internal: host command dispatched to the wrong module",
-        )),
+        HostCmd::JoinToken { .. } | HostCmd::Remove { .. } | HostCmd::Maintenance(_) => Err(
+            CliError::failed("internal: host command dispatched to the wrong module"),
+        ),
     }
 }
 

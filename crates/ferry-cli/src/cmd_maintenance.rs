@@ -195,7 +195,11 @@ fn print_plan(p: &EvacuationPlan) {
     } else {
         format!("dry run: evacuating host {} (nothing moves)", p.host)
     };
-    println!("{header}: {} VM(s), estimate {}", p.items.len(), secs(p.estimate_s));
+    println!(
+        "{header}: {} VM(s), estimate {}",
+        p.items.len(),
+        secs(p.estimate_s)
+    );
     let assumed: HashMap<&str, &EstimateAssumption> =
         p.assumptions.iter().map(|a| (a.vm.as_str(), a)).collect();
     let rows: Vec<Vec<String>> = p
@@ -222,7 +226,14 @@ fn print_plan(p: &EvacuationPlan) {
         .collect();
     print_table(
         &[
-            "VM", "MEMORY", "TO", "RUNNER-UP", "TO SEND", "DIRTY", "WHEN", "NOTE",
+            "VM",
+            "MEMORY",
+            "TO",
+            "RUNNER-UP",
+            "TO SEND",
+            "DIRTY",
+            "WHEN",
+            "NOTE",
         ],
         &rows,
     );

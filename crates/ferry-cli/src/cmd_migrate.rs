@@ -379,7 +379,14 @@ pub async fn migration(server: &crate::connection::ConnOpts, cmd: MigrationCmd) 
                 .collect();
             print_table(
                 &[
-                    "ID", "VM", "ROUTE", "PHASE", "WAITS FOR", "TOTAL", "DOWNTIME", "CREATED",
+                    "ID",
+                    "VM",
+                    "ROUTE",
+                    "PHASE",
+                    "WAITS FOR",
+                    "TOTAL",
+                    "DOWNTIME",
+                    "CREATED",
                 ],
                 &rows,
             );

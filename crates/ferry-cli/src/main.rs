@@ -87,7 +87,9 @@ async fn run(cli: Cli) -> CliResult {
         Command::Host(cli::HostCmd::Remove { name, json }) => {
             cmd_security::remove_host(&server, &name, json).await
         }
-        Command::Host(cli::HostCmd::Maintenance(m)) => cmd_maintenance::maintenance(&server, m).await,
+        Command::Host(cli::HostCmd::Maintenance(m)) => {
+            cmd_maintenance::maintenance(&server, m).await
+        }
         Command::Host(c) => cmd_cluster::host(&server, c).await,
         Command::Operation(c) => cmd_maintenance::operation(&server, c).await,
         Command::Cluster(c) => cmd_cluster::cluster(&server, c).await,

@@ -342,7 +342,10 @@ impl<'a> Occupancy<'a> {
     fn add(&mut self, vm: &'a EstimateVm) {
         *self.out.entry(&vm.source).or_default() += 1;
         *self.inn.entry(&vm.destination).or_default() += 1;
-        *self.pair.entry(pair_key(&vm.source, &vm.destination)).or_default() += 1;
+        *self
+            .pair
+            .entry(pair_key(&vm.source, &vm.destination))
+            .or_default() += 1;
         self.all += 1;
     }
 

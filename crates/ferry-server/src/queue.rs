@@ -200,7 +200,10 @@ mod tests {
         assert_eq!(d.start, vec![Uuid::from_u128(1), Uuid::from_u128(3)]);
         let w2 = &d.waiting[&Uuid::from_u128(2)];
         assert_eq!(w2.position, 1);
-        assert!(matches!(w2.waits_for[..], [WaitReason::HostOutgoing { .. }, WaitReason::Pair { .. }]));
+        assert!(matches!(
+            w2.waits_for[..],
+            [WaitReason::HostOutgoing { .. }, WaitReason::Pair { .. }]
+        ));
         let w4 = &d.waiting[&Uuid::from_u128(4)];
         assert_eq!(w4.position, 2);
         assert!(w4.waits_for[0].to_string().contains("a already sends 2"));
@@ -263,7 +266,12 @@ mod tests {
 
     fn any_cluster() -> impl Strategy<Value = Vec<Migration>> {
         prop::collection::vec(
-            (0usize..5, 0usize..5, prop_oneof![3 => Just(Phase::Queued), 1 => any_phase()], -2i32..3),
+            (
+                0usize..5,
+                0usize..5,
+                prop_oneof![3 => Just(Phase::Queued), 1 => any_phase()],
+                -2i32..3,
+            ),
             0..30,
         )
         .prop_map(|v| {

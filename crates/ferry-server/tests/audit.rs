@@ -111,7 +111,9 @@ fn every_write_path_chains_and_a_checkpoint_is_signed_every_64_events() {
         operation: None,
         queue: None,
     };
-    store.begin_migration(&mut m, &|_| Ok(()), &Default::default()).unwrap();
+    store
+        .begin_migration(&mut m, &|_| Ok(()), &Default::default())
+        .unwrap();
     for n in 0..130 {
         match n % 3 {
             0 => {

@@ -81,10 +81,18 @@ fn only_one_migration_per_vm_can_begin() {
     let store = Store::open(&dir.path().join("ferry.db")).unwrap();
     store.insert_vm(&vm("web1", "a")).unwrap();
     store
-        .begin_migration(&mut migration("web1", "a", "b"), &|_| Ok(()), &Default::default())
+        .begin_migration(
+            &mut migration("web1", "a", "b"),
+            &|_| Ok(()),
+            &Default::default(),
+        )
         .unwrap();
     let second = store
-        .begin_migration(&mut migration("web1", "a", "c"), &|_| Ok(()), &Default::default())
+        .begin_migration(
+            &mut migration("web1", "a", "c"),
+            &|_| Ok(()),
+            &Default::default(),
+        )
         .unwrap_err()
         .to_string();
     assert!(second.contains("already migrating"), "{second}");
@@ -96,14 +104,18 @@ fn completing_moves_the_vm_and_failing_keeps_it() {
     let store = Store::open(&dir.path().join("ferry.db")).unwrap();
     store.insert_vm(&vm("web1", "a")).unwrap();
     let mut m = migration("web1", "a", "b");
-    store.begin_migration(&mut m, &|_| Ok(()), &Default::default()).unwrap();
+    store
+        .begin_migration(&mut m, &|_| Ok(()), &Default::default())
+        .unwrap();
     m.phase = Phase::Failed;
     store.save_migration(&m).unwrap();
     let v = store.vm("web1").unwrap().unwrap();
     assert_eq!((v.host.as_str(), v.migration), ("a", None));
 
     let mut m = migration("web1", "a", "b");
-    store.begin_migration(&mut m, &|_| Ok(()), &Default::default()).unwrap();
+    store
+        .begin_migration(&mut m, &|_| Ok(()), &Default::default())
+        .unwrap();
     m.phase = Phase::SwitchingOver;
     store.save_migration(&m).unwrap();
     assert_eq!(
@@ -128,7 +140,9 @@ fn a_phase_change_and_its_event_land_together_or_not_at_all() {
     let store = Store::open(&path).unwrap();
     store.insert_vm(&vm("web1", "a")).unwrap();
     let mut m = migration("web1", "a", "b");
-    store.begin_migration(&mut m, &|_| Ok(()), &Default::default()).unwrap();
+    store
+        .begin_migration(&mut m, &|_| Ok(()), &Default::default())
+        .unwrap();
     let event = |kind: &str| NewEvent {
         migration: Some(m.id),
         ..NewEvent::new("server", EventKind::parse(kind), "VM web1 runs on b")
@@ -357,4 +371,86 @@ fn twenty_concurrent_claims_on_a_host_that_fits_three_admit_three() {
         .count();
     assert_eq!(admitted, 3);
     assert_eq!(store.vms().unwrap().len(), 3);
+}
+
+/// The queue in the store: past the pair limit a request is recorded `queued` (its VM
+/// claimed), it leaves the queue only when the limits allow, with its event in the same
+/// transaction; a withdrawn one releases its VM at once; an operation finds the migrations
+/// it asked for and their events.
+#[test]
+fn the_queue_holds_what_the_limits_do_not_allow_and_releases_in_one_transaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("ferry.db")).unwrap();
+    for n in ["v1", "v2", "v3"] {
+        store.insert_vm(&vm(n, "a")).unwrap();
+    }
+    let limits = MigrationLimits::default(); // one per pair
+    let mut first = migration("v1", "a", "b");
+    store
+        .begin_migration(&mut first, &|_| Ok(()), &limits)
+        .unwrap();
+    assert_eq!(first.phase, Phase::Pending);
+    let op = Uuid::new_v4();
+    let mut second = migration("v2", "a", "b");
+    second.operation = Some(op);
+    store
+        .begin_migration(&mut second, &|_| Ok(()), &limits)
+        .unwrap();
+    assert_eq!(second.phase, Phase::Queued, "the pair a-b is busy");
+    assert_eq!(store.vm("v2").unwrap().unwrap().migration, Some(second.id));
+    assert_eq!(
+        store.migration(second.id).unwrap().unwrap().phase,
+        Phase::Queued
+    );
+    let started = |m: &Migration| {
+        let mut e = NewEvent::new("server", EventKind::MigrationStarted, "started");
+        e.migration = Some(m.id);
+        e
+    };
+    let pick = |v: &ferry_server::store::ClusterView| {
+        ferry_server::queue::decide(&limits, &v.migrations).start
+    };
+    // While the first runs, nothing leaves the queue.
+    assert!(store.dequeue(&pick, &started).unwrap().is_empty());
+    // The first ends: the second starts, with its event.
+    first.phase = Phase::Completed;
+    first.finished_at = Some(Utc::now());
+    store.save_migration(&first).unwrap();
+    let out = store.dequeue(&pick, &started).unwrap();
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].id, second.id);
+    assert_eq!(out[0].phase, Phase::Pending);
+    let story = store
+        .events(&EventQuery {
+            operation: Some(op),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(story.len(), 1, "{story:?}");
+    assert_eq!(story[0].kind, EventKind::MigrationStarted);
+    assert_eq!(store.migrations_of(op).unwrap().len(), 1);
+    // A started migration cannot be withdrawn; a queued one can, and its VM is free.
+    let none = |m: &Migration| NewEvent::new("t", EventKind::MigrationPhase, m.id.to_string());
+    assert!(store
+        .withdraw_queued(second.id, true, "no", &none)
+        .unwrap()
+        .is_none());
+    let mut third = migration("v3", "a", "b");
+    store
+        .begin_migration(&mut third, &|_| Ok(()), &limits)
+        .unwrap();
+    assert_eq!(third.phase, Phase::Queued);
+    let gone = store
+        .withdraw_queued(third.id, true, "cancelled by test", &none)
+        .unwrap()
+        .unwrap();
+    assert_eq!(gone.phase, Phase::Cancelled);
+    assert_eq!(store.vm("v3").unwrap().unwrap().migration, None);
+    // Limits survive in the store.
+    let l = MigrationLimits {
+        cluster: 3,
+        ..Default::default()
+    };
+    store.set_limits(&l).unwrap();
+    assert_eq!(store.limits().unwrap(), l);
 }

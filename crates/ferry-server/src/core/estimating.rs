@@ -68,12 +68,13 @@ impl Server {
         for &i in &placed {
             let it = &items[i];
             let facts = match &agent {
-                Some(a) => match tokio::time::timeout(FACTS_TIMEOUT, a.memory_facts(&it.vm)).await
-                {
-                    Ok(Ok(f)) => Ok(f),
-                    Ok(Err(e)) => Err(e.to_string()),
-                    Err(_) => Err("no answer in time".to_string()),
-                },
+                Some(a) => {
+                    match tokio::time::timeout(FACTS_TIMEOUT, a.memory_facts(&it.vm)).await {
+                        Ok(Ok(f)) => Ok(f),
+                        Ok(Err(e)) => Err(e.to_string()),
+                        Err(_) => Err("no answer in time".to_string()),
+                    }
+                }
                 None => Err(format!("host {host} cannot be reached")),
             };
             let (bytes, dirty) = match facts {

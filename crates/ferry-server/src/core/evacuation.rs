@@ -85,10 +85,9 @@ impl Server {
         );
         self.store.insert_operation(
             &op,
-            &op_event(&op, EventKind::OperationStart, Outcome::Ok, summary).with_data(
-                serde_json::json!({"operation": op.id, "plan": &plan.items,
-                    "estimate_s": plan.estimate_s, "assumptions": &plan.assumptions}),
-            ),
+            &op_event(&op, EventKind::OperationStart, Outcome::Ok, summary)
+                .with_data(serde_json::json!({"operation": op.id, "plan": &plan.items,
+                    "estimate_s": plan.estimate_s, "assumptions": &plan.assumptions})),
         )?;
         // Each placement decision on the record, with its runner-up.
         for item in &op.items {
@@ -123,7 +122,11 @@ impl Server {
 
     /// `ferry host maintenance cancel HOST`: waiting migrations are dropped at once,
     /// running ones are rolled back by the driver; what moved stays where it went.
-    pub(super) fn cancel_maintenance(&self, actor: &str, host: &str) -> Result<Operation, ApiError> {
+    pub(super) fn cancel_maintenance(
+        &self,
+        actor: &str,
+        host: &str,
+    ) -> Result<Operation, ApiError> {
         validate_name("host name", host)?;
         let Some(mut op) = self.running_operation(host)? else {
             return Err(ApiError::conflict(format!(

@@ -552,10 +552,9 @@ fn summary(outcome: &ActionOutcome) -> String {
                 p.estimate_s
             ),
         },
-        ActionOutcome::Operation(op) => format!(
-            "evacuation {} of host {}: {}",
-            op.id, op.host, op.state
-        ),
+        ActionOutcome::Operation(op) => {
+            format!("evacuation {} of host {}: {}", op.id, op.host, op.state)
+        }
         ActionOutcome::Disk(d) => format!(
             "disk {} created in pool {} ({} MiB)",
             d.name,

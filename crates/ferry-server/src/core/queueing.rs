@@ -88,10 +88,7 @@ impl Server {
             // them now (a request may have taken the slot meanwhile).
             let started = self.store.dequeue(
                 &|view| {
-                    if queue::decide(&limits, &view.migrations)
-                        .start
-                        .contains(&id)
-                    {
+                    if queue::decide(&limits, &view.migrations).start.contains(&id) {
                         vec![id]
                     } else {
                         Vec::new()
@@ -118,12 +115,22 @@ impl Server {
 
     /// Cancels a migration still waiting in the queue: nothing was touched, so it ends at
     /// once. None if it was not (or is no longer) waiting.
-    pub(super) fn cancel_queued(&self, id: Uuid, actor: &str) -> Result<Option<Migration>, ApiError> {
+    pub(super) fn cancel_queued(
+        &self,
+        id: Uuid,
+        actor: &str,
+    ) -> Result<Option<Migration>, ApiError> {
         let reason = format!("cancelled by {actor} while it waited in the queue");
         let m = self.store.withdraw_queued(id, true, &reason, &|m| {
-            queue_event(m, EventKind::MigrationPhase, Outcome::Ok, &format!(
-                "migration {} of VM {} cancelled while queued: nothing was touched", m.id, m.vm
-            ))
+            queue_event(
+                m,
+                EventKind::MigrationPhase,
+                Outcome::Ok,
+                &format!(
+                    "migration {} of VM {} cancelled while queued: nothing was touched",
+                    m.id, m.vm
+                ),
+            )
         })?;
         if m.is_some() {
             self.queue_wake.notify_one();
@@ -197,7 +204,12 @@ impl Server {
 
 /// An event about a migration in the queue, carrying its operation (if any) so
 /// `ferry events --operation ID` finds it.
-pub(super) fn queue_event(m: &Migration, kind: EventKind, outcome: Outcome, message: &str) -> NewEvent {
+pub(super) fn queue_event(
+    m: &Migration,
+    kind: EventKind,
+    outcome: Outcome,
+    message: &str,
+) -> NewEvent {
     NewEvent {
         actor: "server".to_string(),
         kind,

@@ -542,7 +542,9 @@ async fn a_refused_transition_stops_the_run_and_saves_nothing() {
     let lab = Lab::new(3);
     let mut m = pending(MigrationOptions::default());
     let id = m.id;
-    lab.store.begin_migration(&mut m, &|_| Ok(()), &Default::default()).expect("begin");
+    lab.store
+        .begin_migration(&mut m, &|_| Ok(()), &Default::default())
+        .expect("begin");
     let mut run = Run::new(lab.o.clone(), m.clone());
     let e = run
         .advance(

@@ -150,7 +150,10 @@ impl Store {
             ],
         )?;
         if n != 1 {
-            return Err(StoreError::Corrupt(format!("no operation {} to update", op.id)));
+            return Err(StoreError::Corrupt(format!(
+                "no operation {} to update",
+                op.id
+            )));
         }
         for e in events {
             self.insert_event(&tx, e)?;
