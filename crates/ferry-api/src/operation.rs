@@ -151,6 +151,10 @@ pub struct Operation {
     /// The figures behind the estimate (the ETA is worked out from them and the progress).
     #[serde(default)]
     pub assumptions: Vec<EstimateAssumption>,
+    /// Bumped by every save: a writer that read an older revision is refused, so the
+    /// driver and an operator's cancel never overwrite each other's changes.
+    #[serde(default)]
+    pub revision: u64,
     /// Seconds left, from what is still to move and how far the running ones are
     /// (filled in when read, while it runs).
     #[serde(default, skip_serializing_if = "Option::is_none")]

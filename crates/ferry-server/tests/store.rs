@@ -454,3 +454,47 @@ fn the_queue_holds_what_the_limits_do_not_allow_and_releases_in_one_transaction(
     store.set_limits(&l).unwrap();
     assert_eq!(store.limits().unwrap(), l);
 }
+
+/// Two writers of one operation (the evacuation driver and an operator's cancel): the one
+/// that read an older revision is refused and writes nothing, events included.
+#[test]
+fn a_stale_operation_save_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("ferry.db")).unwrap();
+    let now = Utc::now();
+    let op = Operation {
+        id: Uuid::new_v4(),
+        kind: OperationKind::Evacuation,
+        host: "a".into(),
+        state: OperationState::Running,
+        actor: "user:t".into(),
+        created_at: now,
+        updated_at: now,
+        finished_at: None,
+        items: vec![],
+        estimate_s: None,
+        assumptions: vec![],
+        revision: 0,
+        eta_s: None,
+    };
+    store
+        .insert_operation(&op, &NewEvent::new("t", EventKind::OperationStart, "start"))
+        .unwrap();
+    let mut cancel = store.operation(op.id).unwrap().unwrap();
+    let mut driver = cancel.clone();
+    cancel.state = OperationState::Cancelling;
+    assert!(store.save_operation(&cancel, &[]).unwrap());
+    driver.state = OperationState::Succeeded;
+    let before = store.events(&EventQuery::default()).unwrap().len();
+    assert!(!store
+        .save_operation(
+            &driver,
+            &[NewEvent::new("t", EventKind::OperationFinish, "x")]
+        )
+        .unwrap());
+    assert_eq!(store.events(&EventQuery::default()).unwrap().len(), before);
+    let now = store.operation(op.id).unwrap().unwrap();
+    assert_eq!(now.state, OperationState::Cancelling);
+    assert_eq!(now.revision, 1);
+    assert_eq!(store.unfinished_operations().unwrap().len(), 1);
+}

@@ -72,6 +72,7 @@ impl Server {
             items: plan.items.clone(),
             estimate_s: Some(plan.estimate_s),
             assumptions: plan.assumptions.clone(),
+            revision: 0,
             eta_s: None,
         };
         let summary = format!(
@@ -128,25 +129,38 @@ impl Server {
         host: &str,
     ) -> Result<Operation, ApiError> {
         validate_name("host name", host)?;
-        let Some(mut op) = self.running_operation(host)? else {
-            return Err(ApiError::conflict(format!(
-                "host {host} has no evacuation running (see `ferry operation list`)"
-            )));
-        };
-        if op.state == OperationState::Running {
-            op.state = OperationState::Cancelling;
-            op.updated_at = Utc::now();
+        // The driver may save between our read and our write: read again and retry.
+        let mut op = None;
+        for _ in 0..20 {
+            let Some(mut cur) = self.running_operation(host)? else {
+                return Err(ApiError::conflict(format!(
+                    "host {host} has no evacuation running (see `ferry operation list`)"
+                )));
+            };
+            if cur.state != OperationState::Running {
+                op = Some(cur);
+                break;
+            }
+            cur.state = OperationState::Cancelling;
+            cur.updated_at = Utc::now();
             let msg = format!(
                 "evacuation {} of host {host} cancelled by {actor}: waiting migrations are \
                  dropped, running ones rolled back, moved VMs stay",
-                op.id
+                cur.id
             );
-            self.store.save_operation(
-                &op,
-                &[op_event(&op, EventKind::OperationCancel, Outcome::Ok, msg)
-                    .with_data(serde_json::json!({"operation": op.id}))],
+            let saved = self.store.save_operation(
+                &cur,
+                &[op_event(&cur, EventKind::OperationCancel, Outcome::Ok, msg)
+                    .with_data(serde_json::json!({"operation": cur.id}))],
             )?;
+            if saved {
+                op = Some(cur);
+                break;
+            }
         }
+        let op = op.ok_or_else(|| {
+            ApiError::conflict("the evacuation changed too often to cancel; try again")
+        })?;
         // Drop what waits right away (the driver rolls back what runs).
         for item in &op.items {
             if let Some(id) = item.migration {
@@ -392,7 +406,11 @@ impl Server {
         }
         if op != before {
             op.updated_at = Utc::now();
-            self.store.save_operation(&op, &events)?;
+            if !self.store.save_operation(&op, &events)? {
+                // Changed meanwhile (a cancel): look again next round. Migrations this
+                // round requested are found again by the operation id they carry.
+                return Ok(false);
+            }
         }
         Ok(op.state.is_finished())
     }

@@ -136,30 +136,33 @@ impl Store {
         Ok(())
     }
 
-    /// Saves an operation's record, with the events that report the change.
-    pub fn save_operation(&self, op: &Operation, events: &[NewEvent]) -> R<()> {
+    /// Saves an operation's record, with the events that report the change, if nobody
+    /// saved it since `op` was read (its `revision`); false (and nothing written) if
+    /// somebody did: the caller reads it again and redoes its change.
+    pub fn save_operation(&self, op: &Operation, events: &[NewEvent]) -> R<bool> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut next = op.clone();
+        next.revision = op.revision + 1;
         let n = tx.execute(
-            "UPDATE operations SET state = ?2, record = ?3, updated_at = ?4 WHERE id = ?1",
+            "UPDATE operations SET state = ?2, record = ?3, updated_at = ?4
+             WHERE id = ?1 AND json_extract(record, '$.revision') IS ?5",
             params![
                 op.id.to_string(),
                 op.state.as_str(),
-                json(op)?,
-                ts(&op.updated_at)
+                json(&next)?,
+                ts(&op.updated_at),
+                op.revision as i64
             ],
         )?;
         if n != 1 {
-            return Err(StoreError::Corrupt(format!(
-                "no operation {} to update",
-                op.id
-            )));
+            return Ok(false);
         }
         for e in events {
             self.insert_event(&tx, e)?;
         }
         tx.commit()?;
-        Ok(())
+        Ok(true)
     }
 
     pub fn operation(&self, id: Uuid) -> R<Option<Operation>> {
