@@ -9,6 +9,7 @@
 
 pub mod admission;
 pub mod api;
+pub mod balance;
 pub mod baseline;
 pub mod checks;
 pub mod cluster;

@@ -78,6 +78,21 @@ pub fn place(
     }
 }
 
+/// How one host judges `ask`: refused (no score, the reasons) or scored (with any
+/// `should` rule it would break). For callers that consider a single host (the balancer).
+pub fn judge_one(
+    ask: &Ask<'_>,
+    h: &HostFacts,
+    located: &HashMap<&str, &str>,
+    rules: &[Rule],
+) -> CandidateReport {
+    let mine: Vec<&Rule> = rules
+        .iter()
+        .filter(|r| r.vms().iter().any(|v| v == ask.vm))
+        .collect();
+    judge(ask, h, located, &mine, 0.0)
+}
+
 fn judge(
     ask: &Ask<'_>,
     h: &HostFacts,
