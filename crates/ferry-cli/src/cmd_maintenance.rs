@@ -85,9 +85,23 @@ pub async fn maintenance(server: &crate::connection::ConnOpts, cmd: MaintenanceC
             no_wait,
             json,
         } => {
+            // Planning asks every VM's host for its memory and dirty rate (a second of
+            // sampling) and may probe links: say so meanwhile.
+            let spinner = if json.json {
+                ProgressBar::hidden()
+            } else {
+                ProgressBar::new_spinner()
+            };
+            spinner.set_message(format!(
+                "planning the evacuation of host {host}: placing each VM, measuring its memory \
+                 and dirty rate"
+            ));
+            spinner.enable_steady_tick(Duration::from_millis(120));
             let plan = c
                 .enter_maintenance(&host, &EnterMaintenanceRequest { dry_run })
-                .await?;
+                .await;
+            spinner.finish_and_clear();
+            let plan = plan?;
             if json.json && (dry_run || no_wait) {
                 return print_json(&plan);
             }

@@ -63,21 +63,37 @@ impl Server {
             .filter(|&i| items[i].destination.is_some() && !items[i].state.is_finished())
             .collect();
         let agent = self.agent(host).ok().map(|(_, a)| a);
+        // Each VM's agent call samples for a second: ask for all of them at once.
+        let mut asks = tokio::task::JoinSet::new();
+        for &i in &placed {
+            let (vm, agent) = (items[i].vm.clone(), agent.clone());
+            asks.spawn(async move {
+                let facts = match agent {
+                    Some(a) => match tokio::time::timeout(FACTS_TIMEOUT, a.memory_facts(&vm)).await
+                    {
+                        Ok(Ok(f)) => Ok(f),
+                        Ok(Err(e)) => Err(e.to_string()),
+                        Err(_) => Err("no answer in time".to_string()),
+                    },
+                    None => Err("its host cannot be reached".to_string()),
+                };
+                (vm, facts)
+            });
+        }
+        let mut facts: HashMap<String, Result<VmMemoryFacts, String>> = HashMap::new();
+        while let Some(done) = asks.join_next().await {
+            if let Ok((vm, f)) = done {
+                facts.insert(vm, f);
+            }
+        }
         let mut vms = Vec::new();
         let mut notes: HashMap<String, String> = HashMap::new();
         for &i in &placed {
             let it = &items[i];
-            let facts = match &agent {
-                Some(a) => {
-                    match tokio::time::timeout(FACTS_TIMEOUT, a.memory_facts(&it.vm)).await {
-                        Ok(Ok(f)) => Ok(f),
-                        Ok(Err(e)) => Err(e.to_string()),
-                        Err(_) => Err("no answer in time".to_string()),
-                    }
-                }
-                None => Err(format!("host {host} cannot be reached")),
-            };
-            let (bytes, dirty) = match facts {
+            let found = facts
+                .remove(&it.vm)
+                .unwrap_or_else(|| Err("the request failed".to_string()));
+            let (bytes, dirty) = match found {
                 Ok(f) => {
                     if f.dirty_rate_mib_s.is_none() {
                         notes.insert(it.vm.clone(), "dirty rate not measured: 0 assumed".into());
