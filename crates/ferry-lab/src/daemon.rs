@@ -135,6 +135,33 @@ pub(crate) async fn wait_connected(
     }
 }
 
+/// Waits until the server lists `host` as connected at `url` (a restarted agent's new
+/// address), for at most 30 s.
+pub(crate) async fn wait_registered(
+    client: &ServerClient,
+    host: &str,
+    url: &str,
+) -> Result<(), LabError> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(list) = client.hosts().await {
+            if list
+                .iter()
+                .any(|x| x.name == host && x.url == url && x.state == HostState::Connected)
+            {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(LabError::Start {
+                what: format!("agent {host}"),
+                reason: format!("did not register {url} with the server within 30 s"),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// The last 15 lines of `<dir>/<name>.log`.
 pub(crate) fn log_tail(dir: &Path, name: &str) -> String {
     let text = std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default();

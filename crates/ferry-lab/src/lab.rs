@@ -294,10 +294,13 @@ impl Lab {
         } else {
             "http"
         };
+        let url = format!("{scheme}://{addr}");
         if let Some(a) = self.agents.iter_mut().find(|a| a.name == host) {
-            a.url = format!("{scheme}://{addr}");
+            a.url = url.clone();
         }
-        Ok(())
+        // The new agent listens on a new port: the server only reaches it once it has
+        // registered that address, so wait for that rather than for the port alone.
+        daemon::wait_registered(&self.client(), host, &url).await
     }
 
     fn server_daemon(&self) -> Result<usize, LabError> {

@@ -91,29 +91,8 @@ impl Server {
                     "estimate_s": plan.estimate_s, "assumptions": &plan.assumptions})),
         )?;
         // Each placement decision on the record, with its runner-up.
-        for item in &op.items {
-            let mut e = op_event(
-                &op,
-                EventKind::VmPlaced,
-                Outcome::Info,
-                match &item.destination {
-                    Some(d) => format!(
-                        "evacuation {}: VM {} placed on {d} (runner-up: {})",
-                        short(op.id),
-                        item.vm,
-                        item.runner_up.as_deref().unwrap_or("none")
-                    ),
-                    None => format!(
-                        "evacuation {}: VM {} cannot move: {}",
-                        short(op.id),
-                        item.vm,
-                        item.reason.as_deref().unwrap_or("no reason")
-                    ),
-                },
-            );
-            e.vm = Some(item.vm.clone());
-            e.host = item.destination.clone();
-            self.event(e.with_data(serde_json::json!({"operation": op.id, "item": item})));
+        for e in decision_events(&op, &op.items) {
+            self.event(e);
         }
         self.spawn_operation(op.id);
         op = self.operation(op.id)?;
@@ -349,6 +328,7 @@ impl Server {
         if !cancelling {
             let known: Vec<String> = op.items.iter().map(|i| i.vm.clone()).collect();
             let extra = self.plan_items(&op.host, &known)?;
+            events.extend(decision_events(&op, &extra));
             op.items.extend(extra);
         }
         let migrations = self.store.migrations_of(id)?;
@@ -555,6 +535,37 @@ fn item(vm: &Vm, destination: Option<String>) -> OperationItem {
         estimate_s: None,
         progress: None,
     }
+}
+
+/// The record of a plan's decisions: where each VM goes (with the runner-up), and for
+/// each that cannot go, why. VMs already on their way elsewhere were not decided here.
+fn decision_events(op: &Operation, items: &[OperationItem]) -> Vec<NewEvent> {
+    let mut out = Vec::new();
+    for item in items {
+        if item.state == ItemState::Moving {
+            continue;
+        }
+        if let Some(d) = &item.destination {
+            let mut e = op_event(
+                op,
+                EventKind::VmPlaced,
+                Outcome::Info,
+                format!(
+                    "evacuation {}: VM {} placed on {d} (runner-up: {})",
+                    short(op.id),
+                    item.vm,
+                    item.runner_up.as_deref().unwrap_or("none")
+                ),
+            );
+            e.vm = Some(item.vm.clone());
+            e.host = Some(d.clone());
+            out.push(e.with_data(serde_json::json!({"operation": op.id, "item": item})));
+        }
+        if item.state == ItemState::CouldNotMove {
+            out.push(could_not_move(op, item));
+        }
+    }
+    out
 }
 
 fn short(id: Uuid) -> String {
