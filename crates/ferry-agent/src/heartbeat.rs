@@ -74,6 +74,7 @@ pub async fn run(agent: Arc<Agent>) {
                     state: rt.state,
                 })
                 .collect(),
+            load: agent.load_report().await,
         };
         match client.register_host(&reg).await {
             Ok(_) if failing => {

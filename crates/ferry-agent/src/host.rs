@@ -52,6 +52,8 @@ pub struct Agent {
     /// at start); None: plain TCP. Each migration reads the files again
     /// ([`Agent::host_tls`]), so a renewed certificate is used from the next one on.
     tls: Option<HostTls>,
+    /// The previous load reading and the dirty rates measured (see [`crate::load`]).
+    pub(crate) load: crate::load::LoadState,
 }
 
 impl Agent {
@@ -100,6 +102,7 @@ impl Agent {
             identity,
             tls,
             config,
+            load: Default::default(),
         };
         agent.adopt_running().await;
         if facts.dev_kvm_present && facts.cpu_virt_flag {
@@ -286,6 +289,11 @@ impl Agent {
     /// The VM if its QEMU runs but has not been adopted yet (its monitor does not answer).
     async fn unadopted(&self, name: &str) -> Option<crate::runtime::Unadopted> {
         self.unadopted.lock().await.get(name).cloned()
+    }
+
+    /// The VMs whose QEMU this agent drives (adopted ones included).
+    pub(crate) async fn running_vms(&self) -> Vec<Arc<QemuVm>> {
+        self.vms.lock().await.values().cloned().collect()
     }
 
     pub async fn list(&self) -> Vec<VmRuntime> {

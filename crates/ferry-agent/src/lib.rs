@@ -26,6 +26,7 @@ pub mod heartbeat;
 pub mod host;
 pub mod identity;
 pub mod inventory;
+pub mod load;
 pub mod memory;
 pub mod net;
 pub mod persist;
@@ -62,11 +63,13 @@ pub async fn run(config: AgentConfig) -> Result<(), String> {
     }
     tracing::info!(host = %agent.config.name, %bound, tls = tls.is_some(), "agent listening");
     let hb = tokio::spawn(heartbeat::run(agent.clone()));
+    let dirty = tokio::spawn(load::run_dirty_sampler(agent.clone()));
     let app = api::router(agent.clone());
     let served = ferry_pki::serve(listener, tls, app, ferry_api::http::shutdown_signal())
         .await
         .map_err(|e| format!("HTTP server failed: {e}"));
     hb.abort();
+    dirty.abort();
     tracing::info!(host = %agent.config.name, "agent stopped; VMs keep running");
     served
 }

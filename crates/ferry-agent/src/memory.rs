@@ -35,7 +35,15 @@ impl Agent {
             )));
         }
         let ram_mib = vm.record().spec.memory_mib;
-        let facts = facts(&vm.qmp, vm.pid(), ram_mib).await?;
+        let mut facts = facts(&vm.qmp, vm.pid(), ram_mib).await?;
+        if facts.dirty_rate_mib_s.is_none() {
+            // QEMU refused (e.g. the load sampler's own measurement runs): the last one
+            // the sampler took will do.
+            if let Some(rate) = self.load.last_dirty_rate(name) {
+                facts.dirty_rate_mib_s = Some(rate);
+                facts.sampled_ms = CALC_TIME_S * 1000;
+            }
+        }
         tracing::debug!(vm = %name, ?facts, "memory facts");
         Ok(facts)
     }
@@ -96,6 +104,11 @@ pub fn vm_rss_kib(status: &str) -> Result<u64, String> {
 }
 
 /// Measures the guest's dirty rate: MiB/s and the window it was measured over, ms.
+/// The guest's dirty rate now, MiB/s (one second of QEMU's page sampling).
+pub async fn dirty_rate_mib_s(qmp: &QmpClient) -> Result<f64, String> {
+    dirty_rate(qmp).await.map(|(rate, _)| rate as f64)
+}
+
 async fn dirty_rate(qmp: &QmpClient) -> Result<(u64, u64), String> {
     qmp.calc_dirty_rate(CALC_TIME_S, DirtyRateMeasureMode::PageSampling)
         .await

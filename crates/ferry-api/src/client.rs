@@ -448,6 +448,54 @@ impl ServerClient {
             .post(&format!("/v1/hosts/{}/maintenance/exit", seg(host)), &())
             .await
     }
+    pub async fn balance(&self) -> Result<BalanceSettings, ClientError> {
+        self.http.get("/v1/cluster/balance").await
+    }
+    pub async fn set_balance(
+        &self,
+        u: &BalanceSettingsUpdate,
+    ) -> Result<BalanceSettings, ClientError> {
+        self.http.post("/v1/cluster/balance", u).await
+    }
+    /// What the balancer would do now (moves nothing).
+    pub async fn balance_plan(
+        &self,
+        req: &BalancePlanRequest,
+    ) -> Result<BalancePlanView, ClientError> {
+        self.http.post("/v1/cluster/balance/plan", req).await
+    }
+    /// One balancing run now, in the configured mode or `mode`.
+    pub async fn balance_run(&self, mode: Option<BalanceMode>) -> Result<BalanceRun, ClientError> {
+        self.http
+            .post(
+                "/v1/cluster/balance/run",
+                &serde_json::json!({ "mode": mode }),
+            )
+            .await
+    }
+    pub async fn recommendations(&self) -> Result<Vec<Recommendation>, ClientError> {
+        self.http.get("/v1/recommendations").await
+    }
+    pub async fn apply_recommendation(&self, id: Uuid) -> Result<Migration, ClientError> {
+        self.http
+            .post(&format!("/v1/recommendations/{id}/apply"), &())
+            .await
+    }
+    pub async fn dismiss_recommendation(&self, id: Uuid) -> Result<Recommendation, ClientError> {
+        self.http
+            .post(&format!("/v1/recommendations/{id}/dismiss"), &())
+            .await
+    }
+    /// A host's load over the last hour (at most).
+    pub async fn host_load(&self, host: &str) -> Result<LoadHistory, ClientError> {
+        self.http
+            .get(&format!("/v1/hosts/{}/load", seg(host)))
+            .await
+    }
+    /// A VM's load over the last hour (at most).
+    pub async fn vm_load(&self, vm: &str) -> Result<LoadHistory, ClientError> {
+        self.http.get(&format!("/v1/vms/{}/load", seg(vm))).await
+    }
     pub async fn operations(&self) -> Result<Vec<Operation>, ClientError> {
         self.http.get("/v1/operations").await
     }

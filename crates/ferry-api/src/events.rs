@@ -130,6 +130,16 @@ event_kinds! {
     OperationFinish => "operation.finish",
     /// Admission control refused or granted capacity.
     AdmissionRefused => "admission.refused",
+    /// The balancer's settings changed.
+    ClusterBalance => "cluster.balance",
+    /// A balancing run: its plan (imbalance before and after, each move's gain and cost).
+    BalancePlan => "balance.plan",
+    /// The balancer requested a move (automatic mode) or recommended it.
+    BalanceMove => "balance.move",
+    /// An operator applied a recommendation.
+    RecommendationApply => "recommendation.apply",
+    /// An operator dismissed a recommendation.
+    RecommendationDismiss => "recommendation.dismiss",
 }
 
 impl std::fmt::Display for EventKind {

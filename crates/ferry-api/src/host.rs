@@ -113,6 +113,10 @@ pub struct HostRegistration {
     /// reconciles its records with it.
     #[serde(default)]
     pub vms: Vec<ReportedVm>,
+    /// The host's and its VMs' load since the last heartbeat (None from the first one,
+    /// which has nothing to compare against).
+    #[serde(default)]
+    pub load: Option<crate::LoadReport>,
 }
 
 /// One VM in a heartbeat.

@@ -10,6 +10,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod balance;
 pub mod checks;
 pub mod client;
 pub mod error;
@@ -30,6 +31,7 @@ pub mod tuning;
 pub mod vm;
 
 pub use auth::*;
+pub use balance::*;
 pub use checks::*;
 pub use error::{ApiError, ErrorBody, ErrorCode};
 pub use events::*;

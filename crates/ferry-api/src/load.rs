@@ -1,7 +1,110 @@
-//! What a VM's memory costs to move, as its agent measures it: the inputs of the
-//! evacuation estimate (`ferry_server::estimate`).
+//! Load, as agents measure it: what a VM's memory costs to move (the inputs of the
+//! evacuation estimate, `ferry_server::estimate`), and the host and VM load every
+//! heartbeat carries (CPU, memory, dirty rate), which the server keeps as a bounded
+//! history for `ferry host show`, `ferry vm show` and the balancer.
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+
+/// A host's load over the last heartbeat interval, sent with every heartbeat.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoadReport {
+    pub at: DateTime<Utc>,
+    /// Busy CPU time across the host's CPUs, in CPUs (1.5: one and a half CPUs busy), from
+    /// `/proc/stat` between two heartbeats.
+    pub cpu_used: f64,
+    /// MemTotal − MemAvailable, MiB.
+    pub memory_used_mib: u64,
+    /// Each running VM's QEMU.
+    #[serde(default)]
+    pub vms: Vec<VmLoadReport>,
+}
+
+/// One VM's load in a heartbeat.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmLoadReport {
+    pub name: String,
+    /// QEMU's CPU time (all its threads) over the interval, in CPUs.
+    pub cpu_used: f64,
+    /// QEMU's resident memory, MiB.
+    pub resident_mib: u64,
+    /// The guest's dirty page rate at its last measurement (QEMU `calc-dirty-rate`, taken
+    /// every few tens of seconds, never during a migration), MiB/s.
+    #[serde(default)]
+    pub dirty_rate_mib_s: Option<f64>,
+    #[serde(default)]
+    pub dirty_measured_at: Option<DateTime<Utc>>,
+}
+
+impl LoadReport {
+    /// Checks what an agent sent: finite, non-negative figures, plausible sizes, and VM
+    /// names that are names. A report that fails is dropped, the heartbeat still counts.
+    pub fn validate(&self, cpus: u32) -> Result<(), String> {
+        let cpu_ok = |c: f64| c.is_finite() && c >= 0.0 && c <= f64::from(cpus.max(1)) * 1.5;
+        if !cpu_ok(self.cpu_used) {
+            return Err(format!("host CPU use {} is out of range", self.cpu_used));
+        }
+        if self.vms.len() > 10_000 {
+            return Err(format!("{} VMs in one report", self.vms.len()));
+        }
+        for v in &self.vms {
+            crate::validate_name("VM name", &v.name).map_err(|e| e.message)?;
+            if !cpu_ok(v.cpu_used) {
+                return Err(format!(
+                    "VM {} CPU use {} is out of range",
+                    v.name, v.cpu_used
+                ));
+            }
+            if let Some(r) = v.dirty_rate_mib_s {
+                if !(r.is_finite() && (0.0..1e7).contains(&r)) {
+                    return Err(format!("VM {} dirty rate {r} is out of range", v.name));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One point of a load history.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct LoadSample {
+    pub at: DateTime<Utc>,
+    /// In CPUs.
+    pub cpu_used: f64,
+    /// Host: memory in use; VM: QEMU's resident memory. MiB.
+    pub memory_mib: u64,
+    /// VMs only: the dirty rate last measured, MiB/s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dirty_rate_mib_s: Option<f64>,
+}
+
+/// Averages and peaks over windows of a history.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct LoadWindow {
+    pub minutes: u32,
+    pub samples: u32,
+    pub cpu_avg: f64,
+    pub cpu_max: f64,
+    pub memory_avg_mib: u64,
+    pub memory_max_mib: u64,
+}
+
+/// `GET /v1/hosts/{name}/load`, `GET /v1/vms/{name}/load`: the last hour (at most),
+/// oldest first, with the latest sample and 1, 15 and 60 minute windows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoadHistory {
+    /// `host` or `vm`.
+    pub kind: String,
+    pub name: String,
+    /// Where the VM's samples came from last (VMs only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    pub latest: Option<LoadSample>,
+    pub windows: Vec<LoadWindow>,
+    pub samples: Vec<LoadSample>,
+}
 
 /// `GET /v1/vms/{name}/memory` on the VM's agent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -168,6 +168,8 @@ pub struct QueueStanding {
 pub const DEFAULT_PRIORITY: i32 = 0;
 /// Migrations an evacuation sends (above ordinary requests: a host is being emptied).
 pub const EVACUATION_PRIORITY: i32 = 10;
+/// Migrations the balancer sends (below ordinary requests: nothing is urgent about them).
+pub const BALANCE_PRIORITY: i32 = -10;
 pub const MAX_PRIORITY: i32 = 100;
 
 pub fn validate_priority(p: i32) -> Result<(), ApiError> {

@@ -69,7 +69,8 @@ pub enum Command {
     /// Registered hosts.
     #[command(subcommand)]
     Host(HostCmd),
-    /// Cluster-wide settings: the CPU baseline new VMs get, migration defaults and limits.
+    /// Cluster-wide settings: the CPU baseline new VMs get, migration defaults and limits,
+    /// load balancing.
     #[command(subcommand)]
     Cluster(ClusterCmd),
     /// Virtual machines.
@@ -82,6 +83,9 @@ pub enum Command {
     /// story in the event log (`ferry events --operation ID`).
     #[command(subcommand)]
     Operation(crate::cmd_maintenance::OperationCmd),
+    /// The balancer's recommendations (`ferry cluster balance --mode recommend`).
+    #[command(subcommand)]
+    Recommendation(crate::cmd_balance::RecommendationCmd),
     /// The event log: who asked what, when, with what outcome.
     Events(EventsArgs),
     /// Disk images in the hosts' storage pools.
@@ -440,6 +444,9 @@ pub enum ClusterCmd {
         #[command(flatten)]
         json: JsonFlag,
     },
+    /// Load balancing: settings (mode, level, minimum stay), the plan (--dry-run), a run
+    /// now (--now).
+    Balance(crate::cmd_balance::BalanceArgs),
 }
 
 #[derive(Subcommand, Debug)]

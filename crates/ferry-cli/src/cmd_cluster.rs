@@ -56,8 +56,10 @@ pub async fn host(server: &crate::connection::ConnOpts, cmd: HostCmd) -> CliResu
         }
         HostCmd::Show { name, json } => {
             let h = c.host(&name).await?;
+            // The history is extra: an older server without it still shows the host.
+            let load = c.host_load(&name).await.ok();
             if json.json {
-                return print_json(&h);
+                return crate::cmd_load::print_with_load(&h, load.as_ref());
             }
             println!("host            {}", h.name);
             println!("state           {}", h.state);
@@ -95,6 +97,11 @@ pub async fn host(server: &crate::connection::ConnOpts, cmd: HostCmd) -> CliResu
                     .count()
             );
             println!("last seen       {}", ago(h.last_seen));
+            if let Some(l) = &load {
+                for line in crate::cmd_load::load_lines(l, 16, Some(h.inventory.cpus)) {
+                    println!("{line}");
+                }
+            }
             Ok(())
         }
         // Dispatched to cmd_security by main.
@@ -107,6 +114,12 @@ pub async fn host(server: &crate::connection::ConnOpts, cmd: HostCmd) -> CliResu
 pub async fn cluster(server: &crate::connection::ConnOpts, cmd: ClusterCmd) -> CliResult {
     let c = client(server)?;
     let (info, json) = match cmd {
+        // Dispatched to cmd_balance by main.
+        ClusterCmd::Balance(_) => {
+            return Err(CliError::failed(
+                "internal: cluster command dispatched to the wrong module",
+            ))
+        }
         ClusterCmd::Limits {
             per_host_out,
             per_host_in,
@@ -271,8 +284,9 @@ pub async fn vm(server: &crate::connection::ConnOpts, cmd: VmCmd) -> CliResult {
         }
         VmCmd::Show { name, json } => {
             let v = c.vm(&name).await?;
+            let load = c.vm_load(&name).await.ok();
             if json.json {
-                return print_json(&v);
+                return crate::cmd_load::print_with_load(&v, load.as_ref());
             }
             println!("vm          {}", v.spec.name);
             println!("host        {}", v.host);
@@ -297,6 +311,11 @@ pub async fn vm(server: &crate::connection::ConnOpts, cmd: VmCmd) -> CliResult {
                     }
                 }
                 None => println!("runtime     (host {} did not answer)", v.host),
+            }
+            if let Some(l) = &load {
+                for line in crate::cmd_load::load_lines(l, 12, None) {
+                    println!("{line}");
+                }
             }
             Ok(())
         }

@@ -10,12 +10,14 @@ mod bench_plain;
 mod bench_storage;
 mod bench_tls;
 mod cli;
+mod cmd_balance;
 mod cmd_cluster;
 mod cmd_daemons;
 mod cmd_disk;
 mod cmd_events;
 mod cmd_image;
 mod cmd_lab;
+mod cmd_load;
 mod cmd_maintenance;
 mod cmd_migrate;
 mod cmd_rules;
@@ -92,7 +94,9 @@ async fn run(cli: Cli) -> CliResult {
         }
         Command::Host(c) => cmd_cluster::host(&server, c).await,
         Command::Operation(c) => cmd_maintenance::operation(&server, c).await,
+        Command::Cluster(cli::ClusterCmd::Balance(a)) => cmd_balance::balance(&server, a).await,
         Command::Cluster(c) => cmd_cluster::cluster(&server, c).await,
+        Command::Recommendation(c) => cmd_balance::recommendation(&server, c).await,
         Command::Vm(cli::VmCmd::Migrate(a)) => cmd_migrate::migrate(&server, a).await,
         Command::Vm(c) => cmd_cluster::vm(&server, c).await,
         Command::Migration(c) => cmd_migrate::migration(&server, c).await,

@@ -136,6 +136,7 @@ async fn nobody_without_the_right_identity_gets_in() {
         migration_address: "127.0.0.1".into(),
         inventory: a_now.inventory.clone(),
         vms: Vec::new(),
+        load: None,
     };
     assert_eq!(
         code(&as_host_b.register_host(&hijack).await.unwrap_err()),

@@ -43,11 +43,20 @@
 //!                                      (marks the host and evacuates it; dry_run: plan only)
 //! POST   /v1/hosts/{name}/maintenance/cancel Operation (drop waiting, roll back running)
 //! POST   /v1/hosts/{name}/maintenance/exit Host (takes VMs again)
+//! GET    /v1/hosts/{name}/load        LoadHistory (the last hour, with 1/15/60 min windows)
+//! GET    /v1/vms/{name}/load          LoadHistory
 //! GET    /v1/operations               [Operation] newest first
 //! GET    /v1/operations/{id}          Operation (with progress per VM and the ETA)
 //! GET    /v1/cluster                  ClusterInfo (CPU baseline)
 //! POST   /v1/cluster/baseline         BaselineSetting -> ClusterInfo
 //! POST   /v1/cluster/migration-defaults MigrationOptions -> ClusterInfo
+//! GET    /v1/cluster/balance          BalanceSettings
+//! POST   /v1/cluster/balance          BalanceSettingsUpdate -> BalanceSettings (admin)
+//! POST   /v1/cluster/balance/plan     BalancePlanRequest -> BalancePlanView (moves nothing)
+//! POST   /v1/cluster/balance/run      {mode?} -> BalanceRun (admin): one run now
+//! GET    /v1/recommendations          [Recommendation] newest first
+//! POST   /v1/recommendations/{id}/apply   Migration (operator)
+//! POST   /v1/recommendations/{id}/dismiss Recommendation (operator)
 //! GET    /v1/cluster/limits           MigrationLimits (how many migrations run at once)
 //! POST   /v1/cluster/limits           LimitsUpdate -> MigrationLimits
 //! GET    /v1/migrations/{id}          Migration
@@ -163,6 +172,18 @@ fn table() -> Vec<(RouteSpec, MethodRouter<Arc<Server>>)> {
             R(Admin),
             post(exit_maintenance),
         ),
+        r(
+            M::GET,
+            "/v1/hosts/{name}/load",
+            R(Viewer),
+            get(automation::host_load),
+        ),
+        r(
+            M::GET,
+            "/v1/vms/{name}/load",
+            R(Viewer),
+            get(automation::vm_load),
+        ),
         r(M::GET, "/v1/operations", R(Viewer), get(operations)),
         r(M::GET, "/v1/operations/{id}", R(Viewer), get(operation)),
         r(M::GET, "/v1/users", R(Admin), get(users)),
@@ -214,6 +235,48 @@ fn table() -> Vec<(RouteSpec, MethodRouter<Arc<Server>>)> {
             "/v1/cluster/migration-defaults",
             R(Admin),
             post(set_migration_defaults),
+        ),
+        r(
+            M::GET,
+            "/v1/cluster/balance",
+            R(Viewer),
+            get(automation::balance),
+        ),
+        r(
+            M::POST,
+            "/v1/cluster/balance",
+            R(Admin),
+            post(automation::set_balance),
+        ),
+        r(
+            M::POST,
+            "/v1/cluster/balance/plan",
+            R(Viewer),
+            post(automation::balance_plan),
+        ),
+        r(
+            M::POST,
+            "/v1/cluster/balance/run",
+            R(Admin),
+            post(automation::balance_run),
+        ),
+        r(
+            M::GET,
+            "/v1/recommendations",
+            R(Viewer),
+            get(automation::recommendations),
+        ),
+        r(
+            M::POST,
+            "/v1/recommendations/{id}/apply",
+            R(Operator),
+            post(automation::apply_recommendation),
+        ),
+        r(
+            M::POST,
+            "/v1/recommendations/{id}/dismiss",
+            R(Operator),
+            post(automation::dismiss_recommendation),
         ),
         r(M::GET, "/v1/cluster/limits", R(Viewer), get(limits)),
         r(M::POST, "/v1/cluster/limits", R(Admin), post(set_limits)),
@@ -402,6 +465,8 @@ macro_rules! pick {
     };
 }
 
+mod automation;
+
 fn deleted(o: ActionOutcome) -> Option<serde_json::Value> {
     match o {
         ActionOutcome::Deleted(n) => Some(serde_json::json!({ "deleted": n })),
@@ -544,7 +609,7 @@ async fn register_host(
     act(
         &s,
         &c,
-        Action::RegisterHost(reg),
+        Action::RegisterHost(Box::new(reg)),
         pick!(ActionOutcome::Host),
     )
     .await

@@ -16,6 +16,7 @@ pub mod cluster;
 pub mod core;
 pub mod estimate;
 pub mod link_share;
+pub mod load_book;
 pub mod orchestrator;
 pub mod pki;
 pub mod placement;
@@ -35,6 +36,7 @@ pub async fn run(config: ServerConfig) -> Result<(), String> {
     server.orchestrator.resume_unfinished();
     server.spawn_queue();
     server.resume_operations();
+    server.spawn_balancer();
     if let Some(file) = &config.ready_file {
         ferry_api::http::write_ready_file(file, &bound.to_string())?;
     }

@@ -464,10 +464,14 @@ async fn an_action_whose_audit_record_cannot_be_written_is_refused_and_changes_n
         migration_address: "127.0.0.1".into(),
         inventory: HostInventory::default(),
         vms: vec![],
+        load: None,
     };
-    s.handle(&Caller::Host("a".into()), Action::RegisterHost(reg))
-        .await
-        .unwrap();
+    s.handle(
+        &Caller::Host("a".into()),
+        Action::RegisterHost(Box::new(reg)),
+    )
+    .await
+    .unwrap();
 
     // The log works again: the request, then its outcome, both by the actor.
     sql(&dir.path().join("ferry.db"), "DROP TRIGGER refuse_events;");

@@ -167,6 +167,8 @@ fn sample_body(spec: &RouteSpec) -> String {
         "/v1/cluster/migration-defaults" => serde_json::json!({}),
         "/v1/cluster/limits" => serde_json::json!({}),
         "/v1/hosts/{name}/maintenance/enter" => serde_json::json!({"dry_run": true}),
+        "/v1/cluster/balance" => serde_json::json!({"level": 3}),
+        "/v1/cluster/balance/plan" | "/v1/cluster/balance/run" => serde_json::json!({}),
         "/v1/hosts/{host}/pools/{pool}/disks" => serde_json::json!({"name": "d1", "size_mib": 1}),
         _ => serde_json::json!(null),
     };

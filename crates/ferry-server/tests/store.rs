@@ -345,6 +345,7 @@ fn twenty_concurrent_claims_on_a_host_that_fits_three_admit_three() {
         migration_address: "127.0.0.1".into(),
         inventory: HostInventory::default(),
         vms: vec![],
+        load: None,
     };
     // 256 MiB guests with one vCPU take 256 + 96 + 4 + 16 = 372 MiB: 1200 MiB fit three.
     reg.inventory.memory_total_mib = 1200;

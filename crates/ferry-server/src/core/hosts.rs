@@ -86,6 +86,7 @@ impl Server {
             Some(true) => None,
         };
         self.reconcile_vms(actor, &reg)?;
+        self.record_load(&reg);
         if let Some(message) = message {
             self.event(NewEvent {
                 actor: actor.to_string(),

@@ -20,10 +20,12 @@ use crate::store::{load_or_create_audit_key, NewEvent, Store, StoreError};
 
 mod audit;
 mod auth;
+mod balancing;
 mod estimating;
 mod evacuation;
 mod hosts;
 mod identities;
+mod loads;
 mod lock;
 mod migrations;
 mod placing;
@@ -54,7 +56,7 @@ pub struct ServerConfig {
 /// [`Action::need`] says who may ask; [`Server::handle`] checks it first.
 #[derive(Debug, Clone)]
 pub enum Action {
-    RegisterHost(HostRegistration),
+    RegisterHost(Box<HostRegistration>),
     /// A joining agent trades its join token for a certificate.
     Join(JoinRequest),
     CreateJoinToken(JoinTokenRequest),
@@ -96,6 +98,13 @@ pub enum Action {
     SetMigrationDefaults(MigrationOptions),
     /// Change how many migrations may run at once.
     SetLimits(LimitsUpdate),
+    /// Change the balancer's settings.
+    SetBalance(BalanceSettingsUpdate),
+    /// Run the balancer once now (in its mode, or the one given).
+    RunBalance(Option<BalanceMode>),
+    /// Request a recommended migration.
+    ApplyRecommendation(Uuid),
+    DismissRecommendation(Uuid),
     CreateDisk {
         host: String,
         pool: String,
@@ -128,13 +137,17 @@ impl Action {
             | Action::CreateDisk { .. }
             | Action::DeleteDisk { .. }
             | Action::AddRule(_)
-            | Action::DeleteRule(_) => Need::Role(Operator),
+            | Action::DeleteRule(_)
+            | Action::ApplyRecommendation(_)
+            | Action::DismissRecommendation(_) => Need::Role(Operator),
             Action::EnterMaintenance { .. }
             | Action::CancelMaintenance(_)
             | Action::ExitMaintenance(_)
             | Action::SetBaseline(_)
             | Action::SetMigrationDefaults(_)
             | Action::SetLimits(_)
+            | Action::SetBalance(_)
+            | Action::RunBalance(_)
             | Action::CreateJoinToken(_)
             | Action::RemoveHost(_)
             | Action::RotateCa(_)
@@ -162,6 +175,9 @@ pub enum ActionOutcome {
     Limits(MigrationLimits),
     Evacuation(EvacuationPlan),
     Operation(Operation),
+    Balance(BalanceSettings),
+    BalanceRun(BalanceRun),
+    Recommendation(Recommendation),
 }
 
 pub struct Server {
@@ -184,6 +200,8 @@ pub struct Server {
     pub(crate) links: std::sync::Mutex<std::collections::HashMap<String, u64>>,
     /// The bandwidth cap last given to each running migration by the fair share.
     pub(crate) applied_shares: std::sync::Mutex<std::collections::HashMap<Uuid, u64>>,
+    /// The hosts' and VMs' recent load, from the heartbeats (see [`crate::load_book`]).
+    pub(crate) load: std::sync::Mutex<crate::load_book::LoadBook>,
     /// Held for the server's life: a second server on the same data directory refuses.
     _lock: DataDirLock,
 }
@@ -269,6 +287,7 @@ impl Server {
             queue_wake: tokio::sync::Notify::new(),
             links: Default::default(),
             applied_shares: Default::default(),
+            load: Default::default(),
             _lock: lock,
         })
     }
@@ -342,7 +361,7 @@ impl Server {
         action: Action,
     ) -> Result<ActionOutcome, ApiError> {
         match action {
-            Action::RegisterHost(reg) => self.register_host(actor, reg).map(ActionOutcome::Host),
+            Action::RegisterHost(reg) => self.register_host(actor, *reg).map(ActionOutcome::Host),
             Action::Join(req) => self.join(&req).map(ActionOutcome::Certificate),
             Action::CreateJoinToken(req) => self
                 .create_join_token(actor, &req)
@@ -385,6 +404,18 @@ impl Server {
                 self.set_migration_defaults(o).map(ActionOutcome::Cluster)
             }
             Action::SetLimits(u) => self.set_limits(&u).map(ActionOutcome::Limits),
+            Action::SetBalance(u) => self.set_balance(&u).map(ActionOutcome::Balance),
+            Action::RunBalance(mode) => self
+                .balance_run(actor, mode)
+                .await
+                .map(ActionOutcome::BalanceRun),
+            Action::ApplyRecommendation(id) => self
+                .apply_recommendation(actor, id)
+                .await
+                .map(ActionOutcome::Migration),
+            Action::DismissRecommendation(id) => self
+                .dismiss_recommendation(actor, id)
+                .map(ActionOutcome::Recommendation),
             Action::EnterMaintenance { host, req } => self
                 .enter_maintenance(actor, &host, &req)
                 .await
@@ -455,6 +486,9 @@ fn describe(action: &Action) -> (EventKind, Option<String>, Option<String>, Opti
         Action::SetBaseline(_) => (K::ClusterBaseline, None, None, None),
         Action::SetMigrationDefaults(_) => (K::ClusterMigrationDefaults, None, None, None),
         Action::SetLimits(_) => (K::ClusterLimits, None, None, None),
+        Action::SetBalance(_) | Action::RunBalance(_) => (K::ClusterBalance, None, None, None),
+        Action::ApplyRecommendation(_) => (K::RecommendationApply, None, None, None),
+        Action::DismissRecommendation(_) => (K::RecommendationDismiss, None, None, None),
         Action::EnterMaintenance { host, .. }
         | Action::CancelMaintenance(host)
         | Action::ExitMaintenance(host) => (K::HostMaintenance, None, Some(host.clone()), None),
@@ -521,6 +555,25 @@ fn summary(outcome: &ActionOutcome) -> String {
             m.id, m.vm, m.source, m.destination, m.phase
         ),
         ActionOutcome::Deleted(n) => format!("{n} deleted"),
+        ActionOutcome::Balance(b) => format!(
+            "balancer {} at level {} (minimum stay {} min, every {} s, at most {} moves)",
+            b.mode, b.level, b.min_stay_minutes, b.interval_s, b.max_moves
+        ),
+        ActionOutcome::BalanceRun(r) => format!(
+            "balancing run: {} move(s), {} recommendation(s), {} migration(s) requested{}",
+            r.plan.moves.len(),
+            r.recommendations.len(),
+            r.migrations.len(),
+            if r.refused.is_empty() {
+                String::new()
+            } else {
+                format!("; refused: {}", r.refused.join("; "))
+            }
+        ),
+        ActionOutcome::Recommendation(r) => format!(
+            "recommendation {} ({} from {} to {}) {}",
+            r.id, r.planned.vm, r.planned.from, r.planned.to, r.state
+        ),
         ActionOutcome::Checks(r) => summary_of_checks(r),
         ActionOutcome::Cluster(c) => format!(
             "CPU baseline set to {} ({})",

@@ -38,6 +38,15 @@ pub enum Query {
     /// Where a CA rotation stands.
     CaRotation,
     Rules,
+    /// The balancer's settings.
+    Balance,
+    /// What the balancer would do now (moves nothing).
+    BalancePlan(BalancePlanRequest),
+    Recommendations,
+    /// A host's load history (the last hour at most).
+    HostLoad(String),
+    /// A VM's load history.
+    VmLoad(String),
     /// Where a VM would go, every candidate scored (`--explain`).
     Placement(PlacementRequest),
     /// The audit trail's signed checkpoints and the key that signs them.
@@ -71,6 +80,10 @@ pub enum QueryOutcome {
     Cluster(ClusterInfo),
     Disks(Vec<DiskImage>),
     Users(Vec<User>),
+    Load(LoadHistory),
+    Balance(BalanceSettings),
+    BalancePlan(BalancePlanView),
+    Recommendations(Vec<Recommendation>),
 }
 
 impl Query {
@@ -92,6 +105,11 @@ impl Query {
             | Query::Cluster
             | Query::Disks { .. }
             | Query::Rules
+            | Query::HostLoad(_)
+            | Query::Balance
+            | Query::BalancePlan(_)
+            | Query::Recommendations
+            | Query::VmLoad(_)
             | Query::Placement(_)
             | Query::Checkpoints
             | Query::CheckpointNow => Need::Role(Role::Viewer),
@@ -149,6 +167,11 @@ impl Server {
             Query::Users => QueryOutcome::Users(self.store.users()?),
             Query::CaRotation => QueryOutcome::CaRotation(self.ca_rotation()?),
             Query::Rules => QueryOutcome::Rules(self.store.rules()?),
+            Query::Balance => QueryOutcome::Balance(self.balance_settings()?),
+            Query::BalancePlan(r) => QueryOutcome::BalancePlan(self.balance_plan(r.level)?),
+            Query::Recommendations => QueryOutcome::Recommendations(self.recommendations()?),
+            Query::HostLoad(name) => QueryOutcome::Load(self.host_load(&name)?),
+            Query::VmLoad(name) => QueryOutcome::Load(self.vm_load(&name)?),
             Query::Placement(req) => QueryOutcome::Placement(self.placement(&req)?),
             Query::Checkpoints => QueryOutcome::Checkpoints(self.checkpoints()?),
             Query::CheckpointNow => QueryOutcome::Checkpoint(self.checkpoint_now()?),

@@ -16,6 +16,7 @@ use uuid::Uuid;
 
 mod audit;
 mod auth;
+mod balance;
 mod claims;
 mod queue;
 mod rows;
@@ -27,7 +28,7 @@ use rows::{
     event_row, migration_row, stored_host_row, vm_row, EVENT_SELECT, MIGRATION_SELECT, VM_SELECT,
 };
 
-pub const SCHEMA_VERSION: i64 = 8;
+pub const SCHEMA_VERSION: i64 = 9;
 
 /// Upgrades from each older schema version to the next, in order. Index i upgrades
 /// version i+1 to i+2.
@@ -55,7 +56,21 @@ const UPGRADES: &[&str] = &[
     RULES_SCHEMA,
     // 7 -> 8: the migration queue (rank, the operation that asked) and operations.
     QUEUE_SCHEMA,
+    // 8 -> 9: the balancer's recommendations.
+    BALANCE_SCHEMA,
 ];
+
+/// The balancer's recommendations (issue 13), each kept whole as JSON, with its state
+/// beside it so open ones are found without parsing every row.
+const BALANCE_SCHEMA: &str = "
+CREATE TABLE recommendations (
+    id TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    record TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE INDEX recommendations_state ON recommendations(state);
+";
 
 /// The migration queue and operations (issue 12): a migration's queue rank and the
 /// operation (an evacuation) that requested it; each operation kept whole as JSON, with
@@ -278,6 +293,7 @@ impl Store {
                 tx.execute_batch(AUTH_SCHEMA)?;
                 tx.execute_batch(RULES_SCHEMA)?;
                 tx.execute_batch(QUEUE_SCHEMA)?;
+                tx.execute_batch(BALANCE_SCHEMA)?;
                 tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
                 tx.commit()?;
             }
