@@ -800,6 +800,52 @@ pub enum BenchCmd {
         after_help = "Example:\n  ferry bench placement --hosts 1000 --vms 20000 --rules 1000"
     )]
     Placement(BenchPlacementArgs),
+    /// A host with four 1 GiB guests (two dirtying memory) evacuated over 1 Gbit/s migration
+    /// links to three other hosts (network namespaces): each guest moved alone (and back)
+    /// against the whole evacuation, the dry run's estimate against the actual time (goal:
+    /// within 20 %), and the link's utilisation; every guest must verify clean. Writes
+    /// bench/results/evacuate.json and evacuate.txt. Needs root (the network lab).
+    #[command(
+        after_help = "Examples:\n  ferry bench evacuate\n  ferry bench evacuate --destinations 2 --dirty-rate 32 --link-mib-s 0"
+    )]
+    Evacuate(BenchEvacuateArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchEvacuateArgs {
+    /// Guests on the host evacuated.
+    #[arg(long, default_value_t = 4)]
+    pub vms: usize,
+    /// How many of them rewrite memory (the others only verify theirs).
+    #[arg(long, default_value_t = 2)]
+    pub dirty_vms: usize,
+    /// What the dirtying guests rewrite, MiB/s.
+    #[arg(long, default_value_t = 16.0)]
+    pub dirty_rate: f64,
+    /// Each guest's memory, MiB.
+    #[arg(long, default_value_t = 1024)]
+    pub memory: u64,
+    /// MiB each guest's workload fills with self-verifying pages.
+    #[arg(long, default_value_t = 768)]
+    pub workload_mem: u64,
+    /// Hosts the guests may go to, besides the source (2 to 7).
+    #[arg(long, default_value_t = 3)]
+    pub destinations: usize,
+    /// The link capacity every agent declares (`--migration-link-mib-s`; 1 Gbit/s is
+    /// 119 MiB/s); 0 declares none, so the server uses what its probes measure.
+    #[arg(long, default_value_t = 119)]
+    pub link_mib_s: u64,
+    /// Each migration, the evacuation and each guest's check may take this long, s.
+    #[arg(long, default_value_t = 900)]
+    pub time_limit: u64,
+    /// Keep the lab's directory (daemon logs) afterwards.
+    #[arg(long)]
+    pub keep: bool,
+    /// Where to write the result files.
+    #[arg(long, default_value = "bench/results")]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub json: JsonFlag,
 }
 
 #[derive(Args, Debug, Clone)]
