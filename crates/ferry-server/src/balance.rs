@@ -6,12 +6,13 @@
 //!   host load  = max(CPU used / CPUs, memory used / memory offered)      (0..1+)
 //!   imbalance  = standard deviation of the host loads
 //!   level 1..5 → act only above a threshold (0.20, 0.15, 0.10, 0.05, 0.02)
-//!                and only for moves that gain at least a minimum per move
+//!                and only for moves that gain at least a minimum per move (the drop
+//!                in imbalance times the host count: one move's effect shrinks as 1/N)
 //!   repeat (at most max_moves):
 //!     candidates: VMs on the most loaded hosts (not moved within the minimum stay, not
 //!                 moved by this plan) × the least loaded hosts that placement admits
 //!                 (capacity, no `must` rule broken, no new `should` rule broken)
-//!     pick the best gain − cost weight × cost (cost: seconds of migration, from memory,
+//!     pick the best N × gain − cost weight × cost (cost: seconds of migration, from memory,
 //!     dirty rate and the link); stop when nothing gains enough
 //! ```
 //!
@@ -87,24 +88,26 @@ impl BalanceConfig {
             _ => 0.02,
         }
     }
-    /// Least gain (drop in imbalance) a move must bring, before its cost.
+    /// Least gain a move must bring before its cost: the drop in imbalance times the
+    /// number of hosts (one move's effect on a standard deviation shrinks as 1/N).
     pub fn min_gain(&self) -> f64 {
         match self.level {
-            0 | 1 => 0.05,
-            2 => 0.03,
-            3 => 0.02,
-            4 => 0.01,
-            _ => 0.005,
+            0 | 1 => 0.15,
+            2 => 0.10,
+            3 => 0.06,
+            4 => 0.03,
+            _ => 0.015,
         }
     }
-    /// Imbalance units one second of migration costs (lower levels weigh cost more).
+    /// What one second of migration costs, in the same units as [`Self::min_gain`]
+    /// (lower levels weigh cost more).
     pub fn cost_weight(&self) -> f64 {
         match self.level {
-            0 | 1 => 0.002,
-            2 => 0.001,
-            3 => 0.0005,
-            4 => 0.00025,
-            _ => 0.0001,
+            0 | 1 => 0.006,
+            2 => 0.003,
+            3 => 0.0015,
+            4 => 0.00075,
+            _ => 0.0003,
         }
     }
 }
@@ -190,6 +193,21 @@ pub fn plan(
     let loads_before = loads(&cpu, &mem);
     let before = std_dev(&loads_before);
     let mut current = before;
+    // The standard deviation from running sums, so a candidate costs O(1) to judge.
+    let n = hosts.len().max(1) as f64;
+    let mut now_loads = loads_before.clone();
+    let sigma = |sum: f64, sumsq: f64| (sumsq / n - (sum / n) * (sum / n)).max(0.0).sqrt();
+    // Only the rules that name a VM bear on where it may go.
+    let mut rules_of: HashMap<&str, Vec<Rule>> = HashMap::new();
+    for r in rules {
+        for vm in r.vms() {
+            rules_of.entry(vm.as_str()).or_default().push(r.clone());
+        }
+    }
+    let mut on_host: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (i, v) in vms.iter().enumerate() {
+        on_host.entry(v.host.as_str()).or_default().push(i);
+    }
     let mut moved: HashSet<&str> = HashSet::new();
     let mut moves = Vec::new();
     let mut reason = String::new();
@@ -202,7 +220,8 @@ pub fn plan(
             );
             break;
         }
-        let now_loads = loads(&cpu, &mem);
+        let sum: f64 = now_loads.iter().sum();
+        let sumsq: f64 = now_loads.iter().map(|l| l * l).sum();
         let mut order: Vec<usize> = (0..hosts.len()).collect();
         order.sort_by(|a, b| now_loads[*b].total_cmp(&now_loads[*a]).then(a.cmp(b)));
         let hot: Vec<usize> = order.iter().copied().take(HOT_HOSTS).collect();
@@ -216,7 +235,12 @@ pub fn plan(
         // (score, VM, from, to, gain, cost) of the best move so far.
         let mut best: Option<(f64, usize, usize, usize, f64, f64)> = None;
         for &from in &hot {
-            for (vi, vm) in vms.iter().enumerate() {
+            let here = on_host
+                .get(hosts[from].name.as_str())
+                .map(|v| v.as_slice())
+                .unwrap_or(&[]);
+            for &vi in here {
+                let vm = &vms[vi];
                 if located.get(vm.name.as_str()) != Some(&hosts[from].name.as_str())
                     || !vm.movable
                     || moved.contains(vm.name.as_str())
@@ -245,18 +269,25 @@ pub fn plan(
                         },
                         &facts,
                         &located,
-                        rules,
+                        rules_of
+                            .get(vm.name.as_str())
+                            .map(|r| r.as_slice())
+                            .unwrap_or(&[]),
                     );
                     if verdict.score.is_none() || !verdict.reasons.is_empty() {
                         continue; // refused, or it would break a should rule
                     }
-                    let mut c2 = cpu.clone();
-                    let mut m2 = mem.clone();
-                    c2[from] -= vm.cpu_used;
-                    c2[to] += vm.cpu_used;
-                    m2[from] = m2[from].saturating_sub(vm.memory_mib);
-                    m2[to] += vm.memory_mib;
-                    let after = std_dev(&loads(&c2, &m2));
+                    let lf = host_load(
+                        &hosts[from],
+                        cpu[from] - vm.cpu_used,
+                        mem[from].saturating_sub(vm.memory_mib),
+                    );
+                    let lt = host_load(&hosts[to], cpu[to] + vm.cpu_used, mem[to] + vm.memory_mib);
+                    let (of, ot) = (now_loads[from], now_loads[to]);
+                    let after = sigma(
+                        sum - of - ot + lf + lt,
+                        sumsq - of * of - ot * ot + lf * lf + lt * lt,
+                    );
                     let gain = current - after;
                     let link = [hosts[from].link_bytes_s, hosts[to].link_bytes_s]
                         .into_iter()
@@ -264,8 +295,12 @@ pub fn plan(
                         .min()
                         .unwrap_or(cfg.default_link_bytes_s);
                     let cost = move_cost_s(vm, link);
-                    let score = gain - cfg.cost_weight() * cost;
-                    if gain < cfg.min_gain() || score <= 0.0 {
+                    // One move changes the standard deviation by about 1/N of what it
+                    // does in a small cluster: the gain is judged per host (times N),
+                    // so levels mean the same at 3 hosts and at 1,000.
+                    let scaled = gain * hosts.len() as f64;
+                    let score = scaled - cfg.cost_weight() * cost;
+                    if scaled < cfg.min_gain() || score <= 0.0 {
                         continue;
                     }
                     if best.is_none_or(|b| score > b.0) {
@@ -276,7 +311,8 @@ pub fn plan(
         }
         let Some((_, vi, from, to, gain, cost)) = best else {
             reason = format!(
-                "no move gains at least {:.3} more than it costs (imbalance {current:.3})",
+                "no move gains at least {:.3} (times the host count) more than it costs \
+                 (imbalance {current:.3})",
                 cfg.min_gain()
             );
             break;
@@ -295,7 +331,9 @@ pub fn plan(
         committed[to] = committed[to] + vm.demand;
         located.insert(vm.name.as_str(), hosts[to].name.as_str());
         moved.insert(vm.name.as_str());
-        current = std_dev(&loads(&cpu, &mem));
+        now_loads[from] = host_load(&hosts[from], cpu[from], mem[from]);
+        now_loads[to] = host_load(&hosts[to], cpu[to], mem[to]);
+        current = std_dev(&now_loads);
         moves.push(BalanceMove {
             vm: vm.name.clone(),
             from: hosts[from].name.clone(),
