@@ -116,14 +116,20 @@ async fn only_the_server(
     use axum::response::IntoResponse;
     use ferry_pki::{Identity, Transport};
     let peer = req.extensions().get::<ferry_pki::Peer>();
-    let allowed = matches!(
-        peer.map(|p| &p.transport),
-        Some(Transport::Insecure)
-            | Some(Transport::Certificate {
-                identity: Some(Identity::Server),
-                ..
-            })
-    );
+    // Peer hosts may ask one thing: whether this agent is alive (HA's isolation probes).
+    let health_probe = req.method() == axum::http::Method::GET && req.uri().path() == "/v1/health";
+    let allowed = match peer.map(|p| &p.transport) {
+        Some(Transport::Insecure) => true,
+        Some(Transport::Certificate {
+            identity: Some(Identity::Server),
+            ..
+        }) => true,
+        Some(Transport::Certificate {
+            identity: Some(Identity::Host(_)),
+            ..
+        }) => health_probe,
+        _ => false,
+    };
     if allowed {
         // The server polls agents during migrations; this only stops a runaway.
         static LIMITER: std::sync::OnceLock<ferry_api::rate::RateLimiter> =

@@ -75,8 +75,16 @@ pub async fn run(agent: Arc<Agent>) {
                 })
                 .collect(),
             load: agent.load_report().await,
+            peers: agent.ha.view(),
         };
-        match client.register_host(&reg).await {
+        let sent_at = chrono::Utc::now();
+        let answer = client.register_host(&reg).await;
+        if let Ok(host) = &answer {
+            if let Some(lease) = &host.lease {
+                agent.ha.granted(sent_at, lease);
+            }
+        }
+        match answer {
             Ok(_) if failing => {
                 tracing::info!(%server, "registered with the server again");
                 failing = false;

@@ -54,6 +54,8 @@ pub struct Agent {
     tls: Option<HostTls>,
     /// The previous load reading and the dirty rates measured (see [`crate::load`]).
     pub(crate) load: crate::load::LoadState,
+    /// The HA lease and the peers' answers (see [`crate::ha`]).
+    pub(crate) ha: crate::ha::HaState,
 }
 
 impl Agent {
@@ -101,8 +103,9 @@ impl Agent {
             probes: crate::probe::ProbeListeners::default(),
             identity,
             tls,
-            config,
             load: Default::default(),
+            ha: crate::ha::HaState::load(&config.state_dir),
+            config,
         };
         agent.adopt_running().await;
         if facts.dev_kvm_present && facts.cpu_virt_flag {

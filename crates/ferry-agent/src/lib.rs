@@ -22,6 +22,7 @@ pub mod config;
 pub mod copy_resume;
 pub mod disk_copy;
 pub mod error;
+pub mod ha;
 pub mod heartbeat;
 pub mod host;
 pub mod identity;
@@ -64,12 +65,14 @@ pub async fn run(config: AgentConfig) -> Result<(), String> {
     tracing::info!(host = %agent.config.name, %bound, tls = tls.is_some(), "agent listening");
     let hb = tokio::spawn(heartbeat::run(agent.clone()));
     let dirty = tokio::spawn(load::run_dirty_sampler(agent.clone()));
+    let ha = tokio::spawn(ha::run_monitor(agent.clone()));
     let app = api::router(agent.clone());
     let served = ferry_pki::serve(listener, tls, app, ferry_api::http::shutdown_signal())
         .await
         .map_err(|e| format!("HTTP server failed: {e}"));
     hb.abort();
     dirty.abort();
+    ha.abort();
     tracing::info!(host = %agent.config.name, "agent stopped; VMs keep running");
     served
 }

@@ -145,6 +145,7 @@ mod tests {
     fn record() -> PersistedVm {
         PersistedVm::new(
             VmSpec {
+                ha: None,
                 name: "web1".into(),
                 vcpus: 1,
                 memory_mib: 256,

@@ -806,6 +806,7 @@ mod tests {
     fn record(name: &str) -> PersistedVm {
         PersistedVm::new(
             ferry_api::VmSpec {
+                ha: None,
                 name: name.into(),
                 vcpus: 1,
                 memory_mib: 256,

@@ -635,6 +635,10 @@ impl AgentClient {
     pub async fn inventory(&self) -> Result<HostInventory, ClientError> {
         self.http.get("/v1/inventory").await
     }
+    /// Liveness (peer hosts may ask this too).
+    pub async fn health(&self) -> Result<serde_json::Value, ClientError> {
+        self.http.get("/v1/health").await
+    }
     pub async fn vms(&self) -> Result<Vec<VmRuntime>, ClientError> {
         self.http.get("/v1/vms").await
     }

@@ -130,6 +130,10 @@ event_kinds! {
     OperationFinish => "operation.finish",
     /// Admission control refused or granted capacity.
     AdmissionRefused => "admission.refused",
+    /// How the server judges a host changed (alive, suspected, partitioned, failed).
+    HostHealth => "host.health",
+    /// HA restarted a failed host's VM elsewhere, or names why it could not.
+    VmRestart => "vm.restart",
     /// The balancer's settings changed.
     ClusterBalance => "cluster.balance",
     /// A balancing run: its plan (imbalance before and after, each move's gain and cost).

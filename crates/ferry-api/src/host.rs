@@ -117,6 +117,9 @@ pub struct HostRegistration {
     /// which has nothing to compare against).
     #[serde(default)]
     pub load: Option<crate::LoadReport>,
+    /// Which of its peers answered its last probes.
+    #[serde(default)]
+    pub peers: Option<crate::PeerView>,
 }
 
 /// One VM in a heartbeat.
@@ -159,4 +162,10 @@ pub struct Host {
     /// In maintenance: takes no VMs (set with `ferry host maintenance`).
     #[serde(default)]
     pub maintenance: bool,
+    /// How the server judges it (heartbeats, lease, peers).
+    #[serde(default)]
+    pub health: crate::HostHealth,
+    /// In the reply to a heartbeat only: the lease it grants and the host's peers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<crate::HostLease>,
 }

@@ -15,6 +15,7 @@ pub mod checks;
 pub mod client;
 pub mod error;
 pub mod events;
+pub mod ha;
 pub mod host;
 #[cfg(feature = "server")]
 pub mod http;
@@ -35,6 +36,7 @@ pub use balance::*;
 pub use checks::*;
 pub use error::{ApiError, ErrorBody, ErrorCode};
 pub use events::*;
+pub use ha::*;
 pub use host::*;
 pub use load::*;
 pub use migration::*;

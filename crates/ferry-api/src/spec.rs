@@ -123,6 +123,9 @@ pub struct VmSpec {
     /// a boot disk if there is one).
     #[serde(default)]
     pub disks: Vec<DiskRef>,
+    /// Restart on another host when this one fails (None: not protected).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ha: Option<crate::HaPolicy>,
 }
 
 /// Most data disks a VM may have.
@@ -355,6 +358,7 @@ mod tests {
 
     fn spec() -> VmSpec {
         VmSpec {
+            ha: None,
             name: "web1".into(),
             vcpus: 1,
             memory_mib: 512,

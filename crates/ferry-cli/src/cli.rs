@@ -119,6 +119,11 @@ pub struct ServerArgs {
     /// A host whose agent has not reported for this long is disconnected (ms).
     #[arg(long, default_value_t = 10_000)]
     pub host_timeout_ms: u64,
+    /// HA: the lease each heartbeat grants (s). An isolated host stops its HA VMs a third
+    /// of it before it ends; the server restarts them elsewhere once it has ended plus a
+    /// grace (a fifth), if most of the host's peers cannot reach it either.
+    #[arg(long, default_value_t = 15)]
+    pub ha_lease_s: u64,
     /// How often running migrations are polled (ms).
     #[arg(long, default_value_t = 250)]
     pub poll_ms: u64,
@@ -554,6 +559,22 @@ pub struct VmCreateArgs {
     /// can run.
     #[arg(long, default_value = "baseline")]
     pub cpu: String,
+    /// High availability: when this VM's host fails, restart it on another host (its
+    /// disks must be on shared pools).
+    #[arg(long)]
+    pub ha: bool,
+    /// HA restart order: higher first.
+    #[arg(
+        long,
+        requires = "ha",
+        default_value_t = 0,
+        allow_negative_numbers = true
+    )]
+    pub ha_priority: i32,
+    /// What an isolated host does with it: stop (so it can restart elsewhere, never twice)
+    /// or keep-running (then it is never restarted elsewhere).
+    #[arg(long, requires = "ha", value_parser = ["stop", "keep-running"], default_value = "stop")]
+    pub isolation_response: String,
     #[command(flatten)]
     pub json: JsonFlag,
 }

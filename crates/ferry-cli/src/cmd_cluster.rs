@@ -23,7 +23,10 @@ pub async fn host(server: &crate::connection::ConnOpts, cmd: HostCmd) -> CliResu
                 .map(|h| {
                     vec![
                         h.name.clone(),
-                        h.state.to_string(),
+                        match h.health {
+                            HostHealth::Alive => h.state.to_string(),
+                            other => format!("{} ({other})", h.state),
+                        },
                         h.inventory.qemu_version.clone(),
                         h.inventory.accel.to_string(),
                         h.inventory.cpus.to_string(),
@@ -62,7 +65,7 @@ pub async fn host(server: &crate::connection::ConnOpts, cmd: HostCmd) -> CliResu
                 return crate::cmd_load::print_with_load(&h, load.as_ref());
             }
             println!("host            {}", h.name);
-            println!("state           {}", h.state);
+            println!("state           {} ({})", h.state, h.health);
             println!("agent           {}", h.url);
             println!("migration addr  {}", h.migration_address);
             println!("qemu            {}", h.inventory.qemu_version);
@@ -410,6 +413,14 @@ fn spec_from_args(a: &VmCreateArgs) -> Result<VmSpec, CliError> {
         },
     };
     let spec = VmSpec {
+        ha: a.ha.then(|| HaPolicy {
+            priority: a.ha_priority,
+            isolation_response: if a.isolation_response == "keep-running" {
+                IsolationResponse::KeepRunning
+            } else {
+                IsolationResponse::Stop
+            },
+        }),
         name: a.name.clone(),
         vcpus: a.vcpus,
         memory_mib: a.memory,

@@ -39,8 +39,30 @@ pub async fn server(a: ServerArgs) -> CliResult {
         ready_file: a.ready_file,
         insecure: a.insecure,
         host_cert_validity: Duration::from_secs(a.host_cert_validity_s.clamp(60, 3 * 365 * 86_400)),
+        ha: ha_config(a.ha_lease_s)?,
     };
     ferry_server::run(config).await.map_err(CliError::failed)
+}
+
+/// HA's timing from `--ha-lease-s`: the margins scale with the lease (a third to fence,
+/// a fifth of grace), never below what a heartbeat and a probe round need.
+fn ha_config(lease_s: u64) -> Result<ferry_server::ha::HaConfig, CliError> {
+    if !(6..=600).contains(&lease_s) {
+        return Err(CliError::refused(format!(
+            "--ha-lease-s {lease_s}: the lease is 6 to 600 seconds"
+        )));
+    }
+    let s = |n: i64| chrono::Duration::seconds(n);
+    let l = lease_s as i64;
+    let cfg = ferry_server::ha::HaConfig {
+        lease: s(l),
+        fence_margin: s((l / 3).max(2)),
+        grace: s((l / 5).max(3)),
+        suspect_after: s((l * 2 / 5).clamp(4, l)),
+        ..Default::default()
+    };
+    cfg.validate().map_err(CliError::refused)?;
+    Ok(cfg)
 }
 
 pub async fn agent(a: AgentArgs, conn: &crate::connection::ConnOpts) -> CliResult {

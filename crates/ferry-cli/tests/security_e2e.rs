@@ -137,6 +137,7 @@ async fn nobody_without_the_right_identity_gets_in() {
         inventory: a_now.inventory.clone(),
         vms: Vec::new(),
         load: None,
+        peers: None,
     };
     assert_eq!(
         code(&as_host_b.register_host(&hijack).await.unwrap_err()),

@@ -966,6 +966,21 @@ impl NetLab {
         Ok(())
     }
 
+    /// Cuts (`up: false`) or restores `host`'s management link at the switch: the host
+    /// loses the server and its peers' agents (its migration and VM links stay up). For
+    /// HA tests: a host alive but partitioned.
+    pub fn set_management_link(&self, host: &str, up: bool) -> Result<(), NetLabError> {
+        let h = self
+            .host(host)
+            .ok_or_else(|| NetLabError::Config(format!("no host {host} in this lab")))?;
+        let state = if up { "up" } else { "down" };
+        sys::ip_in(
+            &self.record.switch_ns,
+            &["link", "set", "dev", &format!("p{}-mgmt", h.index), state],
+        )?;
+        Ok(())
+    }
+
     /// Starts a delaying TCP relay ([`crate::relay`]) listening on `listen` inside namespace
     /// `ns` and forwarding to `to`: `delay_ms` each way, optionally capped at `rate_mbit`
     /// per direction. Typically in the switch namespace on [`NetLab::relay_ip`], towards a

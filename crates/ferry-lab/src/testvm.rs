@@ -18,6 +18,7 @@ pub fn ensure_test_image(progress: &mut dyn FnMut(&str)) -> Result<PathBuf, Stri
 /// `rate_mib_s` MiB/s.
 pub fn test_vm_spec(name: &str, memory_mib: u64, workload_mib: u64, rate_mib_s: f64) -> VmSpec {
     VmSpec {
+        ha: None,
         name: name.to_string(),
         vcpus: 1,
         memory_mib,

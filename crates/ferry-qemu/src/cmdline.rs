@@ -279,6 +279,7 @@ mod tests {
 
     fn spec() -> VmSpec {
         VmSpec {
+            ha: None,
             name: "web1".into(),
             vcpus: 2,
             memory_mib: 512,

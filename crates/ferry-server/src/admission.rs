@@ -235,6 +235,7 @@ mod tests {
 
     fn spec(name: &str, memory: u64, disks: &[(&str, &str)]) -> VmSpec {
         let mut s = ferry_api::VmSpec {
+            ha: None,
             name: name.into(),
             vcpus: 1,
             memory_mib: memory,

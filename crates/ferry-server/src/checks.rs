@@ -458,12 +458,15 @@ mod tests {
             },
             vms: 1,
             maintenance: false,
+            health: Default::default(),
+            lease: None,
         }
     }
 
     fn vm() -> Vm {
         Vm {
             spec: VmSpec {
+                ha: None,
                 name: "web1".into(),
                 vcpus: 2,
                 memory_mib: 4096,

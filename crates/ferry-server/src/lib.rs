@@ -15,6 +15,7 @@ pub mod checks;
 pub mod cluster;
 pub mod core;
 pub mod estimate;
+pub mod ha;
 pub mod link_share;
 pub mod load_book;
 pub mod orchestrator;
@@ -37,6 +38,7 @@ pub async fn run(config: ServerConfig) -> Result<(), String> {
     server.spawn_queue();
     server.resume_operations();
     server.spawn_balancer();
+    server.spawn_ha_watch();
     if let Some(file) = &config.ready_file {
         ferry_api::http::write_ready_file(file, &bound.to_string())?;
     }

@@ -147,6 +147,7 @@ mod tests {
 
     fn spec(disks: &[(&str, &str)]) -> VmSpec {
         let mut s = VmSpec {
+            ha: None,
             name: "vm1".into(),
             vcpus: 1,
             memory_mib: 512,

@@ -69,6 +69,7 @@ fn every_write_path_chains_and_a_checkpoint_is_signed_every_64_events() {
     // The three ways events are written: alone, with a VM's state, with a migration.
     let vm = Vm {
         spec: VmSpec {
+            ha: None,
             name: "web1".into(),
             vcpus: 1,
             memory_mib: 256,
@@ -364,6 +365,7 @@ fn server(dir: &Path) -> Arc<Server> {
             // Identities are not what this file tests; callers are built directly.
             insecure: true,
             host_cert_validity: std::time::Duration::from_secs(3600),
+            ha: Default::default(),
         })
         .expect("server"),
     )
@@ -465,6 +467,7 @@ async fn an_action_whose_audit_record_cannot_be_written_is_refused_and_changes_n
         inventory: HostInventory::default(),
         vms: vec![],
         load: None,
+        peers: None,
     };
     s.handle(
         &Caller::Host("a".into()),

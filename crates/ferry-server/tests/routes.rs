@@ -43,6 +43,7 @@ fn world() -> World {
             ready_file: None,
             insecure: false,
             host_cert_validity: Duration::from_secs(3600),
+            ha: Default::default(),
         })
         .unwrap(),
     );

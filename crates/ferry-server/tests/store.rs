@@ -8,6 +8,7 @@ use uuid::Uuid;
 fn vm(name: &str, host: &str) -> Vm {
     Vm {
         spec: VmSpec {
+            ha: None,
             name: name.into(),
             vcpus: 1,
             memory_mib: 256,
@@ -346,6 +347,7 @@ fn twenty_concurrent_claims_on_a_host_that_fits_three_admit_three() {
         inventory: HostInventory::default(),
         vms: vec![],
         load: None,
+        peers: None,
     };
     // 256 MiB guests with one vCPU take 256 + 96 + 4 + 16 = 372 MiB: 1200 MiB fit three.
     reg.inventory.memory_total_mib = 1200;

@@ -17,6 +17,7 @@ impl Server {
             .to_std()
             .map(|a| a <= self.config.host_timeout)
             .unwrap_or(true);
+        let health = self.host_health(&h.name);
         Host {
             name: h.name,
             url: h.url,
@@ -31,6 +32,8 @@ impl Server {
             inventory: h.inventory,
             vms: h.vms,
             maintenance: h.maintenance,
+            health,
+            lease: None,
         }
     }
 
@@ -107,7 +110,9 @@ impl Server {
             // or may change an automatic one.
             self.review_baseline(actor, &reg.name);
         }
-        self.host(&reg.name)
+        let mut host = self.host(&reg.name)?;
+        host.lease = Some(self.lease_for(&reg)?);
+        Ok(host)
     }
 
     /// Brings the records of the VMs placed on a host in line with what its agent reports.

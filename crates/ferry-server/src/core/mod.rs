@@ -23,6 +23,7 @@ mod auth;
 mod balancing;
 mod estimating;
 mod evacuation;
+mod failover;
 mod hosts;
 mod identities;
 mod loads;
@@ -50,6 +51,8 @@ pub struct ServerConfig {
     pub insecure: bool,
     /// How long the host certificates it issues live.
     pub host_cert_validity: Duration,
+    /// High availability's timing (lease, margins).
+    pub ha: crate::ha::HaConfig,
 }
 
 /// Every request that changes state. The HTTP layer builds these; tests can too.
@@ -202,6 +205,8 @@ pub struct Server {
     pub(crate) applied_shares: std::sync::Mutex<std::collections::HashMap<Uuid, u64>>,
     /// The hosts' and VMs' recent load, from the heartbeats (see [`crate::load_book`]).
     pub(crate) load: std::sync::Mutex<crate::load_book::LoadBook>,
+    /// Each host's HA judgement and its peers' views (see [`failover`]).
+    pub(crate) ha: std::sync::Mutex<failover::HaBook>,
     /// Held for the server's life: a second server on the same data directory refuses.
     _lock: DataDirLock,
 }
@@ -288,6 +293,7 @@ impl Server {
             links: Default::default(),
             applied_shares: Default::default(),
             load: Default::default(),
+            ha: Default::default(),
             _lock: lock,
         })
     }

@@ -77,6 +77,7 @@ struct Lab {
 
 fn spec() -> VmSpec {
     VmSpec {
+        ha: None,
         name: VM.into(),
         vcpus: 1,
         memory_mib: 256,

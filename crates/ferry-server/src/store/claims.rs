@@ -91,6 +91,30 @@ impl Store {
         })
     }
 
+    /// HA: moves a VM's record from its failed host `from` to `to` as `starting`, if it is
+    /// still placed on `from`, not migrating, and `check` accepts (room on `to`).
+    pub fn claim_restart(
+        &self,
+        name: &str,
+        from: &str,
+        to: &str,
+        check: Check,
+    ) -> Result<(), ClaimError> {
+        self.claim(check, |tx| {
+            let n = tx.execute(
+                "UPDATE vms SET host = ?3, state = 'starting', updated_at = ?4
+                 WHERE name = ?1 AND host = ?2 AND migration IS NULL",
+                params![name, from, to, ts(&Utc::now())],
+            )?;
+            if n != 1 {
+                return Err(ClaimError::Refused(ApiError::conflict(format!(
+                    "VM '{name}' is no longer on {from}, or it is migrating"
+                ))));
+            }
+            Ok(())
+        })
+    }
+
     /// Marks a VM that is not active and not migrating as `starting`, if `check` accepts.
     pub fn claim_start(&self, name: &str, check: Check) -> Result<(), ClaimError> {
         self.claim(check, |tx| {
