@@ -830,6 +830,23 @@ pub enum BenchCmd {
         after_help = "Examples:\n  ferry bench evacuate\n  ferry bench evacuate --destinations 2 --dirty-rate 32 --link-mib-s 0"
     )]
     Evacuate(BenchEvacuateArgs),
+    /// High availability on a three-host network lab: from a host's loss (its agent and
+    /// QEMU killed; or its management link cut, so it fences itself) to its HA VM running
+    /// on another host, with the server's timing (goal: under 30 s with the default lease);
+    /// the lease, the margins, and the fencing margin as it happened. Writes
+    /// bench/results/ha.json. Needs root (the network lab).
+    #[command(after_help = "Examples:\n  ferry bench ha\n  ferry bench ha --lease-s 9")]
+    Ha(BenchHaArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchHaArgs {
+    /// The server's `--ha-lease-s` (default: the server's default).
+    #[arg(long, default_value_t = 15)]
+    pub lease_s: u64,
+    /// Where to write the result file.
+    #[arg(long, default_value = "bench/results")]
+    pub out: PathBuf,
 }
 
 #[derive(Args, Debug, Clone)]

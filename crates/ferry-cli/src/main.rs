@@ -5,6 +5,7 @@ mod bench_api;
 mod bench_converge;
 mod bench_evacuate;
 mod bench_faults;
+mod bench_ha;
 mod bench_net;
 mod bench_placement;
 mod bench_plain;
@@ -120,6 +121,7 @@ async fn run(cli: Cli) -> CliResult {
         Command::Bench(cli::BenchCmd::Api(a)) => interruptible(bench_api::api(a)).await,
         Command::Bench(cli::BenchCmd::Tls(a)) => interruptible(bench_tls::tls(a)).await,
         Command::Bench(cli::BenchCmd::Placement(a)) => bench_placement::placement(a).await,
+        Command::Bench(cli::BenchCmd::Ha(a)) => interruptible(bench_ha::ha(a)).await,
         Command::Bench(cli::BenchCmd::Evacuate(a)) => {
             interruptible(bench_evacuate::evacuate(a)).await
         }

@@ -746,6 +746,27 @@ impl NetLab {
         Ok(())
     }
 
+    /// Kills `host`'s agent with SIGKILL (a crash: no clean-up of its own; its QEMUs keep
+    /// running). The lab forgets the process.
+    pub fn kill_agent(&mut self, host: &str) -> Result<(), NetLabError> {
+        let name = format!("agent-{host}");
+        let idx = self
+            .daemons
+            .iter()
+            .position(|d| d.spec.name == name || d.spec.name.starts_with(&format!("{name}~")))
+            .ok_or_else(|| NetLabError::Config(format!("no agent {host} in this lab")))?;
+        let mut old = self.daemons.remove(idx);
+        let pid = old.child.id();
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let _ = old.child.wait();
+        self.record.daemons.retain(|d| d.proc.pid != pid);
+        self.save()?;
+        Ok(())
+    }
+
     pub fn slot(&self) -> u8 {
         self.record.slot
     }
