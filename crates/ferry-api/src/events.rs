@@ -128,6 +128,8 @@ event_kinds! {
     OperationCancel => "operation.cancel",
     /// An operation ended, with its outcome.
     OperationFinish => "operation.finish",
+    /// An operation's VM is tried again after its migration failed and was rolled back.
+    OperationRetry => "operation.retry",
     /// Admission control refused or granted capacity.
     AdmissionRefused => "admission.refused",
     /// How the server judges a host changed (alive, suspected, partitioned, failed).

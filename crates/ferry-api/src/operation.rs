@@ -120,6 +120,9 @@ pub struct OperationItem {
     /// Bytes its migration sent and has left, while it runs (filled in when read).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<ItemProgress>,
+    /// Earlier migrations of it that failed and were rolled back (it was tried again).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed_migrations: Vec<Uuid>,
 }
 
 /// A moving VM's stream, as last polled.

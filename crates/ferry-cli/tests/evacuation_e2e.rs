@@ -225,7 +225,7 @@ async fn evacuating_a_host_moves_every_guest_within_the_limits_through_a_server_
     const GUESTS: [&str; 4] = ["e1", "e2", "e3", "e4"];
     let holds = tempfile::tempdir().unwrap();
     let mut cfg = lab_config(&HOSTS);
-    cfg.server_args = hold::server_args(&["transferring"], holds.path());
+    cfg.server_args = hold::server_args(&["preparing", "transferring"], holds.path());
     let mut lab = Lab::start(cfg.clone()).await.expect("lab starts");
     let c = lab.client();
     boot_all(
@@ -272,7 +272,17 @@ async fn evacuating_a_host_moves_every_guest_within_the_limits_through_a_server_
     assert!(c.host("a").await.unwrap().maintenance);
 
     // Two migrations leave a at once (its outgoing limit), the others wait in the queue.
-    held(holds.path(), 1).await;
+    // Both are held as they prepare their destinations; one is let on until it streams.
+    let preparing = held(holds.path(), 2).await;
+    hold::release(&preparing[0]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !hold::held(holds.path())
+        .iter()
+        .any(|f| f.extension().is_some_and(|x| x == "transferring"))
+    {
+        assert!(Instant::now() < deadline, "no migration streams");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let deadline = Instant::now() + Duration::from_secs(120);
     let mine = loop {
         let mine: Vec<Migration> = c
@@ -293,13 +303,23 @@ async fn evacuating_a_host_moves_every_guest_within_the_limits_through_a_server_
     assert!(waiting.len() >= 2, "the queue holds the rest: {mine:?}");
     assert!(waiting.iter().all(|m| m.queue.is_some()));
 
-    // The server dies mid-evacuation, with a migration streaming; a new one carries on.
+    // The server dies mid-evacuation, with one migration streaming (the new server follows
+    // it on) and one preparing (rolled back, the VM runs on a, and the evacuation asks
+    // again): the evacuation carries on to the end.
     lab.kill_server().unwrap();
     lab.restart_server(&cfg).await.expect("server restarts");
     let _releaser = Releaser::start(holds.path());
     let done = finished(&lab, op).await;
     assert_eq!(done.state, OperationState::Succeeded, "{done:?}");
     assert!(done.items.iter().all(|i| i.state == ItemState::Moved));
+    assert_eq!(
+        done.items
+            .iter()
+            .map(|i| i.failed_migrations.len())
+            .sum::<usize>(),
+        1,
+        "the preparing one was tried again: {done:?}"
+    );
 
     // The host is empty; every guest runs clean, once, elsewhere; the rule held.
     assert!(lab.qemus_on("a").is_empty(), "QEMU left on a");
@@ -340,6 +360,7 @@ async fn evacuating_a_host_moves_every_guest_within_the_limits_through_a_server_
     assert_eq!(count(EventKind::VmPlaced), 4);
     assert_eq!(count(EventKind::OperationMoved), 4);
     assert_eq!(count(EventKind::OperationFinish), 1);
+    assert_eq!(count(EventKind::OperationRetry), 1);
     assert!(count(EventKind::MigrationQueued) >= 1);
     assert!(count(EventKind::MigrationStarted) >= 1);
     assert!(story

@@ -7,7 +7,9 @@
 //! ```text
 //!  enter ─▶ mark host ─▶ plan ─▶ Operation(running) ──driver, every second──┐
 //!                                   │  Planned ─request─▶ Queued ─▶ Moving ─▶ Moved
-//!                                   │     └─ refused ─▶ CouldNotMove    └─ failed ─▶ CouldNotMove
+//!                                   │     ▲ └─ refused ─▶ CouldNotMove    │
+//!                                   │     └── failed, rolled back (attempt < 3)
+//!                                   │                  failed, third attempt ─▶ CouldNotMove
 //!                                   └─ cancel ─▶ cancelling: queued dropped, running rolled
 //!                                                back (post-copy / switching finish: Moved)
 //!  every item finished ─▶ succeeded | incomplete (VMs named) | cancelled
@@ -33,6 +35,8 @@ use crate::store::NewEvent;
 
 /// How often a driver looks at its operation's migrations.
 const DRIVER_TICK: Duration = Duration::from_secs(1);
+/// A VM whose migration failed and rolled back is asked again, up to this many attempts.
+const MAX_ATTEMPTS: usize = 3;
 
 impl Server {
     /// `ferry host maintenance enter HOST [--dry-run]`.
@@ -407,9 +411,13 @@ impl Server {
         if item.state.is_finished() {
             return item;
         }
-        // A migration requested by an earlier driver whose id was not saved yet.
+        // A migration requested by an earlier driver whose id was not saved yet (not one
+        // that failed before).
         if item.migration.is_none() {
-            item.migration = migrations.iter().rfind(|m| m.vm == item.vm).map(|m| m.id);
+            item.migration = migrations
+                .iter()
+                .rfind(|m| m.vm == item.vm && !item.failed_migrations.contains(&m.id))
+                .map(|m| m.id);
         }
         let Some(mid) = item.migration else {
             // Planned, not requested yet.
@@ -484,12 +492,40 @@ impl Server {
                         m.phase,
                         m.error.as_deref().unwrap_or("rolled back")
                     ));
+                } else if item.failed_migrations.len() + 1 < MAX_ATTEMPTS {
+                    // Rolled back (a server restart mid-way, a lost link): the VM runs where
+                    // it was, so it is simply asked again, through the queue.
+                    item.failed_migrations.push(m.id);
+                    item.migration = None;
+                    item.state = ItemState::Planned;
+                    item.reason = Some(format!(
+                        "attempt {} failed ({}); trying again",
+                        item.failed_migrations.len(),
+                        m.error.as_deref().unwrap_or("no reason recorded")
+                    ));
+                    let mut e = op_event(
+                        op,
+                        EventKind::OperationRetry,
+                        Outcome::Info,
+                        format!(
+                            "evacuation {}: VM {}'s migration {} {}; asking again",
+                            short(op.id),
+                            item.vm,
+                            m.id,
+                            m.phase
+                        ),
+                    );
+                    e.vm = Some(item.vm.clone());
+                    e.migration = Some(m.id);
+                    events.push(e.with_data(serde_json::json!({"operation": op.id,
+                        "error": m.error})));
                 } else {
                     item.state = ItemState::CouldNotMove;
                     item.reason = Some(format!(
-                        "its migration {} {}: {}",
+                        "its migration {} {} (attempt {} of {MAX_ATTEMPTS}): {}",
                         m.id,
                         m.phase,
+                        item.failed_migrations.len() + 1,
                         m.error.as_deref().unwrap_or("no reason recorded")
                     ));
                     events.push(could_not_move(op, &item));
@@ -534,6 +570,7 @@ fn item(vm: &Vm, destination: Option<String>) -> OperationItem {
         reason: None,
         estimate_s: None,
         progress: None,
+        failed_migrations: Vec::new(),
     }
 }
 
