@@ -27,6 +27,8 @@ pub struct HaBook {
     pub started: DateTime<Utc>,
     pub hosts: HashMap<String, HostHa>,
     pub views: HashMap<String, (DateTime<Utc>, PeerView)>,
+    /// (host, VM) copies already reported as running where the VM does not belong.
+    pub strays: HashSet<(String, String)>,
 }
 
 impl Default for HaBook {
@@ -35,6 +37,7 @@ impl Default for HaBook {
             started: Utc::now(),
             hosts: HashMap::new(),
             views: HashMap::new(),
+            strays: HashSet::new(),
         }
     }
 }
@@ -78,6 +81,53 @@ impl Server {
             fence_margin_s: cfg.fence_margin.num_milliseconds() as f64 / 1000.0,
             peers,
         })
+    }
+
+    /// A host reports a VM running that the cluster places on another host and that is not
+    /// migrating: a second copy (a host that came back without having fenced itself, after
+    /// its VM was restarted elsewhere). Said once per host and VM, loudly; nothing is
+    /// killed, since which copy to keep is an operator's call.
+    pub(super) fn report_stray_copies(&self, reg: &HostRegistration) -> Result<(), ApiError> {
+        let running: Vec<&ReportedVm> = reg
+            .vms
+            .iter()
+            .filter(|r| r.state == VmState::Running)
+            .collect();
+        if running.is_empty() {
+            return Ok(());
+        }
+        for r in running {
+            let Some(vm) = self.store.vm(&r.name)? else {
+                continue;
+            };
+            if vm.host == reg.name || vm.migration.is_some() {
+                self.ha_book()
+                    .strays
+                    .remove(&(reg.name.clone(), r.name.clone()));
+                continue;
+            }
+            if !self
+                .ha_book()
+                .strays
+                .insert((reg.name.clone(), r.name.clone()))
+            {
+                continue;
+            }
+            self.event(NewEvent {
+                actor: "server".into(),
+                kind: EventKind::VmState,
+                vm: Some(r.name.clone()),
+                host: Some(reg.name.clone()),
+                migration: None,
+                outcome: Some(Outcome::Error),
+                message: format!(
+                    "VM {} runs on {} but belongs on {}: two copies may share its disks; stop                      the one on {} (`ferry vm show {}` names where it belongs)",
+                    r.name, reg.name, vm.host, reg.name, r.name
+                ),
+                data: serde_json::json!({"stray_host": reg.name, "placed_on": vm.host}),
+            });
+        }
+        Ok(())
     }
 
     /// Judges every host each second; a host that turns `failed` has its HA VMs restarted.

@@ -90,6 +90,7 @@ impl Server {
         };
         self.reconcile_vms(actor, &reg)?;
         self.record_load(&reg);
+        self.report_stray_copies(&reg)?;
         if let Some(message) = message {
             self.event(NewEvent {
                 actor: actor.to_string(),
