@@ -161,17 +161,78 @@ pub fn report(
     })
 }
 
+/// Dirty-rate measurements kept per VM, and how far back they count: one second of page
+/// sampling is noisy (a steady 16 MiB/s writer reads 25-44 MiB/s), so what is reported is
+/// the mean of the last few.
+const DIRTY_KEEP: usize = 5;
+const DIRTY_WINDOW: chrono::Duration = chrono::Duration::minutes(3);
+
+/// One VM's recent dirty-rate measurements, newest last.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DirtySamples(std::collections::VecDeque<(f64, DateTime<Utc>)>);
+
+impl DirtySamples {
+    pub fn record(&mut self, rate: f64, at: DateTime<Utc>) {
+        self.0.push_back((rate, at));
+        while self.0.len() > DIRTY_KEEP {
+            self.0.pop_front();
+        }
+    }
+
+    /// When the newest was taken.
+    pub fn latest_at(&self) -> Option<DateTime<Utc>> {
+        self.0.back().map(|s| s.1)
+    }
+
+    /// The mean of the measurements within [`DIRTY_WINDOW`] of `now` (and `extra`, a fresh
+    /// one not recorded), with the newest one's time.
+    pub fn mean(&self, now: DateTime<Utc>, extra: Option<f64>) -> Option<(f64, DateTime<Utc>)> {
+        let mut rates: Vec<f64> = self
+            .0
+            .iter()
+            .filter(|(_, at)| now - *at <= DIRTY_WINDOW)
+            .map(|(r, _)| *r)
+            .collect();
+        rates.extend(extra);
+        if rates.is_empty() {
+            return None;
+        }
+        let at = if extra.is_some() {
+            now
+        } else {
+            self.latest_at()?
+        };
+        Some((rates.iter().sum::<f64>() / rates.len() as f64, at))
+    }
+}
+
 /// The agent's load state: the previous reading and the dirty rates measured so far.
 #[derive(Default)]
 pub struct LoadState {
     prev: Mutex<Option<Reading>>,
-    dirty: Mutex<HashMap<String, (f64, DateTime<Utc>)>>,
+    dirty: Mutex<HashMap<String, DirtySamples>>,
 }
 
 impl LoadState {
-    /// The last dirty rate measured for `vm`, MiB/s.
-    pub fn last_dirty_rate(&self, vm: &str) -> Option<f64> {
-        self.dirty.lock().ok()?.get(vm).map(|d| d.0)
+    /// The mean of `vm`'s recent dirty-rate measurements and `fresh` (one just taken), MiB/s.
+    pub fn dirty_rate(&self, vm: &str, fresh: Option<f64>) -> Option<f64> {
+        let d = self.dirty.lock().ok()?;
+        match d.get(vm) {
+            Some(s) => s.mean(Utc::now(), fresh).map(|m| m.0),
+            None => fresh,
+        }
+    }
+
+    fn dirty_means(&self) -> HashMap<String, (f64, DateTime<Utc>)> {
+        let now = Utc::now();
+        self.dirty
+            .lock()
+            .map(|d| {
+                d.iter()
+                    .filter_map(|(k, s)| Some((k.clone(), s.mean(now, None)?)))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 }
 
@@ -193,12 +254,7 @@ impl Agent {
                 return None;
             }
         };
-        let dirty = self
-            .load
-            .dirty
-            .lock()
-            .map(|d| d.clone())
-            .unwrap_or_default();
+        let dirty = self.load.dirty_means();
         let mut prev = self.load.prev.lock().unwrap_or_else(|p| p.into_inner());
         let out = prev
             .as_ref()
@@ -252,7 +308,8 @@ pub async fn run_dirty_sampler(agent: Arc<Agent>) {
             vms.into_iter()
                 .filter(|v| {
                     d.get(&v.record().spec.name)
-                        .is_none_or(|(_, at)| now - *at >= every)
+                        .and_then(|s| s.latest_at())
+                        .is_none_or(|at| now - at >= every)
                 })
                 .collect()
         };
@@ -264,7 +321,7 @@ pub async fn run_dirty_sampler(agent: Arc<Agent>) {
             match crate::memory::dirty_rate_mib_s(&vm.qmp).await {
                 Ok(rate) => {
                     if let Ok(mut d) = agent.load.dirty.lock() {
-                        d.insert(name, (rate, Utc::now()));
+                        d.entry(name).or_default().record(rate, Utc::now());
                     }
                 }
                 Err(why) => tracing::debug!(vm = %name, "no dirty rate this round: {why}"),
@@ -280,6 +337,25 @@ mod tests {
 
     const STAT: &str = "cpu  100 5 50 1000 20 3 2 1 0 0\ncpu0 50 2 25 500 10 1 1 0 0 0\n\
                         cpu1 50 3 25 500 10 2 1 1 0 0\nintr 12345\nctxt 999\n";
+
+    #[test]
+    fn dirty_rates_are_the_mean_of_the_recent_few() {
+        let t0 = Utc::now();
+        let mut s = DirtySamples::default();
+        assert_eq!(s.mean(t0, None), None);
+        assert_eq!(s.mean(t0, Some(8.0)), Some((8.0, t0)));
+        for (i, r) in [100.0, 40.0, 20.0, 30.0, 10.0, 20.0].iter().enumerate() {
+            s.record(*r, t0 + chrono::Duration::seconds(30 * i as i64));
+        }
+        // Only the last five are kept: 40, 20, 30, 10, 20.
+        let now = t0 + chrono::Duration::seconds(150);
+        assert_eq!(s.mean(now, None).unwrap().0, 24.0);
+        assert_eq!(s.mean(now, Some(30.0)).unwrap().0, 25.0);
+        // Old ones stop counting.
+        let later = t0 + chrono::Duration::minutes(60);
+        assert_eq!(s.mean(later, None), None);
+        assert_eq!(s.mean(later, Some(3.0)).unwrap().0, 3.0);
+    }
 
     #[test]
     fn proc_stat_sums_busy_and_total_and_counts_cpus() {

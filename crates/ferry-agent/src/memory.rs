@@ -36,13 +36,12 @@ impl Agent {
         }
         let ram_mib = vm.record().spec.memory_mib;
         let mut facts = facts(&vm.qmp, vm.pid(), ram_mib).await?;
-        if facts.dirty_rate_mib_s.is_none() {
-            // QEMU refused (e.g. the load sampler's own measurement runs): the last one
-            // the sampler took will do.
-            if let Some(rate) = self.load.last_dirty_rate(name) {
-                facts.dirty_rate_mib_s = Some(rate);
-                facts.sampled_ms = CALC_TIME_S * 1000;
-            }
+        // One second of sampling is noisy: the rate given is the mean of this measurement
+        // and the load sampler's recent ones (or theirs alone when QEMU refused this one,
+        // e.g. because the sampler's own measurement was running).
+        if let Some(rate) = self.load.dirty_rate(name, facts.dirty_rate_mib_s) {
+            facts.dirty_rate_mib_s = Some(rate);
+            facts.sampled_ms = facts.sampled_ms.max(CALC_TIME_S * 1000);
         }
         tracing::debug!(vm = %name, ?facts, "memory facts");
         Ok(facts)

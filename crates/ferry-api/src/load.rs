@@ -30,8 +30,8 @@ pub struct VmLoadReport {
     pub cpu_used: f64,
     /// QEMU's resident memory, MiB.
     pub resident_mib: u64,
-    /// The guest's dirty page rate at its last measurement (QEMU `calc-dirty-rate`, taken
-    /// every few tens of seconds, never during a migration), MiB/s.
+    /// The guest's dirty page rate, MiB/s: the mean of its last few measurements (QEMU
+    /// `calc-dirty-rate`, one every 30 s, none during a migration) within 3 minutes.
     #[serde(default)]
     pub dirty_rate_mib_s: Option<f64>,
     #[serde(default)]
