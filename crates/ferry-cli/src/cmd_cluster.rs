@@ -298,6 +298,14 @@ pub async fn vm(server: &crate::connection::ConnOpts, cmd: VmCmd) -> CliResult {
             println!("memory      {}", bytes(v.spec.memory_mib << 20));
             println!("machine     {}", v.spec.machine);
             println!("cpu model   {}", v.spec.cpu_model);
+            match v.spec.ha {
+                Some(h) => println!(
+                    "ha          on (priority {}, isolation response {})",
+                    h.priority,
+                    h.isolation_response.as_str()
+                ),
+                None => println!("ha          off"),
+            }
             if let Some(m) = v.migration {
                 println!("migrating   {m}");
             }
