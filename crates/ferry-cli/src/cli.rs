@@ -559,11 +559,18 @@ pub struct VmCreateArgs {
 }
 
 #[derive(Args, Debug)]
+#[command(
+    after_help = "Modes:\n  live   the guest keeps running; memory (and local disks) stream to the destination\n  quick  the guest pauses, its state is saved to a pool both hosts share and restored on\n         the destination (downtime = save + restore; disks must be on shared pools)\n  cold   a stopped VM: its record moves, its local disks are copied and verified first\n\nExamples:\n  ferry vm migrate web1 --to b\n  ferry vm migrate web1 --mode quick --to b\n  ferry vm migrate web1 --mode cold --to b"
+)]
 pub struct MigrateArgs {
     pub name: String,
     /// Destination host (default: the best host by placement and the rules).
     #[arg(long)]
     pub to: Option<String>,
+    /// How the VM moves: live (the default), quick (save to a shared pool and restore
+    /// there) or cold (a stopped VM, its local disks copied).
+    #[arg(long, default_value = "live", value_parser = ["live", "quick", "cold"])]
+    pub mode: String,
     /// Print every host's placement score and why each loser lost.
     #[arg(long)]
     pub explain: bool,
