@@ -35,6 +35,21 @@ impl QemuVm {
     /// Capabilities and parameters of a quick save or restore, the same on both sides.
     async fn set_up_quick(&self, streams: u8) -> Result<(), AgentError> {
         let multifd = streams > 1;
+        // First what `mapped-ram` cannot live with: QEMU checks the parameters in force
+        // when the capability is set. A file is written as fast as it goes, and has no
+        // TLS (an earlier migration of this QEMU may have set both).
+        let clear = MigrationParameters {
+            max_bandwidth: Some(0),
+            tls_creds: Some(String::new()),
+            tls_hostname: Some(String::new()),
+            tls_authz: Some(String::new()),
+            multifd_compression: Some(MultifdCompression::None),
+            ..Default::default()
+        };
+        self.qmp
+            .migrate_set_parameters(&clear)
+            .await
+            .map_err(|e| qmp_err("migrate-set-parameters", e))?;
         self.qmp
             .migrate_set_capabilities(&[
                 ("events", true),
@@ -48,15 +63,11 @@ impl QemuVm {
             ])
             .await
             .map_err(|e| qmp_err("migrate-set-capabilities", e))?;
+        if !multifd {
+            return Ok(());
+        }
         let params = MigrationParameters {
-            multifd_channels: multifd.then_some(streams as u64),
-            multifd_compression: multifd.then_some(MultifdCompression::None),
-            // A file is written as fast as it goes; no TLS on a file (an earlier migration
-            // of this QEMU may have set both).
-            max_bandwidth: Some(0),
-            tls_creds: Some(String::new()),
-            tls_hostname: Some(String::new()),
-            tls_authz: Some(String::new()),
+            multifd_channels: Some(streams as u64),
             ..Default::default()
         };
         self.qmp

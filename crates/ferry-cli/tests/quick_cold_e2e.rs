@@ -245,6 +245,37 @@ async fn quick_moves_a_running_guest_and_cold_moves_a_stopped_one_with_its_disk(
         "{events:?}"
     );
 
+    // 2b. Back live (over QEMU's TLS), then quick again: a QEMU that arrived by a TLS
+    // stream is saved to a file (no TLS there) and moves clean.
+    for (mode, to) in [(MigrationMode::Live, "a"), (MigrationMode::Quick, "b")] {
+        let before = qobs.last_status().await.unwrap().expect("status");
+        let releaser = Releaser::start(holds.path());
+        let m = c
+            .migrate(&MigrateRequest {
+                vm: QVM.into(),
+                to: Some(to.into()),
+                options: MigrationOptions {
+                    mode,
+                    ..Default::default()
+                },
+                priority: None,
+            })
+            .await
+            .expect("migration accepted");
+        let done = wait_end(&c, m.id).await;
+        drop(releaser);
+        assert_eq!(
+            done.phase,
+            Phase::Completed,
+            "{mode} to {to}: {:?}",
+            done.error
+        );
+        let v = verdict_after(&c, QVM, &before, Duration::from_secs(120))
+            .await
+            .unwrap();
+        assert!(v.ok(), "guest after {mode} to {to}: {}", v.describe());
+    }
+
     // 3. Cold: refused while the VM runs; quick refused for its local disk.
     let out = ferry(&lab, &["vm", "migrate", CVM, "--mode", "cold", "--to", "b"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
