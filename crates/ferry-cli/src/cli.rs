@@ -807,6 +807,40 @@ pub enum BenchCmd {
         after_help = "Example:\n  ferry bench placement --hosts 1000 --vms 20000 --rules 1000"
     )]
     Placement(BenchPlacementArgs),
+    /// Quick vs live migration of one guest (1 GiB by default), back and forth: total time
+    /// and downtime of each, the guest verified after every move. Writes
+    /// bench/results/quick.json.
+    #[command(
+        after_help = "Examples:\n  ferry bench quick\n  ferry bench quick --rounds 3 --rate 50"
+    )]
+    Quick(BenchQuickArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchQuickArgs {
+    /// Guest memory (MiB).
+    #[arg(long, default_value_t = 1024)]
+    pub memory: u64,
+    /// Memory the guest's workload fills with self-verifying pages (MiB).
+    #[arg(long, default_value_t = 768)]
+    pub workload_mem: u64,
+    /// How fast the workload rewrites its pages (MiB/s).
+    #[arg(long, default_value_t = 20.0)]
+    pub rate: f64,
+    /// Rounds; each is a quick move a -> b and a live move back b -> a.
+    #[arg(long, default_value_t = 2)]
+    pub rounds: u32,
+    /// Cap the live migration's stream (MiB/s); default: uncapped (loopback).
+    #[arg(long)]
+    pub max_bandwidth: Option<u64>,
+    /// Channels that write and read the quick migration's state file (default: Ferry's, 2).
+    #[arg(long)]
+    pub streams: Option<u8>,
+    /// Where to write the result file.
+    #[arg(long, default_value = "bench/results")]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub json: JsonFlag,
 }
 
 #[derive(Args, Debug, Clone)]

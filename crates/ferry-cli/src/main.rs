@@ -7,6 +7,7 @@ mod bench_faults;
 mod bench_net;
 mod bench_placement;
 mod bench_plain;
+mod bench_quick;
 mod bench_storage;
 mod bench_tls;
 mod cli;
@@ -119,6 +120,7 @@ async fn run(cli: Cli) -> CliResult {
         Command::Bench(cli::BenchCmd::Api(a)) => interruptible(bench_api::api(a)).await,
         Command::Bench(cli::BenchCmd::Tls(a)) => interruptible(bench_tls::tls(a)).await,
         Command::Bench(cli::BenchCmd::Placement(a)) => bench_placement::placement(a).await,
+        Command::Bench(cli::BenchCmd::Quick(a)) => interruptible(bench_quick::quick(a)).await,
     }
 }
 
