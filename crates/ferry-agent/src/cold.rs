@@ -281,12 +281,18 @@ impl Agent {
         let name = crate::disk_copy::random_export_name();
         let served = match tls {
             Some(t) => {
-                let creds = CredsDir::write(&self.cold_scratch(id)?, t.local, TlsEndpoint::Server)?;
-                let r = self
-                    .serve_target(&path, &name, Some((&creds, t.peer_dn())))
-                    .await;
-                drop(creds); // read at qemu-nbd's start
-                r
+                let creds = self
+                    .cold_scratch(id)
+                    .and_then(|dir| CredsDir::write(&dir, t.local, TlsEndpoint::Server));
+                match creds {
+                    // Dropped (removed) once qemu-nbd listens: it read the files at its start.
+                    Ok(creds) => {
+                        self.serve_target(&path, &name, Some((&creds, t.peer_dn())))
+                            .await
+                    }
+                    // Nothing served: the target and its record entry go below.
+                    Err(e) => Err(e),
+                }
             }
             None => self.serve_target(&path, &name, None).await,
         };

@@ -25,8 +25,7 @@ pub struct Tool {
     child: tokio::process::Child,
 }
 
-/// Starts `program` with `args`; stdout is handed to `on_stdout` chunk by chunk (progress),
-/// stderr is kept for the reason of a failure.
+/// Starts `program` with `args` (stdout and stderr piped: [`Tool::wait`] reads them).
 pub fn spawn(program: &str, args: &[OsString]) -> Result<Tool, AgentError> {
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(args)
