@@ -25,6 +25,21 @@
 //! POST   /v1/vms/{name}/migration/resume    ResumeRequest -> AgentMigrationStatus (source)
 //! POST   /v1/vms/{name}/migration/handover  source QEMU shut down after completion
 //! POST   /v1/vms/{name}/announce            QEMU self-announce (RARP from every NIC)
+//! POST   /v1/vms/{name}/quick/incoming      QuickIncomingRequest -> VmRuntime (destination:
+//!                                           QEMU waits, vCPUs held, for a state file)
+//! POST   /v1/vms/{name}/quick/save          QuickTransferRequest -> AgentMigrationStatus
+//!                                           (source: pause, save to the shared pool)
+//! POST   /v1/vms/{name}/quick/restore       QuickTransferRequest -> AgentMigrationStatus
+//!                                           (destination: load the state file)
+//! POST   /v1/vms/{name}/quick/resume        VmRuntime (destination: start the loaded guest)
+//! POST   /v1/quick/discard                  QuickStateFile -> QuickDiscardResponse
+//! GET    /v1/cold/{migration}               ColdStatus (jobs of a cold migration here)
+//! POST   /v1/cold/{migration}/receive       ColdReceiveRequest -> ColdReceiveResponse
+//!                                           (destination: empty target, exported)
+//! POST   /v1/cold/{migration}/send          ColdSendRequest -> ColdStatus (source: copy)
+//! POST   /v1/cold/{migration}/checksum      ColdDiskRequest -> ColdStatus (either side)
+//! POST   /v1/cold/{migration}/discard       ColdCleanup (stop; delete targets made here)
+//! POST   /v1/cold/{migration}/finish        ColdCleanup (stop; targets stay: the VM's)
 //! POST   /v1/probe/listen                   ProbeListenResponse (destination; body ignored)
 //! POST   /v1/probe/send                     ProbeSendRequest -> ProbeSendResponse (source)
 //! GET    /v1/pools                          [PoolInfo]
@@ -88,6 +103,17 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/vms/{name}/migration/resume", post(resume_outgoing))
         .route("/v1/vms/{name}/migration/handover", post(handover))
         .route("/v1/vms/{name}/announce", post(announce))
+        .route("/v1/vms/{name}/quick/incoming", post(quick_incoming))
+        .route("/v1/vms/{name}/quick/save", post(quick_save))
+        .route("/v1/vms/{name}/quick/restore", post(quick_restore))
+        .route("/v1/vms/{name}/quick/resume", post(quick_resume))
+        .route("/v1/quick/discard", post(quick_discard))
+        .route("/v1/cold/{migration}", get(cold_status))
+        .route("/v1/cold/{migration}/receive", post(cold_receive))
+        .route("/v1/cold/{migration}/send", post(cold_send))
+        .route("/v1/cold/{migration}/checksum", post(cold_checksum))
+        .route("/v1/cold/{migration}/discard", post(cold_discard))
+        .route("/v1/cold/{migration}/finish", post(cold_finish))
         .route("/v1/probe/listen", post(probe_listen))
         .route("/v1/probe/send", post(probe_send))
         .route("/v1/pools", get(pools))
@@ -297,6 +323,93 @@ async fn handover(State(a): Shared, Path(name): Path<String>) -> Answer<serde_js
 async fn announce(State(a): Shared, Path(name): Path<String>) -> Answer<serde_json::Value> {
     a.announce(&name).await?;
     Ok(Json(serde_json::json!({"announced": name})))
+}
+
+async fn quick_incoming(
+    State(a): Shared,
+    Path(name): Path<String>,
+    ApiJson(req): ApiJson<ferry_api::QuickIncomingRequest>,
+) -> Answer<VmRuntime> {
+    if req.spec.name != name {
+        return Err(ApiError::bad_request(format!(
+            "URL names VM '{name}' but the spec names '{}'",
+            req.spec.name
+        ))
+        .into());
+    }
+    Ok(Json(a.quick_incoming(&req).await?))
+}
+
+async fn quick_save(
+    State(a): Shared,
+    Path(name): Path<String>,
+    ApiJson(req): ApiJson<ferry_api::QuickTransferRequest>,
+) -> Answer<AgentMigrationStatus> {
+    Ok(Json(a.quick_save(&name, &req).await?))
+}
+
+async fn quick_restore(
+    State(a): Shared,
+    Path(name): Path<String>,
+    ApiJson(req): ApiJson<ferry_api::QuickTransferRequest>,
+) -> Answer<AgentMigrationStatus> {
+    Ok(Json(a.quick_restore(&name, &req).await?))
+}
+
+async fn quick_resume(State(a): Shared, Path(name): Path<String>) -> Answer<VmRuntime> {
+    Ok(Json(a.quick_resume(&name).await?))
+}
+
+async fn quick_discard(
+    State(a): Shared,
+    ApiJson(file): ApiJson<ferry_api::QuickStateFile>,
+) -> Answer<ferry_api::QuickDiscardResponse> {
+    Ok(Json(a.quick_discard(&file)?))
+}
+
+/// A migration id from the URL.
+fn migration_id(text: &str) -> Result<uuid::Uuid, Failure> {
+    uuid::Uuid::parse_str(text).map_err(|_| {
+        Failure(ApiError::bad_request(format!(
+            "'{text}' is not a migration id"
+        )))
+    })
+}
+
+async fn cold_status(State(a): Shared, Path(id): Path<String>) -> Answer<ferry_api::ColdStatus> {
+    Ok(Json(a.cold_status(migration_id(&id)?).await?))
+}
+
+async fn cold_receive(
+    State(a): Shared,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<ferry_api::ColdReceiveRequest>,
+) -> Answer<ferry_api::ColdReceiveResponse> {
+    Ok(Json(a.cold_receive(migration_id(&id)?, &req).await?))
+}
+
+async fn cold_send(
+    State(a): Shared,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<ferry_api::ColdSendRequest>,
+) -> Answer<ferry_api::ColdStatus> {
+    Ok(Json(a.cold_send(migration_id(&id)?, &req).await?))
+}
+
+async fn cold_checksum(
+    State(a): Shared,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<ferry_api::ColdDiskRequest>,
+) -> Answer<ferry_api::ColdStatus> {
+    Ok(Json(a.cold_checksum(migration_id(&id)?, &req).await?))
+}
+
+async fn cold_discard(State(a): Shared, Path(id): Path<String>) -> Answer<ferry_api::ColdCleanup> {
+    Ok(Json(a.cold_discard(migration_id(&id)?).await?))
+}
+
+async fn cold_finish(State(a): Shared, Path(id): Path<String>) -> Answer<ferry_api::ColdCleanup> {
+    Ok(Json(a.cold_finish(migration_id(&id)?).await?))
 }
 
 // No body extractor: the request carries nothing (the client posts JSON `null`), and

@@ -34,7 +34,7 @@ pub fn disk_node(i: usize) -> String {
 
 /// A fresh export name: random per migration, so nothing about the VM or its disks can be
 /// guessed from it (and a name from an earlier migration never reaches this one's export).
-fn random_export_name() -> String {
+pub(crate) fn random_export_name() -> String {
     format!("ferry-{}", uuid::Uuid::new_v4().simple())
 }
 
@@ -50,7 +50,7 @@ const ABORT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A port on `address` nothing listens on right now (QEMU's NBD server cannot report the
 /// port it picked, so the agent picks one; a lost race is retried).
-fn free_port(address: IpAddr) -> Result<u16, AgentError> {
+pub(crate) fn free_port(address: IpAddr) -> Result<u16, AgentError> {
     std::net::TcpListener::bind((address, 0))
         .and_then(|l| l.local_addr())
         .map(|a| a.port())

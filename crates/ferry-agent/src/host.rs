@@ -56,6 +56,8 @@ pub struct Agent {
     pub(crate) load: crate::load::LoadState,
     /// The HA lease and the peers' answers (see [`crate::ha`]).
     pub(crate) ha: crate::ha::HaState,
+    /// Cold migrations' copies and checksums (see [`crate::cold`]).
+    pub(crate) cold: crate::cold::ColdJobs,
 }
 
 impl Agent {
@@ -105,8 +107,10 @@ impl Agent {
             tls,
             load: Default::default(),
             ha: crate::ha::HaState::load(&config.state_dir),
+            cold: Default::default(),
             config,
         };
+        agent.clean_cold_scratch();
         agent.adopt_running().await;
         if facts.dev_kvm_present && facts.cpu_virt_flag {
             agent.probe_kvm(facts).await;
@@ -427,11 +431,13 @@ impl Agent {
 
     /// `created_disks`: an incoming VM's disks that were created empty for a storage copy
     /// (exported, and the vCPUs held until the exports are closed).
-    async fn launch_inner(
+    /// `held`: the vCPUs stay stopped after the stream until the agent starts them.
+    pub(crate) async fn launch_inner(
         &self,
         spec: &VmSpec,
         role: Role,
         created_disks: Vec<usize>,
+        held: bool,
     ) -> Result<Arc<QemuVm>, AgentError> {
         let (spec, boot) = self.resolve(spec)?;
         let accel = resolve_requested(spec.accel, &self.accel_decision())
@@ -442,7 +448,7 @@ impl Agent {
         let dir = self.vm_dir(&spec.name);
         let taps = self.create_taps(&spec.name, &bridges)?;
         let start = match role {
-            Role::Incoming if !created_disks.is_empty() => StartMode::IncomingHeld,
+            Role::Incoming if held || !created_disks.is_empty() => StartMode::IncomingHeld,
             Role::Incoming => StartMode::Incoming,
             _ => StartMode::Boot,
         };
@@ -547,7 +553,9 @@ impl Agent {
 
     /// Boots a VM.
     pub async fn launch(&self, spec: &VmSpec) -> Result<VmRuntime, AgentError> {
-        let vm = self.launch_inner(spec, Role::Normal, Vec::new()).await?;
+        let vm = self
+            .launch_inner(spec, Role::Normal, Vec::new(), false)
+            .await?;
         tracing::info!(vm = %vm.name, "VM launched");
         Ok(vm.runtime().await)
     }
@@ -623,7 +631,7 @@ impl Agent {
         }
     }
 
-    fn pool(&self, name: &str) -> Result<&crate::storage::Pool, AgentError> {
+    pub(crate) fn pool(&self, name: &str) -> Result<&crate::storage::Pool, AgentError> {
         validate_name("pool name", name)?;
         self.config
             .pools
@@ -653,6 +661,15 @@ impl Agent {
             }
         }
         users
+    }
+
+    /// The VM on this host that has `pool/image` attached, if any.
+    pub(crate) async fn disk_user(&self, pool: &str, image: &str) -> Option<String> {
+        self.disk_users()
+            .await
+            .into_iter()
+            .find(|(p, i, _)| p == pool && i == image)
+            .map(|(_, _, vm)| vm)
     }
 
     pub async fn disks(&self, pool: &str) -> Result<Vec<ferry_api::DiskImage>, AgentError> {
@@ -707,7 +724,7 @@ impl Agent {
     /// for the source to copy into.
     /// The host's TLS material as it is now on disk (renewals replace it), for QEMU's TLS;
     /// None when the agent runs without TLS.
-    fn host_tls(&self) -> Result<Option<HostTls>, AgentError> {
+    pub(crate) fn host_tls(&self) -> Result<Option<HostTls>, AgentError> {
         match (&self.tls, &self.config.tls_dir) {
             (Some(_), Some(dir)) => {
                 let mut tls = HostTls::load(dir, &self.config.name)
@@ -728,7 +745,7 @@ impl Agent {
         let tls = peer_tls(local.as_ref(), req.peer_host.as_deref(), "incoming")?;
         let created = self.create_copy_targets(req)?;
         let vm = match self
-            .launch_inner(&req.spec, Role::Incoming, created.clone())
+            .launch_inner(&req.spec, Role::Incoming, created.clone(), false)
             .await
         {
             Ok(vm) => vm,

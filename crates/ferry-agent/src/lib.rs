@@ -13,14 +13,18 @@
 //! failures, turned into API errors only in [`api`]), [`postcopy`] (pausing and
 //! resuming a post-copy migration across a broken link), [`tls_material`] and [`qemu_tls`]
 //! (QEMU's own TLS for the migration stream and the NBD disk export), [`memory`] (what
-//! moving a VM's memory costs, for the evacuation estimate).
+//! moving a VM's memory costs, for the evacuation estimate), [`quick`] (saving a paused VM
+//! to a shared pool and restoring it) and [`cold`] (copying a stopped VM's local disks, with
+//! [`disk_sum`] to verify them and [`tools`] to run the helpers).
 
 pub mod api;
 pub mod boot_paths;
 pub mod cancel;
+pub mod cold;
 pub mod config;
 pub mod copy_resume;
 pub mod disk_copy;
+pub mod disk_sum;
 pub mod error;
 pub mod ha;
 pub mod heartbeat;
@@ -34,10 +38,12 @@ pub mod persist;
 pub mod postcopy;
 pub mod probe;
 pub mod qemu_tls;
+pub mod quick;
 pub mod runtime;
 pub mod storage;
 pub mod targets;
 pub mod tls_material;
+pub mod tools;
 
 pub use config::AgentConfig;
 pub use host::Agent;

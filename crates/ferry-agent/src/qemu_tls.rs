@@ -46,12 +46,16 @@ pub struct PeerTls<'a> {
 }
 
 /// A credentials directory as QEMU reads it; removed when dropped (also on failure).
-struct CredsDir {
+pub(crate) struct CredsDir {
     path: PathBuf,
 }
 
 impl CredsDir {
-    fn write(parent: &Path, tls: &HostTls, endpoint: TlsEndpoint) -> Result<CredsDir, AgentError> {
+    pub(crate) fn write(
+        parent: &Path,
+        tls: &HostTls,
+        endpoint: TlsEndpoint,
+    ) -> Result<CredsDir, AgentError> {
         let path = parent.join(format!("tls-{}", uuid::Uuid::new_v4().simple()));
         std::fs::DirBuilder::new()
             .mode(0o700)
@@ -94,7 +98,7 @@ impl CredsDir {
             .map_err(|e| AgentError::internal(format!("cannot write {}: {e}", path.display())))
     }
 
-    fn as_str(&self) -> Result<&str, AgentError> {
+    pub(crate) fn as_str(&self) -> Result<&str, AgentError> {
         self.path
             .to_str()
             .ok_or_else(|| AgentError::internal(format!("{} is not UTF-8", self.path.display())))

@@ -472,6 +472,9 @@ impl QemuVm {
         stream: &StreamSettings,
         pause_before_switchover: bool,
     ) -> Result<(), AgentError> {
+        // A QEMU that took part in a quick migration (a reclaimed source) may still have
+        // `mapped-ram`, which only works with a file.
+        self.reset_quick_caps().await;
         let mut caps = stream.capabilities();
         caps.push(("pause-before-switchover", pause_before_switchover));
         self.qmp

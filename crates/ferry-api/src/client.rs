@@ -10,6 +10,9 @@ use uuid::Uuid;
 
 use crate::*;
 
+#[path = "client_modes.rs"]
+mod modes;
+
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {

@@ -106,6 +106,8 @@ event_kinds! {
     MigrationSourceRetired => "migration.source_retired",
     MigrationSourceDisks => "migration.source_disks",
     MigrationDestinationCleanup => "migration.destination_cleanup",
+    /// A quick migration's state file: saved, loaded, deleted (or kept, with the reason).
+    MigrationStateFile => "migration.state_file",
     MigrationPostcopyPaused => "migration.postcopy_paused",
     MigrationPostcopyResuming => "migration.postcopy_resuming",
     MigrationPostcopyResumed => "migration.postcopy_resumed",

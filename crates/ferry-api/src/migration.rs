@@ -17,6 +17,10 @@ use crate::{ApiError, VmSpec};
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MigrationOptions {
+    /// Live (the default), quick (save to a shared pool, restore on the destination) or
+    /// cold (a stopped VM with its local disks).
+    #[serde(default)]
+    pub mode: crate::MigrationMode,
     /// Cap on the migration stream, MiB/s. None: no cap (QEMU's own default is 128 MiB/s;
     /// Ferry lifts it unless asked to cap).
     #[serde(default)]
@@ -164,12 +168,24 @@ pub struct RunState {
     /// Post-copy: how often the link broke, and how long the stream stood paused, ms.
     pub postcopy_pauses: u32,
     pub postcopy_paused_ms: u64,
+    /// A quick migration's own steps and figures (boxed: most migrations are live).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quick: Option<Box<crate::QuickRun>>,
+    /// A cold migration's own steps.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cold: Option<Box<crate::ColdRun>>,
 }
 
 impl RunState {
     /// Work left after the VM runs on the destination.
     pub fn cleanup_pending(&self) -> bool {
-        !self.source_retired || !self.source_disks_done
+        !self.source_retired
+            || !self.source_disks_done
+            || self.quick.as_ref().is_some_and(|q| !q.file_deleted)
+            || self
+                .cold
+                .as_ref()
+                .is_some_and(|c| !c.destination_finished || !c.source_finished)
     }
 }
 

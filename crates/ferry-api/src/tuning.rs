@@ -103,9 +103,10 @@ impl StreamSettings {
 
 impl MigrationOptions {
     /// These options with every unset field taken from `defaults` (the cluster's).
-    /// `keep_source` and `force` are per migration and never defaulted.
+    /// `mode`, `keep_source` and `force` are per migration and never defaulted.
     pub fn with_defaults(&self, d: &MigrationOptions) -> MigrationOptions {
         MigrationOptions {
+            mode: self.mode,
             max_bandwidth_mib: self.max_bandwidth_mib.or(d.max_bandwidth_mib),
             downtime_limit_ms: self.downtime_limit_ms.or(d.downtime_limit_ms),
             progress_timeout_s: self.progress_timeout_s.or(d.progress_timeout_s),

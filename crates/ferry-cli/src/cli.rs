@@ -580,11 +580,18 @@ pub struct VmCreateArgs {
 }
 
 #[derive(Args, Debug)]
+#[command(
+    after_help = "Modes:\n  live   the guest keeps running; memory (and local disks) stream to the destination\n  quick  the guest pauses, its state is saved to a pool both hosts share and restored on\n         the destination (downtime = save + restore; disks must be on shared pools)\n  cold   a stopped VM: its record moves, its local disks are copied and verified first\n\nExamples:\n  ferry vm migrate web1 --to b\n  ferry vm migrate web1 --mode quick --to b\n  ferry vm migrate web1 --mode cold --to b"
+)]
 pub struct MigrateArgs {
     pub name: String,
     /// Destination host (default: the best host by placement and the rules).
     #[arg(long)]
     pub to: Option<String>,
+    /// How the VM moves: live (the default), quick (save to a shared pool and restore
+    /// there) or cold (a stopped VM, its local disks copied).
+    #[arg(long, default_value = "live", value_parser = ["live", "quick", "cold"])]
+    pub mode: String,
     /// Print every host's placement score and why each loser lost.
     #[arg(long)]
     pub explain: bool,
@@ -837,6 +844,13 @@ pub enum BenchCmd {
     /// bench/results/ha.json. Needs root (the network lab).
     #[command(after_help = "Examples:\n  ferry bench ha\n  ferry bench ha --lease-s 9")]
     Ha(BenchHaArgs),
+    /// Quick vs live migration of one guest (1 GiB by default), back and forth: total time
+    /// and downtime of each, the guest verified after every move. Writes
+    /// bench/results/quick.json.
+    #[command(
+        after_help = "Examples:\n  ferry bench quick\n  ferry bench quick --rounds 3 --rate 50"
+    )]
+    Quick(BenchQuickArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -880,6 +894,33 @@ pub struct BenchEvacuateArgs {
     #[arg(long)]
     pub keep: bool,
     /// Where to write the result files.
+    #[arg(long, default_value = "bench/results")]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub json: JsonFlag,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchQuickArgs {
+    /// Guest memory (MiB).
+    #[arg(long, default_value_t = 1024)]
+    pub memory: u64,
+    /// Memory the guest's workload fills with self-verifying pages (MiB).
+    #[arg(long, default_value_t = 768)]
+    pub workload_mem: u64,
+    /// How fast the workload rewrites its pages (MiB/s).
+    #[arg(long, default_value_t = 20.0)]
+    pub rate: f64,
+    /// Rounds; each is a quick move a -> b and a live move back b -> a.
+    #[arg(long, default_value_t = 2)]
+    pub rounds: u32,
+    /// Cap the live migration's stream (MiB/s); default: uncapped (loopback).
+    #[arg(long)]
+    pub max_bandwidth: Option<u64>,
+    /// Channels that write and read the quick migration's state file (default: Ferry's, 2).
+    #[arg(long)]
+    pub streams: Option<u8>,
+    /// Where to write the result file.
     #[arg(long, default_value = "bench/results")]
     pub out: PathBuf,
     #[command(flatten)]

@@ -17,6 +17,7 @@ pub async fn migrate(server: &crate::connection::ConnOpts, a: MigrateArgs) -> Cl
         vm: a.name.clone(),
         to: a.to.clone(),
         options: MigrationOptions {
+            mode: named(&a.mode)?,
             keep_source: a.keep_source,
             force: a.force,
             ..options_from(&a.tuning)?
@@ -286,12 +287,46 @@ pub fn progress_line(phase: Phase, p: &MigrationProgress) -> (f64, String) {
 }
 
 pub fn print_report(m: &Migration) {
+    let mode = m.options.mode;
     println!(
-        "migration {}  VM {}  {} -> {}  {}",
-        m.id, m.vm, m.source, m.destination, m.phase
+        "migration {}  VM {}  {} -> {}  {}{}",
+        m.id,
+        m.vm,
+        m.source,
+        m.destination,
+        m.phase,
+        if mode == MigrationMode::Live {
+            String::new()
+        } else {
+            format!("  ({mode})")
+        }
     );
+    if let Some(q) = &m.run.quick {
+        println!("  state file     pool {} ({})", q.pool, q.step);
+    }
     if let Some(r) = &m.report {
         println!("  total time     {}", millis(r.total_time_ms));
+        if mode == MigrationMode::Cold {
+            println!("  disks copied   {}", bytes(r.disk_bytes_copied));
+            println!("  verified       {} disk(s)", r.disks_verified.unwrap_or(0));
+            print_footer(m);
+            return;
+        }
+        if let (Some(save), Some(restore)) = (r.save_ms, r.restore_ms) {
+            println!(
+                "  downtime       {} (save {} + restore {})",
+                millis(r.downtime_ms),
+                millis(save),
+                millis(restore)
+            );
+            println!(
+                "  state saved    {} (guest RAM {})",
+                bytes(r.bytes_sent),
+                bytes(r.ram_total_bytes)
+            );
+            print_footer(m);
+            return;
+        }
         println!("  transfer time  {}", millis(r.transfer_time_ms));
         println!("  downtime       {}", millis(r.downtime_ms));
         println!(
@@ -312,6 +347,11 @@ pub fn print_report(m: &Migration) {
             );
         }
     }
+    print_footer(m);
+}
+
+/// The stream, the error and what an operator must settle, after the figures.
+fn print_footer(m: &Migration) {
     if let Some(uri) = &m.stream_uri {
         println!("  stream         {uri}");
     }

@@ -9,6 +9,7 @@ mod bench_ha;
 mod bench_net;
 mod bench_placement;
 mod bench_plain;
+mod bench_quick;
 mod bench_storage;
 mod bench_tls;
 mod cli;
@@ -125,6 +126,7 @@ async fn run(cli: Cli) -> CliResult {
         Command::Bench(cli::BenchCmd::Evacuate(a)) => {
             interruptible(bench_evacuate::evacuate(a)).await
         }
+        Command::Bench(cli::BenchCmd::Quick(a)) => interruptible(bench_quick::quick(a)).await,
     }
 }
 

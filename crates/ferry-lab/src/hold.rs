@@ -10,12 +10,13 @@ use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 /// The points a server can hold at, in the order a migration passes them.
-pub const POINTS: [&str; 5] = [
+pub const POINTS: [&str; 6] = [
     "preparing",
     "copying_disks",
     "transferring",
     "switching_over",
     "post_copy",
+    "quick_saved",
 ];
 
 /// The server arguments that hold every migration at `points`, writing into `dir`.

@@ -28,17 +28,25 @@
 //! memory is split between the hosts, so it can only finish (a broken link is paused and
 //! resumed, see [`postcopy`]) or, if a QEMU dies, be lost; the controller starts it only
 //! when the operator's policy allows it.
+//!
+//! Quick and cold migrations ([`mode`]) run their own small machines, [`quick`] and
+//! [`cold`], whose steps map onto these phases (so the queue, the API and the CLI see one
+//! kind of record).
 
+pub mod cold;
 pub mod convergence;
 pub mod disk_sync;
 pub mod follow;
+pub mod mode;
 pub mod phase;
 pub mod postcopy;
 pub mod progress;
+pub mod quick;
 pub mod recovery;
 pub mod status;
 pub mod watch;
 
+pub use mode::MigrationMode;
 pub use phase::{Phase, PhaseEvent, TransitionError};
 pub use progress::{
     disk_totals, disks_in_sync, DiskCopyProgress, MigrationProgress, MigrationReport,

@@ -137,6 +137,16 @@ pub struct MigrationReport {
     pub postcopy_pauses: u32,
     #[serde(default)]
     pub postcopy_paused_ms: u64,
+    /// Quick migration: how long QEMU took to save the paused guest to the state file,
+    /// and how long the destination took to load it and resume (ms; the downtime is the
+    /// whole pause, measured from the pause to the guest running on the destination).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub save_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_ms: Option<u64>,
+    /// Cold migration: local disks copied and verified (size and checksum) before the move.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disks_verified: Option<u32>,
 }
 
 impl MigrationReport {
@@ -149,6 +159,12 @@ impl MigrationReport {
             self.bytes_sent >> 20,
             self.passes
         );
+        if let (Some(save), Some(restore)) = (self.save_ms, self.restore_ms) {
+            s.push_str(&format!(" (save {save} ms + restore {restore} ms)"));
+        }
+        if let Some(n) = self.disks_verified {
+            s.push_str(&format!(", {n} disk(s) copied and verified"));
+        }
         if self.postcopy {
             s.push_str(&format!(
                 " and post-copy ({} pause(s), {:.1} s paused)",
@@ -179,6 +195,9 @@ impl MigrationReport {
             postcopy: false,
             postcopy_pauses: 0,
             postcopy_paused_ms: 0,
+            save_ms: None,
+            restore_ms: None,
+            disks_verified: None,
         }
     }
 }

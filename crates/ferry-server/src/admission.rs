@@ -52,11 +52,13 @@ pub fn committed(view: &ClusterView, host: &str, except: &str) -> (Demand, Vec<S
     let mut names = Vec::new();
     for vm in view.vms.iter().filter(|v| v.spec.name != except) {
         let placed_here = vm.host == host && holds_memory(vm.state);
-        let arriving = vm.migration.is_some_and(|id| {
-            view.migrations
-                .iter()
-                .any(|m| m.id == id && m.destination == host)
-        });
+        // A stopped VM moving (a cold migration) holds memory nowhere.
+        let arriving = holds_memory(vm.state)
+            && vm.migration.is_some_and(|id| {
+                view.migrations
+                    .iter()
+                    .any(|m| m.id == id && m.destination == host)
+            });
         if placed_here || arriving {
             total = total + Demand::of(&vm.spec);
             names.push(vm.spec.name.clone());

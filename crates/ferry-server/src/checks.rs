@@ -13,6 +13,8 @@ pub const SLOW_LINK_BYTES_PER_S: u64 = 1 << 20;
 
 /// Everything the checks look at.
 pub struct CheckInput<'a> {
+    /// Live, quick or cold: what the move needs differs (see [`crate::checks_modes`]).
+    pub mode: ferry_api::MigrationMode,
     pub vm: &'a Vm,
     /// The VM's state as the source agent reports it (None: the source did not answer).
     pub source_state: Option<VmState>,
@@ -47,18 +49,48 @@ pub fn version_at_least(have: &str, need: &str) -> Option<bool> {
     Some(parse(have)? >= parse(need)?)
 }
 
-fn pass(name: &str, msg: String) -> CheckResult {
+pub(crate) fn pass(name: &str, msg: String) -> CheckResult {
     CheckResult::new(name, Verdict::Pass, msg)
 }
-fn warn(name: &str, msg: String) -> CheckResult {
+pub(crate) fn warn(name: &str, msg: String) -> CheckResult {
     CheckResult::new(name, Verdict::Warn, msg)
 }
-fn fail(name: &str, msg: String) -> CheckResult {
+pub(crate) fn fail(name: &str, msg: String) -> CheckResult {
     CheckResult::new(name, Verdict::Fail, msg)
 }
 
-/// Runs every check. The order is stable (it is the report's order).
+/// Runs every check of the migration's mode. The order is stable (it is the report's
+/// order).
 pub fn run_checks(i: &CheckInput) -> Vec<CheckResult> {
+    use crate::checks_modes as modes;
+    match i.mode {
+        ferry_api::MigrationMode::Live => {}
+        ferry_api::MigrationMode::Quick => {
+            return vec![
+                destination(i),
+                memory(i),
+                vcpus(i),
+                cpu_model(i),
+                cpu_vendor(i),
+                machine(i),
+                qemu_version(i),
+                modes::quick_storage(i),
+                modes::quick_state_pool(i),
+                networks(i),
+                vm_state(i),
+            ]
+        }
+        ferry_api::MigrationMode::Cold => {
+            return vec![
+                destination(i),
+                cpu_model(i),
+                machine(i),
+                storage(i),
+                networks(i),
+                modes::cold_vm_state(i),
+            ]
+        }
+    }
     let mut out = vec![
         destination(i),
         memory(i),
@@ -402,13 +434,14 @@ fn vm_state(i: &CheckInput) -> CheckResult {
         Some(VmState::Stopped) => fail(
             N,
             format!(
-                "VM {} is stopped: that is a cold move (no live migration needed); start it first to move it live",
-                i.vm.spec.name
+                "VM {} is stopped: that is a cold move (`--mode cold` moves it stopped, with its local disks); start it first to move it {}",
+                i.vm.spec.name,
+                i.mode
             ),
         ),
         Some(s) => fail(
             N,
-            format!("VM {} is {s} on {}; only a running VM can be live-migrated", i.vm.spec.name, i.source.name),
+            format!("VM {} is {s} on {}; only a running VM can be moved {}", i.vm.spec.name, i.source.name, i.mode),
         ),
         None => fail(
             N,
@@ -507,6 +540,7 @@ mod tests {
     ) -> Vec<CheckResult> {
         let (mut v, mut s, mut d) = (vm(), host("a"), host("b"));
         let mut x = CheckInputExtras {
+            mode: MigrationMode::Live,
             source_state: Some(VmState::Running),
             migrating: false,
             incoming_memory_mib: 0,
@@ -516,6 +550,7 @@ mod tests {
         };
         change(&mut v, &mut s, &mut d, &mut x);
         run_checks(&CheckInput {
+            mode: x.mode,
             vm: &v,
             source_state: x.source_state,
             migrating: x.migrating,
@@ -529,6 +564,7 @@ mod tests {
     }
 
     struct CheckInputExtras {
+        mode: MigrationMode,
         source_state: Option<VmState>,
         migrating: bool,
         incoming_memory_mib: u64,
@@ -686,6 +722,74 @@ mod tests {
         let (v, msg) = verdict_of(&checks, "migration_network.bandwidth");
         assert_eq!(v, Verdict::Warn);
         assert!(msg.contains("slow link"), "{msg}");
+    }
+
+    #[test]
+    fn quick_and_cold_check_what_they_need_and_refuse_with_the_reason() {
+        let shared = |free_mib: u64| PoolInfo {
+            name: "san".into(),
+            path: "/mnt/san".into(),
+            shared: true,
+            total_bytes: 100 << 30,
+            free_bytes: free_mib << 20,
+        };
+        // Quick: a shared pool in common, the guest runs; no probe of the network.
+        let checks = run(|_, s, d, x| {
+            x.mode = MigrationMode::Quick;
+            x.probe = Err("not asked".into());
+            s.inventory.pools = vec![shared(9000)];
+            d.inventory.pools = vec![shared(9000)];
+        });
+        for c in &checks {
+            assert_eq!(c.verdict, Verdict::Pass, "{}: {}", c.name, c.message);
+        }
+        assert!(checks.iter().any(|c| c.name == "quick.state_pool"));
+        assert!(!checks
+            .iter()
+            .any(|c| c.name.starts_with("migration_network")));
+        // No shared pool; a local disk; a stopped VM: each refused by name.
+        let checks = run(|_, _, _, x| {
+            x.mode = MigrationMode::Quick;
+            x.source_state = Some(VmState::Stopped);
+            x.storage = Ok(vec![PlannedCopy {
+                index: 0,
+                pool: "local".into(),
+                image: "d1".into(),
+                virtual_size: 1 << 30,
+                actual_size: 1 << 20,
+            }]);
+        });
+        let (v, msg) = verdict_of(&checks, "quick.state_pool");
+        assert_eq!(v, Verdict::Fail);
+        assert!(
+            msg.contains("no storage pool is shared by a and b"),
+            "{msg}"
+        );
+        let (v, msg) = verdict_of(&checks, "storage");
+        assert_eq!(v, Verdict::Fail);
+        assert!(
+            msg.contains("local/d1") && msg.contains("does not copy disks"),
+            "{msg}"
+        );
+        let (v, msg) = verdict_of(&checks, "vm.state");
+        assert_eq!(v, Verdict::Fail);
+        assert!(msg.contains("--mode cold"), "{msg}");
+        // Cold: stopped passes, running is refused with what to do instead.
+        let checks = run(|_, _, _, x| {
+            x.mode = MigrationMode::Cold;
+            x.source_state = Some(VmState::Stopped);
+            x.probe = Err("not asked".into());
+        });
+        for c in &checks {
+            assert_eq!(c.verdict, Verdict::Pass, "{}: {}", c.name, c.message);
+        }
+        let checks = run(|_, _, _, x| x.mode = MigrationMode::Cold);
+        let (v, msg) = verdict_of(&checks, "vm.state");
+        assert_eq!(v, Verdict::Fail);
+        assert!(
+            msg.contains("stop it first") && msg.contains("--mode live or --mode quick"),
+            "{msg}"
+        );
     }
 
     #[test]

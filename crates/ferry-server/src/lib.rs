@@ -12,6 +12,7 @@ pub mod api;
 pub mod balance;
 pub mod baseline;
 pub mod checks;
+pub mod checks_modes;
 pub mod cluster;
 pub mod core;
 pub mod estimate;

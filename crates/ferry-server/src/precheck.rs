@@ -91,29 +91,44 @@ impl Server {
         let source_agent = self.agent_client(&source)?;
         let dest_agent = self.agent_client(&dest)?;
 
-        let source_state = within("source", source_agent.vm(&vm.spec.name))
+        let mode = req.options.mode;
+        let source_state = match tokio::time::timeout(CALL_TIMEOUT, source_agent.vm(&vm.spec.name))
             .await
-            .ok()
-            .map(|rt| rt.state);
+        {
+            Ok(Ok(rt)) => Some(rt.state),
+            // The agent answered: no QEMU runs the VM there (a stopped VM is forgotten).
+            Ok(Err(ferry_api::client::ClientError::Api(e))) if e.code == ErrorCode::NotFound => {
+                Some(VmState::Stopped)
+            }
+            _ => None,
+        };
         let storage =
             match tokio::time::timeout(CALL_TIMEOUT * 2, self.storage_plan(&vm, &dest)).await {
                 Ok(r) => r.map_err(|e| e.message),
                 Err(_) => Err("the hosts did not list their disks in time".into()),
             };
-        let probe = probe_link(
-            (&source.name, &source_agent),
-            (&dest.name, &dest_agent),
-            PROBE_BYTES,
-            PROBE_MAX_MS,
-        )
-        .await;
-        if let Ok(r) = &probe {
-            self.record_probe(&source.name, &dest.name, r.bytes_per_s);
-        }
+        // Only a live migration streams over the migration network.
+        let probe = if mode == MigrationMode::Live {
+            let probe = probe_link(
+                (&source.name, &source_agent),
+                (&dest.name, &dest_agent),
+                PROBE_BYTES,
+                PROBE_MAX_MS,
+            )
+            .await;
+            if let Ok(r) = &probe {
+                self.record_probe(&source.name, &dest.name, r.bytes_per_s);
+            }
+            probe
+        } else {
+            Err(format!("not probed: a {mode} migration does not use it"))
+        };
 
         let (mut incoming_memory_mib, mut incoming_vcpus) = (0, 0);
         for m in self.store.unfinished_migrations()? {
-            if m.destination == dest.name && m.vm != vm.spec.name {
+            // A cold migration moves a stopped VM: it holds no memory there.
+            let holds = m.options.mode != MigrationMode::Cold;
+            if holds && m.destination == dest.name && m.vm != vm.spec.name {
                 if let Ok(other) = self.find_vm(&m.vm) {
                     incoming_memory_mib += other.spec.memory_mib;
                     incoming_vcpus += other.spec.vcpus;
@@ -121,6 +136,7 @@ impl Server {
             }
         }
         let checks = run_checks(&CheckInput {
+            mode,
             vm: &vm,
             source_state,
             migrating: vm.migration.is_some_and(|id| Some(id) != own),

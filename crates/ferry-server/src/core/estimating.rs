@@ -223,6 +223,9 @@ impl Server {
         };
         let flows: Vec<Flow> = list
             .iter()
+            // Quick and cold migrations do not use the migration stream's links this way
+            // (a state file on shared storage; a disk copy with its own cap).
+            .filter(|m| m.options.mode == MigrationMode::Live)
             .filter(|m| matches!(m.phase, Phase::Transferring | Phase::CopyingDisks))
             .map(|m| Flow {
                 id: m.id,
@@ -233,7 +236,10 @@ impl Server {
             .collect();
         let link = |h: &str| self.link_capacity(h);
         let wanted = shares(&flows, &link);
-        for m in list.iter().filter(|m| m.phase == Phase::Transferring) {
+        for m in list
+            .iter()
+            .filter(|m| m.phase == Phase::Transferring && m.options.mode == MigrationMode::Live)
+        {
             let share = wanted.get(&m.id).copied().flatten();
             // 0 lifts the cap (what Ferry sets at start unless the operator capped it).
             let target = share

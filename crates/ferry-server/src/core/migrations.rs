@@ -98,8 +98,36 @@ impl Server {
             }
             _ => {}
         }
+        let mode = req.options.mode;
         let copies = self.storage_plan(&vm, &dest).await?;
-        if !copies.is_empty() && req.options.postcopy.unwrap_or_default() != PostcopyPolicy::Never {
+        let quick = match mode {
+            MigrationMode::Quick => {
+                if !copies.is_empty() {
+                    return Err(ApiError::conflict(
+                        "quick migration does not copy disks, and this VM has disks on local pools",
+                    ));
+                }
+                let source = self.host(&vm.host)?;
+                let pool = crate::checks_modes::state_pool(&vm.spec, &source, &dest)
+                    .map_err(ApiError::conflict)?;
+                Some(Box::new(QuickRun {
+                    pool,
+                    ..Default::default()
+                }))
+            }
+            _ => None,
+        };
+        let cold = (mode == MigrationMode::Cold).then(|| {
+            Box::new(ColdRun {
+                copied: vec![false; copies.len()],
+                verified: vec![false; copies.len()],
+                ..Default::default()
+            })
+        });
+        if mode == MigrationMode::Live
+            && !copies.is_empty()
+            && req.options.postcopy.unwrap_or_default() != PostcopyPolicy::Never
+        {
             // Post-copy would start the guest on the destination before its disks finish.
             return Err(ApiError::bad_request(
                 "post-copy cannot be combined with copying local disks; migrate with postcopy \
@@ -129,6 +157,8 @@ impl Server {
                     &report,
                     &req.options,
                 )),
+                quick,
+                cold,
                 ..Default::default()
             },
             attention: None,
@@ -138,8 +168,19 @@ impl Server {
         };
         let (to, spec) = (&dest.name, &vm.spec);
         let limits = self.store.limits()?;
-        self.store
-            .begin_migration(&mut m, &|view| admission::admit(view, to, spec), &limits)?;
+        self.store.begin_migration(
+            &mut m,
+            &|view| {
+                if mode == MigrationMode::Cold {
+                    // A stopped VM takes nothing on the destination until it starts there
+                    // (and is admitted then).
+                    Ok(())
+                } else {
+                    admission::admit(view, to, spec)
+                }
+            },
+            &limits,
+        )?;
         self.event(NewEvent {
             actor: actor.to_string(),
             kind: EventKind::MigrationCheck,

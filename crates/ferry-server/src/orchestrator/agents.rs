@@ -140,6 +140,96 @@ pub trait Agents: Send + Sync {
         bytes: u64,
         max_ms: u64,
     ) -> AgentResult<ProbeSendResponse>;
+
+    // Quick and cold migrations. The defaults refuse: a cluster (or a test fake) that does
+    // not offer them fails such a migration before anything is touched.
+
+    /// Destination: a QEMU waiting (vCPUs held) for a quick migration's state file.
+    async fn quick_incoming(&self, host: &str, req: &QuickIncomingRequest) -> AgentResult<()> {
+        let _ = req;
+        Err(unsupported(host, "quick migration"))
+    }
+    /// Source: pause the guest and save it to the state file.
+    async fn quick_save(
+        &self,
+        host: &str,
+        vm: &str,
+        req: &QuickTransferRequest,
+    ) -> AgentResult<AgentMigrationStatus> {
+        let _ = (vm, req);
+        Err(unsupported(host, "quick migration"))
+    }
+    /// Destination: load the state file.
+    async fn quick_restore(
+        &self,
+        host: &str,
+        vm: &str,
+        req: &QuickTransferRequest,
+    ) -> AgentResult<AgentMigrationStatus> {
+        let _ = (vm, req);
+        Err(unsupported(host, "quick migration"))
+    }
+    /// Destination: start the guest whose state loaded completely.
+    async fn quick_resume(&self, host: &str, vm: &str) -> AgentResult<()> {
+        let _ = vm;
+        Err(unsupported(host, "quick migration"))
+    }
+    /// Either side: delete the state file (false: it was not there).
+    async fn quick_discard(&self, host: &str, file: &QuickStateFile) -> AgentResult<bool> {
+        let _ = file;
+        Err(unsupported(host, "quick migration"))
+    }
+    /// Destination: an empty target for one disk, exported for the source.
+    async fn cold_receive(
+        &self,
+        host: &str,
+        id: uuid::Uuid,
+        req: &ColdReceiveRequest,
+    ) -> AgentResult<ColdReceiveResponse> {
+        let _ = (id, req);
+        Err(unsupported(host, "cold migration"))
+    }
+    /// Source: copy one disk into the destination's export.
+    async fn cold_send(
+        &self,
+        host: &str,
+        id: uuid::Uuid,
+        req: &ColdSendRequest,
+    ) -> AgentResult<ColdStatus> {
+        let _ = (id, req);
+        Err(unsupported(host, "cold migration"))
+    }
+    /// Either side: checksum one image.
+    async fn cold_checksum(
+        &self,
+        host: &str,
+        id: uuid::Uuid,
+        req: &ColdDiskRequest,
+    ) -> AgentResult<ColdStatus> {
+        let _ = (id, req);
+        Err(unsupported(host, "cold migration"))
+    }
+    async fn cold_status(&self, host: &str, id: uuid::Uuid) -> AgentResult<ColdStatus> {
+        let _ = id;
+        Err(unsupported(host, "cold migration"))
+    }
+    /// Stop the migration's jobs and delete the targets it made there.
+    async fn cold_discard(&self, host: &str, id: uuid::Uuid) -> AgentResult<ColdCleanup> {
+        let _ = id;
+        Err(unsupported(host, "cold migration"))
+    }
+    /// Stop the migration's jobs and forget it (targets stay: the VM's disks now).
+    async fn cold_finish(&self, host: &str, id: uuid::Uuid) -> AgentResult<ColdCleanup> {
+        let _ = id;
+        Err(unsupported(host, "cold migration"))
+    }
+}
+
+fn unsupported(host: &str, what: &str) -> AgentError {
+    AgentError::Refused {
+        host: host.to_string(),
+        reason: format!("{what} is not offered here"),
+    }
 }
 
 /// What one side reports about the VM, as recovery reads it ([`SideFacts`]): one status
@@ -278,6 +368,64 @@ impl Agents for HttpAgents {
         req: &ResumeRequest,
     ) -> AgentResult<AgentMigrationStatus> {
         call!(self, host, QUICK, |c| c.resume_outgoing(vm, req))
+    }
+    async fn quick_incoming(&self, host: &str, req: &QuickIncomingRequest) -> AgentResult<()> {
+        call!(self, host, SLOW, |c| c.quick_incoming(req)).map(|_| ())
+    }
+    async fn quick_save(
+        &self,
+        host: &str,
+        vm: &str,
+        req: &QuickTransferRequest,
+    ) -> AgentResult<AgentMigrationStatus> {
+        call!(self, host, SLOW, |c| c.quick_save(vm, req))
+    }
+    async fn quick_restore(
+        &self,
+        host: &str,
+        vm: &str,
+        req: &QuickTransferRequest,
+    ) -> AgentResult<AgentMigrationStatus> {
+        call!(self, host, SLOW, |c| c.quick_restore(vm, req))
+    }
+    async fn quick_resume(&self, host: &str, vm: &str) -> AgentResult<()> {
+        call!(self, host, SLOW, |c| c.quick_resume(vm)).map(|_| ())
+    }
+    async fn quick_discard(&self, host: &str, file: &QuickStateFile) -> AgentResult<bool> {
+        call!(self, host, QUICK, |c| c.quick_discard(file)).map(|r| r.deleted)
+    }
+    async fn cold_receive(
+        &self,
+        host: &str,
+        id: uuid::Uuid,
+        req: &ColdReceiveRequest,
+    ) -> AgentResult<ColdReceiveResponse> {
+        call!(self, host, SLOW, |c| c.cold_receive(id, req))
+    }
+    async fn cold_send(
+        &self,
+        host: &str,
+        id: uuid::Uuid,
+        req: &ColdSendRequest,
+    ) -> AgentResult<ColdStatus> {
+        call!(self, host, SLOW, |c| c.cold_send(id, req))
+    }
+    async fn cold_checksum(
+        &self,
+        host: &str,
+        id: uuid::Uuid,
+        req: &ColdDiskRequest,
+    ) -> AgentResult<ColdStatus> {
+        call!(self, host, SLOW, |c| c.cold_checksum(id, req))
+    }
+    async fn cold_status(&self, host: &str, id: uuid::Uuid) -> AgentResult<ColdStatus> {
+        call!(self, host, QUICK, |c| c.cold_status(id))
+    }
+    async fn cold_discard(&self, host: &str, id: uuid::Uuid) -> AgentResult<ColdCleanup> {
+        call!(self, host, SLOW, |c| c.cold_discard(id))
+    }
+    async fn cold_finish(&self, host: &str, id: uuid::Uuid) -> AgentResult<ColdCleanup> {
+        call!(self, host, SLOW, |c| c.cold_finish(id))
     }
     async fn probe_link(
         &self,

@@ -29,15 +29,19 @@ pub enum HoldPoint {
     SwitchingOver,
     /// Post-copy started: the guest runs on the destination.
     PostCopy,
+    /// Quick migration: the source saved the paused VM to the state file; the destination
+    /// has not been told to load it yet.
+    QuickSaved,
 }
 
 impl HoldPoint {
-    pub const ALL: [HoldPoint; 5] = [
+    pub const ALL: [HoldPoint; 6] = [
         HoldPoint::Preparing,
         HoldPoint::CopyingDisks,
         HoldPoint::Transferring,
         HoldPoint::SwitchingOver,
         HoldPoint::PostCopy,
+        HoldPoint::QuickSaved,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -47,6 +51,7 @@ impl HoldPoint {
             HoldPoint::Transferring => "transferring",
             HoldPoint::SwitchingOver => "switching_over",
             HoldPoint::PostCopy => "post_copy",
+            HoldPoint::QuickSaved => "quick_saved",
         }
     }
 }

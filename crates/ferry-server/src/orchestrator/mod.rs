@@ -10,6 +10,10 @@
 //!   server restart ──▶ Settle(restart): follow a healthy stream on, or settle it
 //! ```
 //!
+//! Quick and cold migrations have their own small drivers (`quick.rs`, `cold.rs`) over the
+//! machines of [`ferry_migration::quick`] and [`ferry_migration::cold`]; they share the
+//! saving, the events, the hold points and the clean-up after the switch with live ones.
+//!
 //! Rules that keep a VM on exactly one host, and where they live:
 //! - every phase change is saved (with its event, in one transaction) *before* the step it
 //!   allows; a refused transition or a failed save stops the run on the spot
@@ -38,11 +42,13 @@ use uuid::Uuid;
 use crate::store::{NewEvent, Store, StoreError};
 
 pub mod agents;
+mod cold;
 mod control;
 mod disks;
 mod forward;
 mod hold;
 mod postcopy;
+mod quick;
 mod settle;
 
 #[cfg(test)]
@@ -59,6 +65,10 @@ pub use hold::{Hold, HoldPoint};
 pub enum OrchestratorError {
     #[error("the phase machine refused a transition: {0}")]
     Transition(#[from] TransitionError),
+    #[error("the quick migration's machine refused a transition: {0}")]
+    QuickTransition(#[from] ferry_migration::quick::QuickRefusal),
+    #[error("the cold migration's machine refused a transition: {0}")]
+    ColdTransition(#[from] ferry_migration::cold::ColdRefusal),
     #[error("cannot save the migration (tried {attempts} times): {source}")]
     Save {
         attempts: u32,
@@ -320,7 +330,15 @@ impl Run {
         self.o.agents.as_ref()
     }
 
-    async fn drive(&mut self, mut next: Next) -> Step<()> {
+    async fn drive(&mut self, next: Next) -> Step<()> {
+        match self.m.options.mode {
+            MigrationMode::Live => self.drive_live(next).await,
+            MigrationMode::Quick => self.drive_quick(next).await,
+            MigrationMode::Cold => self.drive_cold(next).await,
+        }
+    }
+
+    async fn drive_live(&mut self, mut next: Next) -> Step<()> {
         loop {
             next = match next {
                 Next::Begin => self.begin().await?,

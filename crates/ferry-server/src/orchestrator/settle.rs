@@ -216,7 +216,7 @@ impl Run {
     /// back (an agent that restarts adopts its QEMU and can then remove it and its partial
     /// copy targets), within the clean-up bound. The VM stays claimed meanwhile, so no new
     /// migration can start towards that destination and be removed by mistake.
-    async fn remove_destination_when_back(&mut self) -> Step<bool> {
+    pub(super) async fn remove_destination_when_back(&mut self) -> Step<bool> {
         self.m.run.destination_cleanup_pending = true;
         self.save_run().await?;
         let deadline = Instant::now() + self.o.config.cleanup_wait;
@@ -384,8 +384,29 @@ impl Run {
                 Err(_) => tokio::time::sleep(self.o.config.retry_every).await,
             }
         }
+        if let Some(c) = self.m.run.cold.clone() {
+            if !ferry_migration::cold::may_delete_source_disks(c.step, &c.verified)
+                && !self.m.run.source_disks_done
+            {
+                self.m.run.source_disks_done = true;
+                self.save_run().await?;
+                self.event(
+                    EventKind::MigrationSourceDisks,
+                    Outcome::Error,
+                    format!("the source's disks on {source} are kept: not every copy was verified"),
+                    serde_json::json!({"verified": c.verified}),
+                );
+            }
+        }
         if self.m.run.source_retired {
             self.retire_source_disks().await?;
+        }
+        if self.m.run.quick.is_some() && self.m.run.source_retired {
+            // The VM runs on the destination and the source is gone: the file is stale.
+            self.discard_state_file().await;
+        }
+        if self.m.run.cold.is_some() {
+            self.finish_cold().await?;
         }
         Ok(Next::Done)
     }
@@ -601,6 +622,18 @@ impl Run {
                 .map_err(|e| ApiError::internal(e.to_string()))?;
             }
             Resolution::KeepDestination { stop_source } => {
+                let mut d = d;
+                if self.m.options.mode == MigrationMode::Quick
+                    && !d.running()
+                    && d.destination_holds()
+                {
+                    // A quick destination that loaded the state waits paused for its resume.
+                    self.agents()
+                        .quick_resume(&dest, &vm)
+                        .await
+                        .map_err(|e| upstream(&format!("resuming the VM on {dest}"), e))?;
+                    d = self.facts().await.1;
+                }
                 if !d.running() {
                     return Err(ApiError::conflict(format!(
                         "the destination {dest} holds the VM but its guest does not run ({d}); \
@@ -632,6 +665,22 @@ impl Run {
                             .map_err(|e| ApiError::internal(e.to_string()))?;
                     }
                 }
+            }
+        }
+        let kept_destination = self.m.phase == Phase::Completed;
+        if let Some(q) = self.m.run.quick.as_mut() {
+            q.step = if kept_destination {
+                QuickStep::Completed
+            } else {
+                // The source runs again: the state file is stale from now on.
+                q.saved.revive_requested = true;
+                QuickStep::Failed
+            };
+            self.save_run()
+                .await
+                .map_err(|e| ApiError::internal(e.to_string()))?;
+            if !kept_destination {
+                self.discard_state_file().await;
             }
         }
         Ok(())
