@@ -74,6 +74,7 @@ impl Server {
             assumptions: plan.assumptions.clone(),
             revision: 0,
             eta_s: None,
+            run: None,
         };
         let summary = format!(
             "evacuation {} of host {host} started: {} VM(s), {} placed, {} with nowhere to go; \
