@@ -22,6 +22,7 @@ pub mod pki;
 pub mod placement;
 pub mod precheck;
 pub mod queue;
+pub mod schedule;
 pub mod storage_plan;
 pub mod store;
 
