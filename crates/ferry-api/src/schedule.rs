@@ -212,6 +212,9 @@ pub struct ScheduledRun {
     /// The recommendations a balancing run made (recommend mode).
     #[serde(default)]
     pub recommendations: Vec<Uuid>,
+    /// Moves a balancing run could not request, each with the reason.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refused: Vec<String>,
     /// What it did, or why it failed.
     #[serde(default)]
     pub outcome: Option<String>,

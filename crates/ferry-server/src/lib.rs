@@ -38,6 +38,7 @@ pub async fn run(config: ServerConfig) -> Result<(), String> {
     server.spawn_queue();
     server.resume_operations();
     server.spawn_balancer();
+    server.spawn_scheduler();
     if let Some(file) = &config.ready_file {
         ferry_api::http::write_ready_file(file, &bound.to_string())?;
     }

@@ -55,6 +55,7 @@ fn run_of(s: &Schedule, fire_at: DateTime<Utc>) -> Operation {
             migrations: vec![],
             operations: vec![],
             recommendations: vec![],
+            refused: vec![],
             outcome: None,
         }),
     }
