@@ -214,24 +214,27 @@ impl Server {
             match decide(&timing, s.missed, since, started, now) {
                 Decision::Wait(Some(next)) => soonest(next),
                 Decision::Wait(None) => {}
+                // Recorded: look at it again at once (a fire time may be due after the
+                // skipped ones). Not recorded (the store failed): the next tick tries again,
+                // and the other schedules are still looked at.
                 Decision::Skip {
                     fire_at,
                     count,
                     next,
-                } => {
-                    // Recorded: look at it again at once (a fire time may be due after
-                    // the skipped ones).
-                    if self.skip(&s, fire_at, count, next)? {
-                        soonest(now);
-                    }
-                }
-                Decision::Fire { fire_at, missed } => {
-                    if let Some(id) = self.fire(&s, fire_at, missed)? {
+                } => match self.skip(&s, fire_at, count, next) {
+                    Ok(true) => soonest(now),
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(schedule = %s.name, "not skipped: {}", e.message),
+                },
+                Decision::Fire { fire_at, missed } => match self.fire(&s, fire_at, missed) {
+                    Ok(Some(id)) => {
                         let server = self.clone();
                         tokio::spawn(async move { server.act_and_follow(id).await });
                         soonest(now);
                     }
-                }
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(schedule = %s.name, "not fired: {}", e.message),
+                },
             }
         }
         Ok(earliest)
@@ -648,6 +651,8 @@ impl Server {
             .collect();
         for mid in &run.migrations {
             let Some(m) = self.store.migration(*mid)? else {
+                done += 1;
+                problems.push(format!("migration {mid} is not on record"));
                 continue;
             };
             match m.phase {
