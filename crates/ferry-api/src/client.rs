@@ -499,6 +499,17 @@ impl ServerClient {
     pub async fn vm_load(&self, vm: &str) -> Result<LoadHistory, ClientError> {
         self.http.get(&format!("/v1/vms/{}/load", seg(vm))).await
     }
+    pub async fn schedules(&self) -> Result<Vec<Schedule>, ClientError> {
+        self.http.get("/v1/schedules").await
+    }
+    pub async fn add_schedule(&self, req: &ScheduleRequest) -> Result<Schedule, ClientError> {
+        self.http.post("/v1/schedules", req).await
+    }
+    pub async fn remove_schedule(&self, name: &str) -> Result<serde_json::Value, ClientError> {
+        self.http
+            .delete(&format!("/v1/schedules/{}", seg(name)))
+            .await
+    }
     pub async fn operations(&self) -> Result<Vec<Operation>, ClientError> {
         self.http.get("/v1/operations").await
     }

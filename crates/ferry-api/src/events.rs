@@ -120,7 +120,8 @@ event_kinds! {
     MigrationRefused => "migration.refused",
     /// The cluster's migration limits changed.
     ClusterLimits => "cluster.limits",
-    /// An operation (an evacuation) started, with its plan.
+    /// An operation started: an evacuation, with its plan; a scheduled run, recorded
+    /// before it acts.
     OperationStart => "operation.start",
     /// An operation's VM moved, with where it went.
     OperationMoved => "operation.moved",
@@ -148,6 +149,14 @@ event_kinds! {
     RecommendationApply => "recommendation.apply",
     /// An operator dismissed a recommendation.
     RecommendationDismiss => "recommendation.dismiss",
+    /// A schedule was added (with its next fire time).
+    ScheduleAdd => "schedule.add",
+    /// A schedule was removed.
+    ScheduleRemove => "schedule.remove",
+    /// A schedule fired: what it started (ok) or why it could not (error).
+    ScheduleFire => "schedule.fire",
+    /// Fire times missed while the server was down were skipped (`--missed skip`).
+    ScheduleSkip => "schedule.skip",
 }
 
 impl std::fmt::Display for EventKind {

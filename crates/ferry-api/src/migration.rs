@@ -135,7 +135,7 @@ pub struct Migration {
     /// Queue rank (higher first, then the earlier request).
     #[serde(default)]
     pub priority: i32,
-    /// The operation (an evacuation) that asked for this migration, if any.
+    /// The operation (an evacuation, a scheduled run) that asked for this migration, if any.
     #[serde(default)]
     pub operation: Option<Uuid>,
     /// `queued` only: its place in the queue and what holds it back (computed when read).

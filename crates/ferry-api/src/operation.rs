@@ -1,6 +1,7 @@
 //! Operations: work the server carries out over many migrations and a long time, with an
-//! id, a durable record and a story in the event log. The first kind is the evacuation of
-//! a host entering maintenance (`ferry host maintenance enter HOST`).
+//! id, a durable record and a story in the event log: the evacuation of a host entering
+//! maintenance (`ferry host maintenance enter HOST`), and each run of a schedule
+//! (`ferry schedule add`), which links to what it started.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -12,6 +13,23 @@ use uuid::Uuid;
 pub enum OperationKind {
     /// Empty a host entering maintenance: live-migrate each of its VMs elsewhere.
     Evacuation,
+    /// One run of a schedule (its record's `run` says which, and what it started).
+    Scheduled,
+}
+
+impl OperationKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OperationKind::Evacuation => "evacuation",
+            OperationKind::Scheduled => "scheduled",
+        }
+    }
+}
+
+impl std::fmt::Display for OperationKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Where an operation is.
@@ -28,13 +46,19 @@ pub enum OperationState {
     Incomplete,
     /// Cancelled; what had moved stays where it went.
     Cancelled,
+    /// It could not do what it was for (a scheduled run refused, or what it started
+    /// failed); the reason is on the record.
+    Failed,
 }
 
 impl OperationState {
     pub fn is_finished(self) -> bool {
         matches!(
             self,
-            OperationState::Succeeded | OperationState::Incomplete | OperationState::Cancelled
+            OperationState::Succeeded
+                | OperationState::Incomplete
+                | OperationState::Cancelled
+                | OperationState::Failed
         )
     }
     pub fn as_str(self) -> &'static str {
@@ -44,6 +68,7 @@ impl OperationState {
             OperationState::Succeeded => "succeeded",
             OperationState::Incomplete => "incomplete",
             OperationState::Cancelled => "cancelled",
+            OperationState::Failed => "failed",
         }
     }
 }
@@ -138,7 +163,8 @@ pub struct ItemProgress {
 pub struct Operation {
     pub id: Uuid,
     pub kind: OperationKind,
-    /// The host it is about.
+    /// The host it is about (empty when it is about none, e.g. a scheduled balancing run).
+    #[serde(default)]
     pub host: String,
     pub state: OperationState,
     /// Who started it.
@@ -147,6 +173,8 @@ pub struct Operation {
     pub updated_at: DateTime<Utc>,
     #[serde(default)]
     pub finished_at: Option<DateTime<Utc>>,
+    /// An evacuation's VMs (empty for other kinds).
+    #[serde(default)]
     pub items: Vec<OperationItem>,
     /// The plan's estimate of the whole operation, seconds.
     #[serde(default)]
@@ -162,6 +190,9 @@ pub struct Operation {
     /// (filled in when read, while it runs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eta_s: Option<f64>,
+    /// A scheduled run: its schedule, fire time, and what it started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<crate::ScheduledRun>,
 }
 
 impl Operation {
@@ -236,6 +267,7 @@ mod tests {
             OperationState::Succeeded,
             OperationState::Incomplete,
             OperationState::Cancelled,
+            OperationState::Failed,
         ] {
             assert_eq!(
                 serde_json::to_string(&s).unwrap(),
@@ -243,5 +275,35 @@ mod tests {
             );
         }
         assert!(serde_json::from_str::<EnterMaintenanceRequest>(r#"{"dry":true}"#).is_err());
+        for k in [OperationKind::Evacuation, OperationKind::Scheduled] {
+            assert_eq!(
+                serde_json::to_string(&k).unwrap(),
+                format!("\"{}\"", k.as_str())
+            );
+        }
+    }
+
+    /// A record written before scheduled runs existed still reads, and an evacuation's
+    /// record is written as before (no `run`).
+    #[test]
+    fn old_records_read_and_evacuations_write_as_before() {
+        let old = r#"{"id":"6c1f3c56-7a4e-4f3e-9a1f-0c8b9f0f2e11","kind":"evacuation",
+            "host":"a","state":"succeeded","actor":"user:admin",
+            "created_at":"2026-01-01T00:00:00Z","updated_at":"2026-01-01T00:00:00Z",
+            "items":[],"estimate_s":1.0,"assumptions":[],"revision":3}"#;
+        let op: Operation = serde_json::from_str(old).unwrap();
+        assert_eq!(op.run, None);
+        assert_eq!(op.kind, OperationKind::Evacuation);
+        let back = serde_json::to_value(&op).unwrap();
+        assert!(back.get("run").is_none());
+        // A scheduled run's record may leave out the evacuation-only fields.
+        let run = r#"{"id":"6c1f3c56-7a4e-4f3e-9a1f-0c8b9f0f2e11","kind":"scheduled",
+            "state":"failed","actor":"schedule:x",
+            "created_at":"2026-01-01T00:00:00Z","updated_at":"2026-01-01T00:00:00Z",
+            "run":{"schedule":"x","task":{"kind":"balance"},"fire_at":"2026-01-01T00:00:00Z"}}"#;
+        let op: Operation = serde_json::from_str(run).unwrap();
+        assert_eq!(op.host, "");
+        assert!(op.items.is_empty());
+        assert_eq!(op.run.unwrap().task, crate::ScheduleTask::Balance);
     }
 }

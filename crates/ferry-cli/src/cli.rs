@@ -21,6 +21,7 @@ pub const DEFAULT_SERVER: &str = "https://127.0.0.1:7700";
         ferry vm create web1 --host a --memory 512\n  \
         ferry vm migrate web1 --to b\n  \
         ferry events --vm web1 --json\n  \
+        ferry schedule add sunday-a --cron \"0 2 * * SUN\" --maintenance-enter a\n  \
         ferry events verify --key PUBLIC_KEY_HEX    # check the audit trail\n\n\
         Connection: --server, --ca and --token (or FERRY_SERVER, FERRY_CA, FERRY_TOKEN), else \
         the file --config / FERRY_CONFIG / ~/.config/ferry/config.toml:\n  \
@@ -79,10 +80,14 @@ pub enum Command {
     /// Migrations (started with `ferry vm migrate`).
     #[command(subcommand)]
     Migration(MigrationCmd),
-    /// Operations: evacuations (`ferry host maintenance enter`), each with an id and its
-    /// story in the event log (`ferry events --operation ID`).
+    /// Operations: evacuations (`ferry host maintenance enter`) and scheduled runs, each
+    /// with an id and its story in the event log (`ferry events --operation ID`).
     #[command(subcommand)]
     Operation(crate::cmd_maintenance::OperationCmd),
+    /// Scheduled operations: a migration, a maintenance entry or exit, or a balancing run,
+    /// at a time or on a cron expression (UTC).
+    #[command(subcommand)]
+    Schedule(crate::cmd_schedule::ScheduleCmd),
     /// The balancer's recommendations (`ferry cluster balance --mode recommend`).
     #[command(subcommand)]
     Recommendation(crate::cmd_balance::RecommendationCmd),
@@ -710,7 +715,8 @@ pub struct EventsArgs {
     #[arg(long)]
     pub migration: Option<String>,
     /// An operation's whole story (an evacuation: its plan, every migration it started,
-    /// each VM moved or not).
+    /// each VM moved or not; a scheduled run: when it fired, what it started and their
+    /// stories, its outcome).
     #[arg(long)]
     pub operation: Option<String>,
     /// Event kind or kind prefix (e.g. `migration`, `vm.create`).

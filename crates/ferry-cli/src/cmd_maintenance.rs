@@ -1,5 +1,6 @@
 //! `ferry host maintenance enter|cancel|exit|status` and `ferry operation list|show`:
-//! evacuations, followed with a bar per VM and one for the whole host, and an ETA.
+//! evacuations, followed with a bar per VM and one for the whole host, and an ETA; the
+//! list and show also cover scheduled runs (`ferry schedule`).
 
 use std::collections::HashMap;
 use std::io::IsTerminal;
@@ -63,9 +64,10 @@ pub enum MaintenanceCmd {
 
 #[derive(Subcommand, Debug)]
 pub enum OperationCmd {
-    /// Recent operations (evacuations), newest first.
+    /// Recent operations (evacuations, scheduled runs), newest first.
     List(JsonFlag),
-    /// One operation: every VM, where it goes, its state and reason.
+    /// One operation: an evacuation's every VM, where it goes, its state and reason; a
+    /// scheduled run's fire time, what it started and its outcome.
     #[command(
         after_help = "Examples:\n  ferry operation show 6f1c...\n  ferry events --operation 6f1c...   # its whole story"
     )]
@@ -147,7 +149,7 @@ pub async fn maintenance(server: &crate::connection::ConnOpts, cmd: MaintenanceC
                 .operations()
                 .await?
                 .into_iter()
-                .find(|o| o.host == host)
+                .find(|o| o.kind == OperationKind::Evacuation && o.host == host)
                 .ok_or_else(|| CliError::refused(format!("host {host} has no evacuation")))?;
             if json.json {
                 return print_json(&c.operation(latest.id).await?);
@@ -169,17 +171,25 @@ pub async fn operation(server: &crate::connection::ConnOpts, cmd: OperationCmd) 
             let rows: Vec<Vec<String>> = list
                 .iter()
                 .map(|o| {
+                    let what = match &o.run {
+                        Some(r) => format!("schedule {}: {}", r.schedule, r.task),
+                        None => format!("{}/{} moved", o.count(ItemState::Moved), o.items.len()),
+                    };
                     vec![
                         o.id.to_string(),
-                        format!("{:?}", o.kind).to_lowercase(),
-                        o.host.clone(),
+                        o.kind.to_string(),
+                        if o.host.is_empty() {
+                            "-".into()
+                        } else {
+                            o.host.clone()
+                        },
                         o.state.to_string(),
-                        format!("{}/{}", o.count(ItemState::Moved), o.items.len()),
+                        what,
                         o.created_at.format("%Y-%m-%d %H:%M:%S").to_string(),
                     ]
                 })
                 .collect();
-            print_table(&["ID", "KIND", "HOST", "STATE", "MOVED", "CREATED"], &rows);
+            print_table(&["ID", "KIND", "HOST", "STATE", "WHAT", "CREATED"], &rows);
             Ok(())
         }
         OperationCmd::Show { id, json } => {
@@ -189,7 +199,11 @@ pub async fn operation(server: &crate::connection::ConnOpts, cmd: OperationCmd) 
             if json.json {
                 return print_json(&op);
             }
-            print_operation(&op);
+            if op.kind == OperationKind::Scheduled {
+                crate::cmd_schedule::print_run(&op);
+            } else {
+                print_operation(&op);
+            }
             Ok(())
         }
     }

@@ -24,6 +24,7 @@ mod cmd_load;
 mod cmd_maintenance;
 mod cmd_migrate;
 mod cmd_rules;
+mod cmd_schedule;
 mod cmd_security;
 mod connection;
 mod demo;
@@ -97,6 +98,7 @@ async fn run(cli: Cli) -> CliResult {
         }
         Command::Host(c) => cmd_cluster::host(&server, c).await,
         Command::Operation(c) => cmd_maintenance::operation(&server, c).await,
+        Command::Schedule(c) => cmd_schedule::run(&server, c).await,
         Command::Cluster(cli::ClusterCmd::Balance(a)) => cmd_balance::balance(&server, a).await,
         Command::Cluster(c) => cmd_cluster::cluster(&server, c).await,
         Command::Recommendation(c) => cmd_balance::recommendation(&server, c).await,

@@ -57,6 +57,9 @@
 //! GET    /v1/recommendations          [Recommendation] newest first
 //! POST   /v1/recommendations/{id}/apply   Migration (operator)
 //! POST   /v1/recommendations/{id}/dismiss Recommendation (operator)
+//! GET    /v1/schedules                [Schedule] (next fire time, latest run and outcome)
+//! POST   /v1/schedules                ScheduleRequest -> Schedule (admin)
+//! DELETE /v1/schedules/{name}         (admin; its runs stay on the record)
 //! GET    /v1/cluster/limits           MigrationLimits (how many migrations run at once)
 //! POST   /v1/cluster/limits           LimitsUpdate -> MigrationLimits
 //! GET    /v1/migrations/{id}          Migration
@@ -277,6 +280,24 @@ fn table() -> Vec<(RouteSpec, MethodRouter<Arc<Server>>)> {
             "/v1/recommendations/{id}/dismiss",
             R(Operator),
             post(automation::dismiss_recommendation),
+        ),
+        r(
+            M::GET,
+            "/v1/schedules",
+            R(Viewer),
+            get(automation::schedules),
+        ),
+        r(
+            M::POST,
+            "/v1/schedules",
+            R(Admin),
+            post(automation::add_schedule),
+        ),
+        r(
+            M::DELETE,
+            "/v1/schedules/{name}",
+            R(Admin),
+            delete(automation::remove_schedule),
         ),
         r(M::GET, "/v1/cluster/limits", R(Viewer), get(limits)),
         r(M::POST, "/v1/cluster/limits", R(Admin), post(set_limits)),

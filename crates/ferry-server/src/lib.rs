@@ -24,6 +24,7 @@ pub mod pki;
 pub mod placement;
 pub mod precheck;
 pub mod queue;
+pub mod schedule;
 pub mod storage_plan;
 pub mod store;
 
@@ -40,6 +41,7 @@ pub async fn run(config: ServerConfig) -> Result<(), String> {
     server.resume_operations();
     server.spawn_balancer();
     server.spawn_ha_watch();
+    server.spawn_scheduler();
     if let Some(file) = &config.ready_file {
         ferry_api::http::write_ready_file(file, &bound.to_string())?;
     }

@@ -171,6 +171,11 @@ fn sample_body(spec: &RouteSpec) -> String {
         "/v1/cluster/balance" => serde_json::json!({"level": 3}),
         "/v1/cluster/balance/plan" | "/v1/cluster/balance/run" => serde_json::json!({}),
         "/v1/hosts/{host}/pools/{pool}/disks" => serde_json::json!({"name": "d1", "size_mib": 1}),
+        // An unknown VM: refused (404) by the core, after the role; nothing is added.
+        "/v1/schedules" => serde_json::json!({
+            "name": "sample", "when": {"at": "2099-01-01T00:00:00Z"},
+            "task": {"kind": "migrate", "vm": "nope"}
+        }),
         _ => serde_json::json!(null),
     };
     json.to_string()
@@ -379,6 +384,12 @@ fn arbitrary_bodies_never_get_a_server_error_or_hang() {
                     "memory_mib",
                     "boot",
                     "type",
+                    "when",
+                    "task",
+                    "kind",
+                    "cron",
+                    "at",
+                    "missed",
                 ])
                 .prop_map(str::to_string),
                 inner,

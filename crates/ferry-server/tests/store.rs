@@ -479,6 +479,7 @@ fn a_stale_operation_save_is_refused() {
         assumptions: vec![],
         revision: 0,
         eta_s: None,
+        run: None,
     };
     store
         .insert_operation(&op, &NewEvent::new("t", EventKind::OperationStart, "start"))

@@ -1,4 +1,4 @@
-//! Routes of the cluster's own automation: load histories (and, below, balancing).
+//! Routes of the cluster's own automation: load histories, balancing, schedules.
 
 use super::*;
 
@@ -105,4 +105,33 @@ pub(super) async fn dismiss_recommendation(
 ) -> Answer<Recommendation> {
     let action = Action::DismissRecommendation(parse_id(&id)?);
     act(&s, &c, action, pick!(ActionOutcome::Recommendation)).await
+}
+
+pub(super) async fn schedules(
+    State(s): Shared,
+    Authenticated(c): Authenticated,
+) -> Answer<Vec<Schedule>> {
+    ask(&s, &c, Query::Schedules, pick!(QueryOutcome::Schedules)).await
+}
+
+pub(super) async fn add_schedule(
+    State(s): Shared,
+    Authenticated(c): Authenticated,
+    ApiJson(req): ApiJson<ScheduleRequest>,
+) -> Answer<Schedule> {
+    act(
+        &s,
+        &c,
+        Action::AddSchedule(req),
+        pick!(ActionOutcome::Schedule),
+    )
+    .await
+}
+
+pub(super) async fn remove_schedule(
+    State(s): Shared,
+    Authenticated(c): Authenticated,
+    Path(name): Path<String>,
+) -> Answer<serde_json::Value> {
+    act(&s, &c, Action::RemoveSchedule(name), deleted).await
 }

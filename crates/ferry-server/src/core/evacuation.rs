@@ -78,6 +78,7 @@ impl Server {
             assumptions: plan.assumptions.clone(),
             revision: 0,
             eta_s: None,
+            run: None,
         };
         let summary = format!(
             "evacuation {} of host {host} started: {} VM(s), {} placed, {} with nowhere to go; \
@@ -175,7 +176,7 @@ impl Server {
             .store
             .unfinished_operations()?
             .into_iter()
-            .find(|o| o.host == host))
+            .find(|o| o.kind == OperationKind::Evacuation && o.host == host))
     }
 
     /// An operation with each moving VM's progress and the time left.
@@ -202,7 +203,7 @@ impl Server {
                 });
             }
         }
-        if !op.state.is_finished() {
+        if !op.state.is_finished() && op.kind == OperationKind::Evacuation {
             op.eta_s = Some(self.eta(&op));
         }
         Ok(op)
@@ -301,14 +302,19 @@ impl Server {
         ));
     }
 
-    /// At server start: carry every unfinished operation on.
+    /// At server start: carry every unfinished operation on (a scheduled run is
+    /// followed by the scheduler, see `scheduling.rs`).
     pub fn resume_operations(self: &Arc<Self>) {
         match self.store.unfinished_operations() {
             Ok(list) => {
                 for op in list {
                     tracing::warn!(id = %op.id, host = %op.host, state = %op.state,
+                        kind = %op.kind,
                         "carrying on an operation the last server left unfinished");
-                    self.spawn_operation(op.id);
+                    match op.kind {
+                        OperationKind::Evacuation => self.spawn_operation(op.id),
+                        OperationKind::Scheduled => self.spawn_run_follower(op.id),
+                    }
                 }
             }
             Err(e) => tracing::error!("cannot read unfinished operations: {e}"),
@@ -321,7 +327,7 @@ impl Server {
         let Some(mut op) = self.store.operation(id)? else {
             return Ok(true);
         };
-        if op.state.is_finished() {
+        if op.state.is_finished() || op.kind != OperationKind::Evacuation {
             return Ok(true);
         }
         let cancelling = op.state == OperationState::Cancelling;

@@ -32,6 +32,7 @@ mod migrations;
 mod placing;
 mod query;
 mod queueing;
+mod scheduling;
 mod vms;
 
 pub use auth::{authorize, Caller, Need};
@@ -108,6 +109,10 @@ pub enum Action {
     /// Request a recommended migration.
     ApplyRecommendation(Uuid),
     DismissRecommendation(Uuid),
+    /// Add a scheduled operation.
+    AddSchedule(ScheduleRequest),
+    /// Remove a schedule (its runs stay on the record).
+    RemoveSchedule(String),
     CreateDisk {
         host: String,
         pool: String,
@@ -151,6 +156,8 @@ impl Action {
             | Action::SetLimits(_)
             | Action::SetBalance(_)
             | Action::RunBalance(_)
+            | Action::AddSchedule(_)
+            | Action::RemoveSchedule(_)
             | Action::CreateJoinToken(_)
             | Action::RemoveHost(_)
             | Action::RotateCa(_)
@@ -184,6 +191,7 @@ pub enum ActionOutcome {
     Balance(BalanceSettings),
     BalanceRun(BalanceRun),
     Recommendation(Recommendation),
+    Schedule(Schedule),
 }
 
 pub struct Server {
@@ -202,6 +210,8 @@ pub struct Server {
     pub(crate) disk_ops: tokio::sync::Mutex<()>,
     /// Wakes the migration queue's dispatcher (see [`queueing`]).
     pub(crate) queue_wake: tokio::sync::Notify,
+    /// Wakes the scheduler when a schedule is added or removed (see [`scheduling`]).
+    pub(crate) schedule_wake: tokio::sync::Notify,
     /// The best rate a probe measured to or from each host, bytes/s.
     pub(crate) links: std::sync::Mutex<std::collections::HashMap<String, u64>>,
     /// The bandwidth cap last given to each running migration by the fair share.
@@ -293,6 +303,7 @@ impl Server {
             orchestrator,
             disk_ops: tokio::sync::Mutex::new(()),
             queue_wake: tokio::sync::Notify::new(),
+            schedule_wake: tokio::sync::Notify::new(),
             links: Default::default(),
             applied_shares: Default::default(),
             load: Default::default(),
@@ -425,6 +436,8 @@ impl Server {
             Action::DismissRecommendation(id) => self
                 .dismiss_recommendation(actor, id)
                 .map(ActionOutcome::Recommendation),
+            Action::AddSchedule(req) => self.add_schedule(actor, &req).map(ActionOutcome::Schedule),
+            Action::RemoveSchedule(name) => self.remove_schedule(&name).map(ActionOutcome::Deleted),
             Action::EnterMaintenance { host, req } => self
                 .enter_maintenance(actor, &host, &req)
                 .await
@@ -498,6 +511,14 @@ fn describe(action: &Action) -> (EventKind, Option<String>, Option<String>, Opti
         Action::SetBalance(_) | Action::RunBalance(_) => (K::ClusterBalance, None, None, None),
         Action::ApplyRecommendation(_) => (K::RecommendationApply, None, None, None),
         Action::DismissRecommendation(_) => (K::RecommendationDismiss, None, None, None),
+        Action::AddSchedule(r) => {
+            let vm = match &r.task {
+                ScheduleTask::Migrate { vm, .. } => Some(vm.clone()),
+                _ => None,
+            };
+            (K::ScheduleAdd, vm, r.task.host().map(str::to_string), None)
+        }
+        Action::RemoveSchedule(_) => (K::ScheduleRemove, None, None, None),
         Action::EnterMaintenance { host, .. }
         | Action::CancelMaintenance(host)
         | Action::ExitMaintenance(host) => (K::HostMaintenance, None, Some(host.clone()), None),
@@ -584,6 +605,16 @@ fn summary(outcome: &ActionOutcome) -> String {
             r.id, r.planned.vm, r.planned.from, r.planned.to, r.state
         ),
         ActionOutcome::Checks(r) => summary_of_checks(r),
+        ActionOutcome::Schedule(s) => format!(
+            "schedule {} added: {}, {}; missed runs: {}; next fire {}",
+            s.name,
+            s.task,
+            s.when,
+            s.missed,
+            s.next_fire
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                .unwrap_or_else(|| "none".into())
+        ),
         ActionOutcome::Cluster(c) => format!(
             "CPU baseline set to {} ({})",
             match &c.baseline_setting {
@@ -615,7 +646,7 @@ fn summary(outcome: &ActionOutcome) -> String {
             ),
         },
         ActionOutcome::Operation(op) => {
-            format!("evacuation {} of host {}: {}", op.id, op.host, op.state)
+            format!("{} {} of host {}: {}", op.kind, op.id, op.host, op.state)
         }
         ActionOutcome::Disk(d) => format!(
             "disk {} created in pool {} ({} MiB)",

@@ -43,6 +43,8 @@ pub enum Query {
     /// What the balancer would do now (moves nothing).
     BalancePlan(BalancePlanRequest),
     Recommendations,
+    /// Every schedule, with its next fire time and latest run.
+    Schedules,
     /// A host's load history (the last hour at most).
     HostLoad(String),
     /// A VM's load history.
@@ -87,6 +89,7 @@ pub enum QueryOutcome {
     Balance(BalanceSettings),
     BalancePlan(BalancePlanView),
     Recommendations(Vec<Recommendation>),
+    Schedules(Vec<Schedule>),
 }
 
 impl Query {
@@ -112,6 +115,7 @@ impl Query {
             | Query::Balance
             | Query::BalancePlan(_)
             | Query::Recommendations
+            | Query::Schedules
             | Query::VmLoad(_)
             | Query::Placement(_)
             | Query::Checkpoints
@@ -173,6 +177,7 @@ impl Server {
             Query::Balance => QueryOutcome::Balance(self.balance_settings()?),
             Query::BalancePlan(r) => QueryOutcome::BalancePlan(self.balance_plan(r.level)?),
             Query::Recommendations => QueryOutcome::Recommendations(self.recommendations()?),
+            Query::Schedules => QueryOutcome::Schedules(self.schedules()?),
             Query::HostLoad(name) => QueryOutcome::Load(self.host_load(&name)?),
             Query::VmLoad(name) => QueryOutcome::Load(self.vm_load(&name)?),
             Query::Placement(req) => QueryOutcome::Placement(self.placement(&req)?),

@@ -20,6 +20,7 @@ mod balance;
 mod claims;
 mod queue;
 mod rows;
+mod schedules;
 
 pub use audit::{load_or_create_audit_key, AUDIT_KEY_FILE};
 pub use auth::{JoinRedeem, UserRemoval};
@@ -28,7 +29,7 @@ use rows::{
     event_row, migration_row, stored_host_row, vm_row, EVENT_SELECT, MIGRATION_SELECT, VM_SELECT,
 };
 
-pub const SCHEMA_VERSION: i64 = 9;
+pub const SCHEMA_VERSION: i64 = 10;
 
 /// Upgrades from each older schema version to the next, in order. Index i upgrades
 /// version i+1 to i+2.
@@ -58,7 +59,21 @@ const UPGRADES: &[&str] = &[
     QUEUE_SCHEMA,
     // 8 -> 9: the balancer's recommendations.
     BALANCE_SCHEMA,
+    // 9 -> 10: scheduled operations.
+    SCHEDULES_SCHEMA,
 ];
+
+/// Scheduled operations (issue 13), each kept whole as JSON under its name, with the
+/// latest fire time it dealt with beside it: recording a run is a compare-and-swap on it
+/// (see `schedules.rs`). Runs are operations (kind `scheduled`).
+const SCHEDULES_SCHEMA: &str = "
+CREATE TABLE schedules (
+    name TEXT PRIMARY KEY,
+    record TEXT NOT NULL,
+    last_fire TEXT,
+    created_at TEXT NOT NULL
+);
+";
 
 /// The balancer's recommendations (issue 13), each kept whole as JSON, with its state
 /// beside it so open ones are found without parsing every row.
@@ -294,6 +309,7 @@ impl Store {
                 tx.execute_batch(RULES_SCHEMA)?;
                 tx.execute_batch(QUEUE_SCHEMA)?;
                 tx.execute_batch(BALANCE_SCHEMA)?;
+                tx.execute_batch(SCHEDULES_SCHEMA)?;
                 tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
                 tx.commit()?;
             }
@@ -589,13 +605,22 @@ impl Store {
         // after it (so a follower or a verifier paging through never skips any). Returned
         // oldest first either way, as a log reads.
         let order = if q.after.is_some() { "ASC" } else { "DESC" };
+        // An operation's story: its own events, those of the operations it started (a
+        // scheduled run's evacuation) and of every migration any of them requested or
+        // that it lists (a scheduled balancing run's).
         let mut stmt = conn.prepare(&format!(
-            "SELECT * FROM (
+            "WITH linked(id) AS (
+                SELECT ?6 UNION
+                SELECT value FROM operations o, json_each(o.record, '$.run.operations')
+                 WHERE o.id = ?6)
+             SELECT * FROM (
                 {EVENT_SELECT}
                 WHERE (?1 IS NULL OR vm = ?1) AND (?2 IS NULL OR migration = ?2)
                   AND (?3 IS NULL OR kind = ?3 OR kind LIKE ?3 || '.%') AND (?4 IS NULL OR id > ?4)
-                  AND (?6 IS NULL OR json_extract(data, '$.operation') = ?6
-                       OR migration IN (SELECT id FROM migrations WHERE operation = ?6))
+                  AND (?6 IS NULL OR json_extract(data, '$.operation') IN (SELECT id FROM linked)
+                       OR migration IN (SELECT id FROM migrations WHERE operation IN (SELECT id FROM linked))
+                       OR migration IN (SELECT value FROM operations o,
+                              json_each(o.record, '$.run.migrations') WHERE o.id = ?6))
                 ORDER BY id {order} LIMIT ?5) ORDER BY id ASC"
         ))?;
         let rows = stmt.query_map(

@@ -119,18 +119,7 @@ impl Store {
     pub fn insert_operation(&self, op: &Operation, event: &NewEvent) -> R<()> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        tx.execute(
-            "INSERT INTO operations (id, kind, host, state, record, created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
-            params![
-                op.id.to_string(),
-                json(&op.kind)?,
-                op.host,
-                op.state.as_str(),
-                json(op)?,
-                ts(&op.created_at)
-            ],
-        )?;
+        insert_operation_row(&tx, op)?;
         self.insert_event(&tx, event)?;
         tx.commit()?;
         Ok(())
@@ -200,4 +189,21 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+/// Writes a new operation's row (inside the caller's transaction).
+pub(super) fn insert_operation_row(tx: &rusqlite::Connection, op: &Operation) -> R<()> {
+    tx.execute(
+        "INSERT INTO operations (id, kind, host, state, record, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
+        params![
+            op.id.to_string(),
+            json(&op.kind)?,
+            op.host,
+            op.state.as_str(),
+            json(op)?,
+            ts(&op.created_at)
+        ],
+    )?;
+    Ok(())
 }
