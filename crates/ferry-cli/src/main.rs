@@ -13,11 +13,13 @@ mod bench_quick;
 mod bench_storage;
 mod bench_tls;
 mod cli;
+mod cli_bench;
 mod cmd_balance;
 mod cmd_cluster;
 mod cmd_daemons;
 mod cmd_disk;
 mod cmd_events;
+mod cmd_host;
 mod cmd_image;
 mod cmd_lab;
 mod cmd_load;
@@ -26,6 +28,7 @@ mod cmd_migrate;
 mod cmd_rules;
 mod cmd_schedule;
 mod cmd_security;
+mod cmd_vm;
 mod connection;
 mod demo;
 mod exit;
@@ -96,14 +99,14 @@ async fn run(cli: Cli) -> CliResult {
         Command::Host(cli::HostCmd::Maintenance(m)) => {
             cmd_maintenance::maintenance(&server, m).await
         }
-        Command::Host(c) => cmd_cluster::host(&server, c).await,
+        Command::Host(c) => cmd_host::host(&server, c).await,
         Command::Operation(c) => cmd_maintenance::operation(&server, c).await,
         Command::Schedule(c) => cmd_schedule::run(&server, c).await,
         Command::Cluster(cli::ClusterCmd::Balance(a)) => cmd_balance::balance(&server, a).await,
         Command::Cluster(c) => cmd_cluster::cluster(&server, c).await,
         Command::Recommendation(c) => cmd_balance::recommendation(&server, c).await,
         Command::Vm(cli::VmCmd::Migrate(a)) => cmd_migrate::migrate(&server, a).await,
-        Command::Vm(c) => cmd_cluster::vm(&server, c).await,
+        Command::Vm(c) => cmd_vm::vm(&server, c).await,
         Command::Migration(c) => cmd_migrate::migration(&server, c).await,
         Command::Events(a) => match a.audit {
             Some(cmd) => cmd_events::run(&server, cmd).await,
