@@ -25,6 +25,7 @@
 //! POST   /v1/vms/{name}/migration/resume    ResumeRequest -> AgentMigrationStatus (source)
 //! POST   /v1/vms/{name}/migration/handover  source QEMU shut down after completion
 //! POST   /v1/vms/{name}/announce            QEMU self-announce (RARP from every NIC)
+//! GET    /v1/vms/{name}/migration/pause     -> [Checkpoint] of QEMU's last switch-over pause
 //! POST   /v1/vms/{name}/quick/incoming      QuickIncomingRequest -> VmRuntime (destination:
 //!                                           QEMU waits, vCPUs held, for a state file)
 //! POST   /v1/vms/{name}/quick/save          QuickTransferRequest -> AgentMigrationStatus
@@ -103,6 +104,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/vms/{name}/migration/resume", post(resume_outgoing))
         .route("/v1/vms/{name}/migration/handover", post(handover))
         .route("/v1/vms/{name}/announce", post(announce))
+        .route("/v1/vms/{name}/migration/pause", get(pause_checkpoints))
         .route("/v1/vms/{name}/quick/incoming", post(quick_incoming))
         .route("/v1/vms/{name}/quick/save", post(quick_save))
         .route("/v1/vms/{name}/quick/restore", post(quick_restore))
@@ -318,6 +320,13 @@ async fn resume_outgoing(
 async fn handover(State(a): Shared, Path(name): Path<String>) -> Answer<serde_json::Value> {
     a.hand_over(&name).await?;
     Ok(Json(serde_json::json!({"handed_over": name})))
+}
+
+async fn pause_checkpoints(
+    State(a): Shared,
+    Path(name): Path<String>,
+) -> Answer<Vec<ferry_migration::pause::Checkpoint>> {
+    Ok(Json(a.pause_checkpoints(&name).await?))
 }
 
 async fn announce(State(a): Shared, Path(name): Path<String>) -> Answer<serde_json::Value> {

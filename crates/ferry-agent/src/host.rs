@@ -711,6 +711,14 @@ impl Agent {
         self.find(name).await?.announce().await
     }
 
+    /// The checkpoints of the VM's last switch-over pause (either side).
+    pub async fn pause_checkpoints(
+        &self,
+        name: &str,
+    ) -> Result<Vec<ferry_migration::pause::Checkpoint>, AgentError> {
+        self.find(name).await?.pause_checkpoints()
+    }
+
     pub async fn console(&self, name: &str, bytes: u64) -> Result<ConsoleTail, AgentError> {
         let vm = self.find(name).await?;
         read_tail(&vm.paths.console_log, bytes.clamp(1, 4 << 20))

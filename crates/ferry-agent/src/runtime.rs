@@ -389,6 +389,25 @@ impl QemuVm {
         }
     }
 
+    /// Turns on QEMU's checkpoints of the switch-over pause (`ferry_migration::pause`): a
+    /// few log lines per migration. A QEMU that refuses only costs the report its pieces.
+    async fn trace_pause(&self) {
+        let args = serde_json::json!({"name": ferry_migration::pause::TRACE_EVENT, "enable": true});
+        if let Err(e) = self
+            .qmp
+            .execute_raw("trace-event-set-state", Some(args))
+            .await
+        {
+            tracing::warn!(vm = %self.name, "QEMU will not trace the switch-over pause: {e}");
+        }
+    }
+
+    /// The checkpoints of this QEMU's last switch-over pause, from its log.
+    pub fn pause_checkpoints(&self) -> Result<Vec<ferry_migration::pause::Checkpoint>, AgentError> {
+        let tail = crate::host::read_tail(&self.dir.join("qemu.log"), 256 << 10)?;
+        Ok(ferry_migration::pause::last_pause(&tail.text))
+    }
+
     /// QEMU's self-announce with its configured timing (RARP from every NIC).
     pub async fn announce(&self) -> Result<(), AgentError> {
         self.qmp
@@ -481,6 +500,7 @@ impl QemuVm {
             .migrate_set_capabilities(&caps)
             .await
             .map_err(|e| qmp_err("migrate-set-capabilities", e))?;
+        self.trace_pause().await;
         let params = MigrationParameters {
             multifd_channels: (stream.streams > 1).then_some(stream.streams as u64),
             multifd_compression: match stream.compression {
@@ -541,6 +561,17 @@ impl QemuVm {
             let params = MigrationParameters {
                 max_bandwidth: Some(cap),
                 max_postcopy_bandwidth: Some(cap),
+                ..Default::default()
+            };
+            self.qmp
+                .migrate_set_parameters(&params)
+                .await
+                .map_err(|e| qmp_err("migrate-set-parameters", e))?;
+        }
+        if let Some(ms) = req.downtime_limit_ms {
+            // The convergence controller moved the switch-over target.
+            let params = MigrationParameters {
+                downtime_limit: Some(ms),
                 ..Default::default()
             };
             self.qmp

@@ -808,6 +808,16 @@ impl AgentClient {
             .await
     }
 
+    /// QEMU's checkpoints of the VM's last switch-over pause on this host.
+    pub async fn pause_checkpoints(
+        &self,
+        name: &str,
+    ) -> Result<Vec<ferry_migration::pause::Checkpoint>, ClientError> {
+        self.http
+            .get(&format!("/v1/vms/{}/migration/pause", seg(name)))
+            .await
+    }
+
     /// Makes the VM's NICs announce their MACs (after a switch-over).
     pub async fn announce(&self, name: &str) -> Result<serde_json::Value, ClientError> {
         self.http

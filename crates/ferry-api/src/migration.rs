@@ -5,10 +5,11 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 pub use ferry_migration::convergence::History as ConvergenceHistory;
+pub use ferry_migration::pause::{Checkpoint as PauseCheckpoint, PauseParts};
 pub use ferry_migration::recovery::{Keep, SideFacts};
 pub use ferry_migration::{
     disk_totals, disks_in_sync, BlockJobStatus, DiskCopyProgress, MigrationProgress,
-    MigrationReport, MigrationStatus, Phase, PhaseEvent,
+    MigrationReport, MigrationStatus, Phase, PhaseEvent, TimeParts,
 };
 
 use crate::{ApiError, VmSpec};
@@ -55,12 +56,32 @@ pub struct MigrationOptions {
     /// the controller escalates (None: no deadline).
     #[serde(default)]
     pub completion_timeout_s_per_gib: Option<u64>,
+    /// How QEMU's switch-over target moves within the downtime budget: `least` (the
+    /// default: start low, raise only when pre-copy stops shrinking) or `budget` (aim at
+    /// the budget's ceiling from the start).
+    #[serde(default)]
+    pub switchover: Option<crate::SwitchoverPolicy>,
 }
 
 pub const DEFAULT_DOWNTIME_LIMIT_MS: u64 = 300;
 pub const DEFAULT_PROGRESS_TIMEOUT_S: u64 = 60;
 
 impl MigrationOptions {
+    /// What the convergence controller may do for a migration of a guest with `ram_mib`.
+    pub fn convergence_policy(&self, ram_mib: u64) -> ferry_migration::convergence::Policy {
+        use ferry_migration::convergence::{completion_deadline_ms, Policy};
+        Policy {
+            downtime_budget_ms: self.downtime_limit_ms.unwrap_or(DEFAULT_DOWNTIME_LIMIT_MS),
+            max_throttle_pct: self.max_throttle_pct.unwrap_or(0),
+            postcopy: self.postcopy.unwrap_or_default(),
+            completion_deadline_ms: completion_deadline_ms(
+                self.completion_timeout_s_per_gib,
+                ram_mib,
+            ),
+            switchover: self.switchover.unwrap_or_default(),
+        }
+    }
+
     pub fn validate(&self) -> Result<(), ApiError> {
         if let Some(b) = self.max_bandwidth_mib {
             if b == 0 || b > 1 << 20 {
@@ -174,6 +195,9 @@ pub struct RunState {
     /// A cold migration's own steps.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cold: Option<Box<crate::ColdRun>>,
+    /// Where the time went so far (the report carries it at the end).
+    #[serde(default)]
+    pub parts: TimeParts,
 }
 
 impl RunState {

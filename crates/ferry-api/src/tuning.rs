@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-pub use ferry_migration::convergence::{PostcopyPolicy, Step as ControllerStep};
+pub use ferry_migration::convergence::{PostcopyPolicy, Step as ControllerStep, SwitchoverPolicy};
 
 use crate::{ApiError, MigrationOptions};
 
@@ -120,6 +120,7 @@ impl MigrationOptions {
             completion_timeout_s_per_gib: self
                 .completion_timeout_s_per_gib
                 .or(d.completion_timeout_s_per_gib),
+            switchover: self.switchover.or(d.switchover),
         }
     }
 
@@ -190,6 +191,9 @@ pub struct TuneRequest {
     /// else `Some(0)`.
     #[serde(default)]
     pub max_bandwidth_bytes_s: Option<u64>,
+    /// The switch-over target QEMU aims at (its `downtime-limit`), ms.
+    #[serde(default)]
+    pub downtime_limit_ms: Option<u64>,
 }
 
 /// The smallest bandwidth cap the tune route sets, bytes/s: below it a migration makes no
@@ -201,6 +205,13 @@ pub const MAX_TUNE_BANDWIDTH_BYTES_S: u64 = 1 << 40;
 impl TuneRequest {
     /// The throttle is clamped where it is applied (1-99), as before this check existed.
     pub fn validate(&self) -> Result<(), ApiError> {
+        if let Some(d) = self.downtime_limit_ms {
+            if !(1..=60_000).contains(&d) {
+                return Err(ApiError::bad_request(format!(
+                    "downtime_limit_ms is {d}; it must be between 1 and 60000"
+                )));
+            }
+        }
         match self.max_bandwidth_bytes_s {
             None | Some(0) => Ok(()),
             Some(b) if (MIN_TUNE_BANDWIDTH_BYTES_S..=MAX_TUNE_BANDWIDTH_BYTES_S).contains(&b) => {

@@ -68,7 +68,7 @@ pub enum Command {
     #[command(subcommand)]
     Rule(RuleCmd),
     /// Run the per-host agent.
-    Agent(AgentArgs),
+    Agent(Box<AgentArgs>),
     /// Registered hosts.
     #[command(subcommand)]
     Host(HostCmd),
@@ -504,7 +504,7 @@ pub enum VmCmd {
         ferry vm migrate web1 --to b --max-bandwidth 100 --json\n  \
         ferry vm migrate web1 --to b --max-throttle 80 --postcopy allowed\n  \
         ferry vm migrate web1 --to b --no-wait            # print the id and return")]
-    Migrate(MigrateArgs),
+    Migrate(Box<MigrateArgs>),
 }
 
 #[derive(Args, Debug)]
@@ -662,6 +662,11 @@ pub struct TuningArgs {
     /// past it, a pass that sets no new low aborts it.
     #[arg(long, value_name = "S")]
     pub completion_timeout_per_gib: Option<u64>,
+    /// Switch-over target: least (the default: QEMU aims at the least pause the guest
+    /// allows, starting at 20 ms and rising towards the budget only while pre-copy stops
+    /// shrinking) or budget (aim at two thirds of --downtime-limit from the start).
+    #[arg(long, value_parser = ["least", "budget"])]
+    pub switchover: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]

@@ -197,6 +197,7 @@ pub fn options_from(t: &TuningArgs) -> Result<MigrationOptions, CliError> {
         max_throttle_pct: t.max_throttle,
         postcopy: t.postcopy.as_deref().map(named).transpose()?,
         completion_timeout_s_per_gib: t.completion_timeout_per_gib,
+        switchover: t.switchover.as_deref().map(named).transpose()?,
         ..Default::default()
     })
 }
@@ -327,8 +328,21 @@ pub fn print_report(m: &Migration) {
             print_footer(m);
             return;
         }
+        if let Some(p) = &r.parts {
+            println!("  where it went  {}", p.summary());
+        }
         println!("  transfer time  {}", millis(r.transfer_time_ms));
-        println!("  downtime       {}", millis(r.downtime_ms));
+        match r.switchover_target_ms {
+            Some(t) => println!(
+                "  downtime       {} (QEMU's figure; switch-over target {})",
+                millis(r.downtime_ms),
+                millis(t)
+            ),
+            None => println!("  downtime       {}", millis(r.downtime_ms)),
+        }
+        if let Some(p) = &r.pause {
+            println!("  pause pieces   {}", p.summary());
+        }
         println!(
             "  bytes sent     {} (guest RAM {})",
             bytes(r.bytes_sent),

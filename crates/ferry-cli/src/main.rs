@@ -85,7 +85,7 @@ async fn run(cli: Cli) -> CliResult {
     };
     match cli.command {
         Command::Server(a) => cmd_daemons::server(a).await,
-        Command::Agent(a) => cmd_daemons::agent(a, &server).await,
+        Command::Agent(a) => cmd_daemons::agent(*a, &server).await,
         Command::Ca(c) => cmd_security::ca(&server, c).await,
         Command::User(c) => cmd_security::user(&server, c).await,
         Command::Whoami(j) => cmd_security::whoami(&server, j).await,
@@ -105,7 +105,7 @@ async fn run(cli: Cli) -> CliResult {
         Command::Cluster(cli::ClusterCmd::Balance(a)) => cmd_balance::balance(&server, a).await,
         Command::Cluster(c) => cmd_cluster::cluster(&server, c).await,
         Command::Recommendation(c) => cmd_balance::recommendation(&server, c).await,
-        Command::Vm(cli::VmCmd::Migrate(a)) => cmd_migrate::migrate(&server, a).await,
+        Command::Vm(cli::VmCmd::Migrate(a)) => cmd_migrate::migrate(&server, *a).await,
         Command::Vm(c) => cmd_vm::vm(&server, c).await,
         Command::Migration(c) => cmd_migrate::migration(&server, c).await,
         Command::Events(a) => match a.audit {

@@ -30,6 +30,21 @@
 //! rate any pass reached and by the pre-check's probe, never by the first pass alone (QEMU's
 //! first pass reads cold pages and runs slower than later ones).
 //!
+//! The switch-over target (QEMU's `downtime-limit`: QEMU pauses the guest as soon as the
+//! RAM left fits it at the measured rate) is a second, separate output: the *least pause*
+//! policy starts it at [`LEAST_TARGET_MS`] and raises it only after a pass that did not
+//! shrink what is left, to `max(2 x target, 5/4 x predicted)`, never above the ceiling
+//! [`switchover_target_ms`] of the budget. An idle or lightly dirtying guest switches over
+//! at the floor; a busy one reaches the ceiling within a few stalled passes and finishes
+//! as it did when QEMU was handed the whole budget from the start (the `budget` policy).
+//! The escalation above is judged against the ceiling, never the lowered target, so the
+//! convergence guarantees are the same under both policies (property-tested).
+//!
+//! ```text
+//!   target: 20 ms ──(pass without a new low)──▶ max(40, 5/4 predicted) ──▶ … ──▶ ceiling
+//!              └── (pass with a new low): unchanged; it never goes down
+//! ```
+//!
 //! Streams (multifd) and compression are chosen before the stream starts (QEMU cannot
 //! change them mid-stream), so they are not steps here but inputs: the bandwidth they
 //! achieve is what the controller measures. Pure: no clock, no I/O; the orchestrator feeds
@@ -62,9 +77,62 @@ pub const THROTTLE_STEP_PCT: u8 = 20;
 /// the whole 300 ms. So QEMU and this controller aim at two thirds of the budget.
 pub const RAM_SHARE_OF_BUDGET_PCT: u64 = 67;
 
-/// The pause QEMU is told to aim for (its `downtime-limit`), for a downtime budget.
+/// The pause QEMU is told to aim for (its `downtime-limit`), for a downtime budget: the
+/// ceiling of the switch-over target.
 pub fn switchover_target_ms(budget_ms: u64) -> u64 {
     (budget_ms * RAM_SHARE_OF_BUDGET_PCT / 100).max(1)
+}
+
+/// Where the least-pause policy starts QEMU's switch-over target, ms: what the RAM left
+/// may take on top of the pause's fixed part (stopping the vCPUs, the last bitmap sync,
+/// the device state, the destination's load and resume), measured here at 10-20 ms under
+/// TCG for a 1 GiB guest (docs/architecture.md, "The least pause").
+pub const LEAST_TARGET_MS: u64 = 20;
+
+/// How the switch-over target is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SwitchoverPolicy {
+    /// Start at [`LEAST_TARGET_MS`] and raise it towards the ceiling only when the RAM left
+    /// stops shrinking: the least pause the guest allows.
+    #[default]
+    Least,
+    /// Aim at the ceiling from the start (Ferry before issue 14): QEMU switches as soon as
+    /// the rest fits two thirds of the budget, however much less an idle guest could do.
+    Budget,
+}
+
+impl std::fmt::Display for SwitchoverPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SwitchoverPolicy::Least => "least",
+            SwitchoverPolicy::Budget => "budget",
+        })
+    }
+}
+
+/// The target QEMU gets when the stream starts, ms.
+pub fn initial_target_ms(policy: &Policy) -> u64 {
+    let ceiling = switchover_target_ms(policy.downtime_budget_ms);
+    match policy.switchover {
+        SwitchoverPolicy::Least => LEAST_TARGET_MS.min(ceiling),
+        SwitchoverPolicy::Budget => ceiling,
+    }
+}
+
+/// The target after a pass: unchanged while what is left keeps shrinking, else raised to
+/// `max(2 x target, 5/4 x predicted)`, never above the ceiling and never lowered.
+fn next_target_ms(policy: &Policy, h: &History, predicted: Option<u64>) -> u64 {
+    let ceiling = switchover_target_ms(policy.downtime_budget_ms);
+    let current = h.target_or(ceiling);
+    if policy.switchover == SwitchoverPolicy::Budget {
+        return ceiling.max(current);
+    }
+    if h.last_pass_progressed || current >= ceiling {
+        return current;
+    }
+    let wanted = predicted.map_or(0, |p| p.saturating_mul(5) / 4);
+    current.saturating_mul(2).max(wanted).min(ceiling)
 }
 
 /// The completion deadline of a migration, ms: `per_gib_s` (or the default) for each
@@ -101,6 +169,9 @@ pub struct Policy {
     /// Past this (ms since the stream started) a pre-copy that stopped shrinking is
     /// escalated or, with nothing left to escalate to, aborted (0: no deadline).
     pub completion_deadline_ms: u64,
+    /// How QEMU's switch-over target moves within the budget.
+    #[serde(default)]
+    pub switchover: SwitchoverPolicy,
 }
 
 /// What the source measured at the end of a pass.
@@ -160,6 +231,9 @@ pub struct History {
     pub link_estimate_bytes_per_s: u64,
     /// Whole passes run at the current step with its throttle applied.
     pub passes_at_step: u32,
+    /// The switch-over target QEMU has (its `downtime-limit`), ms; 0 in a record saved
+    /// before the target moved, when QEMU was given the ceiling.
+    pub target_ms: u64,
 }
 
 impl History {
@@ -168,6 +242,15 @@ impl History {
         History {
             link_estimate_bytes_per_s: link_estimate,
             ..Default::default()
+        }
+    }
+
+    /// The target QEMU has, `ceiling` for a record from before the target moved.
+    pub fn target_or(&self, ceiling: u64) -> u64 {
+        if self.target_ms == 0 {
+            ceiling
+        } else {
+            self.target_ms
         }
     }
 
@@ -227,6 +310,9 @@ pub struct Decision {
     /// The link rate judged by, bytes/s.
     #[serde(default)]
     pub link_bytes_per_s: u64,
+    /// The switch-over target QEMU should have from now on, ms.
+    #[serde(default)]
+    pub target_ms: u64,
     pub reason: String,
 }
 
@@ -261,25 +347,38 @@ pub fn decide(policy: &Policy, history: &History, s: &Sample) -> (Decision, Hist
     let mut h = history.after(s);
     let link = h.link_bytes_per_s(s);
     let predicted = (link > 0).then(|| (s.remaining_bytes as f64 / link as f64 * 1000.0) as u64);
+    // Escalation is judged against the ceiling, whatever QEMU's target is now.
     let target = switchover_target_ms(policy.downtime_budget_ms);
     let needed = passes_needed(s.remaining_bytes, link, s.dirty_rate_bytes_per_s, target);
+    if h.step != Step::Postcopy {
+        h.target_ms = next_target_ms(policy, &h, predicted);
+    }
+    let target_now = h.target_or(target);
     let decision = |action, reason: String| Decision {
         action,
         predicted_downtime_ms: predicted,
         passes_needed: needed,
         link_bytes_per_s: link,
+        target_ms: target_now,
         reason,
     };
     if h.step == Step::Postcopy {
         return (decision(Action::Continue, "post-copy is running".into()), h);
     }
+    let raised = history.target_ms != 0 && target_now > history.target_ms;
     let rates = format!(
-        "dirty {:.0} MiB/s vs link {:.0} MiB/s (best pass {:.0}, probe {:.0}), {:.0} MiB remaining",
+        "dirty {:.0} MiB/s vs link {:.0} MiB/s (best pass {:.0}, probe {:.0}), {:.0} MiB \
+         remaining, switch-over target {target_now} ms{}",
         mib(s.dirty_rate_bytes_per_s),
         mib(link),
         mib(h.best_bandwidth_bytes_per_s),
         mib(h.link_estimate_bytes_per_s),
-        mib(s.remaining_bytes)
+        mib(s.remaining_bytes),
+        if raised {
+            format!(" (raised from {} ms: no new low)", history.target_ms)
+        } else {
+            String::new()
+        }
     );
     let Some(pred) = predicted else {
         return (
@@ -295,7 +394,7 @@ pub fn decide(policy: &Policy, history: &History, s: &Sample) -> (Decision, Hist
     let prediction_disproved = overdue && stalled;
     if pred <= target && !prediction_disproved {
         let why = format!(
-            "predicted downtime {pred} ms is within the {target} ms target for the {} ms budget \
+            "predicted downtime {pred} ms is within the {target} ms ceiling for the {} ms budget \
              ({rates})",
             policy.downtime_budget_ms
         );
@@ -442,7 +541,73 @@ mod tests {
             max_throttle_pct: 90,
             postcopy,
             completion_deadline_ms: 0,
+            switchover: SwitchoverPolicy::Least,
         }
+    }
+
+    /// The issue's idle guest: what is left shrinks pass after pass, so QEMU keeps the
+    /// least target and switches over at the floor instead of waiting for the ceiling.
+    #[test]
+    fn a_shrinking_copy_keeps_the_least_target() {
+        let p = policy(PostcopyPolicy::Never);
+        let start = History {
+            target_ms: initial_target_ms(&p),
+            ..History::with_link_estimate(119 * MIB)
+        };
+        assert_eq!(start.target_ms, LEAST_TARGET_MS);
+        let trace = [
+            sample(1, 700, 110, 0),
+            sample(2, 40, 110, 0),
+            sample(3, 8, 110, 0),
+        ];
+        let (ds, h) = run(&p, start, &trace);
+        assert!(ds.iter().all(|d| d.target_ms == LEAST_TARGET_MS), "{ds:?}");
+        assert_eq!(h.target_ms, LEAST_TARGET_MS);
+    }
+
+    /// A guest whose dirty set stops shrinking above the least target: the target rises
+    /// to what the rest needs (5/4 of the prediction), then doubles, up to the ceiling.
+    #[test]
+    fn a_stalled_copy_raises_the_target_towards_the_ceiling() {
+        let p = policy(PostcopyPolicy::Never);
+        let start = History {
+            target_ms: initial_target_ms(&p),
+            ..History::default()
+        };
+        // 6 MiB at 100 MiB/s: 60 ms predicted, stuck there.
+        let trace: Vec<Sample> = (1..=5).map(|i| sample(i, 6, 100, 50)).collect();
+        let (ds, _) = run(&p, start, &trace);
+        let targets: Vec<u64> = ds.iter().map(|d| d.target_ms).collect();
+        // Pass 1 is a new low (kept at 20); pass 2 raises to max(40, 75); then 150, 201.
+        assert_eq!(targets, vec![20, 75, 150, 201, 201], "{ds:?}");
+        assert!(
+            ds[1].reason.contains("raised from 20 ms"),
+            "{}",
+            ds[1].reason
+        );
+        assert!(ds.iter().all(|d| d.action == Action::Continue));
+    }
+
+    #[test]
+    fn the_budget_policy_aims_at_the_ceiling_from_the_start() {
+        let p = Policy {
+            switchover: SwitchoverPolicy::Budget,
+            ..policy(PostcopyPolicy::Never)
+        };
+        assert_eq!(initial_target_ms(&p), 201);
+        let start = History {
+            target_ms: initial_target_ms(&p),
+            ..History::default()
+        };
+        let (ds, _) = run(&p, start, &[sample(1, 700, 110, 0), sample(2, 6, 110, 0)]);
+        assert!(ds.iter().all(|d| d.target_ms == 201));
+        // A record from before the target moved (0) means QEMU has the ceiling.
+        let (d, h) = decide(
+            &policy(PostcopyPolicy::Never),
+            &History::default(),
+            &sample(1, 6, 100, 0),
+        );
+        assert_eq!((d.target_ms, h.target_ms), (201, 201));
     }
 
     fn sample(pass: u64, remaining_mib: u64, bw_mib: u64, dirty_mib: u64) -> Sample {
@@ -635,6 +800,7 @@ mod tests {
                 PostcopyPolicy::Automatic,
             ][pc],
             completion_deadline_ms: dl,
+            switchover: SwitchoverPolicy::Least,
         })
     }
 
@@ -728,6 +894,38 @@ mod tests {
                     prop_assert_eq!(&d.action, &Action::Continue);
                 }
                 h = next;
+            }
+        }
+
+        /// The switch-over target never goes down, never passes the ceiling, starts at the
+        /// least target, and rises only after a pass that made no new low; and the least
+        /// pause changes nothing else: the same trace gets the same actions and steps as
+        /// under the budget policy (the convergence guarantees are the budget's).
+        #[test]
+        fn the_target_only_rises_and_leaves_escalation_alone(p in any_policy(), probe in 0u64..(2u64 << 30), shrinking in any::<bool>(), trace in any_trace(false)) {
+            let ceiling = switchover_target_ms(p.downtime_budget_ms);
+            let budget = Policy { switchover: SwitchoverPolicy::Budget, ..p.clone() };
+            let trace = if shrinking { trace } else { trace.into_iter().rev().collect() };
+            let mut h = History { target_ms: initial_target_ms(&p), ..History::with_link_estimate(probe) };
+            let mut hb = History { target_ms: initial_target_ms(&budget), ..History::with_link_estimate(probe) };
+            prop_assert_eq!(h.target_ms, LEAST_TARGET_MS.min(ceiling));
+            for s in &trace {
+                let (d, next) = decide(&p, &h, s);
+                let (db, nextb) = decide(&budget, &hb, s);
+                prop_assert!(next.target_ms >= h.target_ms && next.target_ms <= ceiling);
+                prop_assert_eq!(d.target_ms, next.target_ms);
+                if next.target_ms > h.target_ms {
+                    prop_assert!(!next.last_pass_progressed);
+                }
+                prop_assert_eq!(db.target_ms, ceiling);
+                // The same action (abort reasons differ only in the target they name).
+                match (&d.action, &db.action) {
+                    (Action::Abort { .. }, Action::Abort { .. }) => {}
+                    (a, b) => prop_assert_eq!(a, b),
+                }
+                prop_assert_eq!(next.step, nextb.step);
+                h = next;
+                hb = nextb;
             }
         }
     }

@@ -58,6 +58,17 @@ pub enum StreamNext {
     Cancel,
 }
 
+/// How long to wait before the next look at a pre-copy stream: `normal` while much is left,
+/// `fast` once what is left would cross the link within a second (the end is near, and the
+/// server's lag behind QEMU's completion is part of every migration's time).
+pub fn next_look_ms(remaining_bytes: u64, link_bytes_per_s: u64, normal: u64, fast: u64) -> u64 {
+    if link_bytes_per_s > 0 && remaining_bytes <= link_bytes_per_s {
+        fast.min(normal)
+    } else {
+        normal
+    }
+}
+
 pub fn stream_next(o: &StreamObservation) -> StreamNext {
     if let Some(a) = &o.source {
         match a.facts {
@@ -291,5 +302,14 @@ mod tests {
             ..o
         };
         assert!(matches!(copy_next(&o), CopyNext::Fail(r) if r.contains("No space")));
+    }
+
+    #[test]
+    fn the_stream_is_watched_closely_near_its_end() {
+        const MIB: u64 = 1 << 20;
+        assert_eq!(next_look_ms(800 * MIB, 110 * MIB, 250, 50), 250);
+        assert_eq!(next_look_ms(100 * MIB, 110 * MIB, 250, 50), 50);
+        assert_eq!(next_look_ms(0, 0, 250, 50), 250);
+        assert_eq!(next_look_ms(1, 110 * MIB, 30, 50), 30);
     }
 }

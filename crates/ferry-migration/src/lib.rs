@@ -38,6 +38,7 @@ pub mod convergence;
 pub mod disk_sync;
 pub mod follow;
 pub mod mode;
+pub mod pause;
 pub mod phase;
 pub mod postcopy;
 pub mod progress;
@@ -49,6 +50,6 @@ pub mod watch;
 pub use mode::MigrationMode;
 pub use phase::{Phase, PhaseEvent, TransitionError};
 pub use progress::{
-    disk_totals, disks_in_sync, DiskCopyProgress, MigrationProgress, MigrationReport,
+    disk_totals, disks_in_sync, DiskCopyProgress, MigrationProgress, MigrationReport, TimeParts,
 };
 pub use status::{BlockJobStatus, MigrationStatus};

@@ -147,6 +147,51 @@ pub struct MigrationReport {
     /// Cold migration: local disks copied and verified (size and checksum) before the move.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disks_verified: Option<u32>,
+    /// The switch-over target QEMU had when it paused the guest, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub switchover_target_ms: Option<u64>,
+    /// The pause in pieces, from QEMU's checkpoints on both sides.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause: Option<crate::pause::PauseParts>,
+    /// Where the migration's time went.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parts: Option<TimeParts>,
+}
+
+/// Where a live migration's time went, ms by the server's clock. Their sum is the
+/// operator's wait from the request to the VM running on the destination.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TimeParts {
+    /// The pre-migration checks (with the link probe, unless a fresh one was reused).
+    pub checks_ms: u64,
+    /// The destination starting its QEMU and listening.
+    pub prepare_ms: u64,
+    /// Local disks copied before the memory stream.
+    pub disks_ms: u64,
+    /// The memory stream, until the server saw the source complete it.
+    pub stream_ms: u64,
+    /// From there to the destination seen running (the record moves after).
+    pub switch_ms: u64,
+}
+
+impl TimeParts {
+    pub fn total_ms(&self) -> u64 {
+        self.checks_ms + self.prepare_ms + self.disks_ms + self.stream_ms + self.switch_ms
+    }
+
+    /// `checks 210 + prepare 480 + stream 3010 + switch 90 ms` (disks only when copied).
+    pub fn summary(&self) -> String {
+        let mut s = format!("checks {} + prepare {}", self.checks_ms, self.prepare_ms);
+        if self.disks_ms > 0 {
+            s.push_str(&format!(" + disks {}", self.disks_ms));
+        }
+        s.push_str(&format!(
+            " + stream {} + switch {} ms",
+            self.stream_ms, self.switch_ms
+        ));
+        s
+    }
 }
 
 impl MigrationReport {
@@ -198,6 +243,9 @@ impl MigrationReport {
             save_ms: None,
             restore_ms: None,
             disks_verified: None,
+            switchover_target_ms: None,
+            pause: None,
+            parts: None,
         }
     }
 }

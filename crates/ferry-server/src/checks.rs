@@ -29,6 +29,8 @@ pub struct CheckInput<'a> {
     pub storage: Result<Vec<PlannedCopy>, String>,
     /// The probe from the source to the destination's migration address.
     pub probe: Result<ProbeSendResponse, String>,
+    /// A probe of this pair from a recent check, reused: how old it is, s.
+    pub probe_age_s: Option<u64>,
 }
 
 /// QEMU's own memory beside the guest's: page tables, device emulation, the TCG
@@ -398,15 +400,19 @@ fn migration_network(i: &CheckInput) -> Vec<CheckResult> {
             } else {
                 f64::INFINITY
             };
+            let ago = i
+                .probe_age_s
+                .map(|s| format!(" (the probe of {s} s ago, reused)"))
+                .unwrap_or_default();
             let reach = pass(
                 R,
                 format!(
-                    "{} connected to {}'s migration address {} in {:.1} ms",
+                    "{} connected to {}'s migration address {} in {:.1} ms{ago}",
                     i.source.name, i.dest.name, i.dest.migration_address, p.connect_ms
                 ),
             );
             let msg = format!(
-                "about {mib_s:.0} MiB/s in a {:.0} ms probe ({} KiB); moving {total:.0} MiB would take about {estimate_s:.0} s",
+                "about {mib_s:.0} MiB/s in a {:.0} ms probe ({} KiB){ago}; moving {total:.0} MiB would take about {estimate_s:.0} s",
                 p.elapsed_ms,
                 p.bytes_sent >> 10
             );
@@ -547,6 +553,7 @@ mod tests {
             incoming_vcpus: 0,
             storage: Ok(vec![]),
             probe: probe(),
+            probe_age_s: None,
         };
         change(&mut v, &mut s, &mut d, &mut x);
         run_checks(&CheckInput {
@@ -560,7 +567,22 @@ mod tests {
             incoming_vcpus: x.incoming_vcpus,
             storage: x.storage,
             probe: x.probe,
+            probe_age_s: x.probe_age_s,
         })
+    }
+
+    #[test]
+    fn a_reused_probe_says_how_old_it_is() {
+        let out = run(|_, _, _, x| x.probe_age_s = Some(12));
+        let bw = out
+            .iter()
+            .find(|c| c.name == "migration_network.bandwidth")
+            .expect("bandwidth check");
+        assert!(
+            bw.message.contains("probe of 12 s ago, reused"),
+            "{}",
+            bw.message
+        );
     }
 
     struct CheckInputExtras {
@@ -571,6 +593,7 @@ mod tests {
         incoming_vcpus: u32,
         storage: Result<Vec<PlannedCopy>, String>,
         probe: Result<ProbeSendResponse, String>,
+        probe_age_s: Option<u64>,
     }
 
     fn verdict_of(checks: &[CheckResult], name: &str) -> (Verdict, String) {

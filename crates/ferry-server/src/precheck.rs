@@ -92,23 +92,36 @@ impl Server {
         let dest_agent = self.agent_client(&dest)?;
 
         let mode = req.options.mode;
-        let source_state = match tokio::time::timeout(CALL_TIMEOUT, source_agent.vm(&vm.spec.name))
-            .await
-        {
-            Ok(Ok(rt)) => Some(rt.state),
-            // The agent answered: no QEMU runs the VM there (a stopped VM is forgotten).
-            Ok(Err(ferry_api::client::ClientError::Api(e))) if e.code == ErrorCode::NotFound => {
-                Some(VmState::Stopped)
+        let source_state = async {
+            match tokio::time::timeout(CALL_TIMEOUT, source_agent.vm(&vm.spec.name)).await {
+                Ok(Ok(rt)) => Some(rt.state),
+                // The agent answered: no QEMU runs the VM there (a stopped VM is forgotten).
+                Ok(Err(ferry_api::client::ClientError::Api(e)))
+                    if e.code == ErrorCode::NotFound =>
+                {
+                    Some(VmState::Stopped)
+                }
+                _ => None,
             }
-            _ => None,
         };
-        let storage =
+        let storage = async {
             match tokio::time::timeout(CALL_TIMEOUT * 2, self.storage_plan(&vm, &dest)).await {
                 Ok(r) => r.map_err(|e| e.message),
                 Err(_) => Err("the hosts did not list their disks in time".into()),
-            };
-        // Only a live migration streams over the migration network.
-        let probe = if mode == MigrationMode::Live {
+            }
+        };
+        // Only a live migration streams over the migration network; a probe of the same
+        // pair from a recent check is reused (the link's rate does not change by the
+        // second, and a migration that finds the link gone still rolls back safely).
+        let fresh = self.fresh_probe(&source.name, &dest.name);
+        let probe_age_s = fresh.as_ref().map(|(age, _)| age.as_secs());
+        let probe = async {
+            if mode != MigrationMode::Live {
+                return Err(format!("not probed: a {mode} migration does not use it"));
+            }
+            if let Some((_, r)) = fresh {
+                return Ok(r);
+            }
             let probe = probe_link(
                 (&source.name, &source_agent),
                 (&dest.name, &dest_agent),
@@ -117,12 +130,12 @@ impl Server {
             )
             .await;
             if let Ok(r) = &probe {
-                self.record_probe(&source.name, &dest.name, r.bytes_per_s);
+                self.record_probe(&source.name, &dest.name, r);
             }
             probe
-        } else {
-            Err(format!("not probed: a {mode} migration does not use it"))
         };
+        // The three gatherings are independent: at once, not one after the other.
+        let (source_state, storage, probe) = tokio::join!(source_state, storage, probe);
 
         let (mut incoming_memory_mib, mut incoming_vcpus) = (0, 0);
         for m in self.store.unfinished_migrations()? {
@@ -146,6 +159,7 @@ impl Server {
             incoming_vcpus,
             storage,
             probe,
+            probe_age_s,
         });
         Ok(CheckReport {
             vm: vm.spec.name.clone(),

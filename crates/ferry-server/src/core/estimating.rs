@@ -22,6 +22,12 @@ const FACTS_TIMEOUT: Duration = Duration::from_secs(6);
 /// The dry run's probe of a link nobody measured yet.
 const PROBE_BYTES: u64 = 64 << 20;
 const PROBE_MAX_MS: u64 = 400;
+/// A pre-check reuses a probe of the same pair this young.
+pub(crate) const PROBE_FRESH: Duration = Duration::from_secs(60);
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 impl Server {
     /// A host's migration link, bytes/s (configured, else the best probe seen).
@@ -36,15 +42,29 @@ impl Server {
         configured.or_else(|| self.links().get(host).copied())
     }
 
+    /// A probe from `a` to `b` younger than [`PROBE_FRESH`], with its age.
+    pub(crate) fn fresh_probe(&self, a: &str, b: &str) -> Option<(Duration, ProbeSendResponse)> {
+        let probes = lock(&self.probes);
+        let (at, probe) = probes.get(&(a.to_string(), b.to_string()))?;
+        let age = at.elapsed();
+        (age < PROBE_FRESH).then(|| (age, probe.clone()))
+    }
+
     fn links(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
         self.links.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Remembers a probe's rate between two hosts.
-    pub(crate) fn record_probe(&self, a: &str, b: &str, bytes_per_s: u64) {
+    /// Remembers a probe between two hosts: its rate for both hosts' links, and the whole
+    /// answer for the next check of the pair (see [`Server::fresh_probe`]).
+    pub(crate) fn record_probe(&self, a: &str, b: &str, probe: &ProbeSendResponse) {
+        let bytes_per_s = probe.bytes_per_s;
         if bytes_per_s == 0 {
             return;
         }
+        lock(&self.probes).insert(
+            (a.to_string(), b.to_string()),
+            (std::time::Instant::now(), probe.clone()),
+        );
         let mut links = self.links();
         for h in [a, b] {
             let e = links.entry(h.to_string()).or_insert(0);
@@ -172,7 +192,7 @@ impl Server {
                 continue;
             };
             match probe_link((host, &src), (d, &dst), PROBE_BYTES, PROBE_MAX_MS).await {
-                Ok(r) => self.record_probe(host, d, r.bytes_per_s),
+                Ok(r) => self.record_probe(host, d, &r),
                 Err(e) => tracing::info!("probe {host} -> {d} for the estimate: {e}"),
             }
         }

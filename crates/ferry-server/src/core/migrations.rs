@@ -7,6 +7,7 @@ use std::sync::Arc;
 use chrono::Utc;
 
 use ferry_api::*;
+use ferry_migration::convergence::initial_target_ms;
 use uuid::Uuid;
 
 use super::{summary_of_checks, Server};
@@ -153,12 +154,18 @@ impl Server {
             run: RunState {
                 copies,
                 ram_mib: vm.spec.memory_mib,
-                controller: ConvergenceHistory::with_link_estimate(link_estimate(
-                    &report,
-                    &req.options,
-                )),
+                controller: ConvergenceHistory {
+                    target_ms: initial_target_ms(
+                        &req.options.convergence_policy(vm.spec.memory_mib),
+                    ),
+                    ..ConvergenceHistory::with_link_estimate(link_estimate(&report, &req.options))
+                },
                 quick,
                 cold,
+                parts: TimeParts {
+                    checks_ms: report.elapsed_ms,
+                    ..Default::default()
+                },
                 ..Default::default()
             },
             attention: None,

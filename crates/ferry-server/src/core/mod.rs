@@ -214,6 +214,11 @@ pub struct Server {
     pub(crate) schedule_wake: tokio::sync::Notify,
     /// The best rate a probe measured to or from each host, bytes/s.
     pub(crate) links: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+    /// The last probe of each (source, destination) pair and when it was taken.
+    #[allow(clippy::type_complexity)]
+    pub(crate) probes: std::sync::Mutex<
+        std::collections::HashMap<(String, String), (std::time::Instant, ProbeSendResponse)>,
+    >,
     /// The bandwidth cap last given to each running migration by the fair share.
     pub(crate) applied_shares: std::sync::Mutex<std::collections::HashMap<Uuid, u64>>,
     /// The hosts' and VMs' recent load, from the heartbeats (see [`crate::load_book`]).
@@ -305,6 +310,7 @@ impl Server {
             queue_wake: tokio::sync::Notify::new(),
             schedule_wake: tokio::sync::Notify::new(),
             links: Default::default(),
+            probes: Default::default(),
             applied_shares: Default::default(),
             load: Default::default(),
             ha: Default::default(),

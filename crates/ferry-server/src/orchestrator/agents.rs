@@ -114,6 +114,8 @@ pub trait Agents: Send + Sync {
     async fn hand_over(&self, host: &str, vm: &str) -> AgentResult<()>;
     /// Destination: announce the VM's MACs.
     async fn announce(&self, host: &str, vm: &str) -> AgentResult<()>;
+    /// QEMU's checkpoints of the VM's last switch-over pause on `host`.
+    async fn pause_checkpoints(&self, host: &str, vm: &str) -> AgentResult<Vec<PauseCheckpoint>>;
     async fn delete_disk(&self, host: &str, pool: &str, image: &str) -> AgentResult<()>;
     /// Post-copy: drop the connection (either side).
     async fn pause_postcopy(&self, host: &str, vm: &str) -> AgentResult<AgentMigrationStatus>;
@@ -346,6 +348,9 @@ impl Agents for HttpAgents {
     }
     async fn announce(&self, host: &str, vm: &str) -> AgentResult<()> {
         call!(self, host, QUICK, |c| c.announce(vm)).map(|_| ())
+    }
+    async fn pause_checkpoints(&self, host: &str, vm: &str) -> AgentResult<Vec<PauseCheckpoint>> {
+        call!(self, host, QUICK, |c| c.pause_checkpoints(vm))
     }
     async fn delete_disk(&self, host: &str, pool: &str, image: &str) -> AgentResult<()> {
         call!(self, host, SLOW, |c| c.delete_disk(pool, image)).map(|_| ())

@@ -4,22 +4,13 @@
 //! so a restarted server knows post-copy was asked for even if QEMU had not switched yet.
 
 use ferry_api::*;
-use ferry_migration::convergence::{completion_deadline_ms, decide, Action, Policy, Sample};
+use ferry_migration::convergence::{decide, Action, Policy, Sample};
 
 use super::{Run, Step};
 
 impl Run {
-    fn policy(&self) -> Policy {
-        let o = &self.m.options;
-        Policy {
-            downtime_budget_ms: o.downtime_limit_ms.unwrap_or(DEFAULT_DOWNTIME_LIMIT_MS),
-            max_throttle_pct: o.max_throttle_pct.unwrap_or(0),
-            postcopy: o.postcopy.unwrap_or_default(),
-            completion_deadline_ms: completion_deadline_ms(
-                o.completion_timeout_s_per_gib,
-                self.m.run.ram_mib,
-            ),
-        }
+    pub(super) fn policy(&self) -> Policy {
+        self.m.options.convergence_policy(self.m.run.ram_mib)
     }
 
     /// One controller round on `p` (the progress after a pass): records the prediction in
@@ -41,14 +32,21 @@ impl Run {
         let data = serde_json::json!({
             "decision": d, "sample": sample, "policy": policy, "history": history,
         });
+        // A new switch-over target travels with the step (or alone).
+        let target = (history.target_ms != before.target_ms).then_some(history.target_ms);
         let request = match &d.action {
-            Action::Continue => None,
+            Action::Continue => target.map(|ms| TuneRequest {
+                downtime_limit_ms: Some(ms),
+                ..Default::default()
+            }),
             Action::RaiseThrottle { to_pct } => Some(TuneRequest {
                 throttle_pct: Some(*to_pct),
+                downtime_limit_ms: target,
                 ..Default::default()
             }),
             Action::StartPostcopy => Some(TuneRequest {
                 start_postcopy: true,
+                downtime_limit_ms: target,
                 ..Default::default()
             }),
             Action::Abort { reason } => {
@@ -63,7 +61,7 @@ impl Run {
             }
         };
         self.m.run.controller = history;
-        if history.step != before.step {
+        if history.step != before.step || history.target_ms != before.target_ms {
             // Saved before QEMU is asked, so recovery knows the step was requested.
             self.save_run().await?;
         }

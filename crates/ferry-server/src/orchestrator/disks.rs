@@ -117,6 +117,7 @@ impl Run {
             match copy_next(&obs) {
                 CopyNext::Wait => {}
                 CopyNext::InSync => {
+                    self.m.run.parts.disks_ms = self.lap();
                     self.advance(
                         PhaseEvent::DisksInSync,
                         format!(

@@ -721,6 +721,12 @@ impl Agents for FakeCluster {
         Ok(())
     }
 
+    async fn pause_checkpoints(&self, host: &str, _vm: &str) -> AgentResult<Vec<PauseCheckpoint>> {
+        self.enter("pause_checkpoints", host)?;
+        self.leave("pause_checkpoints", host);
+        Ok(Vec::new())
+    }
+
     async fn announce(&self, host: &str, _vm: &str) -> AgentResult<()> {
         self.enter("announce", host)?;
         self.leave("announce", host);

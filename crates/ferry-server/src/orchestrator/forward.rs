@@ -6,10 +6,13 @@ use std::time::Instant;
 
 use ferry_api::*;
 use ferry_migration::convergence::switchover_target_ms;
-use ferry_migration::follow::{stream_next, Answer, StreamNext, StreamObservation};
+use ferry_migration::follow::{next_look_ms, stream_next, Answer, StreamNext, StreamObservation};
 use ferry_migration::watch::{Role, Watch};
 
 use super::{HoldPoint, Next, Run, Step, Why};
+
+/// How often the stream is looked at once its end is near (see `next_look_ms`).
+const NEAR_END_POLL_MS: u64 = 50;
 
 impl Run {
     fn ms(&self, since: Instant) -> u64 {
@@ -64,6 +67,7 @@ impl Run {
         if self.cancel_requested() {
             return Ok(Next::Settle(Why::Cancel));
         }
+        self.m.run.parts.prepare_ms = self.lap();
         if self.m.run.copies.is_empty() {
             self.advance(
                 PhaseEvent::DestinationReady,
@@ -107,10 +111,11 @@ impl Run {
         let req = OutgoingRequest {
             uri,
             max_bandwidth_bytes: o.max_bandwidth_mib.map(|m| m << 20).unwrap_or(0),
-            // QEMU's limit counts only the RAM left to send; see `switchover_target_ms`.
-            downtime_limit_ms: switchover_target_ms(
+            // QEMU's limit counts only the RAM left to send; the controller starts it at
+            // the least target and raises it (see `ferry_migration::convergence`).
+            downtime_limit_ms: self.m.run.controller.target_or(switchover_target_ms(
                 o.downtime_limit_ms.unwrap_or(DEFAULT_DOWNTIME_LIMIT_MS),
-            ),
+            )),
             stream: StreamSettings::from_options(o, self.m.run.ram_mib << 20),
             peer_host: Some(self.m.destination.clone()),
         };
@@ -191,12 +196,20 @@ impl Run {
             match decision {
                 StreamNext::Wait | StreamNext::Decide => {}
                 StreamNext::Ended => {
+                    self.m.run.parts.stream_ms = self.lap();
                     if let Some(s) = &status {
-                        self.m.report = Some(MigrationReport::from_final(
+                        let mut r = MigrationReport::from_final(
                             &s.progress,
                             s.downtime_ms.unwrap_or(0),
                             self.started.elapsed().as_millis() as u64,
-                        ));
+                        );
+                        r.switchover_target_ms = Some(
+                            self.m
+                                .run
+                                .controller
+                                .target_or(switchover_target_ms(self.policy().downtime_budget_ms)),
+                        );
+                        self.m.report = Some(r);
                     }
                     return Ok(Next::Settle(Why::StreamEnded));
                 }
@@ -204,7 +217,16 @@ impl Run {
                 StreamNext::Fail(reason) => return Ok(Next::Settle(Why::Failure(reason))),
                 StreamNext::Cancel => return Ok(Next::Settle(Why::Cancel)),
             }
-            tokio::time::sleep(poll).await;
+            let look = match &self.m.progress {
+                Some(p) => next_look_ms(
+                    p.remaining_bytes,
+                    self.m.run.controller.link_bytes_per_s(&Default::default()),
+                    poll.as_millis() as u64,
+                    NEAR_END_POLL_MS,
+                ),
+                None => poll.as_millis() as u64,
+            };
+            tokio::time::sleep(std::time::Duration::from_millis(look)).await;
         }
     }
 

@@ -309,6 +309,8 @@ pub(crate) struct Run {
     o: Arc<Orchestrator>,
     m: Migration,
     started: Instant,
+    /// When the part of the migration now under way began (see [`TimeParts`]).
+    lap: Instant,
     /// Since when progress saves have been failing (they are retried each poll).
     saves_failing_since: Option<Instant>,
 }
@@ -322,8 +324,16 @@ impl Run {
             o,
             m,
             started: Instant::now(),
+            lap: Instant::now(),
             saves_failing_since: None,
         }
+    }
+
+    /// Ms since the last lap (or the run's start); the next part starts now.
+    fn lap(&mut self) -> u64 {
+        let ms = self.lap.elapsed().as_millis() as u64;
+        self.lap = Instant::now();
+        ms
     }
 
     fn agents(&self) -> &dyn Agents {

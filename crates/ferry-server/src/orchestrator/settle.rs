@@ -5,7 +5,7 @@
 //! lost, stop for an operator — and the operator's own resolution.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use ferry_api::*;
@@ -38,6 +38,7 @@ impl Run {
         let started = Instant::now();
         let mut last: Option<String> = None;
         loop {
+            let mut wait = self.o.config.retry_every;
             let (s, d) = self.facts().await;
             let saved = Saved {
                 outgoing_started: self.m.run.outgoing_started,
@@ -85,9 +86,18 @@ impl Run {
                     })
                 }
                 Verdict::SwitchOver => {
+                    let phase = self.m.phase;
                     if let Some(next) = self.switch_over(s, d).await? {
                         return Ok(next);
                     }
+                    // The destination resumes by itself within milliseconds of the
+                    // stream's end: look again at once after saving `SwitchingOver`, then
+                    // at the polling pace, not recovery's (part of every migration's time).
+                    wait = if phase != self.m.phase {
+                        Duration::ZERO
+                    } else {
+                        self.o.config.poll_interval.min(wait)
+                    };
                     if overdue {
                         let reason = format!(
                             "the destination holds the VM ({d}) but was not seen running within \
@@ -104,7 +114,7 @@ impl Run {
                 }
                 Verdict::Lost { reason } => return self.lose(reason, s, d).await,
             }
-            tokio::time::sleep(self.o.config.retry_every).await;
+            tokio::time::sleep(wait).await;
         }
     }
 
@@ -303,6 +313,11 @@ impl Run {
         }
         let mut r = self.m.report.clone().unwrap_or_default();
         r.total_time_ms = self.started.elapsed().as_millis() as u64;
+        if self.m.phase != Phase::PostCopy {
+            self.m.run.parts.switch_ms = self.lap();
+            r.parts = Some(self.m.run.parts);
+            r.pause = self.pause_parts().await;
+        }
         r.postcopy_pauses = self.m.run.postcopy_pauses;
         r.postcopy_paused_ms = self.m.run.postcopy_paused_ms;
         self.m.report = Some(r.clone());
@@ -323,6 +338,21 @@ impl Run {
         )
         .await?;
         Ok(Next::CleanUp)
+    }
+
+    /// The pause in pieces from both QEMUs' checkpoints (None when neither side can say;
+    /// a report without it loses nothing).
+    async fn pause_parts(&self) -> Option<PauseParts> {
+        let within = self.o.config.call_timeout;
+        let ask = |host: String| async move {
+            tokio::time::timeout(within, self.agents().pause_checkpoints(&host, &self.m.vm))
+                .await
+                .ok()
+                .and_then(|r| r.ok())
+                .unwrap_or_default()
+        };
+        let (s, d) = tokio::join!(ask(self.m.source.clone()), ask(self.m.destination.clone()));
+        PauseParts::from_checkpoints(&s, &d)
     }
 
     /// After `Completed`: the source QEMU (paused in `postmigrate`) is shut down once the
