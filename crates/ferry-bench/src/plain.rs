@@ -11,10 +11,10 @@ use ferry_api::*;
 use ferry_lab::Lab;
 use ferry_qmp::{MigrationParameters, MigrationStatus, QmpClient};
 
-use crate::exit::CliError;
+use crate::error::{fail, BenchError};
 
 /// What one plain run did.
-pub struct PlainRun {
+pub(crate) struct PlainRun {
     pub completed: bool,
     pub outcome: String,
     pub total_ms: u64,
@@ -23,12 +23,8 @@ pub struct PlainRun {
     pub passes: u64,
 }
 
-fn fail(e: impl std::fmt::Display) -> CliError {
-    CliError::failed(e.to_string())
-}
-
 /// How a migration driven by QEMU alone ended.
-pub struct Watched {
+pub(crate) struct Watched {
     pub info: ferry_qmp::MigrationInfo,
     pub completed: bool,
     pub outcome: String,
@@ -38,12 +34,12 @@ pub struct Watched {
 
 /// Polls the source QEMU every `poll` until its migration completes or fails; past
 /// `limit` (from `started`) it is cancelled. Shared by the benchmarks' plain-QEMU arms.
-pub async fn watch_until_done(
+pub(crate) async fn watch_until_done(
     qmp: &QmpClient,
     started: Instant,
     limit: Duration,
     poll: Duration,
-) -> Result<Watched, CliError> {
+) -> Result<Watched, BenchError> {
     let mut max_throttle = 0;
     loop {
         let info = qmp.query_migrate().await.map_err(fail)?;
@@ -77,12 +73,12 @@ pub async fn watch_until_done(
 
 /// Moves `vm` from the lab's first host to its second with QEMU alone (see the module doc).
 /// The server is not told (the lab is torn down afterwards, QEMUs with it).
-pub async fn plain_qemu_uncapped(
+pub(crate) async fn plain_qemu_uncapped(
     lab: &Lab,
     c: &ServerClient,
     vm: &str,
     limit: Duration,
-) -> Result<PlainRun, CliError> {
+) -> Result<PlainRun, BenchError> {
     let spec = c.vm(vm).await?.spec;
     let (Some(a), Some(b)) = (lab.agents.first(), lab.agents.get(1)) else {
         return Err(fail("the lab needs two hosts"));

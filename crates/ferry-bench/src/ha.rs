@@ -10,25 +10,34 @@
 //! when the guest printed its first status line on its new host; the lease and margins.
 //! Prints a table and writes bench/results/ha.json. Figures, not assertions.
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use ferry_api::client::ServerClient;
 use ferry_api::*;
 use ferry_lab::{ensure_test_image, test_vm_spec, wait_ready, NetLab, NetLabConfig, Observer};
 
-use crate::bench::{machine_json, write_result};
-use crate::cli::BenchHaArgs;
-use crate::exit::{CliError, CliResult};
-use crate::output::print_table;
+use crate::console::print_table;
+use crate::error::{fail, BenchError, BenchResult};
+use crate::results::{machine_json, write_result};
+
+/// The options of `ferry bench ha`; the binary gives them from its flags.
+#[derive(Debug, Clone)]
+pub struct HaConfig {
+    /// The server's `--ha-lease-s` (default: the server's default).
+    pub lease_s: u64,
+    /// Where to write the result file.
+    pub out: PathBuf,
+}
 
 /// A directory for the shared pool, removed also when the bench fails.
 struct TempDir(std::path::PathBuf);
 
 impl TempDir {
-    fn new(name: &str) -> Result<TempDir, CliError> {
+    fn new(name: &str) -> Result<TempDir, BenchError> {
         let dir = std::env::temp_dir().join(name);
         std::fs::create_dir_all(&dir)
-            .map_err(|e| CliError::failed(format!("{}: {e}", dir.display())))?;
+            .map_err(|e| BenchError::failed(format!("{}: {e}", dir.display())))?;
         Ok(TempDir(dir))
     }
     fn path(&self) -> &std::path::Path {
@@ -40,10 +49,6 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
-}
-
-fn fail(e: impl std::fmt::Display) -> CliError {
-    CliError::failed(e.to_string())
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -62,16 +67,16 @@ struct Case {
     error: Option<String>,
 }
 
-pub async fn ha(a: BenchHaArgs) -> CliResult {
+pub async fn ha(a: HaConfig) -> BenchResult {
     if !(6..=600).contains(&a.lease_s) {
-        return Err(CliError::refused("--lease-s is 6 to 600"));
+        return Err(BenchError::refused("--lease-s is 6 to 600"));
     }
     eprintln!("bench: preparing the test guest image");
     let image_dir =
         tokio::task::spawn_blocking(|| ensure_test_image(&mut |s: &str| eprintln!("  {s}")))
             .await
             .map_err(fail)?
-            .map_err(CliError::failed)?;
+            .map_err(BenchError::failed)?;
     let exe = std::env::current_exe().map_err(fail)?;
     let mut cases = Vec::new();
     for case in ["crash", "partition"] {
@@ -150,7 +155,7 @@ pub async fn ha(a: BenchHaArgs) -> CliResult {
     let file = write_result(&a.out, "ha", &doc)?;
     eprintln!("bench: wrote {}", file.display());
     if cases.iter().any(|c| c.error.is_some()) {
-        return Err(CliError::failed("a case did not complete; see the table"));
+        return Err(BenchError::failed("a case did not complete; see the table"));
     }
     Ok(())
 }
