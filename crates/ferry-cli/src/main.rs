@@ -98,7 +98,7 @@ async fn run(cli: Cli) -> CliResult {
         Command::Migration(c) => cmd_migrate::migration(&server, c).await,
         Command::Events(a) => match a.audit {
             Some(cmd) => cmd_events::run(&server, cmd).await,
-            None => cmd_cluster::events(&server, a).await,
+            None => cmd_events::list(&server, a).await,
         },
         Command::Disk(c) => cmd_disk::run(&server, c).await,
         Command::Image(cli::ImageCmd::Build(a)) => cmd_image::build(a).await,
