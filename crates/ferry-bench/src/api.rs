@@ -12,6 +12,7 @@ use ferry_lab::{Lab, LabConfig};
 use crate::console::print_table;
 use crate::error::{fail, BenchError, BenchResult};
 use crate::results::{machine_json, write_result};
+use crate::setup::own_binary;
 
 /// The options of `ferry bench api`; the binary gives them from its flags.
 #[derive(Debug, Clone)]
@@ -99,7 +100,7 @@ async fn measure(
 }
 
 pub async fn api(a: ApiConfig) -> BenchResult {
-    let exe = std::env::current_exe().map_err(fail)?;
+    let exe = own_binary()?;
     let n = a.samples.clamp(10, 10_000);
     let mut arms = Vec::new();
     for insecure in [false, true] {

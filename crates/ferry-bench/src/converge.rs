@@ -14,7 +14,6 @@ use ferry_api::client::AgentClient;
 use ferry_api::*;
 use ferry_lab::netlab::NetLab;
 use ferry_lab::Observer;
-use ferry_qmp::QmpClient;
 use serde::Serialize;
 
 use crate::console::{bytes, millis, print_json, print_table};
@@ -123,27 +122,11 @@ async fn qemu_defaults(
     vm: &str,
     limit: Duration,
 ) -> Result<QemuRun, BenchError> {
-    let spec = c.vm(vm).await?.spec;
     let dest = lab.agent_client("b").map_err(fail)?;
-    let incoming = dest
-        .prepare_incoming(&IncomingRequest {
-            spec,
-            copy_disks: Vec::new(),
-            stream: StreamSettings::default(),
-            peer_host: Some("a".into()),
-        })
-        .await?;
     let a = lab.host("a").ok_or_else(|| fail("no host a"))?;
-    let socket = a
-        .state_dir
-        .join("vms")
-        .join(vm)
-        .join(ferry_agent::runtime::AUX_QMP_SOCKET);
-    let qmp = QmpClient::connect(&socket).await.map_err(fail)?;
+    let (uri, qmp) = crate::plain::open_plain_migration(c, vm, &dest, &a.state_dir).await?;
     let started = Instant::now();
-    qmp.migrate(&format!("tcp:{}", incoming.advertised), false)
-        .await
-        .map_err(fail)?;
+    qmp.migrate(&uri, false).await.map_err(fail)?;
     let crate::plain::Watched {
         info,
         completed: converged,

@@ -21,9 +21,7 @@ use ferry_api::client::ServerClient;
 use ferry_api::*;
 use ferry_guest::status::StatusLine;
 use ferry_lab::netlab::{NetLab, NetLabConfig, Shape};
-use ferry_lab::{
-    ensure_test_image, test_vm_spec, verdict_after, wait_ready, GuestVerdict, Observer,
-};
+use ferry_lab::{test_vm_spec, verdict_after, wait_ready, GuestVerdict, Observer};
 use ferry_server::estimate::{estimate, Costs, EstimateVm};
 use serde::Serialize;
 
@@ -32,6 +30,7 @@ use crate::error::fail;
 use crate::error::{BenchError, BenchResult};
 use crate::progress::follow;
 use crate::results::{machine_json, write_result};
+use crate::setup::{own_binary, test_image};
 
 /// The options of `ferry bench evacuate`; the binary gives them from its flags.
 #[derive(Debug, Clone)]
@@ -153,13 +152,8 @@ fn validate(a: &EvacuateConfig) -> Result<(), BenchError> {
 /// Hosts a (the source) and the destinations, every migration link shaped to 1 Gbit/s
 /// both ways; the agents declare `link_mib_s` as their link's capacity (0: none).
 async fn start_lab(a: &EvacuateConfig, hosts: &[String]) -> Result<NetLab, BenchError> {
-    eprintln!("bench: preparing the test guest image");
-    let image_dir =
-        tokio::task::spawn_blocking(|| ensure_test_image(&mut |s: &str| eprintln!("  {s}")))
-            .await
-            .map_err(fail)?
-            .map_err(BenchError::failed)?;
-    let exe = std::env::current_exe().map_err(fail)?;
+    let image_dir = test_image().await?;
+    let exe = own_binary()?;
     let names: Vec<&str> = hosts.iter().map(String::as_str).collect();
     let mut cfg = NetLabConfig::new(exe, &names);
     cfg.image_dir = Some(image_dir);

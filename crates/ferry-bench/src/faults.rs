@@ -7,12 +7,12 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use ferry_lab::ensure_test_image;
 use ferry_lab::faults::{self, Cell, MatrixConfig, Outcome};
 
 use crate::console::{print_json, print_table};
 use crate::error::{BenchError, BenchResult};
 use crate::results::{machine_json, write_result};
+use crate::setup::{own_binary, test_image};
 
 /// The options of `ferry bench faults`; the binary gives them from its flags.
 #[derive(Debug, Clone)]
@@ -65,13 +65,8 @@ pub async fn faults(a: FaultsConfig) -> BenchResult {
             "ferry bench faults needs root (it mounts a tmpfs over a destination pool)",
         ));
     }
-    eprintln!("bench: preparing the test guest image");
-    let image_dir =
-        tokio::task::spawn_blocking(|| ensure_test_image(&mut |s: &str| eprintln!("  {s}")))
-            .await
-            .map_err(|e| BenchError::failed(e.to_string()))?
-            .map_err(BenchError::failed)?;
-    let exe = std::env::current_exe().map_err(|e| BenchError::failed(e.to_string()))?;
+    let image_dir = test_image().await?;
+    let exe = own_binary()?;
     let mut cfg = MatrixConfig::new(exe, Some(image_dir));
     cfg.keep = a.keep;
     cfg.recovery_bound_s = a.recovery_bound;
@@ -143,13 +138,8 @@ pub async fn soak(a: SoakConfig) -> BenchResult {
     if !nix_is_root() {
         return Err(BenchError::refused("ferry bench soak needs root"));
     }
-    eprintln!("bench: preparing the test guest image");
-    let image_dir =
-        tokio::task::spawn_blocking(|| ensure_test_image(&mut |s: &str| eprintln!("  {s}")))
-            .await
-            .map_err(|e| BenchError::failed(e.to_string()))?
-            .map_err(BenchError::failed)?;
-    let exe = std::env::current_exe().map_err(|e| BenchError::failed(e.to_string()))?;
+    let image_dir = test_image().await?;
+    let exe = own_binary()?;
     let cfg = ferry_lab::soak::SoakConfig {
         ferry_bin: exe,
         image_dir: Some(image_dir),

@@ -15,11 +15,12 @@ use std::time::{Duration, Instant};
 
 use ferry_api::client::ServerClient;
 use ferry_api::*;
-use ferry_lab::{ensure_test_image, test_vm_spec, wait_ready, NetLab, NetLabConfig, Observer};
+use ferry_lab::{test_vm_spec, wait_ready, NetLab, NetLabConfig, Observer};
 
 use crate::console::print_table;
 use crate::error::{fail, BenchError, BenchResult};
 use crate::results::{machine_json, write_result};
+use crate::setup::{own_binary, test_image};
 
 /// The options of `ferry bench ha`; the binary gives them from its flags.
 #[derive(Debug, Clone)]
@@ -51,7 +52,7 @@ impl Drop for TempDir {
     }
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize)]
 struct Case {
     case: &'static str,
     suspected_s: Option<f64>,
@@ -71,13 +72,8 @@ pub async fn ha(a: HaConfig) -> BenchResult {
     if !(6..=600).contains(&a.lease_s) {
         return Err(BenchError::refused("--lease-s is 6 to 600"));
     }
-    eprintln!("bench: preparing the test guest image");
-    let image_dir =
-        tokio::task::spawn_blocking(|| ensure_test_image(&mut |s: &str| eprintln!("  {s}")))
-            .await
-            .map_err(fail)?
-            .map_err(BenchError::failed)?;
-    let exe = std::env::current_exe().map_err(fail)?;
+    let image_dir = test_image().await?;
+    let exe = own_binary()?;
     let mut cases = Vec::new();
     for case in ["crash", "partition"] {
         let shared = TempDir::new(&format!("ferry-bench-ha-{}-{case}", std::process::id()))?;
@@ -94,14 +90,8 @@ pub async fn ha(a: HaConfig) -> BenchResult {
         let r = run_case(&mut lab, &c, case).await;
         cases.push(r.unwrap_or_else(|e| Case {
             case,
-            suspected_s: None,
-            failed_s: None,
-            source_stopped_s: None,
-            restarted_s: None,
-            running_s: None,
-            fence_margin_s: None,
-            to: None,
             error: Some(e),
+            ..Default::default()
         }));
         drop(lab);
     }
@@ -210,14 +200,7 @@ async fn run_case(lab: &mut NetLab, c: &ServerClient, case: &'static str) -> Res
     }
     let mut out = Case {
         case,
-        suspected_s: None,
-        failed_s: None,
-        source_stopped_s: None,
-        restarted_s: None,
-        running_s: None,
-        fence_margin_s: None,
-        to: None,
-        error: None,
+        ..Default::default()
     };
     let deadline = Instant::now() + Duration::from_secs(180);
     while out.running_s.is_none() {

@@ -25,6 +25,7 @@ mod plain;
 pub mod progress;
 pub mod quick;
 mod results;
+mod setup;
 pub mod storage;
 pub mod tls;
 

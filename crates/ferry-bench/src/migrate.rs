@@ -6,15 +6,14 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use ferry_api::*;
-use ferry_lab::{
-    ensure_test_image, test_vm_spec, verdict_after, wait_ready, Lab, LabConfig, Observer,
-};
+use ferry_lab::{test_vm_spec, verdict_after, wait_ready, Lab, LabConfig, Observer};
 use serde::Serialize;
 
 use crate::console::{bytes, millis, print_json, print_table};
 use crate::error::{BenchError, BenchResult};
 use crate::progress::follow;
 use crate::results::write_result;
+use crate::setup::{own_binary, test_image};
 
 /// The options of `ferry bench migrate`; the binary gives them from its flags.
 #[derive(Debug, Clone)]
@@ -75,13 +74,8 @@ pub async fn migrate(a: MigrateConfig) -> BenchResult {
     if a.rates.iter().any(|r| !(r.is_finite() && *r >= 0.0)) {
         return Err(BenchError::refused("--rates must be numbers >= 0"));
     }
-    eprintln!("bench: preparing the test guest image");
-    let image_dir =
-        tokio::task::spawn_blocking(|| ensure_test_image(&mut |s: &str| eprintln!("  {s}")))
-            .await
-            .map_err(|e| BenchError::failed(e.to_string()))?
-            .map_err(BenchError::failed)?;
-    let exe = std::env::current_exe().map_err(|e| BenchError::failed(e.to_string()))?;
+    let image_dir = test_image().await?;
+    let exe = own_binary()?;
     let mut cfg = LabConfig::new(exe, &["a", "b"]);
     cfg.image_dir = Some(image_dir);
     let mut lab = Lab::start(cfg.clone())

@@ -10,12 +10,13 @@ use std::time::Duration;
 use ferry_api::*;
 use ferry_lab::netlab::{NetLab, NetLabConfig, Shape};
 use ferry_lab::probe::{self, Probe, GUEST_PORT};
-use ferry_lab::{ensure_test_image, test_vm_spec, wait_ready};
+use ferry_lab::{test_vm_spec, wait_ready};
 use serde::Serialize;
 
 use crate::console::{bytes, millis, print_json, print_table};
 use crate::error::{fail, BenchError, BenchResult};
 use crate::progress::follow;
+use crate::setup::{own_binary, test_image};
 
 /// The options of `ferry bench network`; the binary gives them from its flags.
 #[derive(Debug, Clone)]
@@ -150,13 +151,8 @@ async fn one(
 /// Hosts a and b in the network lab with the VM network, the migration network shaped to
 /// 1 Gbit/s both ways, and `agent_args` for both agents.
 pub(crate) async fn start_shaped_lab(agent_args: Vec<String>) -> Result<NetLab, BenchError> {
-    eprintln!("bench: preparing the test guest image");
-    let image_dir =
-        tokio::task::spawn_blocking(|| ensure_test_image(&mut |s: &str| eprintln!("  {s}")))
-            .await
-            .map_err(fail)?
-            .map_err(BenchError::failed)?;
-    let exe = std::env::current_exe().map_err(fail)?;
+    let image_dir = test_image().await?;
+    let exe = own_binary()?;
     let mut cfg = NetLabConfig::new(exe, &["a", "b"]);
     cfg.image_dir = Some(image_dir);
     cfg.vm_network_flag = Some(true);

@@ -9,13 +9,14 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use ferry_api::*;
-use ferry_lab::{ensure_test_image, test_vm_spec, verdict_after, wait_ready, Lab, LabConfig};
+use ferry_lab::{test_vm_spec, verdict_after, wait_ready, Lab, LabConfig};
 use serde::Serialize;
 
 use crate::console::{bytes, millis, print_json, print_table};
 use crate::error::{BenchError, BenchResult};
 use crate::progress::follow;
 use crate::results::{machine_json, write_result};
+use crate::setup::{own_binary, test_image};
 
 /// The options of `ferry bench quick`; the binary gives them from its flags.
 #[derive(Debug, Clone)]
@@ -144,13 +145,8 @@ pub async fn quick(a: QuickConfig) -> BenchResult {
             "--workload-mem must leave room for the guest's kernel (less than --memory)",
         ));
     }
-    eprintln!("bench: preparing the test guest image");
-    let image_dir =
-        tokio::task::spawn_blocking(|| ensure_test_image(&mut |s: &str| eprintln!("  {s}")))
-            .await
-            .map_err(|e| BenchError::failed(e.to_string()))?
-            .map_err(BenchError::failed)?;
-    let exe = std::env::current_exe().map_err(|e| BenchError::failed(e.to_string()))?;
+    let image_dir = test_image().await?;
+    let exe = own_binary()?;
     let mut cfg = LabConfig::new(exe, &["a", "b"]);
     cfg.image_dir = Some(image_dir);
     cfg.pools = true;

@@ -9,11 +9,12 @@ use std::time::{Duration, Instant};
 use ferry_api::*;
 use ferry_guest::status::DiskStatusLine;
 use ferry_lab::netlab::{NetLab, NetLabConfig, Shape};
-use ferry_lab::{ensure_test_image, test_vm_spec, wait_ready, Observer};
+use ferry_lab::{test_vm_spec, wait_ready, Observer};
 use serde::Serialize;
 
 use crate::console::{bytes, millis, print_json, print_table};
 use crate::error::{fail, BenchError, BenchResult};
+use crate::setup::{own_binary, test_image};
 
 /// The options of `ferry bench storage`; the binary gives them from its flags.
 #[derive(Debug, Clone)]
@@ -158,17 +159,12 @@ pub async fn storage(a: StorageConfig) -> BenchResult {
             a.data_gib, a.disk_gib
         )));
     }
-    eprintln!("bench: preparing the test guest image");
-    let image_dir =
-        tokio::task::spawn_blocking(|| ensure_test_image(&mut |s: &str| eprintln!("  {s}")))
-            .await
-            .map_err(fail)?
-            .map_err(BenchError::failed)?;
+    let image_dir = test_image().await?;
     let work =
         WorkDir(std::env::temp_dir().join(format!("ferry-bench-storage-{}", std::process::id())));
     std::fs::create_dir_all(&work.0).map_err(fail)?;
     let pool_dir = |h: &str| work.0.join(format!("pool-{h}"));
-    let exe = std::env::current_exe().map_err(fail)?;
+    let exe = own_binary()?;
     let mut cfg = NetLabConfig::new(exe, &["a", "b"]);
     cfg.image_dir = Some(image_dir);
     cfg.host_args = ["a", "b"]

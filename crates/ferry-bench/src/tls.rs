@@ -10,13 +10,12 @@ use std::time::Duration;
 use ferry_api::client::ServerClient;
 use ferry_api::*;
 use ferry_lab::netlab::{NetLab, NetLabConfig, Shape};
-use ferry_lab::{
-    ensure_test_image, test_vm_spec, verdict_after, wait_ready, Lab, LabConfig, Observer,
-};
+use ferry_lab::{test_vm_spec, verdict_after, wait_ready, Lab, LabConfig, Observer};
 
 use crate::console::print_table;
 use crate::error::{fail, BenchError, BenchResult};
 use crate::results::{machine_json, write_result};
+use crate::setup::{own_binary, test_image};
 
 /// The options of `ferry bench tls`; the binary gives them from its flags.
 #[derive(Debug, Clone)]
@@ -124,13 +123,8 @@ pub async fn tls(a: TlsConfig) -> BenchResult {
     if a.streams.is_empty() || a.streams.iter().any(|s| *s == 0 || *s > 16) {
         return Err(BenchError::refused("--streams takes counts from 1 to 16"));
     }
-    eprintln!("bench: preparing the test guest image");
-    let image_dir =
-        tokio::task::spawn_blocking(|| ensure_test_image(&mut |s: &str| eprintln!("  {s}")))
-            .await
-            .map_err(fail)?
-            .map_err(BenchError::failed)?;
-    let exe = std::env::current_exe().map_err(fail)?;
+    let image_dir = test_image().await?;
+    let exe = own_binary()?;
     let mut rows = Vec::new();
     for link in &a.links {
         for insecure in [false, true] {
