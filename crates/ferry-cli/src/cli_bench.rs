@@ -1,10 +1,13 @@
-//! The `ferry bench` subcommands' options (kept apart from `cli.rs` so each stays short).
+//! The `ferry bench` subcommands' options (kept apart from `cli.rs` so each stays short),
+//! and how they become `ferry_bench`'s configs (also `ferry demo`'s).
 
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
+use ferry_bench::{api, converge, demo, evacuate, faults, ha, migrate, net, placement, quick};
+use ferry_bench::{storage, tls};
 
-use crate::cli::JsonFlag;
+use crate::cli::{DemoArgs, JsonFlag};
 
 #[derive(Subcommand, Debug)]
 pub enum BenchCmd {
@@ -274,8 +277,8 @@ pub struct BenchConvergenceArgs {
     pub link_pcts: Vec<f64>,
     /// Which arms to run: qemu-defaults, ferry (throttle up to 99 %, then post-copy),
     /// ferry-postcopy (post-copy as soon as pre-copy is seen not to converge).
-    #[arg(long, value_delimiter = ',', default_values_t = crate::bench_converge::MODES.map(String::from).to_vec(),
-          value_parser = crate::bench_converge::MODES)]
+    #[arg(long, value_delimiter = ',', default_values_t = ferry_bench::converge::MODES.map(String::from).to_vec(),
+          value_parser = ferry_bench::converge::MODES)]
     pub modes: Vec<String>,
     /// Downtime budget, ms (QEMU's default downtime limit, for all).
     #[arg(long, default_value_t = 300)]
@@ -352,4 +355,173 @@ pub struct BenchMigrateArgs {
     pub out: PathBuf,
     #[command(flatten)]
     pub json: JsonFlag,
+}
+
+impl From<BenchMigrateArgs> for migrate::MigrateConfig {
+    fn from(a: BenchMigrateArgs) -> Self {
+        migrate::MigrateConfig {
+            memory: a.memory,
+            workload_mem: a.workload_mem,
+            rates: a.rates,
+            vs_qemu: a.vs_qemu,
+            out: a.out,
+            json: a.json.json,
+        }
+    }
+}
+
+impl From<BenchNetworkArgs> for net::NetworkConfig {
+    fn from(a: BenchNetworkArgs) -> Self {
+        net::NetworkConfig {
+            memory: a.memory,
+            workload_mem: a.workload_mem,
+            rates: a.rates,
+            rtt_rate: a.rtt_rate,
+            out: a.out,
+            json: a.json.json,
+        }
+    }
+}
+
+impl From<BenchStorageArgs> for storage::StorageConfig {
+    fn from(a: BenchStorageArgs) -> Self {
+        storage::StorageConfig {
+            disk_gib: a.disk_gib,
+            data_gib: a.data_gib,
+            memory: a.memory,
+            guest_write_rate: a.guest_write_rate,
+            out: a.out,
+            json: a.json.json,
+        }
+    }
+}
+
+impl From<BenchConvergenceArgs> for converge::ConvergenceConfig {
+    fn from(a: BenchConvergenceArgs) -> Self {
+        converge::ConvergenceConfig {
+            memory: a.memory,
+            workload_mem: a.workload_mem,
+            link_pcts: a.link_pcts,
+            modes: a.modes,
+            downtime_limit: a.downtime_limit,
+            time_limit: a.time_limit,
+            out: a.out,
+            json: a.json.json,
+        }
+    }
+}
+
+impl From<BenchFaultsArgs> for faults::FaultsConfig {
+    fn from(a: BenchFaultsArgs) -> Self {
+        faults::FaultsConfig {
+            cells: a.cells,
+            parallel: a.parallel,
+            recovery_bound: a.recovery_bound,
+            keep: a.keep,
+            out: a.out,
+            json: a.json.json,
+        }
+    }
+}
+
+impl From<BenchSoakArgs> for faults::SoakConfig {
+    fn from(a: BenchSoakArgs) -> Self {
+        faults::SoakConfig {
+            count: a.count,
+            seed: a.seed,
+            recovery_bound: a.recovery_bound,
+            keep: a.keep,
+            out: a.out,
+            json: a.json.json,
+        }
+    }
+}
+
+impl From<BenchApiArgs> for api::ApiConfig {
+    fn from(a: BenchApiArgs) -> Self {
+        api::ApiConfig {
+            samples: a.samples,
+            out: a.out,
+        }
+    }
+}
+
+impl From<BenchTlsArgs> for tls::TlsConfig {
+    fn from(a: BenchTlsArgs) -> Self {
+        tls::TlsConfig {
+            memory: a.memory,
+            workload_mem: a.workload_mem,
+            rate: a.rate,
+            streams: a.streams,
+            links: a.links,
+            out: a.out,
+        }
+    }
+}
+
+impl From<BenchPlacementArgs> for placement::PlacementConfig {
+    fn from(a: BenchPlacementArgs) -> Self {
+        placement::PlacementConfig {
+            hosts: a.hosts,
+            vms: a.vms,
+            rules: a.rules,
+            placements: a.placements,
+            seed: a.seed,
+            out: a.out,
+        }
+    }
+}
+
+impl From<BenchHaArgs> for ha::HaConfig {
+    fn from(a: BenchHaArgs) -> Self {
+        ha::HaConfig {
+            lease_s: a.lease_s,
+            out: a.out,
+        }
+    }
+}
+
+impl From<BenchEvacuateArgs> for evacuate::EvacuateConfig {
+    fn from(a: BenchEvacuateArgs) -> Self {
+        evacuate::EvacuateConfig {
+            vms: a.vms,
+            dirty_vms: a.dirty_vms,
+            dirty_rate: a.dirty_rate,
+            memory: a.memory,
+            workload_mem: a.workload_mem,
+            destinations: a.destinations,
+            link_mib_s: a.link_mib_s,
+            time_limit: a.time_limit,
+            keep: a.keep,
+            out: a.out,
+            json: a.json.json,
+        }
+    }
+}
+
+impl From<BenchQuickArgs> for quick::QuickConfig {
+    fn from(a: BenchQuickArgs) -> Self {
+        quick::QuickConfig {
+            memory: a.memory,
+            workload_mem: a.workload_mem,
+            rate: a.rate,
+            rounds: a.rounds,
+            max_bandwidth: a.max_bandwidth,
+            streams: a.streams,
+            out: a.out,
+            json: a.json.json,
+        }
+    }
+}
+
+impl From<DemoArgs> for demo::DemoConfig {
+    fn from(a: DemoArgs) -> Self {
+        demo::DemoConfig {
+            memory: a.memory,
+            workload_mem: a.workload_mem,
+            workload_rate: a.workload_rate,
+            keep: a.keep,
+            json: a.json.json,
+        }
+    }
 }

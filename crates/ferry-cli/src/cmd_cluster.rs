@@ -1,10 +1,8 @@
-//! `ferry cluster ...` (but balance) and `ferry events`; the shared client.
-
-use std::time::Duration;
+//! `ferry cluster ...` (but balance); the shared client.
 
 use ferry_api::*;
 
-use crate::cli::{ClusterCmd, EventsArgs};
+use crate::cli::ClusterCmd;
 use crate::exit::{CliError, CliResult};
 use crate::output::print_json;
 
@@ -109,65 +107,4 @@ pub async fn cluster(server: &crate::connection::ConnOpts, cmd: ClusterCmd) -> C
         }
     );
     Ok(())
-}
-
-pub async fn events(server: &crate::connection::ConnOpts, a: EventsArgs) -> CliResult {
-    let c = client(server)?;
-    let migration = a
-        .migration
-        .as_deref()
-        .map(|m| {
-            uuid::Uuid::parse_str(m)
-                .map_err(|_| CliError::refused(format!("'{m}' is not a migration id")))
-        })
-        .transpose()?;
-    let operation = a
-        .operation
-        .as_deref()
-        .map(|m| {
-            uuid::Uuid::parse_str(m)
-                .map_err(|_| CliError::refused(format!("'{m}' is not an operation id")))
-        })
-        .transpose()?;
-    let mut q = EventQuery {
-        vm: a.vm,
-        migration,
-        operation,
-        kind: a.kind,
-        after: None,
-        limit: Some(a.limit),
-    };
-    loop {
-        let events = c.events(&q).await?;
-        if let Some(last) = events.last() {
-            q.after = Some(last.id);
-        }
-        if a.json.json {
-            if a.follow {
-                for e in &events {
-                    // One JSON document per line when following, so a script can stream it.
-                    println!("{}", serde_json::to_string(e).unwrap_or_default());
-                }
-            } else {
-                print_json(&events)?;
-            }
-        } else {
-            for e in &events {
-                println!(
-                    "{} #{:<5} {:<6} {:<24} {:<18} {}",
-                    e.at.format("%Y-%m-%d %H:%M:%S%.3f"),
-                    e.id,
-                    e.outcome.as_str(),
-                    e.kind,
-                    e.actor,
-                    e.message
-                );
-            }
-        }
-        if !a.follow {
-            return Ok(());
-        }
-        q.limit = Some(1000);
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
 }

@@ -1,9 +1,10 @@
-//! `ferry events verify` and `ferry events export`: the audit trail checked here, with the
-//! same pure code the server writes it with (`ferry_api::audit`), from the server or from
-//! an export file.
+//! `ferry events` (the log, filtered or followed), and `ferry events verify` and
+//! `ferry events export`: the audit trail checked here, with the same pure code the server
+//! writes it with (`ferry_api::audit`), from the server or from an export file.
 
 use std::io::{BufRead, BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use ferry_api::audit::{Checkpoint, Checkpoints, ExportRecord, PublicKey, Report, Verifier};
@@ -11,7 +12,7 @@ use ferry_api::client::{ClientError, ServerClient};
 use ferry_api::{ErrorCode, Event, EventQuery};
 use serde::Serialize;
 
-use crate::cli::JsonFlag;
+use crate::cli::{EventsArgs, JsonFlag};
 use crate::cmd_cluster::client;
 use crate::exit::{CliError, CliResult};
 use crate::output::print_json;
@@ -489,6 +490,68 @@ async fn export(server: &crate::connection::ConnOpts, a: ExportArgs) -> CliResul
         println!("{text}");
     }
     Ok(())
+}
+
+/// `ferry events`: the log, filtered, once or followed.
+pub async fn list(server: &crate::connection::ConnOpts, a: EventsArgs) -> CliResult {
+    let c = client(server)?;
+    let migration = a
+        .migration
+        .as_deref()
+        .map(|m| {
+            uuid::Uuid::parse_str(m)
+                .map_err(|_| CliError::refused(format!("'{m}' is not a migration id")))
+        })
+        .transpose()?;
+    let operation = a
+        .operation
+        .as_deref()
+        .map(|m| {
+            uuid::Uuid::parse_str(m)
+                .map_err(|_| CliError::refused(format!("'{m}' is not an operation id")))
+        })
+        .transpose()?;
+    let mut q = EventQuery {
+        vm: a.vm,
+        migration,
+        operation,
+        kind: a.kind,
+        after: None,
+        limit: Some(a.limit),
+    };
+    loop {
+        let events = c.events(&q).await?;
+        if let Some(last) = events.last() {
+            q.after = Some(last.id);
+        }
+        if a.json.json {
+            if a.follow {
+                for e in &events {
+                    // One JSON document per line when following, so a script can stream it.
+                    println!("{}", serde_json::to_string(e).unwrap_or_default());
+                }
+            } else {
+                print_json(&events)?;
+            }
+        } else {
+            for e in &events {
+                println!(
+                    "{} #{:<5} {:<6} {:<24} {:<18} {}",
+                    e.at.format("%Y-%m-%d %H:%M:%S%.3f"),
+                    e.id,
+                    e.outcome.as_str(),
+                    e.kind,
+                    e.actor,
+                    e.message
+                );
+            }
+        }
+        if !a.follow {
+            return Ok(());
+        }
+        q.limit = Some(1000);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 #[cfg(test)]

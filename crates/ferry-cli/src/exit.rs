@@ -2,6 +2,7 @@
 
 use ferry_api::client::ClientError;
 use ferry_api::ErrorCode;
+use ferry_bench::BenchError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
@@ -69,6 +70,18 @@ impl From<ClientError> for CliError {
         CliError {
             exit,
             message: e.to_string(),
+        }
+    }
+}
+
+/// A benchmark's, a lab command's or the demo's error: a refusal is bad input, a server
+/// client's error keeps its class, anything else failed.
+impl From<BenchError> for CliError {
+    fn from(e: BenchError) -> CliError {
+        match e {
+            BenchError::Refused(message) => CliError::refused(message),
+            BenchError::Failed(message) => CliError::failed(message),
+            BenchError::Client(e) => e.into(),
         }
     }
 }

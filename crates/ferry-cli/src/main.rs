@@ -1,17 +1,5 @@
 //! `ferry`: thin entry point. Parse, dispatch, map the outcome to an exit status.
 
-mod bench;
-mod bench_api;
-mod bench_converge;
-mod bench_evacuate;
-mod bench_faults;
-mod bench_ha;
-mod bench_net;
-mod bench_placement;
-mod bench_plain;
-mod bench_quick;
-mod bench_storage;
-mod bench_tls;
 mod cli;
 mod cli_bench;
 mod cmd_balance;
@@ -30,11 +18,11 @@ mod cmd_schedule;
 mod cmd_security;
 mod cmd_vm;
 mod connection;
-mod demo;
 mod exit;
 mod output;
 
 use clap::Parser;
+use ferry_bench as bench;
 
 use crate::cli::{Cli, Command};
 use crate::exit::{CliResult, Exit};
@@ -110,38 +98,52 @@ async fn run(cli: Cli) -> CliResult {
         Command::Migration(c) => cmd_migrate::migration(&server, c).await,
         Command::Events(a) => match a.audit {
             Some(cmd) => cmd_events::run(&server, cmd).await,
-            None => cmd_cluster::events(&server, a).await,
+            None => cmd_events::list(&server, a).await,
         },
         Command::Disk(c) => cmd_disk::run(&server, c).await,
         Command::Image(cli::ImageCmd::Build(a)) => cmd_image::build(a).await,
-        Command::Demo(a) => demo::run(a).await,
+        Command::Demo(a) => Ok(bench::demo::run(a.into(), cmd_migrate::print_report).await?),
         Command::Lab(c) => cmd_lab::run(c).await,
-        Command::Bench(cli::BenchCmd::Migrate(a)) => interruptible(bench::migrate(a)).await,
-        Command::Bench(cli::BenchCmd::Network(a)) => interruptible(bench_net::network(a)).await,
-        Command::Bench(cli::BenchCmd::Storage(a)) => interruptible(bench_storage::storage(a)).await,
+        Command::Bench(cli::BenchCmd::Migrate(a)) => {
+            interruptible(bench::migrate::migrate(a.into())).await
+        }
+        Command::Bench(cli::BenchCmd::Network(a)) => {
+            interruptible(bench::net::network(a.into())).await
+        }
+        Command::Bench(cli::BenchCmd::Storage(a)) => {
+            interruptible(bench::storage::storage(a.into())).await
+        }
         Command::Bench(cli::BenchCmd::Convergence(a)) => {
-            interruptible(bench_converge::convergence(a)).await
+            interruptible(bench::converge::convergence(a.into())).await
         }
-        Command::Bench(cli::BenchCmd::Faults(a)) => interruptible(bench_faults::faults(a)).await,
-        Command::Bench(cli::BenchCmd::Soak(a)) => interruptible(bench_faults::soak(a)).await,
-        Command::Bench(cli::BenchCmd::Api(a)) => interruptible(bench_api::api(a)).await,
-        Command::Bench(cli::BenchCmd::Tls(a)) => interruptible(bench_tls::tls(a)).await,
-        Command::Bench(cli::BenchCmd::Placement(a)) => bench_placement::placement(a).await,
-        Command::Bench(cli::BenchCmd::Ha(a)) => interruptible(bench_ha::ha(a)).await,
+        Command::Bench(cli::BenchCmd::Faults(a)) => {
+            interruptible(bench::faults::faults(a.into())).await
+        }
+        Command::Bench(cli::BenchCmd::Soak(a)) => {
+            interruptible(bench::faults::soak(a.into())).await
+        }
+        Command::Bench(cli::BenchCmd::Api(a)) => interruptible(bench::api::api(a.into())).await,
+        Command::Bench(cli::BenchCmd::Tls(a)) => interruptible(bench::tls::tls(a.into())).await,
+        Command::Bench(cli::BenchCmd::Placement(a)) => {
+            Ok(bench::placement::placement(a.into()).await?)
+        }
+        Command::Bench(cli::BenchCmd::Ha(a)) => interruptible(bench::ha::ha(a.into())).await,
         Command::Bench(cli::BenchCmd::Evacuate(a)) => {
-            interruptible(bench_evacuate::evacuate(a)).await
+            interruptible(bench::evacuate::evacuate(a.into())).await
         }
-        Command::Bench(cli::BenchCmd::Quick(a)) => interruptible(bench_quick::quick(a)).await,
+        Command::Bench(cli::BenchCmd::Quick(a)) => {
+            interruptible(bench::quick::quick(a.into())).await
+        }
     }
 }
 
 /// Runs a long command until it ends or the operator interrupts it (Ctrl-C or SIGTERM).
 /// Interrupting drops the command's future, so the labs, daemons and VMs it started are
 /// torn down by their guards before the process exits.
-async fn interruptible(work: impl std::future::Future<Output = CliResult>) -> CliResult {
+async fn interruptible(work: impl std::future::Future<Output = bench::BenchResult>) -> CliResult {
     tokio::select! {
-        r = work => r,
-        () = cmd_lab::interrupted() => {
+        r = work => Ok(r?),
+        () = bench::lab::interrupted() => {
             Err(exit::CliError::failed("interrupted; what it started was stopped"))
         }
     }

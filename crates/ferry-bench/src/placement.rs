@@ -3,6 +3,7 @@
 //! evacuation of the busiest host. Prints the figures, writes bench/results/placement.json.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::time::Instant;
 
 use ferry_api::{Rule, RuleKind, Strength};
@@ -10,9 +11,25 @@ use ferry_server::admission::Demand;
 use ferry_server::balance::{self, BalanceConfig, HostLoad, VmLoad};
 use ferry_server::placement::{place, plan_evacuation, Ask, HostFacts, Move};
 
-use crate::bench::{machine_json, write_result};
-use crate::cli::BenchPlacementArgs;
-use crate::exit::{CliError, CliResult};
+use crate::error::{BenchError, BenchResult};
+use crate::results::{machine_json, write_result};
+
+/// The options of `ferry bench placement`; the binary gives them from its flags.
+#[derive(Debug, Clone)]
+pub struct PlacementConfig {
+    /// Hosts in the synthetic cluster.
+    pub hosts: usize,
+    /// VMs in it.
+    pub vms: usize,
+    /// Placement rules in it.
+    pub rules: usize,
+    /// Placement decisions to time.
+    pub placements: usize,
+    /// Seed of the synthetic inventory.
+    pub seed: u64,
+    /// Where to write the result file.
+    pub out: PathBuf,
+}
 
 /// SplitMix64: a seeded, reproducible stream for the synthetic inventory (not crypto).
 struct Seq(u64);
@@ -35,9 +52,9 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
     sorted.get(i).copied().unwrap_or(f64::NAN)
 }
 
-pub async fn placement(a: BenchPlacementArgs) -> CliResult {
+pub async fn placement(a: PlacementConfig) -> BenchResult {
     if a.hosts == 0 || a.vms == 0 {
-        return Err(CliError::refused("--hosts and --vms must be at least 1"));
+        return Err(BenchError::refused("--hosts and --vms must be at least 1"));
     }
     let mut rng = Seq(a.seed);
     let vm_names: Vec<String> = (0..a.vms).map(|i| format!("vm{i}")).collect();

@@ -14,24 +14,51 @@
 //! daemons, QEMUs, its directory) is removed when it is dropped, also on an error.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use ferry_api::client::ServerClient;
 use ferry_api::*;
 use ferry_guest::status::StatusLine;
 use ferry_lab::netlab::{NetLab, NetLabConfig, Shape};
-use ferry_lab::{
-    ensure_test_image, test_vm_spec, verdict_after, wait_ready, GuestVerdict, Observer,
-};
+use ferry_lab::{test_vm_spec, verdict_after, wait_ready, GuestVerdict, Observer};
 use ferry_server::estimate::{estimate, Costs, EstimateVm};
 use serde::Serialize;
 
-use crate::bench::{machine_json, write_result};
-use crate::bench_net::fail;
-use crate::cli::BenchEvacuateArgs;
-use crate::cmd_migrate::follow;
-use crate::exit::{CliError, CliResult};
-use crate::output::{bytes, millis, print_json, print_table};
+use crate::console::{bytes, millis, print_json, print_table};
+use crate::error::fail;
+use crate::error::{BenchError, BenchResult};
+use crate::progress::follow;
+use crate::results::{machine_json, write_result};
+use crate::setup::{own_binary, test_image};
+
+/// The options of `ferry bench evacuate`; the binary gives them from its flags.
+#[derive(Debug, Clone)]
+pub struct EvacuateConfig {
+    /// Guests on the host evacuated.
+    pub vms: usize,
+    /// How many of them rewrite memory (the others only verify theirs).
+    pub dirty_vms: usize,
+    /// What the dirtying guests rewrite, MiB/s.
+    pub dirty_rate: f64,
+    /// Each guest's memory, MiB.
+    pub memory: u64,
+    /// MiB each guest's workload fills with self-verifying pages.
+    pub workload_mem: u64,
+    /// Hosts the guests may go to, besides the source (2 to 7).
+    pub destinations: usize,
+    /// The link capacity every agent declares (`--migration-link-mib-s`; 1 Gbit/s is
+    /// 119 MiB/s); 0 declares none, so the server uses what its probes measure.
+    pub link_mib_s: u64,
+    /// Each migration, the evacuation and each guest's check may take this long, s.
+    pub time_limit: u64,
+    /// Keep the lab's directory (daemon logs) afterwards.
+    pub keep: bool,
+    /// Where to write the result files.
+    pub out: PathBuf,
+    /// Print JSON (for scripts) instead of a table.
+    pub json: bool,
+}
 
 /// The host evacuated.
 const SOURCE: &str = "a";
@@ -87,51 +114,46 @@ struct Moved {
     problem: Option<String>,
 }
 
-fn validate(a: &BenchEvacuateArgs) -> Result<(), CliError> {
+fn validate(a: &EvacuateConfig) -> Result<(), BenchError> {
     if !(1..=16).contains(&a.vms) {
-        return Err(CliError::refused("--vms takes 1 to 16 guests"));
+        return Err(BenchError::refused("--vms takes 1 to 16 guests"));
     }
     if a.dirty_vms > a.vms {
-        return Err(CliError::refused(format!(
+        return Err(BenchError::refused(format!(
             "--dirty-vms {} is more than --vms {}",
             a.dirty_vms, a.vms
         )));
     }
     if !(2..ferry_lab::netlab::MAX_HOSTS).contains(&a.destinations) {
-        return Err(CliError::refused(format!(
+        return Err(BenchError::refused(format!(
             "--destinations takes 2 to {} hosts (the lab has at most {} with the source)",
             ferry_lab::netlab::MAX_HOSTS - 1,
             ferry_lab::netlab::MAX_HOSTS
         )));
     }
     if a.workload_mem == 0 || a.memory < a.workload_mem + 128 {
-        return Err(CliError::refused(format!(
+        return Err(BenchError::refused(format!(
             "--workload-mem must be at least 1 MiB and leave 128 MiB of --memory ({} MiB) to \
              the guest's kernel",
             a.memory
         )));
     }
     if !(a.dirty_rate.is_finite() && a.dirty_rate > 0.0) {
-        return Err(CliError::refused(
+        return Err(BenchError::refused(
             "--dirty-rate must be a number above 0 (MiB/s)",
         ));
     }
     if a.time_limit < 60 {
-        return Err(CliError::refused("--time-limit must be at least 60 s"));
+        return Err(BenchError::refused("--time-limit must be at least 60 s"));
     }
     Ok(())
 }
 
 /// Hosts a (the source) and the destinations, every migration link shaped to 1 Gbit/s
 /// both ways; the agents declare `link_mib_s` as their link's capacity (0: none).
-async fn start_lab(a: &BenchEvacuateArgs, hosts: &[String]) -> Result<NetLab, CliError> {
-    eprintln!("bench: preparing the test guest image");
-    let image_dir =
-        tokio::task::spawn_blocking(|| ensure_test_image(&mut |s: &str| eprintln!("  {s}")))
-            .await
-            .map_err(fail)?
-            .map_err(CliError::failed)?;
-    let exe = std::env::current_exe().map_err(fail)?;
+async fn start_lab(a: &EvacuateConfig, hosts: &[String]) -> Result<NetLab, BenchError> {
+    let image_dir = test_image().await?;
+    let exe = own_binary()?;
     let names: Vec<&str> = hosts.iter().map(String::as_str).collect();
     let mut cfg = NetLabConfig::new(exe, &names);
     cfg.image_dir = Some(image_dir);
@@ -151,16 +173,16 @@ async fn start_lab(a: &BenchEvacuateArgs, hosts: &[String]) -> Result<NetLab, Cl
     Ok(lab)
 }
 
-async fn status(c: &ServerClient, vm: &str) -> Result<StatusLine, CliError> {
+async fn status(c: &ServerClient, vm: &str) -> Result<StatusLine, BenchError> {
     Observer { client: c, vm }
         .last_status()
         .await
-        .map_err(|e| CliError::failed(format!("{vm}: cannot read the guest's console: {e}")))?
-        .ok_or_else(|| CliError::failed(format!("{vm}: the guest prints no status line")))
+        .map_err(|e| BenchError::failed(format!("{vm}: cannot read the guest's console: {e}")))?
+        .ok_or_else(|| BenchError::failed(format!("{vm}: the guest prints no status line")))
 }
 
 /// Each guest's rewrite rate over five seconds, from its status lines.
-async fn achieved_rates(c: &ServerClient, guests: &mut [Guest]) -> Result<(), CliError> {
+async fn achieved_rates(c: &ServerClient, guests: &mut [Guest]) -> Result<(), BenchError> {
     let mut first = Vec::new();
     for g in guests.iter() {
         first.push(status(c, &g.vm).await?);
@@ -176,11 +198,11 @@ async fn achieved_rates(c: &ServerClient, guests: &mut [Guest]) -> Result<(), Cl
 }
 
 /// The guest runs on after a move: two status lines past `before`; returns its mismatches.
-async fn still_running(c: &ServerClient, vm: &str, before: &StatusLine) -> Result<u64, CliError> {
+async fn still_running(c: &ServerClient, vm: &str, before: &StatusLine) -> Result<u64, BenchError> {
     let st = Observer { client: c, vm }
         .wait_status(Duration::from_secs(120), |s| s.tick > before.tick + 1)
         .await
-        .map_err(|e| CliError::failed(format!("{vm} after its migration: {e}")))?;
+        .map_err(|e| BenchError::failed(format!("{vm} after its migration: {e}")))?;
     Ok(st.mismatches)
 }
 
@@ -191,7 +213,7 @@ async fn move_vm(
     vm: &str,
     to: &str,
     limit: Duration,
-) -> Result<Migration, CliError> {
+) -> Result<Migration, BenchError> {
     let m = c
         .migrate(&MigrateRequest {
             vm: vm.into(),
@@ -204,14 +226,14 @@ async fn move_vm(
         Ok(r) => r?,
         Err(_) => {
             let _ = c.cancel_migration(m.id).await;
-            return Err(CliError::failed(format!(
+            return Err(BenchError::failed(format!(
                 "the migration of {vm} to {to} did not finish within {} s (cancelled)",
                 limit.as_secs()
             )));
         }
     };
     if m.phase != Phase::Completed {
-        return Err(CliError::failed(format!(
+        return Err(BenchError::failed(format!(
             "the migration of {vm} to {to} ended {}: {}",
             m.phase,
             m.error.as_deref().unwrap_or("no reason recorded")
@@ -226,7 +248,7 @@ async fn single(
     to: &str,
     limit: Duration,
     model: Option<f64>,
-) -> Result<Single, CliError> {
+) -> Result<Single, BenchError> {
     eprintln!("bench: {vm} alone: {SOURCE} -> {to}");
     let before = status(c, vm).await?;
     let m = move_vm(c, vm, to, limit).await?;
@@ -254,12 +276,12 @@ async fn single(
     })
 }
 
-async fn dry_run(c: &ServerClient) -> Result<EvacuationPlan, CliError> {
+async fn dry_run(c: &ServerClient) -> Result<EvacuationPlan, BenchError> {
     let plan = c
         .enter_maintenance(SOURCE, &EnterMaintenanceRequest { dry_run: true })
         .await?;
     if let Some(i) = plan.items.iter().find(|i| i.destination.is_none()) {
-        return Err(CliError::failed(format!(
+        return Err(BenchError::failed(format!(
             "the dry run places {} nowhere: {}",
             i.vm,
             i.reason.as_deref().unwrap_or("no reason given")
@@ -273,7 +295,7 @@ async fn wait_operation(
     c: &ServerClient,
     id: uuid::Uuid,
     limit: Duration,
-) -> Result<Operation, CliError> {
+) -> Result<Operation, BenchError> {
     let deadline = Instant::now() + limit;
     let (mut shown, mut shown_at) = (usize::MAX, Instant::now());
     loop {
@@ -293,7 +315,7 @@ async fn wait_operation(
         }
         if Instant::now() > deadline {
             let _ = c.cancel_maintenance(SOURCE).await;
-            return Err(CliError::failed(format!(
+            return Err(BenchError::failed(format!(
                 "the evacuation did not finish within {} s (cancelled)",
                 limit.as_secs()
             )));
@@ -377,7 +399,7 @@ async fn moved_rows(
     dry: &EvacuationPlan,
     befores: HashMap<String, StatusLine>,
     limit: Duration,
-) -> Result<Vec<Moved>, CliError> {
+) -> Result<Vec<Moved>, BenchError> {
     let mut verdicts = tokio::task::JoinSet::new();
     for (vm, before) in befores {
         let c = c.clone();
@@ -444,7 +466,7 @@ async fn moved_rows(
     Ok(rows)
 }
 
-pub async fn evacuate(a: BenchEvacuateArgs) -> CliResult {
+pub async fn evacuate(a: EvacuateConfig) -> BenchResult {
     validate(&a)?;
     let limit = Duration::from_secs(a.time_limit);
     let hosts: Vec<String> = std::iter::once(SOURCE.to_string())
@@ -485,7 +507,7 @@ pub async fn evacuate(a: BenchEvacuateArgs) -> CliResult {
     for g in &guests {
         wait_ready(&c, &g.vm, Duration::from_secs(900))
             .await
-            .map_err(|e| CliError::failed(format!("{}: {e}", g.vm)))?;
+            .map_err(|e| BenchError::failed(format!("{}: {e}", g.vm)))?;
     }
     achieved_rates(&c, &mut guests).await?;
 
@@ -521,7 +543,7 @@ pub async fn evacuate(a: BenchEvacuateArgs) -> CliResult {
         .await?;
     let op = plan
         .operation
-        .ok_or_else(|| CliError::failed("maintenance enter started no operation"))?;
+        .ok_or_else(|| BenchError::failed("maintenance enter started no operation"))?;
     let op = wait_operation(&c, op.id, limit).await?;
     let wall_s = started.elapsed().as_secs_f64();
     let load_after = loadavg();
@@ -664,8 +686,8 @@ pub async fn evacuate(a: BenchEvacuateArgs) -> CliResult {
         summary.join("\n")
     );
     std::fs::write(&txt, text)
-        .map_err(|e| CliError::failed(format!("cannot write {}: {e}", txt.display())))?;
-    if a.json.json {
+        .map_err(|e| BenchError::failed(format!("cannot write {}: {e}", txt.display())))?;
+    if a.json {
         print_json(&doc)?;
     } else {
         print_singles(&singles, &guests);
@@ -682,7 +704,7 @@ pub async fn evacuate(a: BenchEvacuateArgs) -> CliResult {
     if clean {
         Ok(())
     } else {
-        Err(CliError::failed(
+        Err(BenchError::failed(
             "the evacuation did not succeed or a guest is not clean (see the table)",
         ))
     }

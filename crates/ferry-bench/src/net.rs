@@ -4,18 +4,36 @@
 //! guest over a 100 ms round-trip link (a delaying relay on the migration network).
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use ferry_api::*;
 use ferry_lab::netlab::{NetLab, NetLabConfig, Shape};
 use ferry_lab::probe::{self, Probe, GUEST_PORT};
-use ferry_lab::{ensure_test_image, test_vm_spec, wait_ready};
+use ferry_lab::{test_vm_spec, wait_ready};
 use serde::Serialize;
 
-use crate::cli::BenchNetworkArgs;
-use crate::cmd_migrate::follow;
-use crate::exit::{CliError, CliResult};
-use crate::output::{bytes, millis, print_json, print_table};
+use crate::console::{bytes, millis, print_json, print_table};
+use crate::error::{fail, BenchError, BenchResult};
+use crate::progress::follow;
+use crate::setup::{own_binary, test_image};
+
+/// The options of `ferry bench network`; the binary gives them from its flags.
+#[derive(Debug, Clone)]
+pub struct NetworkConfig {
+    /// Guest memory, MiB.
+    pub memory: u64,
+    /// MiB the guest workload fills.
+    pub workload_mem: u64,
+    /// Guest dirty rates to run over the 1 Gbit/s link, MiB/s (0 = idle).
+    pub rates: Vec<f64>,
+    /// Guest dirty rate for the 100 ms RTT run, MiB/s.
+    pub rtt_rate: f64,
+    /// Where to write the result file.
+    pub out: PathBuf,
+    /// Print JSON (for scripts) instead of a table.
+    pub json: bool,
+}
 
 #[derive(Serialize)]
 struct Row {
@@ -34,10 +52,6 @@ struct Row {
     client_error: Option<String>,
 }
 
-pub(crate) fn fail(e: impl std::fmt::Display) -> CliError {
-    CliError::failed(e.to_string())
-}
-
 /// Boots the test guest on host a with a NIC on the VM network at `vm_subnet_ip(ip_k)`;
 /// returns that IP once the guest reports ready.
 pub(crate) async fn boot_networked_guest(
@@ -47,7 +61,7 @@ pub(crate) async fn boot_networked_guest(
     memory_mib: u64,
     workload_mib: u64,
     rate: f64,
-) -> Result<String, CliError> {
+) -> Result<String, BenchError> {
     let c = lab.client();
     let ip = lab.vm_subnet_ip(ip_k).to_string();
     let mut spec = test_vm_spec(vm, memory_mib, workload_mib, rate);
@@ -70,12 +84,12 @@ pub(crate) async fn boot_networked_guest(
     .await?;
     wait_ready(&c, vm, Duration::from_secs(600))
         .await
-        .map_err(CliError::failed)?;
+        .map_err(BenchError::failed)?;
     Ok(ip)
 }
 
 /// One TCP connection from the client namespace to the guest at `ip`, asking every 10 ms.
-pub(crate) fn start_client(lab: &NetLab, ip: &str) -> Result<Probe, CliError> {
+pub(crate) fn start_client(lab: &NetLab, ip: &str) -> Result<Probe, BenchError> {
     let addr: SocketAddr = format!("{ip}:{GUEST_PORT}").parse().map_err(fail)?;
     let stream = lab
         .in_ns(lab.client_ns(), move || probe::connect(addr))
@@ -88,11 +102,11 @@ async fn one(
     lab: &NetLab,
     vm: &str,
     ip_k: u8,
-    a: &BenchNetworkArgs,
+    a: &NetworkConfig,
     rate: f64,
     scenario: &str,
     link: &str,
-) -> Result<Row, CliError> {
+) -> Result<Row, BenchError> {
     let c = lab.client();
     eprintln!(
         "bench: {scenario}: {} MiB guest, workload {} MiB at {rate} MiB/s",
@@ -136,14 +150,9 @@ async fn one(
 
 /// Hosts a and b in the network lab with the VM network, the migration network shaped to
 /// 1 Gbit/s both ways, and `agent_args` for both agents.
-pub(crate) async fn start_shaped_lab(agent_args: Vec<String>) -> Result<NetLab, CliError> {
-    eprintln!("bench: preparing the test guest image");
-    let image_dir =
-        tokio::task::spawn_blocking(|| ensure_test_image(&mut |s: &str| eprintln!("  {s}")))
-            .await
-            .map_err(fail)?
-            .map_err(CliError::failed)?;
-    let exe = std::env::current_exe().map_err(fail)?;
+pub(crate) async fn start_shaped_lab(agent_args: Vec<String>) -> Result<NetLab, BenchError> {
+    let image_dir = test_image().await?;
+    let exe = own_binary()?;
     let mut cfg = NetLabConfig::new(exe, &["a", "b"]);
     cfg.image_dir = Some(image_dir);
     cfg.vm_network_flag = Some(true);
@@ -155,7 +164,7 @@ pub(crate) async fn start_shaped_lab(agent_args: Vec<String>) -> Result<NetLab, 
     Ok(lab)
 }
 
-pub async fn network(a: BenchNetworkArgs) -> CliResult {
+pub async fn network(a: NetworkConfig) -> BenchResult {
     let mut lab = start_shaped_lab(Vec::new()).await?;
     let mut rows = Vec::new();
     for (i, rate) in a.rates.iter().enumerate() {
@@ -198,14 +207,14 @@ pub async fn network(a: BenchNetworkArgs) -> CliResult {
     let doc = serde_json::json!({
         "benchmark": "network",
         "date": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        "machine": crate::bench::machine_json("tcg"),
+        "machine": crate::results::machine_json("tcg"),
         "guest_memory_mib": a.memory,
         "workload_mib": a.workload_mem,
         "client": "one TCP connection from a client namespace, one request every 10 ms",
         "rows": rows,
     });
-    let file = crate::bench::write_result(&a.out, "network", &doc)?;
-    if a.json.json {
+    let file = crate::results::write_result(&a.out, "network", &doc)?;
+    if a.json {
         print_json(&doc)?;
     } else {
         let table: Vec<Vec<String>> = rows
@@ -248,7 +257,7 @@ pub async fn network(a: BenchNetworkArgs) -> CliResult {
     {
         Ok(())
     } else {
-        Err(CliError::failed(
+        Err(BenchError::failed(
             "some runs lost the client connection or did not complete (see the table)",
         ))
     }

@@ -11,10 +11,28 @@ use ferry_lab::{
 };
 use serde::Serialize;
 
-use crate::cli::DemoArgs;
-use crate::cmd_migrate::{follow, print_report};
-use crate::exit::{CliError, CliResult};
-use crate::output::print_json;
+use crate::console::print_json;
+use crate::error::{BenchError, BenchResult};
+use crate::progress::follow;
+
+/// The options of `ferry demo`; the binary gives them from its flags.
+#[derive(Debug, Clone)]
+pub struct DemoConfig {
+    /// Guest memory, MiB.
+    pub memory: u64,
+    /// MiB the guest workload fills and verifies.
+    pub workload_mem: u64,
+    /// MiB/s the guest workload rewrites during the migrations.
+    pub workload_rate: f64,
+    /// Keep the lab directory (daemon logs) afterwards.
+    pub keep: bool,
+    /// Print the report as JSON (for scripts) instead of text.
+    pub json: bool,
+}
+
+/// How the demo prints a migration's report after each hop: the binary's own report (the
+/// one `ferry vm migrate` prints), so the demo shows what an operator would see.
+pub type PrintReport = fn(&Migration);
 
 const VM: &str = "demo";
 
@@ -38,15 +56,15 @@ struct DemoReport {
     hops: Vec<Hop>,
 }
 
-pub async fn run(a: DemoArgs) -> CliResult {
+pub async fn run(a: DemoConfig, print_report: PrintReport) -> BenchResult {
     tokio::select! {
-        r = demo(a) => r,
-        _ = tokio::signal::ctrl_c() => Err(CliError::failed("interrupted; everything the demo started was stopped")),
+        r = demo(a, print_report) => r,
+        _ = tokio::signal::ctrl_c() => Err(BenchError::failed("interrupted; everything the demo started was stopped")),
     }
 }
 
-async fn demo(a: DemoArgs) -> CliResult {
-    let json = a.json.json;
+async fn demo(a: DemoConfig, print_report: PrintReport) -> BenchResult {
+    let json = a.json;
     let say = |s: &str| {
         if !json {
             eprintln!("{s}");
@@ -61,18 +79,18 @@ async fn demo(a: DemoArgs) -> CliResult {
         })
     })
     .await
-    .map_err(|e| CliError::failed(e.to_string()))?
-    .map_err(CliError::failed)?;
+    .map_err(|e| BenchError::failed(e.to_string()))?
+    .map_err(BenchError::failed)?;
 
     let exe = std::env::current_exe()
-        .map_err(|e| CliError::failed(format!("cannot find my own binary: {e}")))?;
+        .map_err(|e| BenchError::failed(format!("cannot find my own binary: {e}")))?;
     let mut cfg = LabConfig::new(exe, &["a", "b"]);
     cfg.image_dir = Some(image_dir);
     cfg.keep = a.keep;
     say("ferry demo: starting a server and agents a and b on loopback");
     let lab = Lab::start(cfg)
         .await
-        .map_err(|e| CliError::failed(e.to_string()))?;
+        .map_err(|e| BenchError::failed(e.to_string()))?;
     let c = lab.client();
 
     say(&format!(
@@ -88,7 +106,7 @@ async fn demo(a: DemoArgs) -> CliResult {
     .await?;
     let ready = wait_ready(&c, VM, Duration::from_secs(300))
         .await
-        .map_err(CliError::failed)?;
+        .map_err(BenchError::failed)?;
     let boot_seconds = started.elapsed().as_secs_f64();
     say(&format!(
         "ferry demo: guest ready after {boot_seconds:.1}s: {ready}"
@@ -102,8 +120,8 @@ async fn demo(a: DemoArgs) -> CliResult {
         let before = ferry_lab::Observer { client: &c, vm: VM }
             .last_status()
             .await
-            .map_err(CliError::failed)?
-            .ok_or_else(|| CliError::failed("the guest printed no status"))?;
+            .map_err(BenchError::failed)?
+            .ok_or_else(|| BenchError::failed("the guest printed no status"))?;
         let m = c
             .migrate(&MigrateRequest {
                 vm: VM.into(),
@@ -121,7 +139,7 @@ async fn demo(a: DemoArgs) -> CliResult {
             Some(
                 verdict_after(&c, VM, &before, Duration::from_secs(120))
                     .await
-                    .map_err(CliError::failed)?,
+                    .map_err(BenchError::failed)?,
             )
         } else {
             None
@@ -176,6 +194,6 @@ async fn demo(a: DemoArgs) -> CliResult {
     if ok {
         Ok(())
     } else {
-        Err(CliError::failed("the demo failed (see the report above)"))
+        Err(BenchError::failed("the demo failed (see the report above)"))
     }
 }

@@ -4,22 +4,34 @@
 //! `--insecure` one (plain TCP), over loopback and over a 1 Gbit/s migration network
 //! (network namespaces, `tc tbf`). Prints a table and writes bench/results/tls.json.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use ferry_api::client::ServerClient;
 use ferry_api::*;
 use ferry_lab::netlab::{NetLab, NetLabConfig, Shape};
-use ferry_lab::{
-    ensure_test_image, test_vm_spec, verdict_after, wait_ready, Lab, LabConfig, Observer,
-};
+use ferry_lab::{test_vm_spec, verdict_after, wait_ready, Lab, LabConfig, Observer};
 
-use crate::bench::{machine_json, write_result};
-use crate::cli::BenchTlsArgs;
-use crate::exit::{CliError, CliResult};
-use crate::output::print_table;
+use crate::console::print_table;
+use crate::error::{fail, BenchError, BenchResult};
+use crate::results::{machine_json, write_result};
+use crate::setup::{own_binary, test_image};
 
-fn fail(e: impl std::fmt::Display) -> CliError {
-    CliError::failed(e.to_string())
+/// The options of `ferry bench tls`; the binary gives them from its flags.
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    /// Guest memory (MiB).
+    pub memory: u64,
+    /// Memory the guest's workload fills with self-verifying pages (MiB).
+    pub workload_mem: u64,
+    /// The workload's dirty rate (MiB/s).
+    pub rate: f64,
+    /// Stream counts to measure.
+    pub streams: Vec<u8>,
+    /// Links: loopback, 1gbit.
+    pub links: Vec<String>,
+    /// Where to write the result file.
+    pub out: PathBuf,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -39,10 +51,10 @@ struct Row {
 /// Boots the guest on a, then migrates it a -> b and back, once per stream count.
 async fn run(
     c: &ServerClient,
-    a: &BenchTlsArgs,
+    a: &TlsConfig,
     link: &'static str,
     transport: &'static str,
-) -> Result<Vec<Row>, CliError> {
+) -> Result<Vec<Row>, BenchError> {
     let vm = "tlsbench";
     c.create_vm(&CreateVmRequest {
         host: Some("a".into()),
@@ -51,7 +63,7 @@ async fn run(
     .await?;
     wait_ready(c, vm, Duration::from_secs(600))
         .await
-        .map_err(CliError::failed)?;
+        .map_err(BenchError::failed)?;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let mut rows = Vec::new();
     let mut to = "b";
@@ -60,8 +72,8 @@ async fn run(
         let before = Observer { client: c, vm }
             .last_status()
             .await
-            .map_err(CliError::failed)?
-            .ok_or_else(|| CliError::failed("no guest status"))?;
+            .map_err(BenchError::failed)?
+            .ok_or_else(|| BenchError::failed("no guest status"))?;
         let m = c
             .migrate(&MigrateRequest {
                 vm: vm.into(),
@@ -73,7 +85,7 @@ async fn run(
                 priority: None,
             })
             .await?;
-        let m = crate::cmd_migrate::follow(c, &m, false).await?;
+        let m = crate::progress::follow(c, &m, false).await?;
         let r = m.report.clone().unwrap_or_default();
         let completed = m.phase == Phase::Completed;
         let guest_ok = if completed {
@@ -107,17 +119,12 @@ async fn run(
     Ok(rows)
 }
 
-pub async fn tls(a: BenchTlsArgs) -> CliResult {
+pub async fn tls(a: TlsConfig) -> BenchResult {
     if a.streams.is_empty() || a.streams.iter().any(|s| *s == 0 || *s > 16) {
-        return Err(CliError::refused("--streams takes counts from 1 to 16"));
+        return Err(BenchError::refused("--streams takes counts from 1 to 16"));
     }
-    eprintln!("bench: preparing the test guest image");
-    let image_dir =
-        tokio::task::spawn_blocking(|| ensure_test_image(&mut |s: &str| eprintln!("  {s}")))
-            .await
-            .map_err(fail)?
-            .map_err(CliError::failed)?;
-    let exe = std::env::current_exe().map_err(fail)?;
+    let image_dir = test_image().await?;
+    let exe = own_binary()?;
     let mut rows = Vec::new();
     for link in &a.links {
         for insecure in [false, true] {
@@ -141,7 +148,7 @@ pub async fn tls(a: BenchTlsArgs) -> CliResult {
                     rows.extend(run(&lab.client(), &a, "1 Gbit/s", transport).await?);
                 }
                 other => {
-                    return Err(CliError::refused(format!(
+                    return Err(BenchError::refused(format!(
                         "unknown link '{other}': use loopback or 1gbit"
                     )))
                 }

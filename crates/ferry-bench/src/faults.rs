@@ -4,17 +4,53 @@
 //!
 //! `ferry bench soak`: [`ferry_lab::soak`], rounds of migrations with seeded faults.
 
+use std::path::PathBuf;
 use std::time::Instant;
 
-use ferry_lab::ensure_test_image;
 use ferry_lab::faults::{self, Cell, MatrixConfig, Outcome};
 
-use crate::bench::{machine_json, write_result};
-use crate::cli::{BenchFaultsArgs, BenchSoakArgs};
-use crate::exit::{CliError, CliResult};
-use crate::output::{print_json, print_table};
+use crate::console::{print_json, print_table};
+use crate::error::{BenchError, BenchResult};
+use crate::results::{machine_json, write_result};
+use crate::setup::{own_binary, test_image};
 
-pub async fn faults(a: BenchFaultsArgs) -> CliResult {
+/// The options of `ferry bench faults`; the binary gives them from its flags.
+#[derive(Debug, Clone)]
+pub struct FaultsConfig {
+    /// Cells to run, POINT:FAULT (points: preparing, copying_disks, transferring,
+    /// switching_over, post_copy; faults: kill-server, kill-source-agent, kill-dest-agent,
+    /// kill-dest-qemu, kill-source-qemu, link-cut, dest-pool-full). Default: all.
+    pub cells: Vec<String>,
+    /// Cells run side by side (each on its own lab).
+    pub parallel: usize,
+    /// The server's --recovery-bound-s in every lab.
+    pub recovery_bound: u64,
+    /// Keep every lab's directory (daemon logs) afterwards.
+    pub keep: bool,
+    /// Where to write the result files.
+    pub out: PathBuf,
+    /// Print JSON (for scripts) instead of a table.
+    pub json: bool,
+}
+
+/// The options of `ferry bench soak`; the binary gives them from its flags.
+#[derive(Debug, Clone)]
+pub struct SoakConfig {
+    /// Rounds (one migration each).
+    pub count: u32,
+    /// Seed of the fault sequence.
+    pub seed: u64,
+    /// The server's --recovery-bound-s.
+    pub recovery_bound: u64,
+    /// Keep the lab's directory (daemon logs) afterwards.
+    pub keep: bool,
+    /// Where to write the result file.
+    pub out: PathBuf,
+    /// Print JSON (for scripts) instead of a table.
+    pub json: bool,
+}
+
+pub async fn faults(a: FaultsConfig) -> BenchResult {
     let cells: Vec<Cell> = if a.cells.is_empty() {
         Cell::all()
     } else {
@@ -22,20 +58,15 @@ pub async fn faults(a: BenchFaultsArgs) -> CliResult {
             .iter()
             .map(|c| c.parse::<Cell>())
             .collect::<Result<_, _>>()
-            .map_err(CliError::refused)?
+            .map_err(BenchError::refused)?
     };
     if !nix_is_root() {
-        return Err(CliError::refused(
+        return Err(BenchError::refused(
             "ferry bench faults needs root (it mounts a tmpfs over a destination pool)",
         ));
     }
-    eprintln!("bench: preparing the test guest image");
-    let image_dir =
-        tokio::task::spawn_blocking(|| ensure_test_image(&mut |s: &str| eprintln!("  {s}")))
-            .await
-            .map_err(|e| CliError::failed(e.to_string()))?
-            .map_err(CliError::failed)?;
-    let exe = std::env::current_exe().map_err(|e| CliError::failed(e.to_string()))?;
+    let image_dir = test_image().await?;
+    let exe = own_binary()?;
     let mut cfg = MatrixConfig::new(exe, Some(image_dir));
     cfg.keep = a.keep;
     cfg.recovery_bound_s = a.recovery_bound;
@@ -74,8 +105,8 @@ pub async fn faults(a: BenchFaultsArgs) -> CliResult {
         faults::markdown(&results)
     );
     std::fs::write(&md, text)
-        .map_err(|e| CliError::failed(format!("cannot write {}: {e}", md.display())))?;
-    if a.json.json {
+        .map_err(|e| BenchError::failed(format!("cannot write {}: {e}", md.display())))?;
+    if a.json {
         print_json(&doc)?;
     } else {
         print!("{}", faults::table(&results));
@@ -95,7 +126,7 @@ pub async fn faults(a: BenchFaultsArgs) -> CliResult {
     if bad.is_empty() {
         Ok(())
     } else {
-        Err(CliError::failed(format!(
+        Err(BenchError::failed(format!(
             "{} cells broke the rules: {}",
             bad.len(),
             bad.join(", ")
@@ -103,17 +134,12 @@ pub async fn faults(a: BenchFaultsArgs) -> CliResult {
     }
 }
 
-pub async fn soak(a: BenchSoakArgs) -> CliResult {
+pub async fn soak(a: SoakConfig) -> BenchResult {
     if !nix_is_root() {
-        return Err(CliError::refused("ferry bench soak needs root"));
+        return Err(BenchError::refused("ferry bench soak needs root"));
     }
-    eprintln!("bench: preparing the test guest image");
-    let image_dir =
-        tokio::task::spawn_blocking(|| ensure_test_image(&mut |s: &str| eprintln!("  {s}")))
-            .await
-            .map_err(|e| CliError::failed(e.to_string()))?
-            .map_err(CliError::failed)?;
-    let exe = std::env::current_exe().map_err(|e| CliError::failed(e.to_string()))?;
+    let image_dir = test_image().await?;
+    let exe = own_binary()?;
     let cfg = ferry_lab::soak::SoakConfig {
         ferry_bin: exe,
         image_dir: Some(image_dir),
@@ -140,7 +166,7 @@ pub async fn soak(a: BenchSoakArgs) -> CliResult {
         )
     })
     .await
-    .map_err(CliError::failed)?;
+    .map_err(BenchError::failed)?;
     let doc = serde_json::json!({
         "benchmark": "soak",
         "date": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
@@ -151,7 +177,7 @@ pub async fn soak(a: BenchSoakArgs) -> CliResult {
     });
     let file = write_result(&a.out, "soak", &doc)?;
     let s = &report.summary;
-    if a.json.json {
+    if a.json {
         print_json(&doc)?;
     } else {
         print_table(
@@ -202,7 +228,7 @@ pub async fn soak(a: BenchSoakArgs) -> CliResult {
         .filter(|r| !r.problems.is_empty())
         .count();
     if s.lost + s.errors > 0 || s.guest_mismatches > 0 || problems > 0 {
-        return Err(CliError::failed(format!(
+        return Err(BenchError::failed(format!(
             "{problems} rounds with problems, {} lost, {} errors, {} mismatches",
             s.lost, s.errors, s.guest_mismatches
         )));

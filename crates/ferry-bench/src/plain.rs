@@ -4,17 +4,18 @@
 //! cap) and one `migrate`, and nothing else (no throttle, no post-copy, QEMU's 300 ms
 //! downtime limit). What Ferry's controller must at least match.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use ferry_api::client::ServerClient;
+use ferry_api::client::{AgentClient, ServerClient};
 use ferry_api::*;
 use ferry_lab::Lab;
 use ferry_qmp::{MigrationParameters, MigrationStatus, QmpClient};
 
-use crate::exit::CliError;
+use crate::error::{fail, BenchError};
 
 /// What one plain run did.
-pub struct PlainRun {
+pub(crate) struct PlainRun {
     pub completed: bool,
     pub outcome: String,
     pub total_ms: u64,
@@ -23,12 +24,8 @@ pub struct PlainRun {
     pub passes: u64,
 }
 
-fn fail(e: impl std::fmt::Display) -> CliError {
-    CliError::failed(e.to_string())
-}
-
 /// How a migration driven by QEMU alone ended.
-pub struct Watched {
+pub(crate) struct Watched {
     pub info: ferry_qmp::MigrationInfo,
     pub completed: bool,
     pub outcome: String,
@@ -38,12 +35,12 @@ pub struct Watched {
 
 /// Polls the source QEMU every `poll` until its migration completes or fails; past
 /// `limit` (from `started`) it is cancelled. Shared by the benchmarks' plain-QEMU arms.
-pub async fn watch_until_done(
+pub(crate) async fn watch_until_done(
     qmp: &QmpClient,
     started: Instant,
     limit: Duration,
     poll: Duration,
-) -> Result<Watched, CliError> {
+) -> Result<Watched, BenchError> {
     let mut max_throttle = 0;
     loop {
         let info = qmp.query_migrate().await.map_err(fail)?;
@@ -75,19 +72,17 @@ pub async fn watch_until_done(
     }
 }
 
-/// Moves `vm` from the lab's first host to its second with QEMU alone (see the module doc).
-/// The server is not told (the lab is torn down afterwards, QEMUs with it).
-pub async fn plain_qemu_uncapped(
-    lab: &Lab,
+/// The two ends of a migration QEMU drives alone: the destination agent starts QEMU with
+/// `-incoming` (as libvirt does), and the source QEMU's second monitor (which its agent
+/// opens with `--aux-qmp`) is opened to send `migrate` on. The URI to migrate to, and that
+/// monitor.
+pub(crate) async fn open_plain_migration(
     c: &ServerClient,
     vm: &str,
-    limit: Duration,
-) -> Result<PlainRun, CliError> {
+    dest: &AgentClient,
+    source_state_dir: &Path,
+) -> Result<(String, QmpClient), BenchError> {
     let spec = c.vm(vm).await?.spec;
-    let (Some(a), Some(b)) = (lab.agents.first(), lab.agents.get(1)) else {
-        return Err(fail("the lab needs two hosts"));
-    };
-    let dest = lab.agent_client(&b.name).map_err(fail)?;
     let incoming = dest
         .prepare_incoming(&IncomingRequest {
             spec,
@@ -96,12 +91,27 @@ pub async fn plain_qemu_uncapped(
             peer_host: Some("a".into()),
         })
         .await?;
-    let socket = a
-        .state_dir
+    let socket = source_state_dir
         .join("vms")
         .join(vm)
         .join(ferry_agent::runtime::AUX_QMP_SOCKET);
     let qmp = QmpClient::connect(&socket).await.map_err(fail)?;
+    Ok((format!("tcp:{}", incoming.advertised), qmp))
+}
+
+/// Moves `vm` from the lab's first host to its second with QEMU alone (see the module doc).
+/// The server is not told (the lab is torn down afterwards, QEMUs with it).
+pub(crate) async fn plain_qemu_uncapped(
+    lab: &Lab,
+    c: &ServerClient,
+    vm: &str,
+    limit: Duration,
+) -> Result<PlainRun, BenchError> {
+    let (Some(a), Some(b)) = (lab.agents.first(), lab.agents.get(1)) else {
+        return Err(fail("the lab needs two hosts"));
+    };
+    let dest = lab.agent_client(&b.name).map_err(fail)?;
+    let (uri, qmp) = open_plain_migration(c, vm, &dest, &a.state_dir).await?;
     qmp.migrate_set_parameters(&MigrationParameters {
         max_bandwidth: Some(1 << 40),
         ..Default::default()
@@ -109,9 +119,7 @@ pub async fn plain_qemu_uncapped(
     .await
     .map_err(fail)?;
     let started = Instant::now();
-    qmp.migrate(&format!("tcp:{}", incoming.advertised), false)
-        .await
-        .map_err(fail)?;
+    qmp.migrate(&uri, false).await.map_err(fail)?;
     let Watched {
         info,
         completed,

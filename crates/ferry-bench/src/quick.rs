@@ -5,17 +5,39 @@
 //! Prints a table with each move's total time and downtime, and the medians per mode;
 //! writes bench/results/quick.json.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use ferry_api::*;
-use ferry_lab::{ensure_test_image, test_vm_spec, verdict_after, wait_ready, Lab, LabConfig};
+use ferry_lab::{test_vm_spec, verdict_after, wait_ready, Lab, LabConfig};
 use serde::Serialize;
 
-use crate::bench::{machine_json, write_result};
-use crate::cli::BenchQuickArgs;
-use crate::cmd_migrate::follow;
-use crate::exit::{CliError, CliResult};
-use crate::output::{bytes, millis, print_json, print_table};
+use crate::console::{bytes, millis, print_json, print_table};
+use crate::error::{BenchError, BenchResult};
+use crate::progress::follow;
+use crate::results::{machine_json, write_result};
+use crate::setup::{own_binary, test_image};
+
+/// The options of `ferry bench quick`; the binary gives them from its flags.
+#[derive(Debug, Clone)]
+pub struct QuickConfig {
+    /// Guest memory (MiB).
+    pub memory: u64,
+    /// Memory the guest's workload fills with self-verifying pages (MiB).
+    pub workload_mem: u64,
+    /// How fast the workload rewrites its pages (MiB/s).
+    pub rate: f64,
+    /// Rounds; each is a quick move a -> b and a live move back b -> a.
+    pub rounds: u32,
+    /// Cap the live migration's stream (MiB/s); default: uncapped (loopback).
+    pub max_bandwidth: Option<u64>,
+    /// Channels that write and read the quick migration's state file (default: Ferry's, 2).
+    pub streams: Option<u8>,
+    /// Where to write the result file.
+    pub out: PathBuf,
+    /// Print JSON (for scripts) instead of a table.
+    pub json: bool,
+}
 
 const VM: &str = "qbench";
 
@@ -55,18 +77,18 @@ fn median(mut v: Vec<u64>) -> u64 {
 
 async fn one_move(
     c: &ferry_api::client::ServerClient,
-    a: &BenchQuickArgs,
+    a: &QuickConfig,
     round: u32,
     mode: MigrationMode,
     (from, to): (&str, &str),
-) -> Result<Row, CliError> {
+) -> Result<Row, BenchError> {
     // Let the dirty rate settle after the last move.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let before = ferry_lab::Observer { client: c, vm: VM }
         .last_status()
         .await
-        .map_err(CliError::failed)?
-        .ok_or_else(|| CliError::failed("no guest status"))?;
+        .map_err(BenchError::failed)?
+        .ok_or_else(|| BenchError::failed("no guest status"))?;
     eprintln!("bench: round {round}: {mode} {from} -> {to}");
     let m = c
         .migrate(&MigrateRequest {
@@ -112,30 +134,25 @@ async fn one_move(
     })
 }
 
-pub async fn quick(a: BenchQuickArgs) -> CliResult {
+pub async fn quick(a: QuickConfig) -> BenchResult {
     if !(a.rate.is_finite() && a.rate >= 0.0) || a.rounds == 0 {
-        return Err(CliError::refused(
+        return Err(BenchError::refused(
             "--rate must be a number >= 0 and --rounds at least 1",
         ));
     }
     if a.workload_mem >= a.memory {
-        return Err(CliError::refused(
+        return Err(BenchError::refused(
             "--workload-mem must leave room for the guest's kernel (less than --memory)",
         ));
     }
-    eprintln!("bench: preparing the test guest image");
-    let image_dir =
-        tokio::task::spawn_blocking(|| ensure_test_image(&mut |s: &str| eprintln!("  {s}")))
-            .await
-            .map_err(|e| CliError::failed(e.to_string()))?
-            .map_err(CliError::failed)?;
-    let exe = std::env::current_exe().map_err(|e| CliError::failed(e.to_string()))?;
+    let image_dir = test_image().await?;
+    let exe = own_binary()?;
     let mut cfg = LabConfig::new(exe, &["a", "b"]);
     cfg.image_dir = Some(image_dir);
     cfg.pools = true;
     let lab = Lab::start(cfg)
         .await
-        .map_err(|e| CliError::failed(e.to_string()))?;
+        .map_err(|e| BenchError::failed(e.to_string()))?;
     let c = lab.client();
     let inv = c
         .hosts()
@@ -154,7 +171,7 @@ pub async fn quick(a: BenchQuickArgs) -> CliResult {
     .await?;
     wait_ready(&c, VM, Duration::from_secs(600))
         .await
-        .map_err(CliError::failed)?;
+        .map_err(BenchError::failed)?;
     let mut rows = Vec::new();
     for round in 1..=a.rounds {
         rows.push(one_move(&c, &a, round, MigrationMode::Quick, ("a", "b")).await?);
@@ -216,7 +233,7 @@ pub async fn quick(a: BenchQuickArgs) -> CliResult {
         },
     });
     let file = write_result(&a.out, "quick", &doc)?;
-    if a.json.json {
+    if a.json {
         print_json(&doc)?;
     } else {
         println!(
@@ -272,7 +289,7 @@ pub async fn quick(a: BenchQuickArgs) -> CliResult {
     if rows.iter().all(|r| r.completed && r.guest_ok) {
         Ok(())
     } else {
-        Err(CliError::failed(
+        Err(BenchError::failed(
             "some moves did not complete cleanly (see the table)",
         ))
     }

@@ -4,17 +4,23 @@
 //! connection and handshake every time) and `GET /v1/hosts` from one client that keeps its
 //! connection. Prints p50/p99 per arm and writes bench/results/api-latency.json.
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use ferry_lab::{Lab, LabConfig};
 
-use crate::bench::{machine_json, write_result};
-use crate::cli::BenchApiArgs;
-use crate::exit::{CliError, CliResult};
-use crate::output::print_table;
+use crate::console::print_table;
+use crate::error::{fail, BenchError, BenchResult};
+use crate::results::{machine_json, write_result};
+use crate::setup::own_binary;
 
-fn fail(e: impl std::fmt::Display) -> CliError {
-    CliError::failed(e.to_string())
+/// The options of `ferry bench api`; the binary gives them from its flags.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// Requests per arm.
+    pub samples: usize,
+    /// Where to write the result file.
+    pub out: PathBuf,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -48,7 +54,7 @@ async fn measure(
     exe: &std::path::Path,
     insecure: bool,
     n: usize,
-) -> Result<(Vec<f64>, Vec<f64>), CliError> {
+) -> Result<(Vec<f64>, Vec<f64>), BenchError> {
     let mut cli = Vec::with_capacity(n);
     for _ in 0..n {
         let mut cmd = std::process::Command::new(exe);
@@ -74,7 +80,7 @@ async fn measure(
             .map_err(fail)?;
         cli.push(t0.elapsed().as_secs_f64() * 1e3);
         if !out.status.success() {
-            return Err(CliError::failed(format!(
+            return Err(BenchError::failed(format!(
                 "ferry host list failed: {}",
                 String::from_utf8_lossy(&out.stderr)
             )));
@@ -93,8 +99,8 @@ async fn measure(
     Ok((cli, kept))
 }
 
-pub async fn api(a: BenchApiArgs) -> CliResult {
-    let exe = std::env::current_exe().map_err(fail)?;
+pub async fn api(a: ApiConfig) -> BenchResult {
+    let exe = own_binary()?;
     let n = a.samples.clamp(10, 10_000);
     let mut arms = Vec::new();
     for insecure in [false, true] {

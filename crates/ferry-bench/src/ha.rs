@@ -10,25 +10,35 @@
 //! when the guest printed its first status line on its new host; the lease and margins.
 //! Prints a table and writes bench/results/ha.json. Figures, not assertions.
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use ferry_api::client::ServerClient;
 use ferry_api::*;
-use ferry_lab::{ensure_test_image, test_vm_spec, wait_ready, NetLab, NetLabConfig, Observer};
+use ferry_lab::{test_vm_spec, wait_ready, NetLab, NetLabConfig, Observer};
 
-use crate::bench::{machine_json, write_result};
-use crate::cli::BenchHaArgs;
-use crate::exit::{CliError, CliResult};
-use crate::output::print_table;
+use crate::console::print_table;
+use crate::error::{fail, BenchError, BenchResult};
+use crate::results::{machine_json, write_result};
+use crate::setup::{own_binary, test_image};
+
+/// The options of `ferry bench ha`; the binary gives them from its flags.
+#[derive(Debug, Clone)]
+pub struct HaConfig {
+    /// The server's `--ha-lease-s` (default: the server's default).
+    pub lease_s: u64,
+    /// Where to write the result file.
+    pub out: PathBuf,
+}
 
 /// A directory for the shared pool, removed also when the bench fails.
 struct TempDir(std::path::PathBuf);
 
 impl TempDir {
-    fn new(name: &str) -> Result<TempDir, CliError> {
+    fn new(name: &str) -> Result<TempDir, BenchError> {
         let dir = std::env::temp_dir().join(name);
         std::fs::create_dir_all(&dir)
-            .map_err(|e| CliError::failed(format!("{}: {e}", dir.display())))?;
+            .map_err(|e| BenchError::failed(format!("{}: {e}", dir.display())))?;
         Ok(TempDir(dir))
     }
     fn path(&self) -> &std::path::Path {
@@ -42,11 +52,7 @@ impl Drop for TempDir {
     }
 }
 
-fn fail(e: impl std::fmt::Display) -> CliError {
-    CliError::failed(e.to_string())
-}
-
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize)]
 struct Case {
     case: &'static str,
     suspected_s: Option<f64>,
@@ -62,17 +68,12 @@ struct Case {
     error: Option<String>,
 }
 
-pub async fn ha(a: BenchHaArgs) -> CliResult {
+pub async fn ha(a: HaConfig) -> BenchResult {
     if !(6..=600).contains(&a.lease_s) {
-        return Err(CliError::refused("--lease-s is 6 to 600"));
+        return Err(BenchError::refused("--lease-s is 6 to 600"));
     }
-    eprintln!("bench: preparing the test guest image");
-    let image_dir =
-        tokio::task::spawn_blocking(|| ensure_test_image(&mut |s: &str| eprintln!("  {s}")))
-            .await
-            .map_err(fail)?
-            .map_err(CliError::failed)?;
-    let exe = std::env::current_exe().map_err(fail)?;
+    let image_dir = test_image().await?;
+    let exe = own_binary()?;
     let mut cases = Vec::new();
     for case in ["crash", "partition"] {
         let shared = TempDir::new(&format!("ferry-bench-ha-{}-{case}", std::process::id()))?;
@@ -89,14 +90,8 @@ pub async fn ha(a: BenchHaArgs) -> CliResult {
         let r = run_case(&mut lab, &c, case).await;
         cases.push(r.unwrap_or_else(|e| Case {
             case,
-            suspected_s: None,
-            failed_s: None,
-            source_stopped_s: None,
-            restarted_s: None,
-            running_s: None,
-            fence_margin_s: None,
-            to: None,
             error: Some(e),
+            ..Default::default()
         }));
         drop(lab);
     }
@@ -150,7 +145,7 @@ pub async fn ha(a: BenchHaArgs) -> CliResult {
     let file = write_result(&a.out, "ha", &doc)?;
     eprintln!("bench: wrote {}", file.display());
     if cases.iter().any(|c| c.error.is_some()) {
-        return Err(CliError::failed("a case did not complete; see the table"));
+        return Err(BenchError::failed("a case did not complete; see the table"));
     }
     Ok(())
 }
@@ -205,14 +200,7 @@ async fn run_case(lab: &mut NetLab, c: &ServerClient, case: &'static str) -> Res
     }
     let mut out = Case {
         case,
-        suspected_s: None,
-        failed_s: None,
-        source_stopped_s: None,
-        restarted_s: None,
-        running_s: None,
-        fence_margin_s: None,
-        to: None,
-        error: None,
+        ..Default::default()
     };
     let deadline = Instant::now() + Duration::from_secs(180);
     while out.running_s.is_none() {

@@ -2,18 +2,36 @@
 //! whole stack (CLI API -> server -> agents -> QEMU). Prints a table and writes a result file
 //! with the machine it ran on. Figures, not assertions: timing lives here, not in tests.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use ferry_api::*;
-use ferry_lab::{
-    ensure_test_image, test_vm_spec, verdict_after, wait_ready, Lab, LabConfig, Observer,
-};
+use ferry_lab::{test_vm_spec, verdict_after, wait_ready, Lab, LabConfig, Observer};
 use serde::Serialize;
 
-use crate::cli::BenchMigrateArgs;
-use crate::cmd_migrate::follow;
-use crate::exit::{CliError, CliResult};
-use crate::output::{bytes, millis, print_json, print_table};
+use crate::console::{bytes, millis, print_json, print_table};
+use crate::error::{BenchError, BenchResult};
+use crate::progress::follow;
+use crate::results::write_result;
+use crate::setup::{own_binary, test_image};
+
+/// The options of `ferry bench migrate`; the binary gives them from its flags.
+#[derive(Debug, Clone)]
+pub struct MigrateConfig {
+    /// Guest memory, MiB.
+    pub memory: u64,
+    /// MiB the guest workload fills.
+    pub workload_mem: u64,
+    /// Guest dirty rates to run, MiB/s.
+    pub rates: Vec<f64>,
+    /// Also move the same guest at each rate with QEMU alone, uncapped (what a user gets
+    /// from QEMU by hand), for comparison.
+    pub vs_qemu: bool,
+    /// Where to write the result file.
+    pub out: PathBuf,
+    /// Print JSON (for scripts) instead of a table.
+    pub json: bool,
+}
 
 #[derive(Serialize)]
 struct Row {
@@ -52,28 +70,23 @@ struct Results {
     rows: Vec<Row>,
 }
 
-pub async fn migrate(a: BenchMigrateArgs) -> CliResult {
+pub async fn migrate(a: MigrateConfig) -> BenchResult {
     if a.rates.iter().any(|r| !(r.is_finite() && *r >= 0.0)) {
-        return Err(CliError::refused("--rates must be numbers >= 0"));
+        return Err(BenchError::refused("--rates must be numbers >= 0"));
     }
-    eprintln!("bench: preparing the test guest image");
-    let image_dir =
-        tokio::task::spawn_blocking(|| ensure_test_image(&mut |s: &str| eprintln!("  {s}")))
-            .await
-            .map_err(|e| CliError::failed(e.to_string()))?
-            .map_err(CliError::failed)?;
-    let exe = std::env::current_exe().map_err(|e| CliError::failed(e.to_string()))?;
+    let image_dir = test_image().await?;
+    let exe = own_binary()?;
     let mut cfg = LabConfig::new(exe, &["a", "b"]);
     cfg.image_dir = Some(image_dir);
     let mut lab = Lab::start(cfg.clone())
         .await
-        .map_err(|e| CliError::failed(e.to_string()))?;
+        .map_err(|e| BenchError::failed(e.to_string()))?;
     if a.vs_qemu {
         // The plain arm drives the source QEMU over its second monitor, which the agent
         // opens only when asked to.
         lab.restart_agent_with(&cfg, "a", &["--aux-qmp"])
             .await
-            .map_err(|e| CliError::failed(e.to_string()))?;
+            .map_err(|e| BenchError::failed(e.to_string()))?;
     }
     let c = lab.client();
     let hosts = c.hosts().await?;
@@ -97,7 +110,7 @@ pub async fn migrate(a: BenchMigrateArgs) -> CliResult {
         .await?;
         wait_ready(&c, &vm, Duration::from_secs(600))
             .await
-            .map_err(CliError::failed)?;
+            .map_err(BenchError::failed)?;
         // Let the dirty rate settle before measuring.
         tokio::time::sleep(Duration::from_secs(3)).await;
         let before = Observer {
@@ -106,8 +119,8 @@ pub async fn migrate(a: BenchMigrateArgs) -> CliResult {
         }
         .last_status()
         .await
-        .map_err(CliError::failed)?
-        .ok_or_else(|| CliError::failed("no guest status"))?;
+        .map_err(BenchError::failed)?
+        .ok_or_else(|| BenchError::failed("no guest status"))?;
         let m = c
             .migrate(&MigrateRequest {
                 vm: vm.clone(),
@@ -165,9 +178,9 @@ pub async fn migrate(a: BenchMigrateArgs) -> CliResult {
         link: "loopback (127.0.0.1), no bandwidth cap",
         rows,
     };
-    let doc = serde_json::to_value(&results).map_err(|e| CliError::failed(e.to_string()))?;
+    let doc = serde_json::to_value(&results).map_err(|e| BenchError::failed(e.to_string()))?;
     let file = write_result(&a.out, "migrate-loopback", &doc)?;
-    if a.json.json {
+    if a.json {
         print_json(&results)?;
     } else {
         let rows: Vec<Vec<String>> = results
@@ -220,7 +233,7 @@ pub async fn migrate(a: BenchMigrateArgs) -> CliResult {
     if results.rows.iter().all(|r| r.completed && r.guest_ok) {
         Ok(())
     } else {
-        Err(CliError::failed(
+        Err(BenchError::failed(
             "some runs did not complete cleanly (see the table)",
         ))
     }
@@ -228,7 +241,7 @@ pub async fn migrate(a: BenchMigrateArgs) -> CliResult {
 
 /// The same guest and rate moved by QEMU alone, uncapped (a fresh guest; the lab's
 /// shutdown ends both QEMUs).
-async fn plain_row(lab: &Lab, a: &BenchMigrateArgs, i: usize, rate: f64) -> Result<Row, CliError> {
+async fn plain_row(lab: &Lab, a: &MigrateConfig, i: usize, rate: f64) -> Result<Row, BenchError> {
     let c = lab.client();
     let vm = format!("plain{i}");
     eprintln!("bench: {vm}: the same guest and rate, moved by QEMU alone (uncapped)");
@@ -239,9 +252,9 @@ async fn plain_row(lab: &Lab, a: &BenchMigrateArgs, i: usize, rate: f64) -> Resu
     .await?;
     wait_ready(&c, &vm, Duration::from_secs(600))
         .await
-        .map_err(CliError::failed)?;
+        .map_err(BenchError::failed)?;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let r = crate::bench_plain::plain_qemu_uncapped(lab, &c, &vm, Duration::from_secs(600)).await?;
+    let r = crate::plain::plain_qemu_uncapped(lab, &c, &vm, Duration::from_secs(600)).await?;
     Ok(Row {
         mode: "qemu-uncapped",
         dirty_rate_mib_s: rate,
@@ -256,36 +269,4 @@ async fn plain_row(lab: &Lab, a: &BenchMigrateArgs, i: usize, rate: f64) -> Resu
         guest_ok: r.completed,
         error: (!r.completed).then_some(r.outcome),
     })
-}
-
-/// The machine a benchmark ran on, as the namespaced benchmarks record it.
-pub fn machine_json(accel: &str) -> serde_json::Value {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split_once(':'))
-        .map(|(_, v)| v.trim().to_string())
-        .unwrap_or_default();
-    serde_json::json!({
-        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
-        "cpu": cpu,
-        "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
-        "accel": accel,
-    })
-}
-
-/// Writes `doc` as `<out>/<name>.json` (pretty, newline-terminated); returns the path.
-pub fn write_result(
-    out: &std::path::Path,
-    name: &str,
-    doc: &serde_json::Value,
-) -> Result<std::path::PathBuf, CliError> {
-    std::fs::create_dir_all(out)
-        .map_err(|e| CliError::failed(format!("cannot create {}: {e}", out.display())))?;
-    let file = out.join(format!("{name}.json"));
-    let text = serde_json::to_string_pretty(doc).map_err(|e| CliError::failed(e.to_string()))?;
-    std::fs::write(&file, text + "\n")
-        .map_err(|e| CliError::failed(format!("cannot write {}: {e}", file.display())))?;
-    Ok(file)
 }

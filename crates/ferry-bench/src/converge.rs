@@ -7,21 +7,42 @@
 //! at set fractions of the link rate. A client in its own namespace holds one TCP
 //! connection to the guest through each run. Writes a JSON result and an SVG plot.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use ferry_api::client::AgentClient;
 use ferry_api::*;
 use ferry_lab::netlab::NetLab;
 use ferry_lab::Observer;
-use ferry_qmp::QmpClient;
 use serde::Serialize;
 
-use crate::bench_net::{boot_networked_guest, fail, start_client, start_shaped_lab};
-use crate::cli::BenchConvergenceArgs;
-use crate::cmd_migrate::follow;
-use crate::exit::{CliError, CliResult};
-use crate::output::{bytes, millis, print_json, print_table};
+use crate::console::{bytes, millis, print_json, print_table};
+use crate::error::fail;
+use crate::error::{BenchError, BenchResult};
+use crate::net::{boot_networked_guest, start_client, start_shaped_lab};
+use crate::progress::follow;
+
+/// The options of `ferry bench convergence`; the binary gives them from its flags.
+#[derive(Debug, Clone)]
+pub struct ConvergenceConfig {
+    /// Guest memory, MiB.
+    pub memory: u64,
+    /// MiB the guest workload rewrites.
+    pub workload_mem: u64,
+    /// Guest dirty rates to run, percent of the 1 Gbit/s link.
+    pub link_pcts: Vec<f64>,
+    /// Which arms to run: qemu-defaults, ferry (throttle up to 99 %, then post-copy),
+    /// ferry-postcopy (post-copy as soon as pre-copy is seen not to converge).
+    pub modes: Vec<String>,
+    /// Downtime budget, ms (QEMU's default downtime limit, for all).
+    pub downtime_limit: u64,
+    /// A run not finished after this long counts as not converging (and is cancelled), s.
+    pub time_limit: u64,
+    /// Where to write the result files.
+    pub out: PathBuf,
+    /// Print JSON (for scripts) instead of a table.
+    pub json: bool,
+}
 
 /// The arms of the comparison, in the order they run and are drawn.
 pub const MODES: [&str; 3] = ["qemu-defaults", "ferry", "ferry-postcopy"];
@@ -100,35 +121,18 @@ async fn qemu_defaults(
     c: &ferry_api::client::ServerClient,
     vm: &str,
     limit: Duration,
-) -> Result<QemuRun, CliError> {
-    let spec = c.vm(vm).await?.spec;
+) -> Result<QemuRun, BenchError> {
     let dest = lab.agent_client("b").map_err(fail)?;
-    let incoming = dest
-        .prepare_incoming(&IncomingRequest {
-            spec,
-            copy_disks: Vec::new(),
-            stream: StreamSettings::default(),
-            peer_host: Some("a".into()),
-        })
-        .await?;
     let a = lab.host("a").ok_or_else(|| fail("no host a"))?;
-    let socket = a
-        .state_dir
-        .join("vms")
-        .join(vm)
-        .join(ferry_agent::runtime::AUX_QMP_SOCKET);
-    let qmp = QmpClient::connect(&socket).await.map_err(fail)?;
+    let (uri, qmp) = crate::plain::open_plain_migration(c, vm, &dest, &a.state_dir).await?;
     let started = Instant::now();
-    qmp.migrate(&format!("tcp:{}", incoming.advertised), false)
-        .await
-        .map_err(fail)?;
-    let crate::bench_plain::Watched {
+    qmp.migrate(&uri, false).await.map_err(fail)?;
+    let crate::plain::Watched {
         info,
         completed: converged,
         outcome,
         max_throttle,
-    } = crate::bench_plain::watch_until_done(&qmp, started, limit, Duration::from_millis(250))
-        .await?;
+    } = crate::plain::watch_until_done(&qmp, started, limit, Duration::from_millis(250)).await?;
     if converged {
         // Done means the guest runs on b.
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -154,12 +158,12 @@ async fn qemu_defaults(
 #[allow(clippy::too_many_arguments)]
 async fn one(
     lab: &NetLab,
-    a: &BenchConvergenceArgs,
+    a: &ConvergenceConfig,
     mode: &'static str,
     vm: &str,
     ip_k: u8,
     pct: f64,
-) -> Result<Row, CliError> {
+) -> Result<Row, BenchError> {
     let c = lab.client();
     let target = LINK_MIB_S * pct / 100.0;
     eprintln!("bench: {mode}, guest dirtying {pct}% of the link ({target:.0} MiB/s)");
@@ -258,7 +262,7 @@ async fn one(
     Ok(row)
 }
 
-pub async fn convergence(a: BenchConvergenceArgs) -> CliResult {
+pub async fn convergence(a: ConvergenceConfig) -> BenchResult {
     let lab = start_shaped_lab(vec!["--aux-qmp".to_string()]).await?;
     let mut rows = Vec::new();
     for (i, pct) in a.link_pcts.iter().enumerate() {
@@ -276,7 +280,7 @@ pub async fn convergence(a: BenchConvergenceArgs) -> CliResult {
     let doc = serde_json::json!({
         "benchmark": "convergence",
         "date": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        "machine": crate::bench::machine_json("tcg"),
+        "machine": crate::results::machine_json("tcg"),
         "link": "1 Gbit/s (tc tbf on both ends of each host's migration link)",
         "link_mib_s": LINK_MIB_S,
         "guest_memory_mib": a.memory,
@@ -291,10 +295,10 @@ pub async fn convergence(a: BenchConvergenceArgs) -> CliResult {
         "client": "one TCP connection from a client namespace, one request every 10 ms",
         "rows": rows,
     });
-    let file = crate::bench::write_result(&a.out, "convergence", &doc)?;
+    let file = crate::results::write_result(&a.out, "convergence", &doc)?;
     let svg = a.out.join("convergence.svg");
     write_plot(&svg, &rows, a.time_limit)?;
-    if a.json.json {
+    if a.json {
         print_json(&doc)?;
     } else {
         print_rows(&rows);
@@ -472,9 +476,9 @@ fn plot_svg(rows: &[Row], limit_s: u64) -> String {
     out
 }
 
-fn write_plot(path: &Path, rows: &[Row], limit_s: u64) -> Result<(), CliError> {
+fn write_plot(path: &Path, rows: &[Row], limit_s: u64) -> Result<(), BenchError> {
     std::fs::write(path, plot_svg(rows, limit_s))
-        .map_err(|e| CliError::failed(format!("cannot write {}: {e}", path.display())))
+        .map_err(|e| BenchError::failed(format!("cannot write {}: {e}", path.display())))
 }
 
 #[cfg(test)]

@@ -9,20 +9,33 @@ use std::time::{Duration, Instant};
 use ferry_api::*;
 use ferry_guest::status::DiskStatusLine;
 use ferry_lab::netlab::{NetLab, NetLabConfig, Shape};
-use ferry_lab::{ensure_test_image, test_vm_spec, wait_ready, Observer};
+use ferry_lab::{test_vm_spec, wait_ready, Observer};
 use serde::Serialize;
 
-use crate::cli::BenchStorageArgs;
-use crate::exit::{CliError, CliResult};
-use crate::output::{bytes, millis, print_json, print_table};
+use crate::console::{bytes, millis, print_json, print_table};
+use crate::error::{fail, BenchError, BenchResult};
+use crate::setup::{own_binary, test_image};
+
+/// The options of `ferry bench storage`; the binary gives them from its flags.
+#[derive(Debug, Clone)]
+pub struct StorageConfig {
+    /// Virtual size of the VM's disk, GiB.
+    pub disk_gib: u64,
+    /// GiB of data on it.
+    pub data_gib: u64,
+    /// Guest memory, MiB.
+    pub memory: u64,
+    /// How fast the guest rewrites its disk area, MiB/s.
+    pub guest_write_rate: f64,
+    /// Where to write the result file.
+    pub out: PathBuf,
+    /// Print JSON (for scripts) instead of a table.
+    pub json: bool,
+}
 
 const VM: &str = "storage-bench";
 /// The guest's self-verifying area at the start of its disk.
 const GUEST_AREA_MIB: u64 = 64;
-
-fn fail(e: impl std::fmt::Display) -> CliError {
-    CliError::failed(e.to_string())
-}
 
 #[derive(Serialize, Default)]
 struct Results {
@@ -64,7 +77,7 @@ impl Drop for WorkDir {
 
 /// Bytes host `host` has sent on its migration interface (from `/proc/net/dev` in its
 /// namespace).
-fn link_tx_bytes(lab: &NetLab, host: &str) -> Result<u64, CliError> {
+fn link_tx_bytes(lab: &NetLab, host: &str) -> Result<u64, BenchError> {
     let out = lab
         .exec_in(lab.host_ns(host), "cat", &["/proc/net/dev"])
         .map_err(fail)?;
@@ -104,7 +117,7 @@ fn raw_copy(
     to: &str,
     file: &Path,
     dest: &Path,
-) -> Result<Duration, CliError> {
+) -> Result<Duration, BenchError> {
     let ip = lab.migration_ip(to);
     let listener = lab
         .in_ns(lab.host_ns(to), move || {
@@ -139,24 +152,19 @@ fn raw_copy(
     Ok(started.elapsed())
 }
 
-pub async fn storage(a: BenchStorageArgs) -> CliResult {
+pub async fn storage(a: StorageConfig) -> BenchResult {
     if a.data_gib == 0 || a.data_gib >= a.disk_gib {
-        return Err(CliError::refused(format!(
+        return Err(BenchError::refused(format!(
             "--data-gib {} must be at least 1 and less than --disk-gib {}",
             a.data_gib, a.disk_gib
         )));
     }
-    eprintln!("bench: preparing the test guest image");
-    let image_dir =
-        tokio::task::spawn_blocking(|| ensure_test_image(&mut |s: &str| eprintln!("  {s}")))
-            .await
-            .map_err(fail)?
-            .map_err(CliError::failed)?;
+    let image_dir = test_image().await?;
     let work =
         WorkDir(std::env::temp_dir().join(format!("ferry-bench-storage-{}", std::process::id())));
     std::fs::create_dir_all(&work.0).map_err(fail)?;
     let pool_dir = |h: &str| work.0.join(format!("pool-{h}"));
-    let exe = std::env::current_exe().map_err(fail)?;
+    let exe = own_binary()?;
     let mut cfg = NetLabConfig::new(exe, &["a", "b"]);
     cfg.image_dir = Some(image_dir);
     cfg.host_args = ["a", "b"]
@@ -246,7 +254,7 @@ pub async fn storage(a: BenchStorageArgs) -> CliResult {
     .await?;
     wait_ready(&c, VM, Duration::from_secs(600))
         .await
-        .map_err(CliError::failed)?;
+        .map_err(BenchError::failed)?;
     let obs = Observer { client: &c, vm: VM };
     // Let the initialisation finish and the rewrite rate settle, then measure it.
     let mut first = None;
@@ -326,16 +334,16 @@ pub async fn storage(a: BenchStorageArgs) -> CliResult {
     report(&a, &r)
 }
 
-fn report(a: &BenchStorageArgs, r: &Results) -> CliResult {
+fn report(a: &StorageConfig, r: &Results) -> BenchResult {
     let doc = serde_json::json!({
         "benchmark": "storage",
         "date": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        "machine": crate::bench::machine_json("tcg"),
+        "machine": crate::results::machine_json("tcg"),
         "guest_memory_mib": a.memory,
         "results": r,
     });
-    let file = crate::bench::write_result(&a.out, "storage", &doc)?;
-    if a.json.json {
+    let file = crate::results::write_result(&a.out, "storage", &doc)?;
+    if a.json {
         print_json(&doc)?;
     } else {
         let rows = vec![
@@ -399,7 +407,7 @@ fn report(a: &BenchStorageArgs, r: &Results) -> CliResult {
     if r.migration_completed && r.guest_mismatches_after == 0 {
         Ok(())
     } else {
-        Err(CliError::failed(format!(
+        Err(BenchError::failed(format!(
             "the migration did not complete cleanly: {}",
             r.error.as_deref().unwrap_or("guest reported mismatches")
         )))
