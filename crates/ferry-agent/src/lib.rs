@@ -41,6 +41,7 @@ pub mod qemu_tls;
 pub mod quick;
 pub mod runtime;
 pub mod storage;
+pub mod stream_socket;
 pub mod targets;
 pub mod tls_material;
 pub mod tools;

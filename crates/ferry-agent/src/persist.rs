@@ -60,6 +60,10 @@ pub struct PersistedVm {
     /// TLS (an agent without TLS material, or a record written before TLS existed).
     #[serde(default)]
     pub tls_peer: Option<String>,
+    /// Source: where the current (or last) outgoing stream goes, when the URI names an
+    /// address (see `stream_socket`).
+    #[serde(default)]
+    pub stream_peer: Option<std::net::SocketAddr>,
 }
 
 /// Where a QEMU's monitors, pidfile and console are, as it was started.
@@ -99,6 +103,7 @@ impl PersistedVm {
             taps: Vec::new(),
             files: None,
             tls_peer: None,
+            stream_peer: None,
         }
     }
 

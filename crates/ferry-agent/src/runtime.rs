@@ -389,6 +389,22 @@ impl QemuVm {
         }
     }
 
+    /// Bounds what QEMU's stream sockets hold unsent (see `stream_socket`). Best effort: a
+    /// socket that cannot be reached costs the pause a backlog, never the migration.
+    fn limit_unsent(&self, bytes: u32) {
+        let Some(peer) = self.record().stream_peer else {
+            return;
+        };
+        match crate::stream_socket::limit_unsent(self.pid, peer, bytes) {
+            Ok(n) => {
+                tracing::info!(vm = %self.name, %peer, sockets = n, bytes, "stream's unsent bytes bounded")
+            }
+            Err(e) => {
+                tracing::warn!(vm = %self.name, %peer, "cannot bound the stream's unsent bytes: {e}")
+            }
+        }
+    }
+
     /// Turns on QEMU's checkpoints of the switch-over pause (`ferry_migration::pause`): a
     /// few log lines per migration. A QEMU that refuses only costs the report its pieces.
     async fn trace_pause(&self) {
@@ -568,6 +584,9 @@ impl QemuVm {
                 .await
                 .map_err(|e| qmp_err("migrate-set-parameters", e))?;
         }
+        if let Some(bytes) = req.unsent_limit_bytes {
+            self.limit_unsent(bytes);
+        }
         if let Some(ms) = req.downtime_limit_ms {
             // The convergence controller moved the switch-over target.
             let params = MigrationParameters {
@@ -691,6 +710,8 @@ impl Migratable for QemuVm {
             .await
             .map_err(|e| qmp_err("migrate-set-parameters", e))?;
         self.set_role(Role::Outgoing)?;
+        let peer = crate::stream_socket::peer_of_uri(&req.uri);
+        self.update_record(|r| r.stream_peer = peer)?;
         let switch_events = self.qmp.events();
         if let Err(e) = self.qmp.migrate(&req.uri, false).await {
             let _ = self.set_role(Role::Normal);

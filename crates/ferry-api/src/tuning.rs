@@ -194,7 +194,14 @@ pub struct TuneRequest {
     /// The switch-over target QEMU aims at (its `downtime-limit`), ms.
     #[serde(default)]
     pub downtime_limit_ms: Option<u64>,
+    /// Bound the bytes the stream's sockets hold unsent (`TCP_NOTSENT_LOWAT`), so the
+    /// pause does not start behind a backlog.
+    #[serde(default)]
+    pub unsent_limit_bytes: Option<u32>,
 }
+
+/// The range of [`TuneRequest::unsent_limit_bytes`].
+pub const UNSENT_LIMIT_RANGE: std::ops::RangeInclusive<u32> = (16 << 10)..=(64 << 20);
 
 /// The smallest bandwidth cap the tune route sets, bytes/s: below it a migration makes no
 /// useful progress (the operator's `--max-bandwidth` starts at 1 MiB/s too).
@@ -205,6 +212,15 @@ pub const MAX_TUNE_BANDWIDTH_BYTES_S: u64 = 1 << 40;
 impl TuneRequest {
     /// The throttle is clamped where it is applied (1-99), as before this check existed.
     pub fn validate(&self) -> Result<(), ApiError> {
+        if let Some(b) = self.unsent_limit_bytes {
+            if !UNSENT_LIMIT_RANGE.contains(&b) {
+                return Err(ApiError::bad_request(format!(
+                    "unsent_limit_bytes is {b}; it must be between {} and {}",
+                    UNSENT_LIMIT_RANGE.start(),
+                    UNSENT_LIMIT_RANGE.end()
+                )));
+            }
+        }
         if let Some(d) = self.downtime_limit_ms {
             if !(1..=60_000).contains(&d) {
                 return Err(ApiError::bad_request(format!(

@@ -48,7 +48,7 @@ pub struct ConvergenceConfig {
 pub const MODES: [&str; 3] = ["qemu-defaults", "ferry", "ferry-postcopy"];
 
 /// 1 Gbit/s in MiB/s: what the shaped link carries.
-const LINK_MIB_S: f64 = 1e9 / 8.0 / 1_048_576.0;
+pub(crate) const LINK_MIB_S: f64 = 1e9 / 8.0 / 1_048_576.0;
 
 #[derive(Serialize, Clone, Default)]
 struct Row {
@@ -76,12 +76,12 @@ struct Row {
     mismatches: Option<u64>,
 }
 
-fn link_bound_ms(bytes_sent: u64) -> u64 {
+pub(crate) fn link_bound_ms(bytes_sent: u64) -> u64 {
     (bytes_sent as f64 / (LINK_MIB_S * 1_048_576.0) * 1000.0) as u64
 }
 
 /// The guest's rewrite rate over a few seconds, from its status lines.
-async fn achieved_rate(c: &ferry_api::client::ServerClient, vm: &str) -> f64 {
+pub(crate) async fn achieved_rate(c: &ferry_api::client::ServerClient, vm: &str) -> f64 {
     let o = Observer { client: c, vm };
     let Ok(Some(first)) = o.last_status().await else {
         return 0.0;
@@ -96,7 +96,7 @@ async fn achieved_rate(c: &ferry_api::client::ServerClient, vm: &str) -> f64 {
 }
 
 /// Guest mismatches as the console on `agent` shows them, after a few more status lines.
-async fn mismatches_on(agent: &AgentClient, vm: &str) -> Option<u64> {
+pub(crate) async fn mismatches_on(agent: &AgentClient, vm: &str) -> Option<u64> {
     tokio::time::sleep(Duration::from_secs(4)).await;
     let tail = agent.console(vm, 64 << 10).await.ok()?;
     ferry_guest::status::ConsoleSummary::parse(&tail.text)
@@ -104,19 +104,19 @@ async fn mismatches_on(agent: &AgentClient, vm: &str) -> Option<u64> {
         .map(|s| s.mismatches)
 }
 
-struct QemuRun {
-    converged: bool,
-    outcome: String,
-    total_ms: u64,
-    downtime_ms: Option<u64>,
-    bytes_sent: u64,
-    passes: u64,
-    max_throttle: u64,
+pub(crate) struct QemuRun {
+    pub converged: bool,
+    pub outcome: String,
+    pub total_ms: u64,
+    pub downtime_ms: Option<u64>,
+    pub bytes_sent: u64,
+    pub passes: u64,
+    pub max_throttle: u64,
 }
 
 /// (a): the destination agent starts QEMU with `-incoming` (as libvirt does); the source
 /// QEMU gets exactly one `migrate` over its second QMP socket, with QEMU's defaults.
-async fn qemu_defaults(
+pub(crate) async fn qemu_defaults(
     lab: &NetLab,
     c: &ferry_api::client::ServerClient,
     vm: &str,
@@ -263,7 +263,7 @@ async fn one(
 }
 
 pub async fn convergence(a: ConvergenceConfig) -> BenchResult {
-    let lab = start_shaped_lab(vec!["--aux-qmp".to_string()]).await?;
+    let lab = start_shaped_lab(vec!["--aux-qmp".to_string()], true).await?;
     let mut rows = Vec::new();
     for (i, pct) in a.link_pcts.iter().enumerate() {
         for (j, mode) in MODES.into_iter().enumerate() {
@@ -282,6 +282,8 @@ pub async fn convergence(a: ConvergenceConfig) -> BenchResult {
         "date": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         "machine": crate::results::machine_json("tcg"),
         "link": "1 Gbit/s (tc tbf on both ends of each host's migration link)",
+        "streams": "in the clear for every arm (the cluster runs --insecure: QEMU alone cannot \
+            join Ferry's stream TLS)",
         "link_mib_s": LINK_MIB_S,
         "guest_memory_mib": a.memory,
         "workload_mib": a.workload_mem,

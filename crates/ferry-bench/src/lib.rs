@@ -27,6 +27,7 @@ pub mod quick;
 mod results;
 mod setup;
 pub mod storage;
+pub mod switchover;
 pub mod tls;
 
 pub use error::{BenchError, BenchResult};

@@ -150,10 +150,18 @@ async fn one(
 
 /// Hosts a and b in the network lab with the VM network, the migration network shaped to
 /// 1 Gbit/s both ways, and `agent_args` for both agents.
-pub(crate) async fn start_shaped_lab(agent_args: Vec<String>) -> Result<NetLab, BenchError> {
+/// The two-host lab with both migration links shaped to 1 Gbit/s. `plain_qemu_arm`: the
+/// benchmark also moves the guest with QEMU alone, which knows nothing of Ferry's stream
+/// TLS, so the cluster runs `--insecure` and every arm streams in the clear (what TLS
+/// costs is `ferry bench tls`'s to measure).
+pub(crate) async fn start_shaped_lab(
+    agent_args: Vec<String>,
+    plain_qemu_arm: bool,
+) -> Result<NetLab, BenchError> {
     let image_dir = test_image().await?;
     let exe = own_binary()?;
     let mut cfg = NetLabConfig::new(exe, &["a", "b"]);
+    cfg.insecure = plain_qemu_arm;
     cfg.image_dir = Some(image_dir);
     cfg.vm_network_flag = Some(true);
     cfg.agent_args = agent_args;
@@ -165,7 +173,7 @@ pub(crate) async fn start_shaped_lab(agent_args: Vec<String>) -> Result<NetLab, 
 }
 
 pub async fn network(a: NetworkConfig) -> BenchResult {
-    let mut lab = start_shaped_lab(Vec::new()).await?;
+    let mut lab = start_shaped_lab(Vec::new(), false).await?;
     let mut rows = Vec::new();
     for (i, rate) in a.rates.iter().enumerate() {
         let name = if *rate == 0.0 {

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 use ferry_bench::{api, converge, demo, evacuate, faults, ha, migrate, net, placement, quick};
-use ferry_bench::{storage, tls};
+use ferry_bench::{storage, switchover, tls};
 
 use crate::cli::{DemoArgs, JsonFlag};
 
@@ -33,6 +33,16 @@ pub enum BenchCmd {
         after_help = "Examples:\n  ferry bench convergence\n  ferry bench convergence --link-pcts 150 --time-limit 120"
     )]
     Convergence(BenchConvergenceArgs),
+    /// The switch-over as a client sees it, in one run: QEMU's defaults, Ferry's previous
+    /// policy (QEMU aimed at the budget, frames reaching the paused source lost) and Ferry
+    /// now (the least pause, frames forwarded); a 1 GiB guest idle and dirtying 10 and
+    /// 50 MiB/s over a 1 Gbit/s link; QEMU's pause, the pause's pieces, the client's
+    /// longest and p99 gap and TCP retransmission timeouts, total time over bytes / link.
+    /// Writes bench/results/switchover.json and .svg.
+    #[command(
+        after_help = "Examples:\n  ferry bench switchover\n  ferry bench switchover --rates 0 --arms ferry"
+    )]
+    Switchover(BenchSwitchoverArgs),
     /// The fault matrix on real daemons, QEMU and the guest: each migration phase x each
     /// fault (SIGKILL of the server, an agent or a QEMU; the destination pool full; the
     /// migration link cut), injected the moment the phase begins; checks that the
@@ -390,6 +400,45 @@ impl From<BenchStorageArgs> for storage::StorageConfig {
             data_gib: a.data_gib,
             memory: a.memory,
             guest_write_rate: a.guest_write_rate,
+            out: a.out,
+            json: a.json.json,
+        }
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchSwitchoverArgs {
+    /// Guest memory, MiB.
+    #[arg(long, default_value_t = 1024)]
+    pub memory: u64,
+    /// MiB the guest workload rewrites.
+    #[arg(long, default_value_t = 256)]
+    pub workload_mem: u64,
+    /// Guest dirty rates, MiB/s (0: idle).
+    #[arg(long, value_delimiter = ',', default_values_t = vec![0.0, 10.0, 50.0])]
+    pub rates: Vec<f64>,
+    /// Which arms to run: qemu-defaults, ferry-previous, ferry.
+    #[arg(long, value_delimiter = ',', default_values_t = ferry_bench::switchover::ARMS.map(String::from).to_vec(),
+          value_parser = ferry_bench::switchover::ARMS)]
+    pub arms: Vec<String>,
+    /// Downtime budget, ms (QEMU's default downtime limit, for all).
+    #[arg(long, default_value_t = 300)]
+    pub downtime_limit: u64,
+    /// Where to write the result files.
+    #[arg(long, default_value = "bench/results")]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub json: JsonFlag,
+}
+
+impl From<BenchSwitchoverArgs> for switchover::SwitchoverConfig {
+    fn from(a: BenchSwitchoverArgs) -> Self {
+        switchover::SwitchoverConfig {
+            memory: a.memory,
+            workload_mem: a.workload_mem,
+            rates: a.rates,
+            arms: a.arms,
+            downtime_limit: a.downtime_limit,
             out: a.out,
             json: a.json.json,
         }

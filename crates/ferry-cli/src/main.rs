@@ -116,6 +116,9 @@ async fn run(cli: Cli) -> CliResult {
         Command::Bench(cli::BenchCmd::Convergence(a)) => {
             interruptible(bench::converge::convergence(a.into())).await
         }
+        Command::Bench(cli::BenchCmd::Switchover(a)) => {
+            interruptible(bench::switchover::switchover(a.into())).await
+        }
         Command::Bench(cli::BenchCmd::Faults(a)) => {
             interruptible(bench::faults::faults(a.into())).await
         }

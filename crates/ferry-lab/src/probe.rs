@@ -149,9 +149,82 @@ fn run(stream: TcpStream, stop: Arc<AtomicBool>) -> ProbeStats {
     stats
 }
 
+/// The kernel's TCP counters of the calling thread's network namespace (call inside the
+/// client's namespace, before and after: the difference is what a migration cost the
+/// client). `timeouts` is Linux's `TCPTimeouts`: retransmission timers that fired, the
+/// 200 ms-or-more waits a lost segment costs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct TcpCounters {
+    pub timeouts: u64,
+    pub retransmitted_segments: u64,
+}
+
+impl TcpCounters {
+    /// Reads `/proc/thread-self/net/{netstat,snmp}` (`self` would be the process's
+    /// namespace, not the thread's).
+    pub fn read() -> std::io::Result<TcpCounters> {
+        let netstat = std::fs::read_to_string("/proc/thread-self/net/netstat")?;
+        let snmp = std::fs::read_to_string("/proc/thread-self/net/snmp")?;
+        Self::parse(&netstat, &snmp).ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "no TCPTimeouts / RetransSegs in /proc/net/{netstat,snmp}",
+            )
+        })
+    }
+
+    /// The two counters from the files' text (header line, then value line, per prefix).
+    pub fn parse(netstat: &str, snmp: &str) -> Option<TcpCounters> {
+        Some(TcpCounters {
+            timeouts: counter(netstat, "TcpExt:", "TCPTimeouts")?,
+            retransmitted_segments: counter(snmp, "Tcp:", "RetransSegs")?,
+        })
+    }
+
+    /// What happened between `earlier` and `self`.
+    pub fn since(&self, earlier: &TcpCounters) -> TcpCounters {
+        TcpCounters {
+            timeouts: self.timeouts.saturating_sub(earlier.timeouts),
+            retransmitted_segments: self
+                .retransmitted_segments
+                .saturating_sub(earlier.retransmitted_segments),
+        }
+    }
+}
+
+fn counter(text: &str, prefix: &str, name: &str) -> Option<u64> {
+    let mut lines = text.lines().filter(|l| l.starts_with(prefix));
+    let header = lines.next()?;
+    let values = lines.next()?;
+    let at = header.split_whitespace().position(|h| h == name)?;
+    values.split_whitespace().nth(at)?.parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tcp_counters_come_from_their_columns() {
+        let netstat = "TcpExt: SyncookiesSent TCPTimeouts X\nTcpExt: 1 42 3\nIpExt: A\nIpExt: 9\n";
+        let snmp = "Ip: Forwarding\nIp: 1\nTcp: RtoAlgorithm RetransSegs\nTcp: 1 17\n";
+        let c = TcpCounters::parse(netstat, snmp).expect("counters");
+        assert_eq!(
+            c,
+            TcpCounters {
+                timeouts: 42,
+                retransmitted_segments: 17
+            }
+        );
+        assert_eq!(TcpCounters::parse("TcpExt: A\nTcpExt: 1\n", snmp), None);
+        let later = TcpCounters {
+            timeouts: 45,
+            retransmitted_segments: 17,
+        };
+        assert_eq!(later.since(&c).timeouts, 3);
+        // Readable here (the test's own namespace).
+        assert!(TcpCounters::read().is_ok());
+    }
 
     #[test]
     fn percentiles_and_ticks() {

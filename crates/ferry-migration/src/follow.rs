@@ -69,6 +69,13 @@ pub fn next_look_ms(remaining_bytes: u64, link_bytes_per_s: u64, normal: u64, fa
     }
 }
 
+/// What the stream's sockets may hold unsent once its end is near, bytes: 2 ms at the link
+/// rate, at least 128 KiB (at the pause, whatever waits in them is sent before the last
+/// pages; see the agent's `stream_socket`).
+pub fn unsent_limit_bytes(link_bytes_per_s: u64) -> u32 {
+    (link_bytes_per_s / 500).clamp(128 << 10, 64 << 20) as u32
+}
+
 pub fn stream_next(o: &StreamObservation) -> StreamNext {
     if let Some(a) = &o.source {
         match a.facts {
@@ -311,5 +318,9 @@ mod tests {
         assert_eq!(next_look_ms(100 * MIB, 110 * MIB, 250, 50), 50);
         assert_eq!(next_look_ms(0, 0, 250, 50), 250);
         assert_eq!(next_look_ms(1, 110 * MIB, 30, 50), 30);
+        // 2 ms of a 1 Gbit/s link; never below 128 KiB, never above 64 MiB.
+        assert_eq!(unsent_limit_bytes(125_000_000), 250_000);
+        assert_eq!(unsent_limit_bytes(0), 128 << 10);
+        assert_eq!(unsent_limit_bytes(u64::MAX), 64 << 20);
     }
 }

@@ -6,7 +6,9 @@ use std::time::Instant;
 
 use ferry_api::*;
 use ferry_migration::convergence::switchover_target_ms;
-use ferry_migration::follow::{next_look_ms, stream_next, Answer, StreamNext, StreamObservation};
+use ferry_migration::follow::{
+    next_look_ms, stream_next, unsent_limit_bytes, Answer, StreamNext, StreamObservation,
+};
 use ferry_migration::watch::{Role, Watch};
 
 use super::{HoldPoint, Next, Run, Step, Why};
@@ -146,6 +148,7 @@ impl Run {
             .unwrap_or(DEFAULT_PROGRESS_TIMEOUT_S)
             * 1000;
         let clock = Instant::now();
+        let mut unsent_bounded = false;
         let mut watch = Watch::new(
             0,
             self.o.config.silence_limit.as_millis() as u64,
@@ -217,16 +220,31 @@ impl Run {
                 StreamNext::Fail(reason) => return Ok(Next::Settle(Why::Failure(reason))),
                 StreamNext::Cancel => return Ok(Next::Settle(Why::Cancel)),
             }
+            let link = self.m.run.controller.link_bytes_per_s(&Default::default());
+            let poll_ms = poll.as_millis() as u64;
             let look = match &self.m.progress {
-                Some(p) => next_look_ms(
-                    p.remaining_bytes,
-                    self.m.run.controller.link_bytes_per_s(&Default::default()),
-                    poll.as_millis() as u64,
-                    NEAR_END_POLL_MS,
-                ),
-                None => poll.as_millis() as u64,
+                Some(p) => next_look_ms(p.remaining_bytes, link, poll_ms, NEAR_END_POLL_MS),
+                None => poll_ms,
             };
+            let least = self.policy().switchover == SwitchoverPolicy::Least;
+            if look < poll_ms && !unsent_bounded && least {
+                // The end is near: the pause must not start behind a socket backlog.
+                unsent_bounded = true;
+                self.bound_unsent(link).await;
+            }
             tokio::time::sleep(std::time::Duration::from_millis(look)).await;
+        }
+    }
+
+    /// Asks the source to bound its stream sockets' unsent bytes; best effort (a failure
+    /// costs the pause a backlog, never the migration).
+    async fn bound_unsent(&self, link: u64) {
+        let req = TuneRequest {
+            unsent_limit_bytes: Some(unsent_limit_bytes(link)),
+            ..Default::default()
+        };
+        if let Err(e) = self.agents().tune(&self.m.source, &self.m.vm, &req).await {
+            tracing::warn!("the source could not bound its stream's unsent bytes: {e}");
         }
     }
 
