@@ -278,7 +278,10 @@ fn print_rows(rows: &[Row]) {
                 opt(r.switchover_target_ms),
                 format!("{:.0} ms", r.client_longest_gap_ms),
                 format!("{:.0} ms", r.client_p99_gap_ms),
-                format!("{}/{}", r.tcp.timeouts, r.tcp.retransmitted_segments),
+                format!(
+                    "{}/{}/{}",
+                    r.tcp.timeouts, r.tcp.loss_probes, r.tcp.retransmitted_segments
+                ),
                 format!("{}/{}", r.client_answered, r.client_requests),
                 millis(r.total_time_ms),
                 bytes(r.bytes_sent),
@@ -298,7 +301,7 @@ fn print_rows(rows: &[Row]) {
             "TARGET",
             "CLIENT GAP",
             "P99 GAP",
-            "RTO/RETRANS",
+            "RTO/TLP/RETRANS",
             "ANSWERED",
             "TOTAL",
             "SENT",

@@ -152,10 +152,12 @@ fn run(stream: TcpStream, stop: Arc<AtomicBool>) -> ProbeStats {
 /// The kernel's TCP counters of the calling thread's network namespace (call inside the
 /// client's namespace, before and after: the difference is what a migration cost the
 /// client). `timeouts` is Linux's `TCPTimeouts`: retransmission timers that fired, the
-/// 200 ms-or-more waits a lost segment costs.
+/// 200 ms-or-more waits a lost segment costs; `loss_probes` (`TCPLossProbes`) are the tail
+/// loss probes that fire first for a lone unanswered segment, also after about 200 ms.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct TcpCounters {
     pub timeouts: u64,
+    pub loss_probes: u64,
     pub retransmitted_segments: u64,
 }
 
@@ -177,6 +179,7 @@ impl TcpCounters {
     pub fn parse(netstat: &str, snmp: &str) -> Option<TcpCounters> {
         Some(TcpCounters {
             timeouts: counter(netstat, "TcpExt:", "TCPTimeouts")?,
+            loss_probes: counter(netstat, "TcpExt:", "TCPLossProbes")?,
             retransmitted_segments: counter(snmp, "Tcp:", "RetransSegs")?,
         })
     }
@@ -185,6 +188,7 @@ impl TcpCounters {
     pub fn since(&self, earlier: &TcpCounters) -> TcpCounters {
         TcpCounters {
             timeouts: self.timeouts.saturating_sub(earlier.timeouts),
+            loss_probes: self.loss_probes.saturating_sub(earlier.loss_probes),
             retransmitted_segments: self
                 .retransmitted_segments
                 .saturating_sub(earlier.retransmitted_segments),
@@ -206,19 +210,21 @@ mod tests {
 
     #[test]
     fn tcp_counters_come_from_their_columns() {
-        let netstat = "TcpExt: SyncookiesSent TCPTimeouts X\nTcpExt: 1 42 3\nIpExt: A\nIpExt: 9\n";
+        let netstat = "TcpExt: SyncookiesSent TCPTimeouts TCPLossProbes\nTcpExt: 1 42 3\nIpExt: A\nIpExt: 9\n";
         let snmp = "Ip: Forwarding\nIp: 1\nTcp: RtoAlgorithm RetransSegs\nTcp: 1 17\n";
         let c = TcpCounters::parse(netstat, snmp).expect("counters");
         assert_eq!(
             c,
             TcpCounters {
                 timeouts: 42,
+                loss_probes: 3,
                 retransmitted_segments: 17
             }
         );
         assert_eq!(TcpCounters::parse("TcpExt: A\nTcpExt: 1\n", snmp), None);
         let later = TcpCounters {
             timeouts: 45,
+            loss_probes: 3,
             retransmitted_segments: 17,
         };
         assert_eq!(later.since(&c).timeouts, 3);
