@@ -152,6 +152,56 @@ async fn an_open_tcp_connection_survives_the_migration_and_the_vm_keeps_mac_and_
         .await
         .unwrap();
     assert!(v.ok(), "guest verdict: {}", v.describe());
+
+    // The report says where the pause and the time went: the least-pause target QEMU had
+    // (started at 20 ms, raised only if pre-copy stalled, never past the 300 ms budget's
+    // ceiling), QEMU's own checkpoints from both sides, and every part of the run.
+    let r = m.report.clone().expect("report");
+    let target = r.switchover_target_ms.expect("target in the report");
+    assert!((20..=201).contains(&target), "target {target}");
+    let pause = r.pause.clone().expect("pause pieces from both QEMUs");
+    for (piece, v) in [
+        ("stop", pause.stop_ms),
+        ("ram", pause.ram_ms),
+        ("devices", pause.devices_ms),
+        ("load", pause.load_ms),
+        ("resume", pause.resume_ms),
+        ("total", pause.total_ms),
+    ] {
+        assert!(v.is_some(), "{piece} missing: {pause:?}");
+    }
+    let parts = r.parts.expect("parts");
+    assert!(parts.prepare_ms > 0 && parts.stream_ms > 0, "{parts:?}");
+    assert!(
+        parts.total_ms() >= r.total_time_ms
+            && parts.total_ms() <= r.total_time_ms + parts.checks_ms + 1000,
+        "{parts:?} vs {}",
+        r.total_time_ms
+    );
+    // The previous policy on request: QEMU aims at the ceiling from the start.
+    let out = ferry_net(
+        &lab,
+        &[
+            "vm",
+            "migrate",
+            VM,
+            "--to",
+            "a",
+            "--switchover",
+            "budget",
+            "--json",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "migrate back failed: {}",
+        stderr(&out)
+    );
+    let back: Migration = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(back.phase, Phase::Completed);
+    assert_eq!(back.options.switchover, Some(SwitchoverPolicy::Budget));
+    let r = back.report.expect("report");
+    assert_eq!(r.switchover_target_ms, Some(201), "{r:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
