@@ -190,35 +190,28 @@ async fn one(
         row.passes = r.passes;
         row.max_throttle_pct = r.max_throttle;
     } else {
-        let m = c
-            .migrate(&MigrateRequest {
-                vm: vm.into(),
-                to: Some("b".into()),
-                options: if mode == "ferry" {
-                    MigrationOptions {
-                        downtime_limit_ms: Some(a.downtime_limit),
-                        max_throttle_pct: Some(99),
-                        postcopy: Some(PostcopyPolicy::Allowed),
-                        ..Default::default()
-                    }
-                } else {
-                    MigrationOptions {
-                        downtime_limit_ms: Some(a.downtime_limit),
-                        postcopy: Some(PostcopyPolicy::Automatic),
-                        ..Default::default()
-                    }
-                },
-                priority: None,
-            })
-            .await?;
-        let m = follow(&c, &m, false).await?;
-        let r = m.report.clone().unwrap_or_default();
-        row.converged = m.phase == Phase::Completed;
-        row.outcome = match (&m.phase, &m.error) {
-            (Phase::Completed, _) if r.postcopy => "completed in post-copy".into(),
-            (Phase::Completed, _) => "completed".into(),
-            (p, e) => format!("{p}: {}", e.clone().unwrap_or_default()),
-        };
+        let run = ferry_arm(
+            &c,
+            vm,
+            if mode == "ferry" {
+                MigrationOptions {
+                    downtime_limit_ms: Some(a.downtime_limit),
+                    max_throttle_pct: Some(99),
+                    postcopy: Some(PostcopyPolicy::Allowed),
+                    ..Default::default()
+                }
+            } else {
+                MigrationOptions {
+                    downtime_limit_ms: Some(a.downtime_limit),
+                    postcopy: Some(PostcopyPolicy::Automatic),
+                    ..Default::default()
+                }
+            },
+        )
+        .await?;
+        let (m, r) = (run.migration, run.report);
+        row.converged = run.completed;
+        row.outcome = run.outcome;
         row.total_time_ms = r.total_time_ms;
         row.qemu_downtime_ms = row.converged.then_some(r.downtime_ms);
         row.bytes_sent = r.bytes_sent;
@@ -255,11 +248,54 @@ async fn one(
         row.qemu_downtime_ms,
         row.client_longest_gap_ms
     );
-    // Clean up both sides whatever happened (the raw run left the server's record on a).
+    clean_up(&c, &dest, vm).await;
+    Ok(row)
+}
+
+/// How one of Ferry's arms went: the finished record, its report, and in a word how it
+/// ended.
+pub(crate) struct FerryRun {
+    pub migration: Migration,
+    pub report: MigrationReport,
+    pub completed: bool,
+    pub outcome: String,
+}
+
+/// Moves `vm` to host b with `options` through the server and follows it to its end.
+pub(crate) async fn ferry_arm(
+    c: &ferry_api::client::ServerClient,
+    vm: &str,
+    options: MigrationOptions,
+) -> Result<FerryRun, BenchError> {
+    let m = c
+        .migrate(&MigrateRequest {
+            vm: vm.into(),
+            to: Some("b".into()),
+            options,
+            priority: None,
+        })
+        .await?;
+    let m = follow(c, &m, false).await?;
+    let report = m.report.clone().unwrap_or_default();
+    let outcome = match (&m.phase, &m.error) {
+        (Phase::Completed, _) if report.postcopy => "completed in post-copy".into(),
+        (Phase::Completed, _) => "completed".into(),
+        (p, e) => format!("{p}: {}", e.clone().unwrap_or_default()),
+    };
+    Ok(FerryRun {
+        completed: m.phase == Phase::Completed,
+        migration: m,
+        report,
+        outcome,
+    })
+}
+
+/// Removes the guest from both hosts whatever happened (a plain-QEMU run left the server's
+/// record on a).
+pub(crate) async fn clean_up(c: &ferry_api::client::ServerClient, dest: &AgentClient, vm: &str) {
     let _ = dest.remove(vm).await;
     let _ = c.stop_vm(vm).await;
     let _ = c.delete_vm(vm).await;
-    Ok(row)
 }
 
 pub async fn convergence(a: ConvergenceConfig) -> BenchResult {

@@ -15,10 +15,11 @@ use ferry_lab::probe::TcpCounters;
 use serde::Serialize;
 
 use crate::console::{bytes, millis, print_json, print_table};
-use crate::converge::{achieved_rate, link_bound_ms, mismatches_on, qemu_defaults, LINK_MIB_S};
+use crate::converge::{
+    achieved_rate, clean_up, ferry_arm, link_bound_ms, mismatches_on, qemu_defaults, LINK_MIB_S,
+};
 use crate::error::{fail, BenchError, BenchResult};
 use crate::net::{boot_networked_guest, start_client, start_shaped_lab};
-use crate::progress::follow;
 
 /// The options of `ferry bench switchover`; the binary gives them from its flags.
 #[derive(Debug, Clone)]
@@ -136,22 +137,10 @@ async fn one(
         row.bytes_sent = r.bytes_sent;
         row.passes = r.passes;
     } else {
-        let m = c
-            .migrate(&MigrateRequest {
-                vm: vm.into(),
-                to: Some("b".into()),
-                options: options_for(arm, a.downtime_limit),
-                priority: None,
-            })
-            .await?;
-        let m = follow(&c, &m, false).await?;
-        let r = m.report.clone().unwrap_or_default();
-        row.completed = m.phase == Phase::Completed;
-        row.outcome = match (&m.phase, &m.error) {
-            (Phase::Completed, _) if r.postcopy => "completed in post-copy".into(),
-            (Phase::Completed, _) => "completed".into(),
-            (p, e) => format!("{p}: {}", e.clone().unwrap_or_default()),
-        };
+        let run = ferry_arm(&c, vm, options_for(arm, a.downtime_limit)).await?;
+        let r = run.report;
+        row.completed = run.completed;
+        row.outcome = run.outcome;
         row.qemu_pause_ms = row.completed.then_some(r.downtime_ms);
         row.switchover_target_ms = r.switchover_target_ms;
         row.pause = r.pause.clone();
@@ -183,10 +172,7 @@ async fn one(
         row.tcp.timeouts,
         millis(row.total_time_ms)
     );
-    // Clean up both sides whatever happened (the raw run left the server's record on a).
-    let _ = dest.remove(vm).await;
-    let _ = c.stop_vm(vm).await;
-    let _ = c.delete_vm(vm).await;
+    clean_up(&c, &dest, vm).await;
     Ok(row)
 }
 

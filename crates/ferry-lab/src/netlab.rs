@@ -780,12 +780,6 @@ impl NetLab {
         self.record.server_url.as_deref().unwrap_or("")
     }
 
-    fn trust(&self) -> Result<&crate::Trust, NetLabError> {
-        self.trust
-            .as_ref()
-            .ok_or_else(|| NetLabError::Io("the lab's CA is not made yet".into()))
-    }
-
     /// The admin's client.
     pub fn client(&self) -> ServerClient {
         match &self.trust {
@@ -808,7 +802,12 @@ impl NetLab {
             .iter()
             .find(|h| h.name == host)
             .ok_or_else(|| NetLabError::Config(format!("no host {host} in this lab")))?;
-        Ok(self.trust()?.agent_client(&h.agent_url, host)?)
+        match &self.trust {
+            Some(t) => Ok(t.agent_client(&h.agent_url, host)?),
+            // An --insecure lab: plain http to the agent's own URL.
+            None => ferry_api::client::AgentClient::new(&h.agent_url)
+                .map_err(|e| NetLabError::Io(format!("agent {host}: {e}"))),
+        }
     }
 
     pub fn hosts(&self) -> &[NetHost] {
