@@ -8,7 +8,7 @@ pub use ferry_migration::convergence::History as ConvergenceHistory;
 pub use ferry_migration::recovery::{Keep, SideFacts};
 pub use ferry_migration::{
     disk_totals, disks_in_sync, BlockJobStatus, DiskCopyProgress, MigrationProgress,
-    MigrationReport, MigrationStatus, Phase, PhaseEvent,
+    MigrationReport, MigrationStatus, NetworkReport, Phase, PhaseEvent,
 };
 
 use crate::{ApiError, VmSpec};
@@ -55,6 +55,11 @@ pub struct MigrationOptions {
     /// the controller escalates (None: no deadline).
     #[serde(default)]
     pub completion_timeout_s_per_gib: Option<u64>,
+    /// Frames that reach the source while the guest is paused are drained from the
+    /// source's tap once the stream completed and delivered to the guest on the
+    /// destination (None: on). Off only to measure what it saves.
+    #[serde(default)]
+    pub forward_frames: Option<bool>,
 }
 
 pub const DEFAULT_DOWNTIME_LIMIT_MS: u64 = 300;

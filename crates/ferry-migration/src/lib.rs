@@ -49,6 +49,6 @@ pub mod watch;
 pub use mode::MigrationMode;
 pub use phase::{Phase, PhaseEvent, TransitionError};
 pub use progress::{
-    disk_totals, disks_in_sync, DiskCopyProgress, MigrationProgress, MigrationReport,
+    disk_totals, disks_in_sync, DiskCopyProgress, MigrationProgress, MigrationReport, NetworkReport,
 };
 pub use status::{BlockJobStatus, MigrationStatus};

@@ -1,0 +1,600 @@
+//! No frame lost to the switch-over pause, and the pause as the network saw it.
+//!
+//! While a VM is stopped its virtio-net cannot receive, so QEMU stops reading the tap and
+//! the frames for the guest wait in the tap's kernel queue; they are purged with the
+//! source QEMU (docs/architecture.md, "Frames during the switch-over", has what QEMU's
+//! source says). Here:
+//!
+//! - Source: once QEMU reports the migration *completed* (the source never runs the guest
+//!   again), the agent takes a duplicate of QEMU's tun descriptor (pidfd_getfd), drains
+//!   the queue and keeps draining until the network has learnt the VM's new port
+//!   ([`DrainWindow`]), sending every batch at once to the destination's agent.
+//! - Destination: checks every frame of a batch (length, the NIC's MAC or a group address,
+//!   a sane virtio-net header), refuses the whole batch if one is wrong, and writes them to
+//!   the tap with an AF_PACKET socket: to the guest (queued until it resumes).
+//! - Both: an AF_PACKET capture on each tap times the guest's own IP frames: the last one
+//!   on the source and the first on the destination give the gap a client of the guest
+//!   saw, next to QEMU's pause, without a guest agent.
+//!
+//! The system calls are in [`crate::frames_sys`]; the decisions here are pure and tested.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ferry_api::frames::{MAX_FRAME_BYTES, VNET_HDR_LEN};
+use ferry_api::FrameReport;
+
+use crate::frames_sys::{Capture, Injector};
+
+/// The drain ends after this long without a frame: the destination's announce has moved
+/// the switches' tables, nothing more comes this way.
+pub const DRAIN_QUIET: Duration = Duration::from_millis(300);
+/// ... and after this long in any case (a client that keeps sending to a stale table).
+pub const DRAIN_MAX: Duration = Duration::from_secs(3);
+/// The destination accepts frames this long after its guest resumed.
+pub const RESUME_GRACE: Duration = Duration::from_secs(5);
+/// A capture thread looks at its stop flag this often.
+const CAPTURE_POLL: Duration = Duration::from_millis(100);
+
+/// The `iff:` line of a tun descriptor's `/proc/<pid>/fdinfo/<fd>`: the interface it is
+/// attached to.
+pub fn fdinfo_iff(text: &str) -> Option<&str> {
+    text.lines()
+        .find_map(|l| l.strip_prefix("iff:"))
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+}
+
+/// An IPv4 or IPv6 frame (also inside one 802.1Q tag): what the guest sends its clients.
+/// ARP and RARP are left out: QEMU's announce and the guest's gratuitous ARP at resume are
+/// not the guest answering anyone.
+pub fn is_ip_frame(head: &[u8]) -> bool {
+    let ethertype = |at: usize| {
+        head.get(at..at + 2)
+            .map(|b| u16::from_be_bytes([b[0], b[1]]))
+    };
+    let ip = |t: Option<u16>| matches!(t, Some(0x0800 | 0x86dd));
+    match ethertype(12) {
+        Some(0x8100) => ip(ethertype(16)),
+        t => ip(t),
+    }
+}
+
+/// `aa:bb:cc:dd:ee:ff` as bytes.
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in mac.iter_mut() {
+        *b = u8::from_str_radix(parts.next()?, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
+/// virtio_net_hdr flags and GSO types the destination accepts (`linux/virtio_net.h`).
+const F_NEEDS_CSUM: u8 = 1;
+const F_DATA_VALID: u8 = 2;
+const GSO_NONE: u8 = 0;
+const GSO_TCPV4: u8 = 1;
+const GSO_UDP: u8 = 3;
+const GSO_TCPV6: u8 = 4;
+const GSO_UDP_L4: u8 = 5;
+const GSO_ECN: u8 = 0x80;
+
+/// Checks one forwarded frame (virtio-net header + Ethernet frame) for NIC `mac`: a length
+/// an Ethernet frame can have, addressed to the NIC or to a group (broadcast, multicast),
+/// and a header whose offsets stay inside the frame. Err says what is wrong.
+pub fn check_frame(data: &[u8], mac: &[u8; 6]) -> Result<(), String> {
+    if data.len() < VNET_HDR_LEN + 14 || data.len() > VNET_HDR_LEN + MAX_FRAME_BYTES {
+        return Err(format!(
+            "{} bytes is not a frame (a {VNET_HDR_LEN}-byte header and 14 to {MAX_FRAME_BYTES} \
+             bytes of Ethernet frame)",
+            data.len()
+        ));
+    }
+    let (hdr, frame) = data.split_at(VNET_HDR_LEN);
+    let dest = &frame[..6];
+    if dest != mac && dest[0] & 1 == 0 {
+        return Err(format!(
+            "addressed to {}, not to this NIC ({}) nor to a group address",
+            fmt_mac(dest),
+            fmt_mac(mac)
+        ));
+    }
+    let (flags, gso) = (hdr[0], hdr[1]);
+    let le = |at: usize| usize::from(u16::from_le_bytes([hdr[at], hdr[at + 1]]));
+    if flags & !(F_NEEDS_CSUM | F_DATA_VALID) != 0 {
+        return Err(format!("unknown virtio-net header flags {flags:#x}"));
+    }
+    if !matches!(
+        gso & !GSO_ECN,
+        GSO_NONE | GSO_TCPV4 | GSO_UDP | GSO_TCPV6 | GSO_UDP_L4
+    ) {
+        return Err(format!("unknown GSO type {gso:#x}"));
+    }
+    if gso & !GSO_ECN != GSO_NONE && le(4) == 0 {
+        return Err("a GSO frame without a segment size".into());
+    }
+    if flags & F_NEEDS_CSUM != 0 && le(6) + le(8) + 2 > frame.len() {
+        return Err("checksum offsets beyond the frame".into());
+    }
+    if gso & !GSO_ECN == GSO_NONE && frame.len() > 14 + 9216 {
+        return Err(format!(
+            "{} bytes without GSO is larger than any MTU",
+            frame.len()
+        ));
+    }
+    Ok(())
+}
+
+fn fmt_mac(m: &[u8]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// A read from a tun with `hdr_len` bytes of virtio-net header (0: none) as forwarded: the
+/// first [`VNET_HDR_LEN`] bytes of its header (the rest, `num_buffers`, means nothing off
+/// the host), or a zero header, then the frame. None: too short to be one.
+pub fn as_forwarded(read: &[u8], hdr_len: usize) -> Option<Vec<u8>> {
+    if read.len() < hdr_len + 14 || (hdr_len != 0 && hdr_len < VNET_HDR_LEN) {
+        return None;
+    }
+    let mut out = Vec::with_capacity(VNET_HDR_LEN + read.len() - hdr_len);
+    if hdr_len == 0 {
+        out.extend_from_slice(&[0u8; VNET_HDR_LEN]);
+    } else {
+        out.extend_from_slice(&read[..VNET_HDR_LEN]);
+    }
+    out.extend_from_slice(&read[hdr_len..]);
+    Some(out)
+}
+
+/// When the source stops draining.
+#[derive(Debug, Clone, Copy)]
+pub struct DrainWindow {
+    pub quiet: Duration,
+    pub max: Duration,
+}
+
+impl Default for DrainWindow {
+    fn default() -> Self {
+        DrainWindow {
+            quiet: DRAIN_QUIET,
+            max: DRAIN_MAX,
+        }
+    }
+}
+
+impl DrainWindow {
+    /// How long to wait for the next frame, `elapsed` into the drain and `quiet` since the
+    /// last frame (or the start); None: stop.
+    pub fn wait(&self, elapsed: Duration, quiet: Duration) -> Option<Duration> {
+        if elapsed >= self.max || quiet >= self.quiet {
+            return None;
+        }
+        Some((self.max - elapsed).min(self.quiet - quiet))
+    }
+}
+
+pub fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Which end of a migration a session is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Source,
+    Destination,
+}
+
+/// One NIC's tap.
+pub struct Tap {
+    pub name: String,
+    pub ifindex: i32,
+    pub mac: [u8; 6],
+    injector: Mutex<Option<Injector>>,
+}
+
+impl Tap {
+    pub fn new(name: String, ifindex: i32, mac: [u8; 6]) -> Tap {
+        Tap {
+            name,
+            ifindex,
+            mac,
+            injector: Mutex::new(None),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Facts {
+    pub last_guest_ms: Option<u64>,
+    pub first_guest_ms: Option<u64>,
+    pub forwarded: u64,
+    pub injected: u64,
+    pub refused: u64,
+    pub drain_ms: u64,
+    pub resumed_at: Option<Instant>,
+    pub note: Option<String>,
+}
+
+/// One VM's migration as far as its frames go, on one side.
+pub struct Session {
+    pub side: Side,
+    /// Destination: the source host, the only one allowed to send frames. Source: the
+    /// destination host.
+    pub peer: Option<String>,
+    pub forwarding: bool,
+    pub taps: Vec<Tap>,
+    stop: Arc<AtomicBool>,
+    facts: Arc<Mutex<Facts>>,
+    settled: tokio::sync::watch::Sender<bool>,
+}
+
+impl Session {
+    pub fn new(side: Side, peer: Option<String>, forwarding: bool, taps: Vec<Tap>) -> Arc<Session> {
+        Arc::new(Session {
+            side,
+            peer,
+            forwarding,
+            taps,
+            stop: Arc::new(AtomicBool::new(false)),
+            facts: Default::default(),
+            settled: tokio::sync::watch::channel(false).0,
+        })
+    }
+
+    pub(crate) fn facts(&self) -> std::sync::MutexGuard<'_, Facts> {
+        self.facts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn settle(&self) {
+        self.settled.send_replace(true);
+    }
+
+    pub fn note(&self, note: String) {
+        tracing::warn!("frames: {note}");
+        self.facts().note.get_or_insert(note);
+    }
+
+    /// Starts one capture thread per tap. Source: times the guest's last IP frame, until
+    /// stopped or the tap goes. Destination: the first, then ends (and settles the side).
+    pub fn start_captures(self: &Arc<Self>) {
+        for tap in &self.taps {
+            let cap = match Capture::open(tap.ifindex, CAPTURE_POLL) {
+                Ok(c) => c,
+                Err(e) => {
+                    self.note(format!("cannot watch tap {}: {e}", tap.name));
+                    continue;
+                }
+            };
+            let me = self.clone();
+            let name = tap.name.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("frames-{name}"))
+                .spawn(move || me.capture_loop(&cap));
+            if let Err(e) = spawned {
+                self.note(format!("cannot start the capture of tap {name}: {e}"));
+            }
+        }
+    }
+
+    fn capture_loop(&self, cap: &Capture) {
+        while !self.stop.load(Ordering::Relaxed) {
+            let seen = match cap.next() {
+                Ok(Some(s)) => s,
+                Ok(None) => continue,
+                // The tap went away with its QEMU: nothing more to see.
+                Err(_) => return,
+            };
+            if seen.to_guest || !is_ip_frame(&seen.head) {
+                continue;
+            }
+            let now = unix_ms(SystemTime::now());
+            let mut f = self.facts();
+            match self.side {
+                Side::Source => f.last_guest_ms = Some(now),
+                Side::Destination => {
+                    f.first_guest_ms.get_or_insert(now);
+                    f.resumed_at.get_or_insert_with(Instant::now);
+                    drop(f);
+                    self.settle();
+                    return;
+                }
+            }
+        }
+    }
+
+    pub fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.settle();
+    }
+
+    /// Waits up to `wait` for the side to settle.
+    pub async fn settled_within(&self, wait: Duration) {
+        let mut rx = self.settled.subscribe();
+        let _ = tokio::time::timeout(wait, rx.wait_for(|s| *s)).await;
+    }
+
+    pub fn report(&self) -> FrameReport {
+        let f = self.facts();
+        FrameReport {
+            side: match self.side {
+                Side::Source => "source".into(),
+                Side::Destination => "destination".into(),
+            },
+            last_guest_frame_unix_ms: f.last_guest_ms,
+            first_guest_frame_unix_ms: f.first_guest_ms,
+            forwarding: self.forwarding,
+            forwarded: f.forwarded,
+            injected: f.injected,
+            refused: f.refused,
+            drain_ms: f.drain_ms,
+            settled: *self.settled.borrow(),
+            note: f.note.clone(),
+        }
+    }
+
+    /// Destination: whether frames are still welcome (the guest has not resumed, or did so
+    /// less than [`RESUME_GRACE`] ago).
+    pub fn accepting(&self) -> bool {
+        self.facts()
+            .resumed_at
+            .is_none_or(|t| t.elapsed() < RESUME_GRACE)
+    }
+
+    pub fn mark_resumed(&self) {
+        self.facts().resumed_at.get_or_insert_with(Instant::now);
+    }
+
+    /// Destination: checks every frame for NIC `nic`, then writes them all to its tap;
+    /// nothing is written if one is refused.
+    pub fn inject(&self, nic: usize, frames: &[Vec<u8>]) -> Result<u64, String> {
+        let tap = self
+            .taps
+            .get(nic)
+            .ok_or_else(|| format!("the VM has {} NIC(s), not a NIC {nic}", self.taps.len()))?;
+        for (i, f) in frames.iter().enumerate() {
+            if let Err(e) = check_frame(f, &tap.mac) {
+                self.facts().refused += frames.len() as u64;
+                return Err(format!("frame {i}: {e}; none of the batch was delivered"));
+            }
+        }
+        let mut slot = tap.injector.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            *slot = Some(
+                Injector::open(tap.ifindex)
+                    .map_err(|e| format!("cannot open tap {} to deliver: {e}", tap.name))?,
+            );
+        }
+        let Some(inj) = slot.as_ref() else {
+            return Err(format!("tap {} has no sender", tap.name));
+        };
+        let mut sent = 0u64;
+        let mut failed = None;
+        for f in frames {
+            match inj.send(f) {
+                Ok(()) => sent += 1,
+                // One frame the kernel refuses (e.g. too large for the tap) costs only it.
+                Err(e) => failed = Some(e),
+            }
+        }
+        drop(slot);
+        let mut facts = self.facts();
+        facts.injected += sent;
+        if let Some(e) = failed {
+            let n = frames.len() as u64 - sent;
+            facts.refused += n;
+            facts
+                .note
+                .get_or_insert(format!("{n} frame(s) not delivered to {}: {e}", tap.name));
+        }
+        Ok(sent)
+    }
+
+    pub(crate) fn add_forwarded(&self, n: u64, injected: u64) {
+        let mut f = self.facts();
+        f.forwarded += n;
+        // The destination's count, as it answered: the source's report carries both.
+        f.injected += injected;
+    }
+}
+
+/// The sessions on this host, by VM name.
+#[derive(Default)]
+pub struct FrameBook {
+    sessions: Mutex<HashMap<String, Arc<Session>>>,
+}
+
+impl FrameBook {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Session>>> {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Replaces (and stops) any earlier session of the VM.
+    pub fn open(&self, vm: &str, s: Arc<Session>) {
+        if let Some(old) = self.map().insert(vm.to_string(), s) {
+            old.stop();
+        }
+    }
+
+    pub fn get(&self, vm: &str) -> Option<Arc<Session>> {
+        self.map().get(vm).cloned()
+    }
+
+    /// The VM left this host (or its migration was undone): captures stop.
+    pub fn close(&self, vm: &str) {
+        if let Some(s) = self.map().remove(vm) {
+            s.stop();
+        }
+    }
+}
+
+/// The descriptors of `pid` attached to tun interface `tap` (one per queue).
+pub fn tun_fds_of(pid: u32, tap: &str) -> Vec<i32> {
+    let dir = format!("/proc/{pid}/fdinfo");
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Vec::new();
+    };
+    let mut fds: Vec<i32> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let fd: i32 = e.file_name().to_str()?.parse().ok()?;
+            let text = std::fs::read_to_string(e.path()).ok()?;
+            (fdinfo_iff(&text) == Some(tap)).then_some(fd)
+        })
+        .collect();
+    fds.sort_unstable();
+    fds
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0xaa, 0xbb, 0xcc];
+
+    fn frame(dest: [u8; 6], len: usize) -> Vec<u8> {
+        let mut f = vec![0u8; VNET_HDR_LEN];
+        f.extend_from_slice(&dest);
+        f.extend_from_slice(&[0x02, 0, 0, 0, 0, 1, 0x08, 0x00]);
+        f.resize(VNET_HDR_LEN + len, 0);
+        f
+    }
+
+    #[test]
+    fn the_iff_line_of_fdinfo_names_the_tap() {
+        let tun = "pos:\t0\nflags:\t0104002\nmnt_id:\t26\nino:\t1079\niff:\tfy12ab34cdn0\n";
+        assert_eq!(fdinfo_iff(tun), Some("fy12ab34cdn0"));
+        assert_eq!(fdinfo_iff("pos:\t0\nflags:\t02\n"), None);
+        assert_eq!(fdinfo_iff("iff:\t\n"), None);
+    }
+
+    #[test]
+    fn frames_for_the_nic_or_a_group_pass_others_are_refused() {
+        assert_eq!(check_frame(&frame(MAC, 60), &MAC), Ok(()));
+        assert_eq!(check_frame(&frame([0xff; 6], 60), &MAC), Ok(()));
+        assert_eq!(
+            check_frame(&frame([0x33, 0x33, 0, 0, 0, 1], 86), &MAC),
+            Ok(())
+        );
+        let other = check_frame(&frame([0x52, 0x54, 0, 1, 2, 3], 60), &MAC).unwrap_err();
+        assert!(other.contains("52:54:00:01:02:03"), "{other}");
+        let short = check_frame(&frame(MAC, 13), &MAC).unwrap_err();
+        assert!(short.contains("not a frame"), "{short}");
+        let huge = check_frame(&frame(MAC, MAX_FRAME_BYTES + 1), &MAC).unwrap_err();
+        assert!(huge.contains("not a frame"), "{huge}");
+        let jumbo = check_frame(&frame(MAC, 14 + 9217), &MAC).unwrap_err();
+        assert!(jumbo.contains("larger than any MTU"), "{jumbo}");
+    }
+
+    #[test]
+    fn a_header_with_offsets_outside_the_frame_or_unknown_bits_is_refused() {
+        let mut f = frame(MAC, 60);
+        f[0] = F_NEEDS_CSUM;
+        f[6..8].copy_from_slice(&34u16.to_le_bytes());
+        f[8..10].copy_from_slice(&16u16.to_le_bytes());
+        assert_eq!(check_frame(&f, &MAC), Ok(()));
+        f[8..10].copy_from_slice(&30u16.to_le_bytes());
+        assert!(check_frame(&f, &MAC)
+            .unwrap_err()
+            .contains("checksum offsets"));
+        let mut g = frame(MAC, 60);
+        g[0] = 0x10;
+        assert!(check_frame(&g, &MAC).unwrap_err().contains("flags"));
+        let mut h = frame(MAC, 3000);
+        h[1] = GSO_TCPV4;
+        assert!(check_frame(&h, &MAC).unwrap_err().contains("segment size"));
+        h[4..6].copy_from_slice(&1448u16.to_le_bytes());
+        assert_eq!(check_frame(&h, &MAC), Ok(()));
+        h[1] = 9;
+        assert!(check_frame(&h, &MAC).unwrap_err().contains("GSO type"));
+    }
+
+    #[test]
+    fn only_ip_frames_count_as_the_guest_answering() {
+        let mut f = vec![0u8; 14];
+        f[12..14].copy_from_slice(&[0x08, 0x00]);
+        assert!(is_ip_frame(&f));
+        f[12..14].copy_from_slice(&[0x86, 0xdd]);
+        assert!(is_ip_frame(&f));
+        f[12..14].copy_from_slice(&[0x08, 0x06]); // ARP
+        assert!(!is_ip_frame(&f));
+        f[12..14].copy_from_slice(&[0x80, 0x35]); // RARP, QEMU's announce
+        assert!(!is_ip_frame(&f));
+        let mut tagged = vec![0u8; 18];
+        tagged[12..14].copy_from_slice(&[0x81, 0x00]);
+        tagged[16..18].copy_from_slice(&[0x08, 0x00]);
+        assert!(is_ip_frame(&tagged));
+        assert!(!is_ip_frame(&f[..13]));
+    }
+
+    #[test]
+    fn the_drain_stops_after_a_quiet_spell_or_its_limit() {
+        let w = DrainWindow {
+            quiet: Duration::from_millis(300),
+            max: Duration::from_secs(3),
+        };
+        let ms = Duration::from_millis;
+        assert_eq!(w.wait(ms(0), ms(0)), Some(ms(300)));
+        assert_eq!(w.wait(ms(1000), ms(100)), Some(ms(200)));
+        assert_eq!(w.wait(ms(2900), ms(10)), Some(ms(100)));
+        assert_eq!(w.wait(ms(1000), ms(300)), None);
+        assert_eq!(w.wait(ms(3000), ms(0)), None);
+    }
+
+    #[test]
+    fn a_tun_read_becomes_a_ten_byte_header_and_the_frame() {
+        let mut read = vec![7u8; 12];
+        read.extend_from_slice(&frame(MAC, 60)[VNET_HDR_LEN..]);
+        let f = as_forwarded(&read, 12).unwrap();
+        assert_eq!(f.len(), VNET_HDR_LEN + 60);
+        assert_eq!(&f[..VNET_HDR_LEN], &[7u8; VNET_HDR_LEN]);
+        assert_eq!(&f[VNET_HDR_LEN..VNET_HDR_LEN + 6], &MAC);
+        let plain = as_forwarded(&read[12..], 0).unwrap();
+        assert_eq!(&plain[..VNET_HDR_LEN], &[0u8; VNET_HDR_LEN]);
+        assert_eq!(as_forwarded(&read[..20], 12), None);
+        assert_eq!(as_forwarded(&read, 4), None);
+    }
+
+    #[test]
+    fn macs_parse_only_when_whole() {
+        assert_eq!(parse_mac("52:54:00:aa:bb:cc"), Some(MAC));
+        assert_eq!(parse_mac("52:54:00:aa:bb"), None);
+        assert_eq!(parse_mac("52:54:00:aa:bb:cc:dd"), None);
+        assert_eq!(parse_mac("52:54:00:aa:bb:zz"), None);
+    }
+
+    #[test]
+    fn a_destination_accepts_until_the_grace_after_resume_and_a_bad_frame_spoils_the_batch() {
+        let s = Session::new(
+            Side::Destination,
+            Some("a".into()),
+            true,
+            vec![Tap::new("nonexistent0".into(), 0, MAC)],
+        );
+        assert!(s.accepting());
+        s.mark_resumed();
+        assert!(s.accepting());
+        s.facts().resumed_at = Instant::now().checked_sub(RESUME_GRACE);
+        assert!(!s.accepting());
+        let bad = vec![frame(MAC, 60), frame([0x02, 0, 0, 0, 0, 9], 60)];
+        let e = s.inject(0, &bad).unwrap_err();
+        assert!(
+            e.contains("frame 1") && e.contains("none of the batch"),
+            "{e}"
+        );
+        assert_eq!(s.report().injected, 0);
+        assert_eq!(s.report().refused, 2);
+        assert!(s.inject(1, &bad).unwrap_err().contains("not a NIC 1"));
+    }
+}
