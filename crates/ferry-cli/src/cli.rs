@@ -662,6 +662,11 @@ pub struct TuningArgs {
     /// past it, a pass that sets no new low aborts it.
     #[arg(long, value_name = "S")]
     pub completion_timeout_per_gib: Option<u64>,
+    /// Do not forward the frames that reach the source while the guest is paused (they are
+    /// then lost with the source QEMU and clients wait for TCP to retransmit); for
+    /// measuring what forwarding saves.
+    #[arg(long)]
+    pub no_frame_forwarding: bool,
 }
 
 #[derive(Subcommand, Debug)]

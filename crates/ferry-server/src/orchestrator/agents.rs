@@ -114,6 +114,9 @@ pub trait Agents: Send + Sync {
     async fn hand_over(&self, host: &str, vm: &str) -> AgentResult<()>;
     /// Destination: announce the VM's MACs.
     async fn announce(&self, host: &str, vm: &str) -> AgentResult<()>;
+    /// Either side after the switch-over: what its taps showed (waits up to `wait_ms` for
+    /// the side to settle: the source's drain to end, the destination's first frame).
+    async fn frame_report(&self, host: &str, vm: &str, wait_ms: u64) -> AgentResult<FrameReport>;
     async fn delete_disk(&self, host: &str, pool: &str, image: &str) -> AgentResult<()>;
     /// Post-copy: drop the connection (either side).
     async fn pause_postcopy(&self, host: &str, vm: &str) -> AgentResult<AgentMigrationStatus>;
@@ -346,6 +349,10 @@ impl Agents for HttpAgents {
     }
     async fn announce(&self, host: &str, vm: &str) -> AgentResult<()> {
         call!(self, host, QUICK, |c| c.announce(vm)).map(|_| ())
+    }
+    async fn frame_report(&self, host: &str, vm: &str, wait_ms: u64) -> AgentResult<FrameReport> {
+        let within = QUICK + Duration::from_millis(wait_ms);
+        call!(self, host, within, |c| c.frame_report(vm, wait_ms))
     }
     async fn delete_disk(&self, host: &str, pool: &str, image: &str) -> AgentResult<()> {
         call!(self, host, SLOW, |c| c.delete_disk(pool, image)).map(|_| ())

@@ -305,6 +305,9 @@ impl Run {
         r.total_time_ms = self.started.elapsed().as_millis() as u64;
         r.postcopy_pauses = self.m.run.postcopy_pauses;
         r.postcopy_paused_ms = self.m.run.postcopy_paused_ms;
+        if has_nics {
+            r.network = self.network_report().await;
+        }
         self.m.report = Some(r.clone());
         let ev = if self.m.phase == Phase::PostCopy {
             PhaseEvent::PostcopyFinished
@@ -323,6 +326,27 @@ impl Run {
         )
         .await?;
         Ok(Next::CleanUp)
+    }
+
+    /// What the two hosts' taps saw of the switch-over: the source first (its answer waits
+    /// for the drain to end, at most `DRAIN_MAX` after completion: the destination's
+    /// delivered count is final after it), then the destination (its first guest frame).
+    /// Outside `total_time_ms`; a side that cannot say leaves its part empty.
+    async fn network_report(&self) -> Option<NetworkReport> {
+        let ask = |host: String| async move {
+            match self.agents().frame_report(&host, &self.m.vm, 4_000).await {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    if !e.is_not_found() {
+                        tracing::warn!(%host, "no frame report: {e}");
+                    }
+                    None
+                }
+            }
+        };
+        let source = ask(self.m.source.clone()).await;
+        let destination = ask(self.m.destination.clone()).await;
+        ferry_api::frames::network_report(source.as_ref(), destination.as_ref())
     }
 
     /// After `Completed`: the source QEMU (paused in `postmigrate`) is shut down once the
