@@ -1,14 +1,16 @@
 //! No frame lost to the switch-over pause, and the pause as the network saw it.
 //!
-//! While a VM is stopped its virtio-net cannot receive, so QEMU stops reading the tap and
-//! the frames for the guest wait in the tap's kernel queue; they are purged with the
-//! source QEMU (docs/architecture.md, "Frames during the switch-over", has what QEMU's
-//! source says). Here:
+//! While a VM is stopped its virtio-net cannot receive: the first frame that arrives is
+//! read by QEMU into its own queue, the rest wait in the tap's kernel queue, and all are
+//! lost with the source QEMU (docs/architecture.md, "Frames during the switch-over", has
+//! what QEMU's source says and what was measured). Here:
 //!
-//! - Source: once QEMU reports the migration *completed* (the source never runs the guest
-//!   again), the agent takes a duplicate of QEMU's tun descriptor (pidfd_getfd), drains
-//!   the queue and keeps draining until the network has learnt the VM's new port
-//!   ([`DrainWindow`]), sending every batch at once to the destination's agent.
+//! - Source: a capture on each tap copies every frame for the guest; from QEMU's `STOP`
+//!   of the switch-over on, the copies are held ([`Hold`]): none of them reached the
+//!   guest. Once QEMU reports the migration *completed* (the source never runs the guest
+//!   again) they are sent to the destination's agent, and so is every later one until the
+//!   network has learnt the VM's new port ([`DrainWindow`]). A migration that fails
+//!   forwards nothing: the source guest gets its frames itself when it resumes.
 //! - Destination: checks every frame of a batch (length, the NIC's MAC or a group address,
 //!   a sane virtio-net header), refuses the whole batch if one is wrong, and writes them to
 //!   the tap with an AF_PACKET socket: to the guest (queued until it resumes).
@@ -38,27 +40,32 @@ pub const RESUME_GRACE: Duration = Duration::from_secs(5);
 /// A capture thread looks at its stop flag this often.
 const CAPTURE_POLL: Duration = Duration::from_millis(100);
 
-/// The `iff:` line of a tun descriptor's `/proc/<pid>/fdinfo/<fd>`: the interface it is
-/// attached to.
-pub fn fdinfo_iff(text: &str) -> Option<&str> {
-    text.lines()
-        .find_map(|l| l.strip_prefix("iff:"))
-        .map(str::trim)
-        .filter(|n| !n.is_empty())
-}
-
-/// An IPv4 or IPv6 frame (also inside one 802.1Q tag): what the guest sends its clients.
-/// ARP and RARP are left out: QEMU's announce and the guest's gratuitous ARP at resume are
-/// not the guest answering anyone.
-pub fn is_ip_frame(head: &[u8]) -> bool {
-    let ethertype = |at: usize| {
-        head.get(at..at + 2)
+/// Whether a frame the guest sent is traffic for someone (an IPv4 or IPv6 packet, also
+/// behind one 802.1Q tag) rather than the guest telling the network where it is: ARP and
+/// RARP (QEMU's announce, the guest's gratuitous ARP), IGMP, and the ICMPv6 neighbour
+/// and multicast-listener messages a guest sends when its NIC announces itself at resume.
+pub fn is_client_traffic(frame: &[u8]) -> bool {
+    let u16_at = |at: usize| {
+        frame
+            .get(at..at + 2)
             .map(|b| u16::from_be_bytes([b[0], b[1]]))
     };
-    let ip = |t: Option<u16>| matches!(t, Some(0x0800 | 0x86dd));
-    match ethertype(12) {
-        Some(0x8100) => ip(ethertype(16)),
-        t => ip(t),
+    let (ethertype, l3) = match u16_at(12) {
+        Some(0x8100) => (u16_at(16), 18),
+        t => (t, 14),
+    };
+    match ethertype {
+        Some(0x0800) => frame.get(l3 + 9).is_some_and(|&proto| proto != 2),
+        Some(0x86dd) => match frame.get(l3 + 6) {
+            // Hop-by-hop options: how MLD reports travel.
+            Some(0) => false,
+            Some(58) => frame
+                .get(l3 + 40)
+                .is_some_and(|&t| !(130..=143).contains(&t)),
+            Some(_) => true,
+            None => false,
+        },
+        _ => false,
     }
 }
 
@@ -135,23 +142,6 @@ fn fmt_mac(m: &[u8]) -> String {
         .join(":")
 }
 
-/// A read from a tun with `hdr_len` bytes of virtio-net header (0: none) as forwarded: the
-/// first [`VNET_HDR_LEN`] bytes of its header (the rest, `num_buffers`, means nothing off
-/// the host), or a zero header, then the frame. None: too short to be one.
-pub fn as_forwarded(read: &[u8], hdr_len: usize) -> Option<Vec<u8>> {
-    if read.len() < hdr_len + 14 || (hdr_len != 0 && hdr_len < VNET_HDR_LEN) {
-        return None;
-    }
-    let mut out = Vec::with_capacity(VNET_HDR_LEN + read.len() - hdr_len);
-    if hdr_len == 0 {
-        out.extend_from_slice(&[0u8; VNET_HDR_LEN]);
-    } else {
-        out.extend_from_slice(&read[..VNET_HDR_LEN]);
-    }
-    out.extend_from_slice(&read[hdr_len..]);
-    Some(out)
-}
-
 /// When the source stops draining.
 #[derive(Debug, Clone, Copy)]
 pub struct DrainWindow {
@@ -180,9 +170,120 @@ impl DrainWindow {
 }
 
 pub fn unix_ms(t: SystemTime) -> u64 {
+    unix_us(t) / 1000
+}
+
+pub fn unix_us(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
+        .map(|d| d.as_micros() as u64)
         .unwrap_or(0)
+}
+
+/// A copy of a frame for the guest, as captured: when, for which NIC, and the bytes
+/// (virtio-net header, then the frame).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Held {
+    pub at_us: u64,
+    pub nic: usize,
+    pub frame: Vec<u8>,
+}
+
+/// Before the pause: how far back copies are kept (the pause's start is known only when
+/// QEMU's `STOP` event arrives, a little after it) and at most how many.
+const RECENT_US: u64 = 500_000;
+const RECENT_MAX: usize = 512;
+/// From the pause on: at most this much is held (a flood while paused is cut, and said).
+const HOLD_MAX_FRAMES: usize = 16_384;
+const HOLD_MAX_BYTES: usize = 64 << 20;
+
+/// The source's copies of the frames for the guest. Until the pause's start is known only
+/// the recent ones are kept; from then, every one captured at or after it; once the
+/// forwarding ends (or the migration failed), none.
+#[derive(Debug, Default)]
+pub struct Hold {
+    from_us: Option<u64>,
+    frames: std::collections::VecDeque<Held>,
+    bytes: usize,
+    pub dropped: u64,
+    closed: bool,
+}
+
+impl Hold {
+    pub fn push(&mut self, h: Held) {
+        if self.closed {
+            return;
+        }
+        match self.from_us {
+            None => {
+                let horizon = h.at_us.saturating_sub(RECENT_US);
+                while self
+                    .frames
+                    .front()
+                    .is_some_and(|f| f.at_us < horizon || self.frames.len() >= RECENT_MAX)
+                {
+                    self.pop_front();
+                }
+            }
+            Some(from) if h.at_us < from => return,
+            Some(_) => {
+                if self.frames.len() >= HOLD_MAX_FRAMES
+                    || self.bytes + h.frame.len() > HOLD_MAX_BYTES
+                {
+                    self.dropped += 1;
+                    return;
+                }
+            }
+        }
+        self.bytes += h.frame.len();
+        self.frames.push_back(h);
+    }
+
+    fn pop_front(&mut self) {
+        if let Some(f) = self.frames.pop_front() {
+            self.bytes -= f.frame.len();
+        }
+    }
+
+    /// The guest stopped at `from_us` (set once: the first pause is the switch-over's).
+    pub fn start_at(&mut self, from_us: u64) {
+        if self.from_us.is_some() || self.closed {
+            return;
+        }
+        self.from_us = Some(from_us);
+        while self.frames.front().is_some_and(|f| f.at_us < from_us) {
+            self.pop_front();
+        }
+    }
+
+    pub fn started(&self) -> bool {
+        self.from_us.is_some()
+    }
+
+    /// The guest resumed on the source (a pause that was not the switch-over's): what it
+    /// missed, it now reads itself.
+    pub fn resumed(&mut self) {
+        if !self.closed {
+            self.from_us = None;
+            self.frames.clear();
+            self.bytes = 0;
+        }
+    }
+
+    /// Everything held so far (nothing before the pause's start is known).
+    pub fn take(&mut self) -> Vec<Held> {
+        if self.from_us.is_none() {
+            return Vec::new();
+        }
+        self.bytes = 0;
+        self.frames.drain(..).collect()
+    }
+
+    /// No more copies: forwarding is over, or the migration failed.
+    pub fn close(&mut self) {
+        self.closed = true;
+        self.frames.clear();
+        self.bytes = 0;
+    }
 }
 
 /// Which end of a migration a session is.
@@ -234,6 +335,10 @@ pub struct Session {
     stop: Arc<AtomicBool>,
     facts: Arc<Mutex<Facts>>,
     settled: tokio::sync::watch::Sender<bool>,
+    /// Source: copies of the frames for the guest (see [`Hold`]), and a wake-up for the
+    /// forwarding when one arrives.
+    hold: Mutex<Hold>,
+    pub(crate) arrived: tokio::sync::Notify,
 }
 
 impl Session {
@@ -246,11 +351,17 @@ impl Session {
             stop: Arc::new(AtomicBool::new(false)),
             facts: Default::default(),
             settled: tokio::sync::watch::channel(false).0,
+            hold: Default::default(),
+            arrived: tokio::sync::Notify::new(),
         })
     }
 
     pub(crate) fn facts(&self) -> std::sync::MutexGuard<'_, Facts> {
         self.facts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn hold(&self) -> std::sync::MutexGuard<'_, Hold> {
+        self.hold.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn settle(&self) {
@@ -262,10 +373,11 @@ impl Session {
         self.facts().note.get_or_insert(note);
     }
 
-    /// Starts one capture thread per tap. Source: times the guest's last IP frame, until
-    /// stopped or the tap goes. Destination: the first, then ends (and settles the side).
+    /// Starts one capture thread per tap. Source: times the guest's last frame for a
+    /// client and copies the frames for the guest, until stopped or the tap goes.
+    /// Destination: times the guest's first frame for a client, then ends (and settles).
     pub fn start_captures(self: &Arc<Self>) {
-        for tap in &self.taps {
+        for (nic, tap) in self.taps.iter().enumerate() {
             let cap = match Capture::open(tap.ifindex, CAPTURE_POLL) {
                 Ok(c) => c,
                 Err(e) => {
@@ -277,25 +389,51 @@ impl Session {
             let name = tap.name.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("frames-{name}"))
-                .spawn(move || me.capture_loop(&cap));
+                .spawn(move || me.capture_loop(cap, nic));
             if let Err(e) = spawned {
                 self.note(format!("cannot start the capture of tap {name}: {e}"));
             }
         }
     }
 
-    fn capture_loop(&self, cap: &Capture) {
+    fn capture_loop(&self, mut cap: Capture, nic: usize) {
+        let keep_copies = self.side == Side::Source && self.forwarding;
+        let own_mac = self.taps.get(nic).map(|t| t.mac).unwrap_or_default();
         while !self.stop.load(Ordering::Relaxed) {
-            let seen = match cap.next() {
+            let seen = match cap.recv() {
                 Ok(Some(s)) => s,
                 Ok(None) => continue,
                 // The tap went away with its QEMU: nothing more to see.
                 Err(_) => return,
             };
-            if seen.to_guest || !is_ip_frame(&seen.head) {
+            // Stamped on receipt, so never before the kernel saw it: a frame is at worst
+            // held when it need not be (a duplicate TCP shrugs off), never missed.
+            let at = SystemTime::now();
+            if seen.to_guest {
+                // The guest's own frames flooded back by the bridge (its announcements
+                // from the destination, once it runs there) are not for it.
+                let from_itself =
+                    seen.data.get(VNET_HDR_LEN + 6..VNET_HDR_LEN + 12) == Some(own_mac.as_slice());
+                if keep_copies && !seen.truncated && !from_itself {
+                    let mut h = self.hold();
+                    h.push(Held {
+                        at_us: unix_us(at),
+                        nic,
+                        frame: seen.data,
+                    });
+                    let wake = h.started();
+                    drop(h);
+                    if wake {
+                        self.arrived.notify_one();
+                    }
+                }
                 continue;
             }
-            let now = unix_ms(SystemTime::now());
+            let frame = seen.data.get(VNET_HDR_LEN..).unwrap_or_default();
+            if !is_client_traffic(frame) {
+                continue;
+            }
+            let now = unix_ms(at);
             let mut f = self.facts();
             match self.side {
                 Side::Source => f.last_guest_ms = Some(now),
@@ -439,24 +577,6 @@ impl FrameBook {
     }
 }
 
-/// The descriptors of `pid` attached to tun interface `tap` (one per queue).
-pub fn tun_fds_of(pid: u32, tap: &str) -> Vec<i32> {
-    let dir = format!("/proc/{pid}/fdinfo");
-    let Ok(entries) = std::fs::read_dir(&dir) else {
-        return Vec::new();
-    };
-    let mut fds: Vec<i32> = entries
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            let fd: i32 = e.file_name().to_str()?.parse().ok()?;
-            let text = std::fs::read_to_string(e.path()).ok()?;
-            (fdinfo_iff(&text) == Some(tap)).then_some(fd)
-        })
-        .collect();
-    fds.sort_unstable();
-    fds
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -469,14 +589,6 @@ mod tests {
         f.extend_from_slice(&[0x02, 0, 0, 0, 0, 1, 0x08, 0x00]);
         f.resize(VNET_HDR_LEN + len, 0);
         f
-    }
-
-    #[test]
-    fn the_iff_line_of_fdinfo_names_the_tap() {
-        let tun = "pos:\t0\nflags:\t0104002\nmnt_id:\t26\nino:\t1079\niff:\tfy12ab34cdn0\n";
-        assert_eq!(fdinfo_iff(tun), Some("fy12ab34cdn0"));
-        assert_eq!(fdinfo_iff("pos:\t0\nflags:\t02\n"), None);
-        assert_eq!(fdinfo_iff("iff:\t\n"), None);
     }
 
     #[test]
@@ -521,21 +633,87 @@ mod tests {
     }
 
     #[test]
-    fn only_ip_frames_count_as_the_guest_answering() {
-        let mut f = vec![0u8; 14];
-        f[12..14].copy_from_slice(&[0x08, 0x00]);
-        assert!(is_ip_frame(&f));
-        f[12..14].copy_from_slice(&[0x86, 0xdd]);
-        assert!(is_ip_frame(&f));
-        f[12..14].copy_from_slice(&[0x08, 0x06]); // ARP
-        assert!(!is_ip_frame(&f));
-        f[12..14].copy_from_slice(&[0x80, 0x35]); // RARP, QEMU's announce
-        assert!(!is_ip_frame(&f));
-        let mut tagged = vec![0u8; 18];
+    fn only_ip_traffic_counts_as_the_guest_answering_not_its_announcements() {
+        let ip4 = |proto: u8| {
+            let mut f = vec![0u8; 60];
+            f[12..14].copy_from_slice(&[0x08, 0x00]);
+            f[14 + 9] = proto;
+            f
+        };
+        assert!(is_client_traffic(&ip4(6)), "TCP");
+        assert!(is_client_traffic(&ip4(17)), "UDP");
+        assert!(!is_client_traffic(&ip4(2)), "IGMP");
+        let ip6 = |next: u8, icmp_type: u8| {
+            let mut f = vec![0u8; 64];
+            f[12..14].copy_from_slice(&[0x86, 0xdd]);
+            f[14 + 6] = next;
+            f[54] = icmp_type;
+            f
+        };
+        assert!(is_client_traffic(&ip6(6, 0)), "TCP over IPv6");
+        assert!(is_client_traffic(&ip6(58, 129)), "echo reply");
+        assert!(!is_client_traffic(&ip6(58, 136)), "neighbour advertisement");
+        assert!(!is_client_traffic(&ip6(58, 143)), "MLDv2 report");
+        assert!(!is_client_traffic(&ip6(0, 0)), "hop-by-hop (MLD)");
+        let mut arp = ip4(0);
+        arp[12..14].copy_from_slice(&[0x08, 0x06]);
+        assert!(!is_client_traffic(&arp));
+        arp[12..14].copy_from_slice(&[0x80, 0x35]); // RARP, QEMU's announce
+        assert!(!is_client_traffic(&arp));
+        let mut tagged = vec![0u8; 64];
         tagged[12..14].copy_from_slice(&[0x81, 0x00]);
         tagged[16..18].copy_from_slice(&[0x08, 0x00]);
-        assert!(is_ip_frame(&tagged));
-        assert!(!is_ip_frame(&f[..13]));
+        tagged[18 + 9] = 6;
+        assert!(is_client_traffic(&tagged));
+        assert!(!is_client_traffic(&ip4(6)[..20]), "cut short");
+    }
+
+    fn held(at_us: u64) -> Held {
+        Held {
+            at_us,
+            nic: 0,
+            frame: vec![0u8; 70],
+        }
+    }
+
+    #[test]
+    fn copies_from_the_pause_on_are_held_and_earlier_ones_forgotten() {
+        let mut h = Hold::default();
+        h.push(held(1_000_000));
+        h.push(held(1_900_000));
+        h.push(held(2_000_000));
+        assert!(
+            h.take().is_empty(),
+            "nothing is handed out before the pause is known"
+        );
+        // QEMU's STOP says the guest stopped at 1.95 s; its event came a little later.
+        h.start_at(1_950_000);
+        h.push(held(1_940_000));
+        h.push(held(2_100_000));
+        let out: Vec<u64> = h.take().iter().map(|f| f.at_us).collect();
+        assert_eq!(out, vec![2_000_000, 2_100_000]);
+        h.push(held(2_200_000));
+        assert_eq!(h.take().len(), 1);
+        h.close();
+        h.push(held(2_300_000));
+        assert!(h.take().is_empty(), "closed: nothing more");
+    }
+
+    #[test]
+    fn the_hold_is_bounded_before_and_after_the_pause() {
+        let mut h = Hold::default();
+        for i in 0..(RECENT_MAX as u64 + 10) {
+            h.push(held(10_000_000 + i));
+        }
+        assert_eq!(h.frames.len(), RECENT_MAX);
+        h.push(held(10_000_000 + RECENT_US + 100_000));
+        assert_eq!(h.frames.len(), 1, "older than the horizon: gone");
+        h.start_at(0);
+        for i in 0..(HOLD_MAX_FRAMES as u64 + 5) {
+            h.push(held(20_000_000 + i));
+        }
+        assert_eq!(h.frames.len(), HOLD_MAX_FRAMES);
+        assert_eq!(h.dropped, 6);
     }
 
     #[test]
@@ -550,20 +728,6 @@ mod tests {
         assert_eq!(w.wait(ms(2900), ms(10)), Some(ms(100)));
         assert_eq!(w.wait(ms(1000), ms(300)), None);
         assert_eq!(w.wait(ms(3000), ms(0)), None);
-    }
-
-    #[test]
-    fn a_tun_read_becomes_a_ten_byte_header_and_the_frame() {
-        let mut read = vec![7u8; 12];
-        read.extend_from_slice(&frame(MAC, 60)[VNET_HDR_LEN..]);
-        let f = as_forwarded(&read, 12).unwrap();
-        assert_eq!(f.len(), VNET_HDR_LEN + 60);
-        assert_eq!(&f[..VNET_HDR_LEN], &[7u8; VNET_HDR_LEN]);
-        assert_eq!(&f[VNET_HDR_LEN..VNET_HDR_LEN + 6], &MAC);
-        let plain = as_forwarded(&read[12..], 0).unwrap();
-        assert_eq!(&plain[..VNET_HDR_LEN], &[0u8; VNET_HDR_LEN]);
-        assert_eq!(as_forwarded(&read[..20], 12), None);
-        assert_eq!(as_forwarded(&read, 4), None);
     }
 
     #[test]

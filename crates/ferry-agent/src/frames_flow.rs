@@ -2,7 +2,6 @@
 //! side, the source's drain after QEMU completed, the destination's route for the frames,
 //! and the report the server asks for after the switch-over.
 
-use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,10 +15,8 @@ use ferry_qmp::{MigrationStatus, QmpEvent};
 use tokio::sync::broadcast;
 
 use crate::error::AgentError;
-use crate::frames::{
-    as_forwarded, parse_mac, tun_fds_of, DrainWindow, Session, Side, Tap, DRAIN_MAX,
-};
-use crate::frames_sys::{ifindex, read_nonblocking, take_fd, tun_vnet_hdr_len, wait_readable};
+use crate::frames::{parse_mac, unix_us, DrainWindow, Held, Session, Side, Tap, DRAIN_MAX};
+use crate::frames_sys::ifindex;
 use crate::host::Agent;
 use crate::runtime::QemuVm;
 
@@ -240,135 +237,148 @@ fn decode(batch: &FrameBatch) -> Result<Vec<Vec<u8>>, AgentError> {
     Ok(out)
 }
 
-/// Waits for QEMU to report the migration completed (never acts before: until then the
-/// source may still run the guest again), then drains every tap and sends each batch to
-/// the destination as it comes.
+/// How far before QEMU's `STOP` time stamp copies count as not delivered: the stamp is
+/// taken just after virtio-net stopped receiving; a copy too many is a duplicate TCP
+/// ignores, one too few is the loss this is about.
+const STOP_MARGIN_US: u64 = 2_000;
+
+/// Follows the migration's events: QEMU's `STOP` of the switch-over starts the hold (a
+/// `RESUME` before completion undoes it: the guest got its frames on the source).
+fn on_event(s: &Session, r: Result<QmpEvent, broadcast::error::TryRecvError>) -> bool {
+    match r {
+        Ok(e) if e.event == ferry_qmp::event_names::STOP => {
+            if let Some(t) = e.timestamp.since_epoch() {
+                let at = u64::try_from(t.as_micros()).unwrap_or(u64::MAX);
+                s.hold().start_at(at.saturating_sub(STOP_MARGIN_US));
+            }
+            true
+        }
+        Ok(e) if e.event == ferry_qmp::event_names::RESUME => {
+            s.hold().resumed();
+            true
+        }
+        Ok(_) | Err(broadcast::error::TryRecvError::Lagged(_)) => true,
+        Err(_) => false,
+    }
+}
+
+/// Waits for QEMU to report the migration completed (never forwards before: until then
+/// the source may still run the guest again, and the frames are its own), then sends the
+/// copies held since the pause and every later one until the window closes.
 async fn drain_when_completed(
     s: Arc<Session>,
     vm: Arc<QemuVm>,
     mut events: broadcast::Receiver<QmpEvent>,
     client: Result<AgentClient, String>,
 ) {
-    loop {
-        match vm.qmp.query_migrate().await.map(|i| i.status) {
-            Ok(Some(MigrationStatus::Completed)) => break,
-            Ok(Some(st)) if st.is_finished() => {
-                // Failed or cancelled: the guest runs on here, nothing to forward or time.
+    let downtime_ms = loop {
+        while on_event(&s, events.try_recv()) {}
+        match vm.qmp.query_migrate().await {
+            Ok(info) if info.status == Some(MigrationStatus::Completed) => {
+                while on_event(&s, events.try_recv()) {}
+                break info.downtime.unwrap_or(0);
+            }
+            Ok(info) if info.status.as_ref().is_some_and(|st| st.is_finished()) => {
+                // Failed or cancelled: the guest runs on here and gets its frames itself.
+                s.hold().close();
                 s.stop();
                 return;
             }
             Err(e) if e.is_disconnected() => {
+                s.hold().close();
                 s.note(format!("QEMU went before its migration completed: {e}"));
                 s.settle();
                 return;
             }
             _ => {}
         }
-        next_event(&mut events).await;
-    }
+        let tick = tokio::time::sleep(Duration::from_millis(100));
+        tokio::select! {
+            r = events.recv() => {
+                if let Ok(e) = r {
+                    on_event(&s, Ok(e));
+                }
+            }
+            _ = tick => {}
+        }
+    };
     let client = match client {
         Ok(c) if s.forwarding => c,
-        Ok(_) => {
-            s.settle();
-            return;
-        }
-        Err(e) => {
-            if s.forwarding {
+        other => {
+            if let (Err(e), true) = (other, s.forwarding) {
                 s.note(format!("frames not forwarded: {e}"));
             }
+            s.hold().close();
             s.settle();
             return;
         }
     };
-    let mut fds = Vec::new();
-    for (nic, tap) in s.taps.iter().enumerate() {
-        for fd in tun_fds_of(vm.pid(), &tap.name) {
-            match take_fd(vm.pid(), fd).and_then(|o| Ok((tun_vnet_hdr_len(&o)?, o))) {
-                Ok((hdr, owned)) => fds.push((nic, owned, hdr)),
-                Err(e) => s.note(format!(
-                    "cannot take QEMU's descriptor of {}: {e}",
-                    tap.name
-                )),
-            }
+    {
+        // The STOP event was missed (a lagging subscriber): QEMU's own downtime says when.
+        let mut h = s.hold();
+        if !h.started() {
+            let now = unix_us(std::time::SystemTime::now());
+            h.start_at(now.saturating_sub(downtime_ms * 1000 + STOP_MARGIN_US));
         }
     }
-    if fds.is_empty() {
-        s.note("no tun descriptor of the VM's taps found in QEMU".into());
-        s.settle();
-        return;
-    }
+    let window = DrainWindow::default();
     let started = Instant::now();
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<(usize, Vec<Vec<u8>>)>(64);
-    let reader = tokio::task::spawn_blocking(move || drain(fds, DrainWindow::default(), tx));
-    let b64 = base64::engine::general_purpose::STANDARD;
-    while let Some((nic, frames)) = rx.recv().await {
-        let batch = FrameBatch {
-            nic: nic as u32,
-            frames: frames.iter().map(|f| b64.encode(f)).collect(),
-        };
-        match client.send_frames(&vm.name, &batch).await {
-            Ok(a) => s.add_forwarded(frames.len() as u64, a.injected),
-            Err(e) => s.note(format!(
-                "the destination did not take {} frame(s): {e}",
-                frames.len()
-            )),
+    let mut last = started;
+    loop {
+        let held = s.hold().take();
+        if !held.is_empty() {
+            last = Instant::now();
+            forward(&s, &client, &vm.name, held).await;
+            continue;
         }
+        let Some(wait) = window.wait(started.elapsed(), last.elapsed()) else {
+            break;
+        };
+        let _ = tokio::time::timeout(wait, s.arrived.notified()).await;
     }
-    if let Ok(Err(e)) = reader.await {
-        s.note(format!("draining stopped: {e}"));
+    let dropped = {
+        let mut h = s.hold();
+        h.close();
+        h.dropped
+    };
+    if dropped > 0 {
+        s.note(format!(
+            "{dropped} frame(s) beyond the hold's bound were not forwarded"
+        ));
     }
     s.facts().drain_ms = started.elapsed().as_millis() as u64;
-    tracing::info!(vm = %vm.name, report = ?s.report(), "frames drained after the switch-over");
+    tracing::info!(vm = %vm.name, report = ?s.report(), "frames of the pause forwarded");
     s.settle();
 }
 
-/// Reads every queued frame of `fds` (nic, descriptor, vnet header length) until the
-/// window closes, handing each batch on at once.
-fn drain(
-    fds: Vec<(usize, OwnedFd, usize)>,
-    window: DrainWindow,
-    tx: tokio::sync::mpsc::Sender<(usize, Vec<Vec<u8>>)>,
-) -> std::io::Result<()> {
-    let refs: Vec<&OwnedFd> = fds.iter().map(|f| &f.1).collect();
-    let mut buf = vec![0u8; MAX_FRAME_BYTES + 64];
-    let start = Instant::now();
-    let mut last = start;
-    while let Some(wait) = window.wait(start.elapsed(), last.elapsed()) {
-        for i in wait_readable(&refs, wait)? {
-            let (nic, fd, hdr) = &fds[i];
-            let mut batch: Vec<Vec<u8>> = Vec::new();
-            let mut bytes = 0;
-            while let Some(n) = read_nonblocking(fd, &mut buf)?.filter(|&n| n > 0) {
-                if let Some(f) = as_forwarded(&buf[..n], *hdr) {
-                    bytes += f.len();
-                    batch.push(f);
-                }
-                if batch.len() >= MAX_FRAMES_PER_BATCH || bytes >= MAX_BATCH_BYTES {
-                    break;
-                }
+/// Sends `held` in batches (one NIC each, bounded), in the order captured.
+async fn forward(s: &Session, client: &AgentClient, vm: &str, held: Vec<Held>) {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut rest = held.as_slice();
+    while let Some(first) = rest.first() {
+        let mut n = 0;
+        let mut bytes = 0;
+        while let Some(h) = rest.get(n) {
+            if h.nic != first.nic
+                || n >= MAX_FRAMES_PER_BATCH
+                || (n > 0 && bytes + h.frame.len() > MAX_BATCH_BYTES)
+            {
+                break;
             }
-            if !batch.is_empty() {
-                last = Instant::now();
-                if tx.blocking_send((*nic, batch)).is_err() {
-                    return Ok(());
-                }
-            }
+            bytes += h.frame.len();
+            n += 1;
         }
-    }
-    Ok(())
-}
+        let (batch, after) = rest.split_at(n);
+        rest = after;
 
-/// The next QMP event, or 100 ms, whichever first (a missed event costs at most a tick).
-async fn next_event(events: &mut broadcast::Receiver<QmpEvent>) {
-    let tick = tokio::time::sleep(Duration::from_millis(100));
-    tokio::pin!(tick);
-    tokio::select! {
-        r = events.recv() => {
-            if matches!(r, Err(broadcast::error::RecvError::Closed)) {
-                (&mut tick).await;
-            }
+        let body = FrameBatch {
+            nic: first.nic as u32,
+            frames: batch.iter().map(|h| b64.encode(&h.frame)).collect(),
+        };
+        match client.send_frames(vm, &body).await {
+            Ok(a) => s.add_forwarded(n as u64, a.injected),
+            Err(e) => s.note(format!("the destination did not take {n} frame(s): {e}")),
         }
-        _ = &mut tick => {}
     }
 }
 

@@ -1,19 +1,15 @@
-//! The system calls behind [`crate::frames`]: taking a duplicate of QEMU's tun descriptor
-//! (pidfd_open + pidfd_getfd, root), reading it without blocking, and AF_PACKET sockets
-//! on a tap to inject frames and to time the guest's own. Each unsafe block is one call
-//! with arguments built right there; everything else is in `frames`, unit-tested.
+//! The system calls behind [`crate::frames`]: AF_PACKET sockets on a tap, one to copy
+//! every frame that passes (with its virtio-net header, so a frame for the guest can be
+//! handed on as it is) and one to inject frames. Each unsafe block is one call with
+//! arguments built right there; the decisions are in `frames`, unit-tested.
 
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 
-/// `_IOR('T', 215, int)`: the virtio-net header length the tun prepends to each read.
-const TUNGETVNETHDRSZ: libc::c_ulong = 0x8004_54d7;
-/// `_IOR('T', 210, unsigned int)`: the tun's flags.
-const TUNGETIFF: libc::c_ulong = 0x8004_54d2;
-const IFF_VNET_HDR: libc::c_short = 0x4000;
-/// `SOL_PACKET` option: each sent frame is preceded by a `struct virtio_net_hdr`.
+/// `SOL_PACKET` option: each frame sent or received is preceded by a `struct
+/// virtio_net_hdr` (checksum and GSO state, which a raw copy of the bytes would lose).
 const PACKET_VNET_HDR: libc::c_int = 15;
 const ETH_P_ALL: u16 = 0x0003;
 
@@ -22,100 +18,6 @@ fn check(ret: libc::c_long) -> io::Result<libc::c_long> {
         Err(io::Error::last_os_error())
     } else {
         Ok(ret)
-    }
-}
-
-/// A duplicate of descriptor `fd` of process `pid` (needs ptrace rights over it: root).
-pub fn take_fd(pid: u32, fd: RawFd) -> io::Result<OwnedFd> {
-    let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::other("pid out of range"))?;
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
-    let pidfd = check(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) })?;
-    // SAFETY: the descriptor was just returned to us and is owned by nothing else.
-    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as RawFd) };
-    // SAFETY: pidfd_getfd takes a pidfd, the target's fd number and flags.
-    let dup = check(unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) })?;
-    // SAFETY: a new descriptor of ours.
-    Ok(unsafe { OwnedFd::from_raw_fd(dup as RawFd) })
-}
-
-/// How many bytes of virtio-net header each read of this tun descriptor starts with
-/// (0 without IFF_VNET_HDR).
-pub fn tun_vnet_hdr_len(fd: &OwnedFd) -> io::Result<usize> {
-    let mut ifr = [0u8; 40]; // struct ifreq: name[16] then a union; flags at 16
-                             // SAFETY: TUNGETIFF writes a struct ifreq (40 bytes) into the buffer.
-    check(unsafe { libc::ioctl(fd.as_raw_fd(), TUNGETIFF, ifr.as_mut_ptr()) } as libc::c_long)?;
-    let flags = libc::c_short::from_ne_bytes([ifr[16], ifr[17]]);
-    if flags & IFF_VNET_HDR == 0 {
-        return Ok(0);
-    }
-    let mut len: libc::c_int = 0;
-    // SAFETY: TUNGETVNETHDRSZ writes one int.
-    check(unsafe { libc::ioctl(fd.as_raw_fd(), TUNGETVNETHDRSZ, &mut len) } as libc::c_long)?;
-    usize::try_from(len).map_err(|_| io::Error::other("negative vnet header length"))
-}
-
-/// Waits up to `timeout` for any of `fds` to be readable; the indices that are.
-pub fn wait_readable(fds: &[&OwnedFd], timeout: Duration) -> io::Result<Vec<usize>> {
-    let mut polls: Vec<libc::pollfd> = fds
-        .iter()
-        .map(|f| libc::pollfd {
-            fd: f.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        })
-        .collect();
-    let ms = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
-    // SAFETY: the pollfd array lives across the call and its length is passed.
-    let n = unsafe { libc::poll(polls.as_mut_ptr(), polls.len() as libc::nfds_t, ms) };
-    if n < 0 {
-        let e = io::Error::last_os_error();
-        return if e.kind() == io::ErrorKind::Interrupted {
-            Ok(Vec::new())
-        } else {
-            Err(e)
-        };
-    }
-    Ok(polls
-        .iter()
-        .enumerate()
-        .filter(|(_, p)| p.revents & libc::POLLIN != 0)
-        .map(|(i, _)| i)
-        .collect())
-}
-
-/// One read without blocking: Some(length) or None when the queue is empty.
-pub fn read_nonblocking(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<Option<usize>> {
-    // SAFETY: reads at most buf.len() bytes into buf.
-    let n = unsafe {
-        libc::recv(
-            fd.as_raw_fd(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            libc::MSG_DONTWAIT,
-        )
-    };
-    if n >= 0 {
-        return Ok(Some(n as usize));
-    }
-    let e = io::Error::last_os_error();
-    match e.raw_os_error() {
-        // A tun is not a socket: recv() fails with ENOTSOCK, so fall back to read() (the
-        // descriptor is O_NONBLOCK already: QEMU set it on the shared file description).
-        Some(libc::ENOTSOCK) => {
-            // SAFETY: as above.
-            let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-            if n >= 0 {
-                return Ok(Some(n as usize));
-            }
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::WouldBlock {
-                Ok(None)
-            } else {
-                Err(e)
-            }
-        }
-        _ if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
-        _ => Err(e),
     }
 }
 
@@ -200,23 +102,36 @@ impl Injector {
     }
 }
 
-/// What a capture saw of one frame: its direction and its first bytes.
+/// What a capture saw of one frame.
 pub struct Seen {
     /// Sent out of the tap towards the guest (PACKET_OUTGOING); otherwise the guest sent it.
     pub to_guest: bool,
-    /// The frame's first bytes (up to 64).
-    pub head: Vec<u8>,
+    /// The virtio-net header, then the frame (the first `buf` bytes of it).
+    pub data: Vec<u8>,
+    /// The whole frame did not fit the buffer.
+    pub truncated: bool,
 }
 
-/// Watches a tap: every frame in either direction, truncated to its first 64 bytes.
+/// A copy of every frame through a tap, in either direction. The kernel copies a frame to
+/// it before the tap's own queue (`dev_queue_xmit_nit`), so a frame QEMU reads but cannot
+/// deliver, or one the tap's queue drops, is still seen.
 pub struct Capture {
     fd: OwnedFd,
+    buf: Vec<u8>,
 }
 
+/// The capture's socket buffer: room for a burst while the guest is paused.
+const CAPTURE_RCVBUF: libc::c_int = 8 << 20;
+
 impl Capture {
-    /// `poll`: how long [`Capture::next`] waits before it returns None.
+    /// `poll`: how long [`Capture::recv`] waits before it returns None.
     pub fn open(ifindex: i32, poll: Duration) -> io::Result<Capture> {
         let fd = packet_socket(ifindex, ETH_P_ALL)?;
+        set_int_opt(&fd, libc::SOL_PACKET, PACKET_VNET_HDR, 1)?;
+        // RCVBUFFORCE passes the system's limit (root); plain RCVBUF is capped by it.
+        if set_int_opt(&fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, CAPTURE_RCVBUF).is_err() {
+            set_int_opt(&fd, libc::SOL_SOCKET, libc::SO_RCVBUF, CAPTURE_RCVBUF)?;
+        }
         let tv = libc::timeval {
             tv_sec: poll.as_secs() as libc::time_t,
             tv_usec: poll.subsec_micros() as libc::suseconds_t,
@@ -231,12 +146,15 @@ impl Capture {
                 std::mem::size_of::<libc::timeval>() as libc::socklen_t,
             )
         } as libc::c_long)?;
-        Ok(Capture { fd })
+        Ok(Capture {
+            fd,
+            buf: vec![0u8; ferry_api::frames::VNET_HDR_LEN + ferry_api::frames::MAX_FRAME_BYTES],
+        })
     }
 
     /// The next frame, or None after the poll time without one.
-    pub fn next(&self) -> io::Result<Option<Seen>> {
-        let mut buf = [0u8; 64];
+    pub fn recv(&mut self) -> io::Result<Option<Seen>> {
+        let buf = &mut self.buf;
         // SAFETY: sockaddr_ll is plain data.
         let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         let mut len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
@@ -263,8 +181,9 @@ impl Capture {
         }
         let kept = (n as usize).min(buf.len());
         Ok(Some(Seen {
-            to_guest: addr.sll_pkttype == libc::PACKET_OUTGOING as u8,
-            head: buf[..kept].to_vec(),
+            to_guest: addr.sll_pkttype == libc::PACKET_OUTGOING,
+            data: buf[..kept].to_vec(),
+            truncated: kept < n as usize,
         }))
     }
 }
