@@ -406,9 +406,9 @@ impl Session {
                 // The tap went away with its QEMU: nothing more to see.
                 Err(_) => return,
             };
-            // Stamped on receipt, so never before the kernel saw it: a frame is at worst
-            // held when it need not be (a duplicate TCP shrugs off), never missed.
-            let at = SystemTime::now();
+            // The kernel's time stamp: when the frame passed the tap (comparable with QEMU's
+            // STOP time, and unaffected by when this thread got to run).
+            let at = seen.at;
             if seen.to_guest {
                 // The guest's own frames flooded back by the bridge (its announcements
                 // from the destination, once it runs there) are not for it.

@@ -6,7 +6,7 @@
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// `SOL_PACKET` option: each frame sent or received is preceded by a `struct
 /// virtio_net_hdr` (checksum and GSO state, which a raw copy of the bytes would lose).
@@ -110,6 +110,8 @@ pub struct Seen {
     pub data: Vec<u8>,
     /// The whole frame did not fit the buffer.
     pub truncated: bool,
+    /// When the kernel saw it (when this thread read it, if the kernel did not say).
+    pub at: SystemTime,
 }
 
 /// A copy of every frame through a tap, in either direction. The kernel copies a frame to
@@ -128,6 +130,7 @@ impl Capture {
     pub fn open(ifindex: i32, poll: Duration) -> io::Result<Capture> {
         let fd = packet_socket(ifindex, ETH_P_ALL)?;
         set_int_opt(&fd, libc::SOL_PACKET, PACKET_VNET_HDR, 1)?;
+        set_int_opt(&fd, libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, 1)?;
         // RCVBUFFORCE passes the system's limit (root); plain RCVBUF is capped by it.
         if set_int_opt(&fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, CAPTURE_RCVBUF).is_err() {
             set_int_opt(&fd, libc::SOL_SOCKET, libc::SO_RCVBUF, CAPTURE_RCVBUF)?;
@@ -157,19 +160,23 @@ impl Capture {
         let buf = &mut self.buf;
         // SAFETY: sockaddr_ll is plain data.
         let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        let mut len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
-        // SAFETY: the buffer, the address and its length live across the call; MSG_TRUNC
-        // only changes the returned length.
-        let n = unsafe {
-            libc::recvfrom(
-                self.fd.as_raw_fd(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                libc::MSG_TRUNC,
-                (&mut addr as *mut libc::sockaddr_ll).cast(),
-                &mut len,
-            )
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
         };
+        // Room for one SCM_TIMESTAMPNS (a struct timespec), u64-aligned.
+        let mut control = [0u64; 8];
+        // SAFETY: msghdr is plain data; the fields set below point at live buffers.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_name = (&mut addr as *mut libc::sockaddr_ll).cast();
+        msg.msg_namelen = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = std::mem::size_of_val(&control);
+        // SAFETY: every pointer in msg refers to a buffer that outlives the call; MSG_TRUNC
+        // only changes the returned length.
+        let n = unsafe { libc::recvmsg(self.fd.as_raw_fd(), &mut msg, libc::MSG_TRUNC) };
         if n < 0 {
             let e = io::Error::last_os_error();
             return match e.kind() {
@@ -179,11 +186,34 @@ impl Capture {
                 _ => Err(e),
             };
         }
+        let at = kernel_stamp(&msg).unwrap_or_else(SystemTime::now);
         let kept = (n as usize).min(buf.len());
         Ok(Some(Seen {
             to_guest: addr.sll_pkttype == libc::PACKET_OUTGOING,
             data: buf[..kept].to_vec(),
             truncated: kept < n as usize,
+            at,
         }))
     }
+}
+
+/// The time the kernel stamped the frame with (SO_TIMESTAMPNS), if it did: when the frame
+/// passed the tap, not when this thread got round to reading it.
+fn kernel_stamp(msg: &libc::msghdr) -> Option<SystemTime> {
+    // SAFETY: msg was filled by recvmsg; CMSG_FIRSTHDR/NXTHDR stay within msg_controllen.
+    let mut cmsg = unsafe { libc::CMSG_FIRSTHDR(msg) };
+    while !cmsg.is_null() {
+        // SAFETY: a non-null header inside the control buffer.
+        let h = unsafe { &*cmsg };
+        if h.cmsg_level == libc::SOL_SOCKET && h.cmsg_type == libc::SCM_TIMESTAMPNS {
+            // SAFETY: SCM_TIMESTAMPNS carries one struct timespec; read unaligned.
+            let ts: libc::timespec =
+                unsafe { std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast()) };
+            let since = Duration::new(u64::try_from(ts.tv_sec).ok()?, ts.tv_nsec as u32);
+            return UNIX_EPOCH.checked_add(since);
+        }
+        // SAFETY: as above.
+        cmsg = unsafe { libc::CMSG_NXTHDR(msg, cmsg) };
+    }
+    None
 }

@@ -333,8 +333,8 @@ impl Run {
     /// delivered count is final after it), then the destination (its first guest frame).
     /// Outside `total_time_ms`; a side that cannot say leaves its part empty.
     async fn network_report(&self) -> Option<NetworkReport> {
-        let ask = |host: String| async move {
-            match self.agents().frame_report(&host, &self.m.vm, 4_000).await {
+        let ask = |host: String, wait_ms: u64| async move {
+            match self.agents().frame_report(&host, &self.m.vm, wait_ms).await {
                 Ok(r) => Some(r),
                 Err(e) => {
                     if !e.is_not_found() {
@@ -344,8 +344,14 @@ impl Run {
                 }
             }
         };
-        let source = ask(self.m.source.clone()).await;
-        let destination = ask(self.m.destination.clone()).await;
+        let source = ask(self.m.source.clone(), 4_000).await;
+        // A guest that sent nothing to anyone on the source has no client waiting for its
+        // first frame on the destination: do not hold the commit for it.
+        let talking = source
+            .as_ref()
+            .is_some_and(|s| s.last_guest_frame_unix_ms.is_some());
+        let wait = if talking { 1_500 } else { 0 };
+        let destination = ask(self.m.destination.clone(), wait).await;
         ferry_api::frames::network_report(source.as_ref(), destination.as_ref())
     }
 
