@@ -192,6 +192,7 @@ pub struct Held {
 /// QEMU's `STOP` event arrives, a little after it) and at most how many.
 const RECENT_US: u64 = 500_000;
 const RECENT_MAX: usize = 512;
+const RECENT_MAX_BYTES: usize = 8 << 20;
 /// From the pause on: at most this much is held (a flood while paused is cut, and said).
 const HOLD_MAX_FRAMES: usize = 16_384;
 const HOLD_MAX_BYTES: usize = 64 << 20;
@@ -216,11 +217,11 @@ impl Hold {
         match self.from_us {
             None => {
                 let horizon = h.at_us.saturating_sub(RECENT_US);
-                while self
-                    .frames
-                    .front()
-                    .is_some_and(|f| f.at_us < horizon || self.frames.len() >= RECENT_MAX)
-                {
+                while self.frames.front().is_some_and(|f| {
+                    f.at_us < horizon
+                        || self.frames.len() >= RECENT_MAX
+                        || self.bytes + h.frame.len() > RECENT_MAX_BYTES
+                }) {
                     self.pop_front();
                 }
             }
@@ -267,6 +268,11 @@ impl Hold {
             self.frames.clear();
             self.bytes = 0;
         }
+    }
+
+    /// When the hold started (the guest's stop), Unix µs.
+    pub fn from_us(&self) -> Option<u64> {
+        self.from_us
     }
 
     /// Everything held so far (nothing before the pause's start is known).
@@ -397,9 +403,21 @@ impl Session {
     }
 
     fn capture_loop(&self, mut cap: Capture, nic: usize) {
+        // Destination: a guest that sends nothing to anyone after its resume is not waited
+        // for beyond this (the report then has no first frame).
+        const FIRST_FRAME_WAIT: Duration = Duration::from_secs(30);
         let keep_copies = self.side == Side::Source && self.forwarding;
         let own_mac = self.taps.get(nic).map(|t| t.mac).unwrap_or_default();
         while !self.stop.load(Ordering::Relaxed) {
+            if self.side == Side::Destination
+                && self
+                    .facts()
+                    .resumed_at
+                    .is_some_and(|t| t.elapsed() > FIRST_FRAME_WAIT)
+            {
+                self.settle();
+                return;
+            }
             let seen = match cap.recv() {
                 Ok(Some(s)) => s,
                 Ok(None) => continue,

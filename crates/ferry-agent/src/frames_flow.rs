@@ -241,6 +241,8 @@ fn decode(batch: &FrameBatch) -> Result<Vec<Vec<u8>>, AgentError> {
 /// taken just after virtio-net stopped receiving; a copy too many is a duplicate TCP
 /// ignores, one too few is the loss this is about.
 const STOP_MARGIN_US: u64 = 2_000;
+/// Held frames older than this at completion are not forwarded.
+const STALE_US: u64 = 5_000_000;
 
 /// Follows the migration's events: QEMU's `STOP` of the switch-over starts the hold (a
 /// `RESUME` before completion undoes it: the guest got its frames on the source).
@@ -316,9 +318,25 @@ async fn drain_when_completed(
     {
         // The STOP event was missed (a lagging subscriber): QEMU's own downtime says when.
         let mut h = s.hold();
+        let now = unix_us(std::time::SystemTime::now());
         if !h.started() {
-            let now = unix_us(std::time::SystemTime::now());
             h.start_at(now.saturating_sub(downtime_ms * 1000 + STOP_MARGIN_US));
+        }
+        // A pause that ended long ago (post-copy runs the guest on the destination from
+        // its switch until the last page): its clients have retransmitted since.
+        if h.from_us()
+            .is_some_and(|f| now.saturating_sub(f) > STALE_US)
+        {
+            let stale = h.take().len();
+            h.close();
+            drop(h);
+            s.note(format!(
+                "the pause began more than {} s before completion; {stale} held frame(s) \
+                 dropped as stale",
+                STALE_US / 1_000_000
+            ));
+            s.settle();
+            return;
         }
     }
     let window = DrainWindow::default();
