@@ -1,13 +1,15 @@
 //! No frame lost to the switch-over (issue 14): a client in its own namespace asks the
-//! guest every 10 ms through a live migration; the frames that reached the paused source
-//! are forwarded to the destination, so every request is answered and the client's TCP
-//! never waits for a retransmission timeout. The report carries the gap the client saw,
+//! guest every 10 ms through a live migration (and sends it a datagram every 2 ms); the
+//! frames that reached the paused source are forwarded to the destination, so every
+//! request is answered and the client's TCP never waits for a retransmission timeout. The report carries the gap the client saw,
 //! measured on the taps. And the frames route is the one a peer host may call, only as
 //! the VM's source.
 
 mod common;
 
-use std::net::{SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
@@ -97,7 +99,47 @@ impl std::fmt::Display for Tcp {
     }
 }
 
-/// One migration with the client asking throughout; the client's statistics, its TCP
+/// A second client: a UDP datagram to the guest every 2 ms from the client's namespace, so
+/// some frames always reach the source during the pause (the TCP client's one request in
+/// flight may have reached the guest just before it). Stops when dropped.
+struct Datagrams {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Datagrams {
+    fn start(lab: &NetLab, ip: &str) -> Datagrams {
+        let socket = lab
+            .in_ns(lab.client_ns(), || UdpSocket::bind("0.0.0.0:0"))
+            .expect("entered the client namespace")
+            .expect("a UDP socket in the client namespace");
+        // Port 9 (discard): nothing listens in the guest; only the frames matter.
+        let to: SocketAddr = format!("{ip}:9").parse().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                let _ = socket.send_to(b"ferry frames test", to);
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        });
+        Datagrams {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Datagrams {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// One migration with the clients asking throughout; the TCP client's statistics, its TCP
 /// over the migration, and the migration.
 async fn migrate_under_client(
     lab: &NetLab,
@@ -106,6 +148,7 @@ async fn migrate_under_client(
     extra: &[&str],
 ) -> (ProbeStats, Tcp, Migration) {
     let client = Probe::start(connect_from_client(lab, ip));
+    let _datagrams = Datagrams::start(lab, ip);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = (
         tcp_counter(lab, "TCPTimeouts"),
