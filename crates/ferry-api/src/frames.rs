@@ -29,7 +29,7 @@ pub struct FrameBatch {
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct FrameBatchAnswer {
-    /// Frames handed to the guest's tap.
+    /// Frames handed to the guest's tap, or kept for it until the guest resumes.
     pub injected: u64,
 }
 
