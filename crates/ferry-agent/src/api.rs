@@ -26,6 +26,9 @@
 //! POST   /v1/vms/{name}/migration/handover  source QEMU shut down after completion
 //! POST   /v1/vms/{name}/announce            QEMU self-announce (RARP from every NIC)
 //! GET    /v1/vms/{name}/migration/pause     -> [Checkpoint] of QEMU's last switch-over pause
+//! POST   /v1/vms/{name}/frames              FrameBatch -> FrameBatchAnswer (destination; the
+//!                                           one route a peer host may call: the VM's source)
+//! GET    /v1/vms/{name}/frames?wait_ms=N    FrameReport (either side, after the switch-over)
 //! POST   /v1/vms/{name}/quick/incoming      QuickIncomingRequest -> VmRuntime (destination:
 //!                                           QEMU waits, vCPUs held, for a state file)
 //! POST   /v1/vms/{name}/quick/save          QuickTransferRequest -> AgentMigrationStatus
@@ -105,6 +108,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/vms/{name}/migration/handover", post(handover))
         .route("/v1/vms/{name}/announce", post(announce))
         .route("/v1/vms/{name}/migration/pause", get(pause_checkpoints))
+        .route("/v1/vms/{name}/frames", get(frame_report).post(frames))
         .route("/v1/vms/{name}/quick/incoming", post(quick_incoming))
         .route("/v1/vms/{name}/quick/save", post(quick_save))
         .route("/v1/vms/{name}/quick/restore", post(quick_restore))
@@ -144,8 +148,12 @@ async fn only_the_server(
     use axum::response::IntoResponse;
     use ferry_pki::{Identity, Transport};
     let peer = req.extensions().get::<ferry_pki::Peer>();
-    // Peer hosts may ask one thing: whether this agent is alive (HA's isolation probes).
+    // Peer hosts may ask whether this agent is alive (HA's isolation probes) and, as a
+    // migration's source, send the frames its paused guest missed (the handler checks
+    // that the caller is that VM's source).
     let health_probe = req.method() == axum::http::Method::GET && req.uri().path() == "/v1/health";
+    let peer_route = health_probe
+        || (req.method() == axum::http::Method::POST && is_frames_path(req.uri().path()));
     let allowed = match peer.map(|p| &p.transport) {
         Some(Transport::Insecure) => true,
         Some(Transport::Certificate {
@@ -155,7 +163,7 @@ async fn only_the_server(
         Some(Transport::Certificate {
             identity: Some(Identity::Host(_)),
             ..
-        }) => health_probe,
+        }) => peer_route,
         _ => false,
     };
     if allowed {
@@ -190,6 +198,54 @@ async fn only_the_server(
         "this agent takes requests from the server only, not from {who}"
     )))
     .into_response()
+}
+
+/// `/v1/vms/{name}/frames` with one path segment for the name.
+fn is_frames_path(path: &str) -> bool {
+    path.strip_prefix("/v1/vms/")
+        .and_then(|rest| rest.strip_suffix("/frames"))
+        .is_some_and(|name| !name.is_empty() && !name.contains('/'))
+}
+
+/// The caller as [`only_the_server`] let it in.
+fn caller(peer: Option<&ferry_pki::Peer>) -> crate::frames_flow::Caller {
+    use crate::frames_flow::Caller;
+    use ferry_pki::{Identity, Transport};
+    match peer.map(|p| &p.transport) {
+        Some(Transport::Certificate {
+            identity: Some(Identity::Host(h)),
+            ..
+        }) => Caller::Host(h.to_string()),
+        Some(Transport::Certificate {
+            identity: Some(Identity::Server),
+            ..
+        }) => Caller::Server,
+        _ => Caller::Anyone,
+    }
+}
+
+async fn frames(
+    State(a): Shared,
+    Path(name): Path<String>,
+    peer: Option<axum::Extension<ferry_pki::Peer>>,
+    ApiJson(batch): ApiJson<ferry_api::FrameBatch>,
+) -> Answer<ferry_api::FrameBatchAnswer> {
+    let who = caller(peer.as_ref().map(|p| &p.0));
+    Ok(Json(a.accept_frames(&name, &who, &batch).await?))
+}
+
+#[derive(Deserialize)]
+struct FrameReportParams {
+    #[serde(default)]
+    wait_ms: u64,
+}
+
+async fn frame_report(
+    State(a): Shared,
+    Path(name): Path<String>,
+    Query(q): Query<FrameReportParams>,
+) -> Answer<ferry_api::FrameReport> {
+    Ok(Json(a.frame_report(&name, q.wait_ms).await?))
 }
 
 async fn health(State(a): Shared) -> Json<serde_json::Value> {

@@ -18,6 +18,10 @@ pub enum AgentError {
     /// migration QEMU reports completed, an image that already exists...).
     #[error("{0}")]
     Refused(String),
+    /// The caller may not ask this (a peer host sending frames for a VM it is not the
+    /// source of).
+    #[error("{0}")]
+    Forbidden(String),
     /// Another host could not be reached or refused (a destination's disk export, a probe
     /// target).
     #[error("{0}")]
@@ -54,6 +58,9 @@ impl AgentError {
     }
     pub fn refused(message: impl Into<String>) -> Self {
         AgentError::Refused(message.into())
+    }
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        AgentError::Forbidden(message.into())
     }
     pub fn upstream(message: impl Into<String>) -> Self {
         AgentError::Upstream(message.into())
@@ -94,6 +101,7 @@ impl AgentError {
             AgentError::NotFound(_) => ErrorCode::NotFound,
             AgentError::Refused(_) | AgentError::QemuGone { .. } => ErrorCode::Conflict,
             AgentError::Upstream(_) => ErrorCode::Upstream,
+            AgentError::Forbidden(_) => ErrorCode::Forbidden,
             AgentError::Qmp { .. }
             | AgentError::Process(_)
             | AgentError::Storage(_)
@@ -112,6 +120,7 @@ impl AgentError {
             AgentError::NotFound(m) => AgentError::NotFound(add(m)),
             AgentError::Refused(m) => AgentError::Refused(add(m)),
             AgentError::Upstream(m) => AgentError::Upstream(add(m)),
+            AgentError::Forbidden(m) => AgentError::Forbidden(add(m)),
             AgentError::Process(m) => AgentError::Process(add(m)),
             AgentError::Storage(m) => AgentError::Storage(add(m)),
             AgentError::Net(m) => AgentError::Net(add(m)),

@@ -159,7 +159,7 @@ impl HaState {
         self.inner().view.as_ref().map(|(_, v)| v.clone())
     }
 
-    fn peers(&self) -> Vec<PeerInfo> {
+    pub(crate) fn peers(&self) -> Vec<PeerInfo> {
         self.inner()
             .lease
             .as_ref()

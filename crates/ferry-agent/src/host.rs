@@ -58,6 +58,8 @@ pub struct Agent {
     pub(crate) ha: crate::ha::HaState,
     /// Cold migrations' copies and checksums (see [`crate::cold`]).
     pub(crate) cold: crate::cold::ColdJobs,
+    /// Migrating VMs' frames and tap timings (see [`crate::frames`]).
+    pub(crate) frames: crate::frames::FrameBook,
 }
 
 impl Agent {
@@ -108,6 +110,7 @@ impl Agent {
             load: Default::default(),
             ha: crate::ha::HaState::load(&config.state_dir),
             cold: Default::default(),
+            frames: Default::default(),
             config,
         };
         agent.clean_cold_scratch();
@@ -620,6 +623,7 @@ impl Agent {
     /// Drops the VM from the agent: its directory and the taps recorded for it (only
     /// those: another VM may hold a tap whose name the hash would also give this one).
     async fn forget(&self, name: &str) {
+        self.frames.close(name);
         let vm = self.vms.lock().await.remove(name);
         let record = match vm {
             Some(vm) => Some(vm.record()),
@@ -769,7 +773,10 @@ impl Agent {
             .listen_and_export(&vm, &created, &req.stream, tls)
             .await
         {
-            Ok(resp) => Ok(resp),
+            Ok(resp) => {
+                self.frames_incoming(&vm, req);
+                Ok(resp)
+            }
             Err(e) => {
                 let _ = self.remove(&vm.name).await;
                 Err(e)
@@ -929,7 +936,10 @@ impl Agent {
                 "VM '{name}' is already migrating"
             )));
         }
+        // Subscribed before `migrate`: the frame drain must not miss the completion.
+        let events = vm.qmp.events();
         vm.send(req, tls).await?;
+        self.frames_outgoing(&vm, req, events);
         tracing::info!(vm = %name, uri = %req.uri, "outgoing migration started");
         vm.migration_status().await
     }
@@ -1046,6 +1056,8 @@ impl Agent {
     /// Refused unless QEMU itself reports the migration completed: the only state in which
     /// shutting the source down cannot lose the VM.
     pub async fn hand_over(&self, name: &str) -> Result<(), AgentError> {
+        // The drain reads the tap's queue, which goes with QEMU: let it end first.
+        self.frames_drained(name).await;
         let vm = self.find(name).await?;
         let _op = vm.op_lock.lock().await;
         let status = vm.migration_status().await?;

@@ -15,7 +15,8 @@
 //! (QEMU's own TLS for the migration stream and the NBD disk export), [`memory`] (what
 //! moving a VM's memory costs, for the evacuation estimate), [`quick`] (saving a paused VM
 //! to a shared pool and restoring it) and [`cold`] (copying a stopped VM's local disks, with
-//! [`disk_sum`] to verify them and [`tools`] to run the helpers).
+//! [`disk_sum`] to verify them and [`tools`] to run the helpers), [`frames`] (frames that reach
+//! a paused source, forwarded to the destination; the switch-over as the taps saw it).
 
 pub mod api;
 pub mod boot_paths;
@@ -26,6 +27,9 @@ pub mod copy_resume;
 pub mod disk_copy;
 pub mod disk_sum;
 pub mod error;
+pub mod frames;
+pub mod frames_flow;
+pub mod frames_sys;
 pub mod ha;
 pub mod heartbeat;
 pub mod host;

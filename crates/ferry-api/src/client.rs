@@ -825,6 +825,30 @@ impl AgentClient {
             .await
     }
 
+    /// Destination, called by the source's agent: frames that reached the paused source,
+    /// for the guest.
+    pub async fn send_frames(
+        &self,
+        name: &str,
+        batch: &crate::FrameBatch,
+    ) -> Result<crate::FrameBatchAnswer, ClientError> {
+        self.http
+            .post(&format!("/v1/vms/{}/frames", seg(name)), batch)
+            .await
+    }
+
+    /// Either side: what it saw of the switch-over on the VM's taps, waiting up to
+    /// `wait_ms` for it to settle.
+    pub async fn frame_report(
+        &self,
+        name: &str,
+        wait_ms: u64,
+    ) -> Result<crate::FrameReport, ClientError> {
+        self.http
+            .get(&format!("/v1/vms/{}/frames?wait_ms={wait_ms}", seg(name)))
+            .await
+    }
+
     /// Source: the destination runs; shut this QEMU down and forget the VM.
     pub async fn hand_over(&self, name: &str) -> Result<serde_json::Value, ClientError> {
         self.http

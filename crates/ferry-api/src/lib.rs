@@ -15,6 +15,7 @@ pub mod checks;
 pub mod client;
 pub mod error;
 pub mod events;
+pub mod frames;
 pub mod ha;
 pub mod host;
 #[cfg(feature = "server")]
@@ -38,6 +39,7 @@ pub use balance::*;
 pub use checks::*;
 pub use error::{ApiError, ErrorBody, ErrorCode};
 pub use events::*;
+pub use frames::{FrameBatch, FrameBatchAnswer, FrameReport};
 pub use ha::*;
 pub use host::*;
 pub use load::*;

@@ -9,7 +9,7 @@ pub use ferry_migration::pause::{Checkpoint as PauseCheckpoint, PauseParts};
 pub use ferry_migration::recovery::{Keep, SideFacts};
 pub use ferry_migration::{
     disk_totals, disks_in_sync, BlockJobStatus, DiskCopyProgress, MigrationProgress,
-    MigrationReport, MigrationStatus, Phase, PhaseEvent, TimeParts,
+    MigrationReport, MigrationStatus, NetworkReport, Phase, PhaseEvent, TimeParts,
 };
 
 use crate::{ApiError, VmSpec};
@@ -61,6 +61,11 @@ pub struct MigrationOptions {
     /// the budget's ceiling from the start).
     #[serde(default)]
     pub switchover: Option<crate::SwitchoverPolicy>,
+    /// Frames that reach the source while the guest is paused are drained from the
+    /// source's tap once the stream completed and delivered to the guest on the
+    /// destination (None: on). Off only to measure what it saves.
+    #[serde(default)]
+    pub forward_frames: Option<bool>,
 }
 
 pub const DEFAULT_DOWNTIME_LIMIT_MS: u64 = 300;

@@ -53,6 +53,15 @@ pub struct StreamSettings {
     /// XBZRLE cache, bytes (with `Compression::Xbzrle`).
     #[serde(default)]
     pub xbzrle_cache_bytes: u64,
+    /// Not a QEMU setting: the source forwards the frames queued for the paused guest to
+    /// the destination (see [`MigrationOptions::forward_frames`]). Carried with the stream
+    /// settings because both agents receive these from the same options.
+    #[serde(default = "yes")]
+    pub forward_frames: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl Default for StreamSettings {
@@ -64,6 +73,7 @@ impl Default for StreamSettings {
             postcopy: false,
             throttle: false,
             xbzrle_cache_bytes: 0,
+            forward_frames: true,
         }
     }
 }
@@ -84,6 +94,7 @@ impl StreamSettings {
             } else {
                 0
             },
+            forward_frames: o.forward_frames.unwrap_or(true),
         }
     }
 
@@ -121,6 +132,7 @@ impl MigrationOptions {
                 .completion_timeout_s_per_gib
                 .or(d.completion_timeout_s_per_gib),
             switchover: self.switchover.or(d.switchover),
+            forward_frames: self.forward_frames.or(d.forward_frames),
         }
     }
 

@@ -667,6 +667,11 @@ pub struct TuningArgs {
     /// shrinking) or budget (aim at two thirds of --downtime-limit from the start).
     #[arg(long, value_parser = ["least", "budget"])]
     pub switchover: Option<String>,
+    /// Do not forward the frames that reach the source while the guest is paused (they are
+    /// then lost with the source QEMU and clients wait for TCP to retransmit); for
+    /// measuring what forwarding saves.
+    #[arg(long)]
+    pub no_frame_forwarding: bool,
 }
 
 #[derive(Subcommand, Debug)]

@@ -135,6 +135,7 @@ pub fn options_from(t: &TuningArgs) -> Result<MigrationOptions, CliError> {
         postcopy: t.postcopy.as_deref().map(named).transpose()?,
         completion_timeout_s_per_gib: t.completion_timeout_per_gib,
         switchover: t.switchover.as_deref().map(named).transpose()?,
+        forward_frames: t.no_frame_forwarding.then_some(false),
         ..Default::default()
     })
 }
@@ -246,8 +247,32 @@ pub fn print_report(m: &Migration) {
                 millis(r.postcopy_paused_ms)
             );
         }
+        if let Some(n) = &r.network {
+            print_network(n);
+        }
     }
     print_footer(m);
+}
+
+/// The switch-over as the taps saw it, under QEMU's downtime.
+fn print_network(n: &NetworkReport) {
+    match n.client_gap_ms {
+        Some(g) => println!("  client gap     {} (guest's last frame on the source to its first on the destination)", millis(g)),
+        None => println!("  client gap     not measured"),
+    }
+    if n.forwarding {
+        println!(
+            "  frames fwd     {} forwarded, {} delivered, drained for {}",
+            n.frames_forwarded,
+            n.frames_injected,
+            millis(n.drain_ms)
+        );
+    } else {
+        println!("  frames fwd     off (--no-frame-forwarding)");
+    }
+    if let Some(note) = &n.note {
+        println!("  network note   {note}");
+    }
 }
 
 /// The stream, the error and what an operator must settle, after the figures.

@@ -50,6 +50,7 @@ pub mod watch;
 pub use mode::MigrationMode;
 pub use phase::{Phase, PhaseEvent, TransitionError};
 pub use progress::{
-    disk_totals, disks_in_sync, DiskCopyProgress, MigrationProgress, MigrationReport, TimeParts,
+    disk_totals, disks_in_sync, DiskCopyProgress, MigrationProgress, MigrationReport,
+    NetworkReport, TimeParts,
 };
 pub use status::{BlockJobStatus, MigrationStatus};

@@ -156,6 +156,10 @@ pub struct MigrationReport {
     /// Where the migration's time went.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parts: Option<TimeParts>,
+    /// What the VM's network saw of the switch-over, measured on the two hosts' taps
+    /// (no guest agent). None when the VM has no NIC or no guest frame was seen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkReport>,
 }
 
 /// Where a live migration's time went, ms by the server's clock. Their sum is the
@@ -194,6 +198,52 @@ impl TimeParts {
     }
 }
 
+/// The switch-over as the network saw it. Times are wall clock (Unix ms) on each host; the
+/// gap compares two hosts' clocks, so it is only as good as their sync (one machine in the
+/// lab; NTP-synced hosts are typically within a millisecond).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NetworkReport {
+    /// The first IP frame the guest sent on the destination's tap minus the last it sent
+    /// on the source's tap, ms: the silence a client of the guest noticed (ARP and RARP,
+    /// which QEMU and the guest send by themselves at resume, do not count).
+    pub client_gap_ms: Option<u64>,
+    /// The last IP frame the guest sent on the source, Unix ms.
+    pub source_last_frame_unix_ms: Option<u64>,
+    /// The first IP frame the guest sent on the destination, Unix ms.
+    pub destination_first_frame_unix_ms: Option<u64>,
+    /// Whether frames queued for the paused source were forwarded (the migration option).
+    pub forwarding: bool,
+    /// Frames for the guest drained from the source's tap queue after the stream completed
+    /// and sent to the destination.
+    pub frames_forwarded: u64,
+    /// Of those, frames the destination delivered to the guest's tap.
+    pub frames_injected: u64,
+    /// How long the source drained its tap queue, ms.
+    pub drain_ms: u64,
+    /// Why forwarding or a measurement did not happen, when it did not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+impl NetworkReport {
+    /// One line: the client's gap and what was forwarded.
+    pub fn summary(&self) -> String {
+        let gap = self
+            .client_gap_ms
+            .map(|g| format!("{g} ms"))
+            .unwrap_or_else(|| "not measured".into());
+        let fwd = if self.forwarding {
+            format!(
+                "{} frame(s) forwarded, {} delivered",
+                self.frames_forwarded, self.frames_injected
+            )
+        } else {
+            "frame forwarding off".into()
+        };
+        format!("client gap {gap}, {fwd}")
+    }
+}
+
 impl MigrationReport {
     /// One line for events and logs: time, pause, bytes, passes (and post-copy, if used).
     pub fn summary(&self) -> String {
@@ -209,6 +259,9 @@ impl MigrationReport {
         }
         if let Some(n) = self.disks_verified {
             s.push_str(&format!(", {n} disk(s) copied and verified"));
+        }
+        if let Some(n) = &self.network {
+            s.push_str(&format!(", {}", n.summary()));
         }
         if self.postcopy {
             s.push_str(&format!(
@@ -246,6 +299,7 @@ impl MigrationReport {
             switchover_target_ms: None,
             pause: None,
             parts: None,
+            network: None,
         }
     }
 }

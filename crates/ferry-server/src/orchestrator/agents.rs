@@ -116,6 +116,9 @@ pub trait Agents: Send + Sync {
     async fn announce(&self, host: &str, vm: &str) -> AgentResult<()>;
     /// QEMU's checkpoints of the VM's last switch-over pause on `host`.
     async fn pause_checkpoints(&self, host: &str, vm: &str) -> AgentResult<Vec<PauseCheckpoint>>;
+    /// Either side after the switch-over: what its taps showed (waits up to `wait_ms` for
+    /// the side to settle: the source's drain to end, the destination's first frame).
+    async fn frame_report(&self, host: &str, vm: &str, wait_ms: u64) -> AgentResult<FrameReport>;
     async fn delete_disk(&self, host: &str, pool: &str, image: &str) -> AgentResult<()>;
     /// Post-copy: drop the connection (either side).
     async fn pause_postcopy(&self, host: &str, vm: &str) -> AgentResult<AgentMigrationStatus>;
@@ -351,6 +354,10 @@ impl Agents for HttpAgents {
     }
     async fn pause_checkpoints(&self, host: &str, vm: &str) -> AgentResult<Vec<PauseCheckpoint>> {
         call!(self, host, QUICK, |c| c.pause_checkpoints(vm))
+    }
+    async fn frame_report(&self, host: &str, vm: &str, wait_ms: u64) -> AgentResult<FrameReport> {
+        let within = QUICK + Duration::from_millis(wait_ms);
+        call!(self, host, within, |c| c.frame_report(vm, wait_ms))
     }
     async fn delete_disk(&self, host: &str, pool: &str, image: &str) -> AgentResult<()> {
         call!(self, host, SLOW, |c| c.delete_disk(pool, image)).map(|_| ())

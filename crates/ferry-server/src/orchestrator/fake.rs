@@ -734,6 +734,14 @@ impl Agents for FakeCluster {
         Ok(())
     }
 
+    /// The fake hosts have no taps: no record, as an agent says of a VM without a NIC.
+    async fn frame_report(&self, host: &str, vm: &str, _wait_ms: u64) -> AgentResult<FrameReport> {
+        Err(AgentError::NotFound {
+            host: host.into(),
+            reason: format!("no frame record of VM '{vm}'"),
+        })
+    }
+
     async fn delete_disk(&self, host: &str, _pool: &str, _image: &str) -> AgentResult<()> {
         self.enter("delete_disk", host)?;
         self.leave("delete_disk", host);

@@ -320,6 +320,9 @@ impl Run {
         }
         r.postcopy_pauses = self.m.run.postcopy_pauses;
         r.postcopy_paused_ms = self.m.run.postcopy_paused_ms;
+        if has_nics {
+            r.network = self.network_report().await;
+        }
         self.m.report = Some(r.clone());
         let ev = if self.m.phase == Phase::PostCopy {
             PhaseEvent::PostcopyFinished
@@ -353,6 +356,33 @@ impl Run {
         };
         let (s, d) = tokio::join!(ask(self.m.source.clone()), ask(self.m.destination.clone()));
         PauseParts::from_checkpoints(&s, &d)
+    }
+
+    /// What the two hosts' taps saw of the switch-over: the source first (its answer waits
+    /// for the drain to end, at most `DRAIN_MAX` after completion: the destination's
+    /// delivered count is final after it), then the destination (its first guest frame).
+    /// Outside `total_time_ms`; a side that cannot say leaves its part empty.
+    async fn network_report(&self) -> Option<NetworkReport> {
+        let ask = |host: String, wait_ms: u64| async move {
+            match self.agents().frame_report(&host, &self.m.vm, wait_ms).await {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    if !e.is_not_found() {
+                        tracing::warn!(%host, "no frame report: {e}");
+                    }
+                    None
+                }
+            }
+        };
+        let source = ask(self.m.source.clone(), 4_000).await;
+        // A guest that sent nothing to anyone on the source has no client waiting for its
+        // first frame on the destination: do not hold the commit for it.
+        let talking = source
+            .as_ref()
+            .is_some_and(|s| s.last_guest_frame_unix_ms.is_some());
+        let wait = if talking { 1_500 } else { 0 };
+        let destination = ask(self.m.destination.clone(), wait).await;
+        ferry_api::frames::network_report(source.as_ref(), destination.as_ref())
     }
 
     /// After `Completed`: the source QEMU (paused in `postmigrate`) is shut down once the
