@@ -63,6 +63,8 @@ struct Row {
     switchover_target_ms: Option<u64>,
     /// The pause in pieces from QEMU's checkpoints (Ferry's arms).
     pause: Option<PauseParts>,
+    /// What the taps saw (Ferry's arms): the gap in the guest's frames, frames forwarded.
+    network: Option<NetworkReport>,
     client_longest_gap_ms: f64,
     client_p99_gap_ms: f64,
     client_requests: u64,
@@ -92,10 +94,12 @@ fn options_for(arm: &str, budget: u64) -> MigrationOptions {
     match arm {
         "ferry-previous" => MigrationOptions {
             switchover: Some(SwitchoverPolicy::Budget),
+            forward_frames: Some(false),
             ..o
         },
         _ => MigrationOptions {
             switchover: Some(SwitchoverPolicy::Least),
+            forward_frames: Some(true),
             ..o
         },
     }
@@ -144,6 +148,7 @@ async fn one(
         row.qemu_pause_ms = row.completed.then_some(r.downtime_ms);
         row.switchover_target_ms = r.switchover_target_ms;
         row.pause = r.pause.clone();
+        row.network = r.network.clone();
         row.parts = r.parts;
         row.total_time_ms = r.parts.map_or(r.total_time_ms, |p| p.total_ms());
         row.bytes_sent = r.bytes_sent;
@@ -224,12 +229,14 @@ pub async fn switchover(a: SwitchoverConfig) -> BenchResult {
         "downtime_budget_ms": a.downtime_limit,
         "qemu-defaults": "destination QEMU -incoming (Ferry agent), then one `migrate` on the \
             source's QMP: QEMU 10 defaults (downtime-limit 300 ms, max-bandwidth 128 MiB/s)",
-        "ferry-previous": "ferry vm migrate --switchover budget (QEMU aims at two thirds of \
-            the budget from the start), throttle up to 99 %, post-copy allowed",
+        "ferry-previous": "ferry vm migrate --switchover budget --no-frame-forwarding (QEMU \
+            aims at two thirds of the budget from the start, no bound on the sockets' unsent \
+            bytes, frames reaching the paused source lost), throttle up to 99 %, post-copy allowed",
         "ferry": "ferry vm migrate (--switchover least: from 20 ms up only when pre-copy \
-            stops shrinking), throttle up to 99 %, post-copy allowed",
+            stops shrinking; unsent bytes bounded near the end; frames forwarded), throttle \
+            up to 99 %, post-copy allowed",
         "client": "one TCP connection from a client namespace, one request every 10 ms; \
-            TCP counters (TCPTimeouts, RetransSegs) of its namespace before and after",
+            TCP counters (TCPTimeouts, TCPLossProbes, RetransSegs) of its namespace before and after",
         "total_time": "Ferry: the report's parts (checks + prepare + stream + switch); \
             QEMU: from `migrate` to the destination running (no checks)",
         "goals": goals(&rows),
@@ -263,6 +270,11 @@ fn print_rows(rows: &[Row]) {
                 opt(r.qemu_pause_ms),
                 opt(r.switchover_target_ms),
                 format!("{:.0} ms", r.client_longest_gap_ms),
+                r.network
+                    .as_ref()
+                    .and_then(|n| n.client_gap_ms)
+                    .map(millis)
+                    .unwrap_or_else(|| "-".into()),
                 format!("{:.0} ms", r.client_p99_gap_ms),
                 format!(
                     "{}/{}/{}",
@@ -286,6 +298,7 @@ fn print_rows(rows: &[Row]) {
             "PAUSE",
             "TARGET",
             "CLIENT GAP",
+            "TAP GAP",
             "P99 GAP",
             "RTO/TLP/RETRANS",
             "ANSWERED",
@@ -301,11 +314,12 @@ fn print_rows(rows: &[Row]) {
         .filter(|r| r.parts.is_some() || r.pause.is_some())
     {
         println!(
-            "  {} at {} MiB/s: {}; pause {}",
+            "  {} at {} MiB/s: {}; pause {}; {}",
             r.arm,
             r.dirty_mib_s,
             r.parts.map(|p| p.summary()).unwrap_or_default(),
-            r.pause.as_ref().map(|p| p.summary()).unwrap_or_default()
+            r.pause.as_ref().map(|p| p.summary()).unwrap_or_default(),
+            r.network.as_ref().map(|n| n.summary()).unwrap_or_default()
         );
     }
 }
@@ -477,5 +491,10 @@ mod tests {
             options_for("ferry", 300).switchover,
             Some(SwitchoverPolicy::Least)
         );
+        assert_eq!(
+            options_for("ferry-previous", 300).forward_frames,
+            Some(false)
+        );
+        assert_eq!(options_for("ferry", 300).forward_frames, Some(true));
     }
 }
