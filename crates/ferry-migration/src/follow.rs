@@ -69,11 +69,36 @@ pub fn next_look_ms(remaining_bytes: u64, link_bytes_per_s: u64, normal: u64, fa
     }
 }
 
-/// What the stream's sockets may hold unsent once its end is near, bytes: 2 ms at the link
-/// rate, at least 128 KiB (at the pause, whatever waits in them is sent before the last
-/// pages; see the agent's `stream_socket`).
-pub fn unsent_limit_bytes(link_bytes_per_s: u64) -> u32 {
-    (link_bytes_per_s / 500).clamp(128 << 10, 64 << 20) as u32
+/// How far the stream's sockets' unsent bytes are bounded (see the agent's
+/// `stream_socket`: at the pause, whatever waits in them is sent before the last pages).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UnsentBound {
+    /// Not yet (the socket may not be connected).
+    #[default]
+    Open,
+    /// Once bytes flow: 8 ms of the link, at least 256 KiB; measured here to cost no
+    /// throughput on a quiet host, and it catches an idle guest whose stream ends before
+    /// the server sees the end near.
+    Streaming,
+    /// Less than a second of data left: 2 ms of the link, at least 128 KiB.
+    NearEnd,
+}
+
+/// The bound to set next, if any: `streaming` once QEMU has sent bytes, `near_end` once
+/// what is left would cross the link within a second.
+pub fn next_unsent_bound(
+    now: UnsentBound,
+    streaming: bool,
+    near_end: bool,
+    link_bytes_per_s: u64,
+) -> Option<(UnsentBound, u32)> {
+    let ms = |ms: u64, floor: u64| (link_bytes_per_s / 1000 * ms).clamp(floor, 64 << 20) as u32;
+    match now {
+        UnsentBound::NearEnd => None,
+        _ if near_end => Some((UnsentBound::NearEnd, ms(2, 128 << 10))),
+        UnsentBound::Open if streaming => Some((UnsentBound::Streaming, ms(8, 256 << 10))),
+        _ => None,
+    }
 }
 
 pub fn stream_next(o: &StreamObservation) -> StreamNext {
@@ -318,9 +343,27 @@ mod tests {
         assert_eq!(next_look_ms(100 * MIB, 110 * MIB, 250, 50), 50);
         assert_eq!(next_look_ms(0, 0, 250, 50), 250);
         assert_eq!(next_look_ms(1, 110 * MIB, 30, 50), 30);
-        // 2 ms of a 1 Gbit/s link; never below 128 KiB, never above 64 MiB.
-        assert_eq!(unsent_limit_bytes(125_000_000), 250_000);
-        assert_eq!(unsent_limit_bytes(0), 128 << 10);
-        assert_eq!(unsent_limit_bytes(u64::MAX), 64 << 20);
+        // 8 ms of a 1 Gbit/s link once bytes flow, 2 ms near the end; floors and a cap.
+        use UnsentBound::*;
+        const GBIT: u64 = 125_000_000;
+        assert_eq!(next_unsent_bound(Open, false, false, GBIT), None);
+        assert_eq!(
+            next_unsent_bound(Open, true, false, GBIT),
+            Some((Streaming, 1_000_000))
+        );
+        assert_eq!(next_unsent_bound(Streaming, true, false, GBIT), None);
+        assert_eq!(
+            next_unsent_bound(Streaming, true, true, GBIT),
+            Some((NearEnd, 250_000))
+        );
+        assert_eq!(
+            next_unsent_bound(Open, true, true, 0),
+            Some((NearEnd, 128 << 10))
+        );
+        assert_eq!(next_unsent_bound(NearEnd, true, true, GBIT), None);
+        assert_eq!(
+            next_unsent_bound(Open, true, false, u64::MAX),
+            Some((Streaming, 64 << 20))
+        );
     }
 }

@@ -7,7 +7,8 @@ use std::time::Instant;
 use ferry_api::*;
 use ferry_migration::convergence::switchover_target_ms;
 use ferry_migration::follow::{
-    next_look_ms, stream_next, unsent_limit_bytes, Answer, StreamNext, StreamObservation,
+    next_look_ms, next_unsent_bound, stream_next, Answer, StreamNext, StreamObservation,
+    UnsentBound,
 };
 use ferry_migration::watch::{Role, Watch};
 
@@ -148,7 +149,7 @@ impl Run {
             .unwrap_or(DEFAULT_PROGRESS_TIMEOUT_S)
             * 1000;
         let clock = Instant::now();
-        let mut unsent_bounded = false;
+        let mut unsent = UnsentBound::Open;
         let mut watch = Watch::new(
             0,
             self.o.config.silence_limit.as_millis() as u64,
@@ -226,11 +227,18 @@ impl Run {
                 Some(p) => next_look_ms(p.remaining_bytes, link, poll_ms, NEAR_END_POLL_MS),
                 None => poll_ms,
             };
+            // The pause must not start behind a socket backlog (the least-pause policy's).
+            let streaming = self
+                .m
+                .progress
+                .as_ref()
+                .is_some_and(|p| p.transferred_bytes > 0);
             let least = self.policy().switchover == SwitchoverPolicy::Least;
-            if look < poll_ms && !unsent_bounded && least {
-                // The end is near: the pause must not start behind a socket backlog.
-                unsent_bounded = true;
-                self.bound_unsent(link).await;
+            if let Some((next, bytes)) =
+                next_unsent_bound(unsent, streaming, look < poll_ms, link).filter(|_| least)
+            {
+                unsent = next;
+                self.bound_unsent(bytes, link).await;
             }
             tokio::time::sleep(std::time::Duration::from_millis(look)).await;
         }
@@ -238,9 +246,12 @@ impl Run {
 
     /// Asks the source to bound its stream sockets' unsent bytes; best effort (a failure
     /// costs the pause a backlog, never the migration).
-    async fn bound_unsent(&self, link: u64) {
+    /// With it, the link rate QEMU is to judge the switch-over by (see
+    /// `TuneRequest::switchover_bandwidth_bytes_s`).
+    async fn bound_unsent(&self, bytes: u32, link: u64) {
         let req = TuneRequest {
-            unsent_limit_bytes: Some(unsent_limit_bytes(link)),
+            unsent_limit_bytes: Some(bytes),
+            switchover_bandwidth_bytes_s: (link > 0).then_some(link),
             ..Default::default()
         };
         if let Err(e) = self.agents().tune(&self.m.source, &self.m.vm, &req).await {
