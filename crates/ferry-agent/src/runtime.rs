@@ -587,12 +587,10 @@ impl QemuVm {
         if let Some(bytes) = req.unsent_limit_bytes {
             self.limit_unsent(bytes);
         }
-        if req.downtime_limit_ms.is_some() || req.switchover_bandwidth_bytes_s.is_some() {
-            // The convergence controller moved the switch-over target (and the link rate
-            // QEMU judges it by).
+        if let Some(ms) = req.downtime_limit_ms {
+            // The convergence controller moved the switch-over target.
             let params = MigrationParameters {
-                downtime_limit: req.downtime_limit_ms,
-                avail_switchover_bandwidth: req.switchover_bandwidth_bytes_s,
+                downtime_limit: Some(ms),
                 ..Default::default()
             };
             self.qmp

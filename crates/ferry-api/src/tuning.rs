@@ -210,12 +210,6 @@ pub struct TuneRequest {
     /// pause does not start behind a backlog.
     #[serde(default)]
     pub unsent_limit_bytes: Option<u32>,
-    /// The link rate QEMU judges the switch-over by (its `avail-switchover-bandwidth`),
-    /// bytes/s, instead of its own estimate: in the short last passes QEMU's estimate counts
-    /// the bitmap syncs as idle link and under-reads it, so it would not switch where the
-    /// controller's target says it can.
-    #[serde(default)]
-    pub switchover_bandwidth_bytes_s: Option<u64>,
 }
 
 /// The range of [`TuneRequest::unsent_limit_bytes`].
@@ -243,14 +237,6 @@ impl TuneRequest {
             if !(1..=60_000).contains(&d) {
                 return Err(ApiError::bad_request(format!(
                     "downtime_limit_ms is {d}; it must be between 1 and 60000"
-                )));
-            }
-        }
-        if let Some(b) = self.switchover_bandwidth_bytes_s {
-            if b > MAX_TUNE_BANDWIDTH_BYTES_S {
-                return Err(ApiError::bad_request(format!(
-                    "switchover_bandwidth_bytes_s is {b}; it must be at most \
-                     {MAX_TUNE_BANDWIDTH_BYTES_S} (0: QEMU's own estimate)"
                 )));
             }
         }

@@ -217,18 +217,7 @@ async fn one(
         row.bytes_sent = r.bytes_sent;
         row.passes = r.passes;
         row.postcopy = r.postcopy;
-        row.max_throttle_pct = c
-            .events(&EventQuery {
-                migration: Some(m.id),
-                kind: Some("migration.pass".into()),
-                limit: Some(1000),
-                ..Default::default()
-            })
-            .await?
-            .iter()
-            .filter_map(|e| e.data["throttle_pct"].as_u64())
-            .max()
-            .unwrap_or(0);
+        row.max_throttle_pct = max_throttle(&c, m.id).await?;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let stats = client.finish();
@@ -288,6 +277,24 @@ pub(crate) async fn ferry_arm(
         report,
         outcome,
     })
+}
+
+/// The highest vCPU throttle any pass of migration `id` ran at, percent.
+pub(crate) async fn max_throttle(
+    c: &ferry_api::client::ServerClient,
+    id: uuid::Uuid,
+) -> Result<u64, BenchError> {
+    Ok(c.events(&EventQuery {
+        migration: Some(id),
+        kind: Some("migration.pass".into()),
+        limit: Some(1000),
+        ..Default::default()
+    })
+    .await?
+    .iter()
+    .filter_map(|e| e.data["throttle_pct"].as_u64())
+    .max()
+    .unwrap_or(0))
 }
 
 /// Removes the guest from both hosts whatever happened (a plain-QEMU run left the server's

@@ -16,7 +16,8 @@ use serde::Serialize;
 
 use crate::console::{bytes, millis, print_json, print_table};
 use crate::converge::{
-    achieved_rate, clean_up, ferry_arm, link_bound_ms, mismatches_on, qemu_defaults, LINK_MIB_S,
+    achieved_rate, clean_up, ferry_arm, link_bound_ms, max_throttle, mismatches_on, qemu_defaults,
+    LINK_MIB_S,
 };
 use crate::error::{fail, BenchError, BenchResult};
 use crate::net::{boot_networked_guest, start_client, start_shaped_lab};
@@ -78,6 +79,8 @@ struct Row {
     parts: Option<TimeParts>,
     bytes_sent: u64,
     passes: u64,
+    /// The highest vCPU throttle a pass ran at, percent.
+    max_throttle_pct: u64,
     /// Bytes sent at the link rate, ms, and the total time over it.
     link_bound_ms: u64,
     total_over_link: f64,
@@ -140,6 +143,7 @@ async fn one(
         row.qemu_pause_ms = r.downtime_ms;
         row.bytes_sent = r.bytes_sent;
         row.passes = r.passes;
+        row.max_throttle_pct = r.max_throttle;
     } else {
         let run = ferry_arm(&c, vm, options_for(arm, a.downtime_limit)).await?;
         let r = run.report;
@@ -149,6 +153,7 @@ async fn one(
         row.switchover_target_ms = r.switchover_target_ms;
         row.pause = r.pause.clone();
         row.network = r.network.clone();
+        row.max_throttle_pct = max_throttle(&c, run.migration.id).await?;
         row.parts = r.parts;
         row.total_time_ms = r.parts.map_or(r.total_time_ms, |p| p.total_ms());
         row.bytes_sent = r.bytes_sent;
@@ -283,6 +288,7 @@ fn print_rows(rows: &[Row]) {
                 format!("{}/{}", r.client_answered, r.client_requests),
                 millis(r.total_time_ms),
                 bytes(r.bytes_sent),
+                format!("{}%", r.max_throttle_pct),
                 format!("{:.2}", r.total_over_link),
                 r.mismatches
                     .map(|m| m.to_string())
@@ -304,6 +310,7 @@ fn print_rows(rows: &[Row]) {
             "ANSWERED",
             "TOTAL",
             "SENT",
+            "THROTTLE",
             "TOTAL/LINK",
             "MISMATCH",
         ],

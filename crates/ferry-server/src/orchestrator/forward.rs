@@ -238,7 +238,7 @@ impl Run {
                 next_unsent_bound(unsent, streaming, look < poll_ms, link).filter(|_| least)
             {
                 unsent = next;
-                self.bound_unsent(bytes, link).await;
+                self.bound_unsent(bytes).await;
             }
             tokio::time::sleep(std::time::Duration::from_millis(look)).await;
         }
@@ -246,12 +246,9 @@ impl Run {
 
     /// Asks the source to bound its stream sockets' unsent bytes; best effort (a failure
     /// costs the pause a backlog, never the migration).
-    /// With it, the link rate QEMU is to judge the switch-over by (see
-    /// `TuneRequest::switchover_bandwidth_bytes_s`).
-    async fn bound_unsent(&self, bytes: u32, link: u64) {
+    async fn bound_unsent(&self, bytes: u32) {
         let req = TuneRequest {
             unsent_limit_bytes: Some(bytes),
-            switchover_bandwidth_bytes_s: (link > 0).then_some(link),
             ..Default::default()
         };
         if let Err(e) = self.agents().tune(&self.m.source, &self.m.vm, &req).await {
