@@ -25,7 +25,7 @@
 //! POST   /v1/vms/{name}/migration/resume    ResumeRequest -> AgentMigrationStatus (source)
 //! POST   /v1/vms/{name}/migration/handover  source QEMU shut down after completion
 //! POST   /v1/vms/{name}/announce            QEMU self-announce (RARP from every NIC)
-//! GET    /v1/vms/{name}/migration/pause     -> [Checkpoint] of QEMU's last switch-over pause
+//! GET    /v1/vms/{name}/migration/checkpoints -> [Checkpoint] of QEMU's last switch-over pause
 //! POST   /v1/vms/{name}/frames              FrameBatch -> FrameBatchAnswer (destination; the
 //!                                           one route a peer host may call: the VM's source)
 //! GET    /v1/vms/{name}/frames?wait_ms=N    FrameReport (either side, after the switch-over)
@@ -107,7 +107,10 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/vms/{name}/migration/resume", post(resume_outgoing))
         .route("/v1/vms/{name}/migration/handover", post(handover))
         .route("/v1/vms/{name}/announce", post(announce))
-        .route("/v1/vms/{name}/migration/pause", get(pause_checkpoints))
+        .route(
+            "/v1/vms/{name}/migration/checkpoints",
+            get(pause_checkpoints),
+        )
         .route("/v1/vms/{name}/frames", get(frame_report).post(frames))
         .route("/v1/vms/{name}/quick/incoming", post(quick_incoming))
         .route("/v1/vms/{name}/quick/save", post(quick_save))

@@ -814,7 +814,7 @@ impl AgentClient {
         name: &str,
     ) -> Result<Vec<ferry_migration::pause::Checkpoint>, ClientError> {
         self.http
-            .get(&format!("/v1/vms/{}/migration/pause", seg(name)))
+            .get(&format!("/v1/vms/{}/migration/checkpoints", seg(name)))
             .await
     }
 

@@ -305,41 +305,92 @@ pub(crate) async fn clean_up(c: &ferry_api::client::ServerClient, dest: &AgentCl
     let _ = c.delete_vm(vm).await;
 }
 
-pub async fn convergence(a: ConvergenceConfig) -> BenchResult {
-    let lab = start_shaped_lab(vec!["--aux-qmp".to_string()], true).await?;
-    let mut rows = Vec::new();
-    for (i, pct) in a.link_pcts.iter().enumerate() {
-        for (j, mode) in MODES.into_iter().enumerate() {
-            if !a.modes.iter().any(|m| m == mode) {
-                continue;
+/// One run of a benchmark's matrix: a load and an arm, with its guest's name and address.
+pub(crate) struct Cell {
+    pub load: f64,
+    pub arm: &'static str,
+    pub vm: String,
+    pub ip_k: u8,
+}
+
+/// Every load x every chosen arm, in order; each guest gets its own name (`PREFIX<i>a<j>`)
+/// and VM-network address.
+pub(crate) fn matrix(
+    prefix: &str,
+    loads: &[f64],
+    arms: &[&'static str],
+    chosen: &[String],
+) -> Vec<Cell> {
+    let mut cells = Vec::new();
+    for (i, load) in loads.iter().enumerate() {
+        for (j, arm) in arms.iter().enumerate() {
+            if chosen.iter().any(|c| c == arm) {
+                cells.push(Cell {
+                    load: *load,
+                    arm,
+                    vm: format!("{prefix}{i}a{j}"),
+                    ip_k: 100 + (i * arms.len() + j) as u8,
+                });
             }
-            let vm = format!("cv{i}m{j}");
-            let ip_k = 100 + (i * MODES.len() + j) as u8;
-            rows.push(one(&lab, &a, mode, &vm, ip_k, *pct).await?);
         }
     }
-    drop(lab);
+    cells
+}
 
-    let doc = serde_json::json!({
-        "benchmark": "convergence",
+/// What the result files of the benchmarks on the shaped two-host lab say about the run.
+pub(crate) fn lab_facts(
+    benchmark: &str,
+    memory: u64,
+    workload: u64,
+    budget: u64,
+) -> serde_json::Value {
+    serde_json::json!({
+        "benchmark": benchmark,
         "date": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         "machine": crate::results::machine_json("tcg"),
         "link": "1 Gbit/s (tc tbf on both ends of each host's migration link)",
         "streams": "in the clear for every arm (the cluster runs --insecure: QEMU alone cannot \
             join Ferry's stream TLS)",
         "link_mib_s": LINK_MIB_S,
-        "guest_memory_mib": a.memory,
-        "workload_mib": a.workload_mem,
-        "downtime_budget_ms": a.downtime_limit,
-        "time_limit_s": a.time_limit,
-        "qemu_defaults": "destination QEMU -incoming (Ferry agent), then one `migrate` on the \
-            source's QMP: QEMU 10 defaults (downtime-limit 300 ms, max-bandwidth 128 MiB/s, \
-            no auto-converge, no post-copy)",
-        "ferry": "ferry vm migrate with the downtime budget, --max-throttle 99, --postcopy allowed",
-        "ferry-postcopy": "ferry vm migrate with the downtime budget, --postcopy automatic (no throttle)",
-        "client": "one TCP connection from a client namespace, one request every 10 ms",
-        "rows": rows,
-    });
+        "guest_memory_mib": memory,
+        "workload_mib": workload,
+        "downtime_budget_ms": budget,
+    })
+}
+
+/// `facts` with `more` added (both JSON objects).
+pub(crate) fn with_facts(
+    mut facts: serde_json::Value,
+    more: serde_json::Value,
+) -> serde_json::Value {
+    if let (Some(f), serde_json::Value::Object(m)) = (facts.as_object_mut(), more) {
+        f.extend(m);
+    }
+    facts
+}
+
+pub async fn convergence(a: ConvergenceConfig) -> BenchResult {
+    let lab = start_shaped_lab(vec!["--aux-qmp".to_string()], true).await?;
+    let mut rows = Vec::new();
+    for c in matrix("cv", &a.link_pcts, &MODES, &a.modes) {
+        rows.push(one(&lab, &a, c.arm, &c.vm, c.ip_k, c.load).await?);
+    }
+    drop(lab);
+
+    let facts = lab_facts("convergence", a.memory, a.workload_mem, a.downtime_limit);
+    let doc = with_facts(
+        facts,
+        serde_json::json!({
+            "time_limit_s": a.time_limit,
+            "qemu_defaults": "destination QEMU -incoming (Ferry agent), then one `migrate` on the \
+                source's QMP: QEMU 10 defaults (downtime-limit 300 ms, max-bandwidth 128 MiB/s, \
+                no auto-converge, no post-copy)",
+            "ferry": "ferry vm migrate with the downtime budget, --max-throttle 99, --postcopy allowed",
+            "ferry-postcopy": "ferry vm migrate with the downtime budget, --postcopy automatic (no throttle)",
+            "client": "one TCP connection from a client namespace, one request every 10 ms",
+            "rows": rows,
+        }),
+    );
     let file = crate::results::write_result(&a.out, "convergence", &doc)?;
     let svg = a.out.join("convergence.svg");
     write_plot(&svg, &rows, a.time_limit)?;

@@ -3,14 +3,13 @@
 //! namespace holds one TCP connection to the guest and asks every 10 ms. Then the same
 //! guest over a 100 ms round-trip link (a delaying relay on the migration network).
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use ferry_api::*;
 use ferry_lab::netlab::{NetLab, NetLabConfig, Shape};
-use ferry_lab::probe::{self, Probe, GUEST_PORT};
-use ferry_lab::{test_vm_spec, wait_ready};
+use ferry_lab::probe::{self, Probe};
+use ferry_lab::{networked_vm_spec, wait_ready};
 use serde::Serialize;
 
 use crate::console::{bytes, millis, print_json, print_table};
@@ -64,19 +63,7 @@ pub(crate) async fn boot_networked_guest(
 ) -> Result<String, BenchError> {
     let c = lab.client();
     let ip = lab.vm_subnet_ip(ip_k).to_string();
-    let mut spec = test_vm_spec(vm, memory_mib, workload_mib, rate);
-    spec.nics = vec![NicSpec {
-        network: "vmnet".into(),
-        mac: None,
-    }];
-    if let Boot::Image { cmdline, .. } = &mut spec.boot {
-        *cmdline = ferry_image::kernel_cmdline_with_net(
-            workload_mib,
-            rate,
-            Some(&format!("{ip}/24")),
-            GUEST_PORT,
-        );
-    }
+    let spec = networked_vm_spec(vm, memory_mib, workload_mib, rate, &ip);
     c.create_vm(&CreateVmRequest {
         host: Some("a".into()),
         spec,
@@ -90,11 +77,7 @@ pub(crate) async fn boot_networked_guest(
 
 /// One TCP connection from the client namespace to the guest at `ip`, asking every 10 ms.
 pub(crate) fn start_client(lab: &NetLab, ip: &str) -> Result<Probe, BenchError> {
-    let addr: SocketAddr = format!("{ip}:{GUEST_PORT}").parse().map_err(fail)?;
-    let stream = lab
-        .in_ns(lab.client_ns(), move || probe::connect(addr))
-        .map_err(fail)?
-        .map_err(fail)?;
+    let stream = probe::connect_from_client(lab, ip).map_err(fail)?;
     Ok(Probe::start(stream))
 }
 

@@ -16,8 +16,8 @@ use serde::Serialize;
 
 use crate::console::{bytes, millis, print_json, print_table};
 use crate::converge::{
-    achieved_rate, clean_up, ferry_arm, link_bound_ms, max_throttle, mismatches_on, qemu_defaults,
-    LINK_MIB_S,
+    achieved_rate, clean_up, ferry_arm, lab_facts, link_bound_ms, matrix, max_throttle,
+    mismatches_on, qemu_defaults, with_facts,
 };
 use crate::error::{fail, BenchError, BenchResult};
 use crate::net::{boot_networked_guest, start_client, start_shaped_lab};
@@ -210,43 +210,30 @@ fn goals(rows: &[Row]) -> serde_json::Value {
 pub async fn switchover(a: SwitchoverConfig) -> BenchResult {
     let lab = start_shaped_lab(vec!["--aux-qmp".to_string()], true).await?;
     let mut rows = Vec::new();
-    for (i, rate) in a.rates.iter().enumerate() {
-        for (j, arm) in ARMS.into_iter().enumerate() {
-            if !a.arms.iter().any(|m| m == arm) {
-                continue;
-            }
-            let vm = format!("sw{i}a{j}");
-            let ip_k = 100 + (i * ARMS.len() + j) as u8;
-            rows.push(one(&lab, &a, arm, &vm, ip_k, *rate).await?);
-        }
+    for c in matrix("sw", &a.rates, &ARMS, &a.arms) {
+        rows.push(one(&lab, &a, c.arm, &c.vm, c.ip_k, c.load).await?);
     }
     drop(lab);
-    let doc = serde_json::json!({
-        "benchmark": "switchover",
-        "date": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        "machine": crate::results::machine_json("tcg"),
-        "link": "1 Gbit/s (tc tbf on both ends of each host's migration link)",
-        "streams": "in the clear for every arm (the cluster runs --insecure: QEMU alone cannot \
-            join Ferry's stream TLS)",
-        "link_mib_s": LINK_MIB_S,
-        "guest_memory_mib": a.memory,
-        "workload_mib": a.workload_mem,
-        "downtime_budget_ms": a.downtime_limit,
-        "qemu-defaults": "destination QEMU -incoming (Ferry agent), then one `migrate` on the \
-            source's QMP: QEMU 10 defaults (downtime-limit 300 ms, max-bandwidth 128 MiB/s)",
-        "ferry-previous": "ferry vm migrate --switchover budget --no-frame-forwarding (QEMU \
-            aims at two thirds of the budget from the start, no bound on the sockets' unsent \
-            bytes, frames reaching the paused source lost), throttle up to 99 %, post-copy allowed",
-        "ferry": "ferry vm migrate (--switchover least: from 20 ms up only when pre-copy \
-            stops shrinking; unsent bytes bounded near the end; frames forwarded), throttle \
-            up to 99 %, post-copy allowed",
-        "client": "one TCP connection from a client namespace, one request every 10 ms; \
-            TCP counters (TCPTimeouts, TCPLossProbes, RetransSegs) of its namespace before and after",
-        "total_time": "Ferry: the report's parts (checks + prepare + stream + switch); \
-            QEMU: from `migrate` to the destination running (no checks)",
-        "goals": goals(&rows),
-        "rows": rows,
-    });
+    let facts = lab_facts("switchover", a.memory, a.workload_mem, a.downtime_limit);
+    let doc = with_facts(
+        facts,
+        serde_json::json!({
+            "qemu-defaults": "destination QEMU -incoming (Ferry agent), then one `migrate` on the \
+                source's QMP: QEMU 10 defaults (downtime-limit 300 ms, max-bandwidth 128 MiB/s)",
+            "ferry-previous": "ferry vm migrate --switchover budget --no-frame-forwarding (QEMU \
+                aims at two thirds of the budget from the start, no bound on the sockets' unsent \
+                bytes, frames reaching the paused source lost), throttle up to 99 %, post-copy allowed",
+            "ferry": "ferry vm migrate (--switchover least: from 20 ms up only when pre-copy \
+                stops shrinking; unsent bytes bounded near the end; frames forwarded), throttle \
+                up to 99 %, post-copy allowed",
+            "client": "one TCP connection from a client namespace, one request every 10 ms; \
+                TCP counters (TCPTimeouts, TCPLossProbes, RetransSegs) of its namespace before and after",
+            "total_time": "Ferry: the report's parts (checks + prepare + stream + switch); \
+                QEMU: from `migrate` to the destination running (no checks)",
+            "goals": goals(&rows),
+            "rows": rows,
+        }),
+    );
     let file = crate::results::write_result(&a.out, "switchover", &doc)?;
     let svg = a.out.join("switchover.svg");
     write_plot(&svg, &rows)?;
@@ -486,6 +473,25 @@ mod tests {
         let svg = plot_svg(&rows);
         assert_eq!(svg.matches("<rect x=").count(), 3 * rows.len() + ARMS.len());
         assert_eq!(svg.matches("goal ").count(), 3);
+    }
+
+    #[test]
+    fn the_matrix_runs_every_load_for_the_chosen_arms_with_distinct_guests() {
+        let chosen = vec!["ferry".to_string(), "qemu-defaults".to_string()];
+        let cells = matrix("sw", &[0.0, 50.0], &ARMS, &chosen);
+        let got: Vec<(f64, &str, &str, u8)> = cells
+            .iter()
+            .map(|c| (c.load, c.arm, c.vm.as_str(), c.ip_k))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (0.0, "qemu-defaults", "sw0a0", 100),
+                (0.0, "ferry", "sw0a2", 102),
+                (50.0, "qemu-defaults", "sw1a0", 103),
+                (50.0, "ferry", "sw1a2", 105),
+            ]
+        );
     }
 
     #[test]

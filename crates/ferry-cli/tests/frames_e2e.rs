@@ -7,94 +7,45 @@
 
 mod common;
 
-use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use ferry_api::client::{AgentClient, ClientError, Credentials};
+use ferry_api::client::{AgentClient, ClientError, Credentials, TlsCredentials};
 use ferry_api::*;
-use ferry_lab::netlab::{NetLab, NetLabConfig, Shape};
-use ferry_lab::probe::{self, Probe, ProbeStats, GUEST_PORT};
-use ferry_lab::{ensure_test_image, test_vm_spec, wait_ready};
+use ferry_lab::netlab::{NetLab, Shape};
+use ferry_lab::networked_vm_spec;
+use ferry_lab::probe::{Probe, ProbeStats, TcpCounters};
 use ferry_pki::Material;
 
 const VM: &str = "fwd1";
 
-async fn start_netlab() -> NetLab {
-    let image_dir = ensure_test_image(&mut |_| {}).expect("test image");
-    let mut cfg = NetLabConfig::new(ferry_bin(), &["a", "b"]);
-    cfg.image_dir = Some(image_dir);
-    cfg.vm_network_flag = Some(true);
-    cfg.keep = std::env::var_os("FERRY_KEEP_LAB").is_some();
-    NetLab::start(cfg).await.expect("network lab starts")
-}
-
 async fn boot_networked_guest(lab: &NetLab, ip: &str) {
     // Small and quiet: the test is about the switch-over, not convergence.
-    let mut spec = test_vm_spec(VM, 256, 16, 1.0);
-    spec.nics = vec![NicSpec {
-        network: "vmnet".into(),
-        mac: None,
-    }];
-    if let Boot::Image { cmdline, .. } = &mut spec.boot {
-        *cmdline =
-            ferry_image::kernel_cmdline_with_net(16, 1.0, Some(&format!("{ip}/24")), GUEST_PORT);
-    }
-    let c = lab.client();
-    c.create_vm(&CreateVmRequest {
-        host: Some("a".into()),
-        spec,
-    })
-    .await
-    .expect("VM created");
-    wait_ready(&c, VM, Duration::from_secs(240))
-        .await
-        .expect("guest ready");
+    boot_on_netlab(lab, "a", networked_vm_spec(VM, 256, 16, 1.0, ip)).await;
 }
 
-fn connect_from_client(lab: &NetLab, ip: &str) -> TcpStream {
-    let addr: SocketAddr = format!("{ip}:{GUEST_PORT}").parse().unwrap();
-    lab.in_ns(lab.client_ns(), move || probe::connect(addr))
+/// The client namespace's TCP counters (retransmission timeouts, tail-loss probes).
+fn client_tcp(lab: &NetLab) -> TcpCounters {
+    lab.in_ns(lab.client_ns(), TcpCounters::read)
         .expect("entered the client namespace")
-        .expect("the client connects to the guest")
-}
-
-/// The client namespace's TCP counter `name` (`TcpExt:` of /proc/net/netstat), e.g.
-/// `TCPTimeouts` (retransmission timeouts) or `TCPLossProbes` (tail-loss probes). Read
-/// through /proc/thread-self: /proc/self/net would show the test process's namespace.
-fn tcp_counter(lab: &NetLab, name: &str) -> u64 {
-    let text = lab
-        .in_ns(lab.client_ns(), || {
-            std::fs::read_to_string("/proc/thread-self/net/netstat")
-        })
-        .expect("entered the client namespace")
-        .expect("netstat readable");
-    let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
-    let (names, values) = (lines.next().unwrap(), lines.next().unwrap());
-    let at = names
-        .split_whitespace()
-        .position(|n| n == name)
-        .expect("the counter exists");
-    values.split_whitespace().nth(at).unwrap().parse().unwrap()
+        .expect("TCP counters readable")
 }
 
 /// What the client's TCP did during one migration: retransmission timeouts, and tail-loss
 /// probes (sent ~200 ms after an unanswered request: with one request in flight Linux
 /// probes at 2 x RTT + 200 ms, before the RTO, so a pause longer than that costs a probe
 /// even when nothing is lost).
-struct Tcp {
-    timeouts: u64,
-    loss_probes: u64,
-}
+struct Tcp(TcpCounters);
 
 impl std::fmt::Display for Tcp {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
             "{} retransmission timeout(s), {} tail-loss probe(s)",
-            self.timeouts, self.loss_probes
+            self.0.timeouts, self.0.loss_probes
         )
     }
 }
@@ -150,10 +101,7 @@ async fn migrate_under_client(
     let client = Probe::start(connect_from_client(lab, ip));
     let _datagrams = Datagrams::start(lab, ip);
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let before = (
-        tcp_counter(lab, "TCPTimeouts"),
-        tcp_counter(lab, "TCPLossProbes"),
-    );
+    let before = client_tcp(lab);
     let mut args = vec!["vm", "migrate", VM, "--to", to, "--json"];
     args.extend_from_slice(extra);
     let out = ferry_net(lab, &args);
@@ -162,10 +110,7 @@ async fn migrate_under_client(
     // Answers keep coming after the switch-over; the retransmission of a lost request
     // would be counted by now (Linux's minimum RTO is 200 ms).
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let tcp = Tcp {
-        timeouts: tcp_counter(lab, "TCPTimeouts") - before.0,
-        loss_probes: tcp_counter(lab, "TCPLossProbes") - before.1,
-    };
+    let tcp = Tcp(client_tcp(lab).since(&before));
     (client.finish(), tcp, m)
 }
 
@@ -213,7 +158,7 @@ async fn frames_of_the_pause_reach_the_guest_and_the_client_never_times_out() {
     assert_eq!(m.phase, Phase::Completed);
     assert_eq!(stats.error, None, "the connection never broke");
     assert_eq!(stats.answered, stats.sent, "every request answered");
-    assert_eq!(tcp.timeouts, 0, "no retransmission timeout at the client");
+    assert_eq!(tcp.0.timeouts, 0, "no retransmission timeout at the client");
     assert!(net.forwarding);
     assert!(
         net.frames_forwarded > 0,
@@ -245,6 +190,35 @@ async fn frames_of_the_pause_reach_the_guest_and_the_client_never_times_out() {
     assert_eq!(code(&e), Some(ErrorCode::Forbidden), "not migrating: {e}");
     let e = a_to_b.frame_report(VM, 0).await.unwrap_err();
     assert_eq!(code(&e), Some(ErrorCode::Forbidden), "the report: {e}");
+    // The pause's checkpoints are the server's to read: a peer host is refused, a caller
+    // without a cluster certificate does not get through TLS; the server gets them.
+    let e = a_to_b.pause_checkpoints(VM).await.unwrap_err();
+    assert_eq!(code(&e), Some(ErrorCode::Forbidden), "checkpoints: {e}");
+    let ca_pem = std::fs::read_to_string(&lab.lab_trust().expect("a secured lab").ca_path)
+        .expect("the lab's CA");
+    let no_cert = AgentClient::connect(
+        &lab.host("b").expect("host").agent_url,
+        "b",
+        &Credentials {
+            tls: Some(TlsCredentials { ca_pem, me: None }),
+            token: None,
+        },
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    for e in [
+        no_cert.pause_checkpoints(VM).await.unwrap_err(),
+        no_cert.frame_report(VM, 0).await.unwrap_err(),
+        no_cert.send_frames(VM, &batch).await.unwrap_err(),
+    ] {
+        assert!(matches!(e, ClientError::Unreachable { .. }), "{e}");
+    }
+    let server = lab.agent_client("b").expect("the server's client");
+    assert!(!server
+        .pause_checkpoints(VM)
+        .await
+        .expect("the server reads them")
+        .is_empty());
     // The source itself, once the guest has run here past the grace: refused.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let e = a_to_b.send_frames(VM, &batch).await.unwrap_err();

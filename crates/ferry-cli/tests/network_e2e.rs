@@ -4,27 +4,18 @@
 
 mod common;
 
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::*;
 use ferry_api::*;
-use ferry_lab::netlab::{NetLab, NetLabConfig, Shape};
-use ferry_lab::probe::{self, Probe, GUEST_PORT};
-use ferry_lab::{ensure_test_image, test_vm_spec, verdict_after, wait_ready, Observer};
+use ferry_lab::netlab::{NetLab, Shape};
+use ferry_lab::probe::Probe;
+use ferry_lab::{networked_vm_spec, verdict_after, Observer};
 
 const VM: &str = "web1";
 
-async fn start_netlab() -> NetLab {
-    let image_dir = ensure_test_image(&mut |_| {}).expect("test image");
-    let mut cfg = NetLabConfig::new(ferry_bin(), &["a", "b"]);
-    cfg.image_dir = Some(image_dir);
-    cfg.vm_network_flag = Some(true);
-    cfg.keep = std::env::var_os("FERRY_KEEP_LAB").is_some();
-    NetLab::start(cfg).await.expect("network lab starts")
-}
-
-/// Boots the test guest with a NIC on the VM network at `ip`.
+/// Boots the test guest with a NIC on the VM network at `ip` (512 MiB).
 async fn boot_networked_guest(
     lab: &NetLab,
     host: &str,
@@ -32,38 +23,12 @@ async fn boot_networked_guest(
     workload_mib: u64,
     rate: f64,
 ) -> Vm {
-    let mut spec = test_vm_spec(VM, 512, workload_mib, rate);
-    spec.nics = vec![NicSpec {
-        network: "vmnet".into(),
-        mac: None,
-    }];
-    if let Boot::Image { cmdline, .. } = &mut spec.boot {
-        *cmdline = ferry_image::kernel_cmdline_with_net(
-            workload_mib,
-            rate,
-            Some(&format!("{ip}/24")),
-            GUEST_PORT,
-        );
-    }
-    let c = lab.client();
-    let vm = c
-        .create_vm(&CreateVmRequest {
-            host: Some(host.into()),
-            spec,
-        })
-        .await
-        .expect("VM created");
-    wait_ready(&c, VM, Duration::from_secs(240))
-        .await
-        .expect("guest ready");
-    vm
-}
-
-fn connect_from_client(lab: &NetLab, ip: &str) -> TcpStream {
-    let addr: SocketAddr = format!("{ip}:{GUEST_PORT}").parse().unwrap();
-    lab.in_ns(lab.client_ns(), move || probe::connect(addr))
-        .expect("entered the client namespace")
-        .expect("the client connects to the guest over the VM network")
+    boot_on_netlab(
+        lab,
+        host,
+        networked_vm_spec(VM, 512, workload_mib, rate, ip),
+    )
+    .await
 }
 
 fn qemu_cmdline(pid: u32) -> String {

@@ -22,7 +22,7 @@ pub mod trust;
 
 pub use guest::{verdict_after, wait_ready, GuestVerdict, Observer};
 pub use lab::{Lab, LabConfig, LabError};
-pub use testvm::{ensure_test_image, test_vm_spec};
+pub use testvm::{ensure_test_image, networked_vm_spec, test_vm_spec};
 pub use trust::Trust;
 
 mod daemon;

@@ -96,6 +96,15 @@ pub fn connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
     TcpStream::connect_timeout(&addr, Duration::from_secs(10))
 }
 
+/// Connects from a network lab's client namespace to the guest service at `ip`.
+pub fn connect_from_client(lab: &crate::NetLab, ip: &str) -> std::io::Result<TcpStream> {
+    let addr: SocketAddr = format!("{ip}:{GUEST_PORT}")
+        .parse()
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{ip}: {e}")))?;
+    lab.in_ns(lab.client_ns(), move || connect(addr))
+        .map_err(|e| std::io::Error::other(e.to_string()))?
+}
+
 fn run(stream: TcpStream, stop: Arc<AtomicBool>) -> ProbeStats {
     let mut stats = ProbeStats::default();
     let _ = stream.set_nodelay(true);

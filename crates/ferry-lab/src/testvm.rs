@@ -1,4 +1,5 @@
-//! The test guest: making sure its image exists, and the spec of a VM that boots it.
+//! The test guest: making sure its image exists, and the spec of a VM that boots it (with
+//! or without a NIC on the network lab's VM network).
 
 use std::path::PathBuf;
 
@@ -32,4 +33,29 @@ pub fn test_vm_spec(name: &str, memory_mib: u64, workload_mib: u64, rate_mib_s: 
         nics: vec![],
         disks: vec![],
     }
+}
+
+/// [`test_vm_spec`] with one NIC on the lab's VM network (`vmnet`) and the guest's
+/// address `ip` (a /24), its TCP service on [`crate::probe::GUEST_PORT`].
+pub fn networked_vm_spec(
+    name: &str,
+    memory_mib: u64,
+    workload_mib: u64,
+    rate_mib_s: f64,
+    ip: &str,
+) -> VmSpec {
+    let mut spec = test_vm_spec(name, memory_mib, workload_mib, rate_mib_s);
+    spec.nics = vec![ferry_api::NicSpec {
+        network: "vmnet".into(),
+        mac: None,
+    }];
+    if let Boot::Image { cmdline, .. } = &mut spec.boot {
+        *cmdline = ferry_image::kernel_cmdline_with_net(
+            workload_mib,
+            rate_mib_s,
+            Some(&format!("{ip}/24")),
+            crate::probe::GUEST_PORT,
+        );
+    }
+    spec
 }

@@ -2,7 +2,7 @@
 //!
 //! QEMU (8.2 and later) marks the steps of the pause with the trace event
 //! `vmstate_downtime_checkpoint`; the agents turn it on for both QEMUs of a migration and
-//! read the lines back from QEMU's log (`-msg timestamp=on` stamps each with the host's
+//! read the lines back from QEMU's log (`GET /v1/vms/{name}/migration/checkpoints`) (`-msg timestamp=on` stamps each with the host's
 //! wall clock: `PID@SECONDS.MICROS:vmstate_downtime_checkpoint NAME`). The pieces:
 //!
 //! ```text

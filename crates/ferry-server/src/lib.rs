@@ -65,3 +65,9 @@ pub async fn run(config: ServerConfig) -> Result<(), String> {
     .await
     .map_err(|e| format!("HTTP server failed: {e}"))
 }
+
+/// A mutex's guard, also after a panic elsewhere poisoned it (what it guards is plain
+/// bookkeeping, consistent at every unlock).
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

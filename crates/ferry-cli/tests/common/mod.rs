@@ -54,6 +54,42 @@ pub fn ferry_as(lab: &Lab, args: &[&str], env: &[(&str, &str)]) -> Output {
     cmd.output().expect("ferry runs")
 }
 
+/// A two-host network lab (hosts a and b, the VM network on every host).
+pub async fn start_netlab() -> ferry_lab::NetLab {
+    let image_dir = ensure_test_image(&mut |_| {}).expect("test image");
+    let mut cfg = ferry_lab::NetLabConfig::new(ferry_bin(), &["a", "b"]);
+    cfg.image_dir = Some(image_dir);
+    cfg.vm_network_flag = Some(true);
+    cfg.keep = std::env::var_os("FERRY_KEEP_LAB").is_some();
+    ferry_lab::NetLab::start(cfg)
+        .await
+        .expect("network lab starts")
+}
+
+/// Boots `spec` (e.g. a [`ferry_lab::networked_vm_spec`]) on `host` of a network lab and
+/// waits until the guest is ready.
+pub async fn boot_on_netlab(lab: &ferry_lab::NetLab, host: &str, spec: VmSpec) -> Vm {
+    let c = lab.client();
+    let name = spec.name.clone();
+    let vm = c
+        .create_vm(&CreateVmRequest {
+            host: Some(host.into()),
+            spec,
+        })
+        .await
+        .expect("VM created");
+    wait_ready(&c, &name, Duration::from_secs(240))
+        .await
+        .expect("guest ready");
+    vm
+}
+
+/// The client namespace's connection to the guest service at `ip`.
+pub fn connect_from_client(lab: &ferry_lab::NetLab, ip: &str) -> std::net::TcpStream {
+    ferry_lab::probe::connect_from_client(lab, ip)
+        .expect("the client connects to the guest over the VM network")
+}
+
 /// Runs the `ferry` CLI against a network lab's server, as its admin.
 pub fn ferry_net(lab: &ferry_lab::NetLab, args: &[&str]) -> Output {
     let config = &lab.lab_trust().expect("the lab's server runs").config_path;

@@ -15,6 +15,7 @@ use ferry_api::*;
 use super::Server;
 use crate::estimate::{estimate, eta, Costs, EstimateVm, InFlight};
 use crate::link_share::{shares, Flow};
+use crate::lock;
 use crate::precheck::probe_link;
 
 /// How long the agent may take to measure a VM's dirty rate (it samples for a second).
@@ -24,10 +25,6 @@ const PROBE_BYTES: u64 = 64 << 20;
 const PROBE_MAX_MS: u64 = 400;
 /// A pre-check reuses a probe of the same pair this young.
 pub(crate) const PROBE_FRESH: Duration = Duration::from_secs(60);
-
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 impl Server {
     /// A host's migration link, bytes/s (configured, else the best probe seen).
@@ -51,7 +48,7 @@ impl Server {
     }
 
     fn links(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
-        self.links.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.links)
     }
 
     /// Remembers a probe between two hosts: its rate for both hosts' links, and the whole

@@ -39,6 +39,7 @@ use ferry_migration::TransitionError;
 use tracing::Instrument;
 use uuid::Uuid;
 
+use crate::lock;
 use crate::store::{NewEvent, Store, StoreError};
 
 pub mod agents;
@@ -134,10 +135,6 @@ pub struct Orchestrator {
     tasks: Mutex<Vec<tokio::task::AbortHandle>>,
     /// Told whenever a run ends (the migration queue may start the next one).
     pub finished: Arc<tokio::sync::Notify>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Orchestrator {
