@@ -113,7 +113,13 @@ impl Pool {
             if validate_name("disk name", name).is_err() {
                 continue; // not ours
             }
-            out.push(self.describe(name, in_use(&self.name, name))?);
+            match self.describe(name, in_use(&self.name, name)) {
+                Ok(d) => out.push(d),
+                // Deleted between the directory read and the look inside (a migrated
+                // VM's source image goes right after the switch): not in the pool now.
+                Err(_) if !entry.path().exists() => continue,
+                Err(e) => return Err(e),
+            }
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
@@ -363,6 +369,27 @@ mod tests {
             .to_string()
             .contains("no disk"));
         assert!(pool.image_path("../../etc/passwd").is_err());
+    }
+
+    /// An image that disappears while the pool is listed is left out, not an error: a
+    /// dangling link stands for one deleted between the directory read and `qemu-img info`.
+    #[test]
+    fn an_image_deleted_during_the_listing_is_left_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = Pool {
+            name: "local".into(),
+            dir: dir.path().to_path_buf(),
+            shared: false,
+        };
+        pool.create(&CreateDiskRequest {
+            name: "kept".into(),
+            size_mib: 1,
+        })
+        .unwrap();
+        std::os::unix::fs::symlink(dir.path().join("gone"), dir.path().join("gone.qcow2")).unwrap();
+        let listed = pool.list(&|_: &str, _: &str| None).unwrap();
+        let names: Vec<&str> = listed.iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(names, vec!["kept"]);
     }
 
     #[test]
