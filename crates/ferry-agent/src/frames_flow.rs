@@ -264,9 +264,11 @@ fn on_event(s: &Session, r: Result<QmpEvent, broadcast::error::TryRecvError>) ->
     }
 }
 
-/// Waits for QEMU to report the migration completed (never forwards before: until then
-/// the source may still run the guest again, and the frames are its own), then sends the
-/// copies held since the pause and every later one until the window closes.
+/// Waits for QEMU to report the migration completed or in post-copy (never forwards
+/// before: until then the source may still run the guest again, and the frames are its
+/// own), then sends the copies held since the pause and every later one until the window
+/// closes. Only copies are sent: should the destination fail after all, the originals are
+/// still in the source tap's queue for its QEMU.
 async fn drain_when_completed(
     s: Arc<Session>,
     vm: Arc<QemuVm>,
@@ -279,6 +281,15 @@ async fn drain_when_completed(
             Ok(info) if info.status == Some(MigrationStatus::Completed) => {
                 while on_event(&s, events.try_recv()) {}
                 break info.downtime.unwrap_or(0);
+            }
+            Ok(info)
+                if info.status == Some(MigrationStatus::PostcopyActive) && s.hold().started() =>
+            {
+                // Post-copy: the guest stopped here for the last time; from the switch it
+                // runs on the destination only (a broken link pauses it there, this side
+                // never resumes it), so what reaches this tap is forwarded now, not when the
+                // last page has moved seconds later, long after its senders retransmitted.
+                break 0;
             }
             Ok(info) if info.status.as_ref().is_some_and(|st| st.is_finished()) => {
                 // Failed or cancelled: the guest runs on here and gets its frames itself.

@@ -35,6 +35,8 @@ pub struct SwitchoverConfig {
     pub arms: Vec<String>,
     /// Downtime budget, ms (QEMU's default downtime limit, for all).
     pub downtime_limit: u64,
+    /// MTU of the lab's migration network.
+    pub migration_mtu: u16,
     /// Where to write the result files.
     pub out: PathBuf,
     /// Print JSON (for scripts) instead of a table.
@@ -209,6 +211,7 @@ fn goals(rows: &[Row]) -> serde_json::Value {
 
 pub async fn switchover(a: SwitchoverConfig) -> BenchResult {
     let lab = start_shaped_lab(vec!["--aux-qmp".to_string()], true).await?;
+    lab.set_migration_mtu(a.migration_mtu).map_err(fail)?;
     let mut rows = Vec::new();
     for c in matrix("sw", &a.rates, &ARMS, &a.arms) {
         rows.push(one(&lab, &a, c.arm, &c.vm, c.ip_k, c.load).await?);
@@ -222,10 +225,13 @@ pub async fn switchover(a: SwitchoverConfig) -> BenchResult {
                 source's QMP: QEMU 10 defaults (downtime-limit 300 ms, max-bandwidth 128 MiB/s)",
             "ferry-previous": "ferry vm migrate --switchover budget --no-frame-forwarding (QEMU \
                 aims at two thirds of the budget from the start, no bound on the sockets' unsent \
-                bytes, frames reaching the paused source lost), throttle up to 99 %, post-copy allowed",
+                bytes, frames reaching the paused source lost), --max-throttle 99, post-copy allowed",
             "ferry": "ferry vm migrate (--switchover least: from 20 ms up only when pre-copy \
-                stops shrinking; unsent bytes bounded near the end; frames forwarded), throttle \
-                up to 99 %, post-copy allowed",
+                stops shrinking; unsent bytes bounded near the end; frames forwarded), --max-throttle \
+                99, post-copy allowed. Both Ferry arms run today's convergence controller: the \
+                throttle held to 90 % (its sleeps within a third of the budget) and given up \
+                for post-copy when a step does not slow the guest's writes",
+            "migration_mtu": a.migration_mtu,
             "client": "one TCP connection from a client namespace, one request every 10 ms; \
                 TCP counters (TCPTimeouts, TCPLossProbes, RetransSegs) of its namespace before and after",
             "total_time": "Ferry: the report's parts (checks + prepare + stream + switch); \

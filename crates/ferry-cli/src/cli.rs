@@ -648,7 +648,9 @@ pub struct TuningArgs {
     pub zero_page: Option<String>,
     /// Highest guest vCPU throttle the convergence controller may apply, percent
     /// (0, the default: never throttle; the controller then aborts a migration that
-    /// cannot converge).
+    /// cannot converge). Never more than puts the vCPUs to sleep for a third of the
+    /// downtime budget at a time (90 % for 300 ms); with post-copy allowed, a throttle
+    /// that does not slow the guest's writes gives way to post-copy.
     #[arg(long, value_name = "PCT")]
     pub max_throttle: Option<u8>,
     /// Post-copy: never (the default), allowed (after throttling reached --max-throttle),

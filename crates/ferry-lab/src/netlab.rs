@@ -971,6 +971,31 @@ impl NetLab {
         Ok(())
     }
 
+    /// Sets the MTU of the whole migration network: the `mignet` bridge, every host's
+    /// `mig0` and the switch's ends of their links (9000: jumbo frames, as a dedicated
+    /// migration network is usually run; at 1500 a TCP stream's headers take 4.4 % of the
+    /// link, at 9000 0.7 %). New connections use it at once; 576..=9000.
+    pub fn set_migration_mtu(&self, mtu: u16) -> Result<(), NetLabError> {
+        if !(576..=9000).contains(&mtu) {
+            return Err(NetLabError::Config(format!(
+                "migration MTU {mtu}: use 576 to 9000"
+            )));
+        }
+        let mtu = mtu.to_string();
+        let sw = self.record.switch_ns.as_str();
+        for h in &self.record.hosts {
+            for (ns, dev) in [
+                (sw, h.switch_migration_port.as_str()),
+                (h.ns.as_str(), HOST_MIGRATION_IF),
+            ] {
+                sys::ip_in(ns, &["link", "set", "dev", dev, "mtu", &mtu])?;
+            }
+        }
+        // A bridge takes the smallest MTU of its ports unless set itself.
+        sys::ip_in(sw, &["link", "set", "dev", MIGRATION_BRIDGE, "mtu", &mtu])?;
+        Ok(())
+    }
+
     /// Cuts (`up: false`) or restores `host`'s migration link at the switch: its port on the
     /// migration bridge goes down, so the host's `mig0` loses carrier and every packet either
     /// way is dropped without an error (a cable pulled mid-stream, not a refused connection).

@@ -70,6 +70,17 @@ pub const DEFAULT_COMPLETION_TIMEOUT_S_PER_GIB: u64 = 150;
 /// First throttle step, and how much each later step adds (percent of vCPU time taken).
 pub const THROTTLE_FIRST_PCT: u8 = 30;
 pub const THROTTLE_STEP_PCT: u8 = 20;
+/// QEMU's throttle runs each vCPU for this long, then puts it to sleep for
+/// `p / (100 - p)` times as long (`CPU_THROTTLE_TIMESLICE_NS`, system/cpu-throttle.c).
+pub const THROTTLE_TIMESLICE_MS: u64 = 10;
+/// How much of the downtime budget one throttle sleep may take, as a fraction 1/N: the
+/// sleep recurs every timeslice for as long as the throttle holds, so the guest's users see
+/// it again and again, on top of the switch-over's own pause.
+pub const THROTTLE_SLEEP_SHARE_OF_BUDGET: u64 = 3;
+/// A throttle step that left the guest's dirty rate at this share (percent) or more of its
+/// rate before the first step did not slow its writes: a guest whose writes are paced by
+/// the outside world (requests, a stream) catches up after each sleep.
+pub const INEFFECTIVE_THROTTLE_DIRTY_PCT: u64 = 90;
 
 /// How much of the downtime budget the RAM still to send may take, percent. QEMU switches
 /// over when *its* estimate (RAM remaining / bandwidth) is under its `downtime-limit`, but
@@ -83,6 +94,27 @@ pub const RAM_SHARE_OF_BUDGET_PCT: u64 = 67;
 /// ceiling of the switch-over target.
 pub fn switchover_target_ms(budget_ms: u64) -> u64 {
     (budget_ms * RAM_SHARE_OF_BUDGET_PCT / 100).max(1)
+}
+
+/// How long QEMU's throttle at `pct` % puts a vCPU to sleep at a time, ms (99 %: 990 ms,
+/// a second's silence every 10 ms of run).
+pub fn throttle_sleep_ms(pct: u8) -> u64 {
+    let p = u64::from(pct.min(99));
+    THROTTLE_TIMESLICE_MS * p / (100 - p)
+}
+
+/// The highest throttle the controller applies: the policy's `max_throttle_pct`, lowered
+/// so that one throttle sleep stays within a third of the downtime budget (90 % for the
+/// default 300 ms: 90 ms sleeps). A throttle above it would stop the guest for longer than
+/// the switch-over is allowed to, every few tens of milliseconds.
+pub fn throttle_ceiling_pct(policy: &Policy) -> u8 {
+    let allowed = policy.downtime_budget_ms / THROTTLE_SLEEP_SHARE_OF_BUDGET;
+    let mut pct = policy.max_throttle_pct.min(99);
+    // Exact: timeslice x p / (100 - p) <= allowed, without rounding the sleep down.
+    while pct > 0 && THROTTLE_TIMESLICE_MS * u64::from(pct) > allowed * (100 - u64::from(pct)) {
+        pct -= 1;
+    }
+    pct
 }
 
 /// Where the least-pause policy starts QEMU's switch-over target, ms: what the RAM left
@@ -249,6 +281,9 @@ pub struct History {
     /// The switch-over target QEMU has (its `downtime-limit`), ms; 0 in a record saved
     /// before the target moved, when QEMU was given the ceiling.
     pub target_ms: u64,
+    /// The guest's dirty rate at the pass that took the first throttle step, bytes/s: what
+    /// later steps are judged against (0: not throttled yet).
+    pub unthrottled_dirty_bytes_per_s: u64,
 }
 
 impl History {
@@ -468,7 +503,8 @@ pub fn decide(policy: &Policy, history: &History, s: &Sample) -> (Decision, Hist
         Step::Throttled(p) => p,
         _ => 0,
     };
-    if current > 0 && s.throttle_pct < current.min(policy.max_throttle_pct) {
+    let ceiling = throttle_ceiling_pct(policy);
+    if current > 0 && s.throttle_pct < current.min(ceiling) {
         let why = format!(
             "{why}; waiting for the {current}% throttle to take effect (QEMU applies {}% now)",
             s.throttle_pct
@@ -480,13 +516,39 @@ pub fn decide(policy: &Policy, history: &History, s: &Sample) -> (Decision, Hist
         let why = format!("{why}; one whole pass at {current}% before the next step");
         return (decision(Action::Continue, why), h);
     }
-    if current < policy.max_throttle_pct {
+    let unthrottled = h.unthrottled_dirty_bytes_per_s;
+    let ineffective = current > 0
+        && unthrottled > 0
+        && s.dirty_rate_bytes_per_s.saturating_mul(100)
+            >= unthrottled.saturating_mul(INEFFECTIVE_THROTTLE_DIRTY_PCT);
+    if ineffective && policy.postcopy == PostcopyPolicy::Allowed {
+        // More throttle would only stall the guest longer: its writes catch up after each
+        // sleep. Post-copy finishes it without stalling it.
+        h.step = Step::Postcopy;
+        return (
+            decision(
+                Action::StartPostcopy,
+                format!(
+                    "{why}; the {current}% throttle did not slow the guest's writes (dirty \
+                     {:.0} MiB/s, {:.0} MiB/s before throttling): switching to post-copy \
+                     (policy: allowed) rather than stalling the guest further",
+                    mib(s.dirty_rate_bytes_per_s),
+                    mib(unthrottled)
+                ),
+            ),
+            h,
+        );
+    }
+    if current < ceiling {
         let next = if current == 0 {
             THROTTLE_FIRST_PCT
         } else {
             current.saturating_add(THROTTLE_STEP_PCT)
         }
-        .min(policy.max_throttle_pct);
+        .min(ceiling);
+        if current == 0 {
+            h.unthrottled_dirty_bytes_per_s = s.dirty_rate_bytes_per_s;
+        }
         h.step = Step::Throttled(next);
         h.passes_at_step = 0;
         h.passes_without_progress = 0;
@@ -500,7 +562,13 @@ pub fn decide(policy: &Policy, history: &History, s: &Sample) -> (Decision, Hist
     }
     if policy.postcopy == PostcopyPolicy::Allowed {
         h.step = Step::Postcopy;
-        let at = if current > 0 {
+        let at = if current > 0 && ceiling < policy.max_throttle_pct {
+            format!(
+                "throttle at {current}% (higher would put the vCPUs to sleep for more than a \
+                 third of the {} ms budget at a time), ",
+                policy.downtime_budget_ms
+            )
+        } else if current > 0 {
             format!("throttle at its {current}% ceiling, ")
         } else {
             String::new()
@@ -781,6 +849,104 @@ mod tests {
     }
 
     #[test]
+    fn the_throttle_never_sleeps_the_guest_longer_than_a_third_of_the_budget() {
+        assert_eq!(throttle_sleep_ms(90), 90);
+        assert_eq!(throttle_sleep_ms(99), 990);
+        assert_eq!(throttle_sleep_ms(0), 0);
+        let p = |budget, max| Policy {
+            downtime_budget_ms: budget,
+            max_throttle_pct: max,
+            ..policy(PostcopyPolicy::Never)
+        };
+        // 300 ms: 100 ms sleeps at most, 90 % (90 ms); 91 % would sleep 101 ms.
+        assert_eq!(throttle_ceiling_pct(&p(300, 99)), 90);
+        assert_eq!(throttle_ceiling_pct(&p(300, 70)), 70);
+        assert_eq!(throttle_ceiling_pct(&p(1000, 99)), 97);
+        assert_eq!(throttle_ceiling_pct(&p(30, 99)), 50);
+        assert_eq!(throttle_ceiling_pct(&p(1, 99)), 0);
+        // The steps stop at the ceiling: 30, 50, 70, 90, never 99.
+        let never = p(300, 99);
+        let mut h = History::default();
+        let mut steps = Vec::new();
+        for pass in 3..40 {
+            let mut s = sample(pass, 1000, 100, 150 - pass);
+            s.throttle_pct = match h.step {
+                Step::Throttled(t) => t,
+                _ => 0,
+            };
+            let (d, next) = decide(&never, &h, &s);
+            if let Action::RaiseThrottle { to_pct } = d.action {
+                steps.push(to_pct);
+            }
+            h = next;
+        }
+        assert_eq!(steps, vec![30, 50, 70, 90]);
+    }
+
+    /// Runs passes stuck at 60 MiB over a 110 MiB/s link, dirtying `before` MiB/s until
+    /// the first throttle step and `after` MiB/s at its throttle, until the controller does
+    /// something other than the first step and continuing.
+    fn after_the_first_step(p: &Policy, before: u64, after: u64) -> (Decision, History) {
+        let mut h = History::default();
+        for pass in 2..30 {
+            let (dirty, throttle) = match h.step {
+                Step::Throttled(t) => (after, t),
+                _ => (before, 0),
+            };
+            let mut s = sample(pass, 60, 110, dirty);
+            s.throttle_pct = throttle;
+            let (d, next) = decide(p, &h, &s);
+            match d.action {
+                Action::Continue
+                | Action::RaiseThrottle {
+                    to_pct: THROTTLE_FIRST_PCT,
+                } => {}
+                _ => return (d, next),
+            }
+            h = next;
+        }
+        panic!("no second step");
+    }
+
+    /// The benchmark's 50 MiB/s guest writes at a pace set from outside: after each sleep
+    /// it catches up, so the throttle only stalls it. With post-copy allowed the controller
+    /// switches to post-copy when the first step is seen not to help, not at 90 %.
+    #[test]
+    fn a_throttle_that_does_not_slow_the_writes_gives_way_to_postcopy() {
+        let allowed = Policy {
+            max_throttle_pct: 99,
+            ..policy(PostcopyPolicy::Allowed)
+        };
+        let (d, h) = after_the_first_step(&allowed, 50, 49);
+        assert_eq!(d.action, Action::StartPostcopy, "{}", d.reason);
+        assert!(d.reason.contains("did not slow"), "{}", d.reason);
+        assert_eq!(h.step, Step::Postcopy);
+        assert_eq!(h.unthrottled_dirty_bytes_per_s, 50 * MIB);
+
+        // A guest the throttle does slow (CPU-bound writes) goes on to the next step.
+        let (d, _) = after_the_first_step(&allowed, 50, 35);
+        assert_eq!(
+            d.action,
+            Action::RaiseThrottle { to_pct: 50 },
+            "{}",
+            d.reason
+        );
+
+        // Without post-copy the throttle is the only way left: it goes on rising.
+        let never = Policy {
+            postcopy: PostcopyPolicy::Never,
+            ..allowed
+        };
+        let (d, _) = after_the_first_step(&never, 50, 49);
+        assert_eq!(
+            d.action,
+            Action::RaiseThrottle { to_pct: 50 },
+            "{}",
+            d.reason
+        );
+    }
+
+    #[test]
     fn a_plateau_counts_as_stalled_after_a_few_passes() {
         let p = policy(PostcopyPolicy::Never);
         // Converging by prediction (dirty 25 % of the link) yet stuck at 400 MiB.
@@ -901,13 +1067,14 @@ mod tests {
                         prop_assert_eq!(next.step, Step::Postcopy);
                     }
                     Action::RaiseThrottle { to_pct } => {
-                        prop_assert!(*to_pct > current && *to_pct <= p.max_throttle_pct);
+                        prop_assert!(*to_pct > current && *to_pct <= throttle_ceiling_pct(&p));
+                        prop_assert!(throttle_sleep_ms(*to_pct) <= p.downtime_budget_ms / THROTTLE_SLEEP_SHARE_OF_BUDGET);
                         prop_assert_eq!(next.step, Step::Throttled(*to_pct));
                     }
                     Action::Abort { .. } => {
                         prop_assert!(overdue);
                         prop_assert_eq!(p.postcopy, PostcopyPolicy::Never);
-                        prop_assert!(current >= p.max_throttle_pct);
+                        prop_assert!(current >= throttle_ceiling_pct(&p));
                         prop_assert!(!next.last_pass_progressed);
                     }
                     Action::Continue => {}
