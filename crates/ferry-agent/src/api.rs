@@ -338,11 +338,19 @@ async fn tune(
     Ok(Json(a.tune(&name, &req).await?))
 }
 
+#[derive(Deserialize)]
+struct StatusParams {
+    /// Wait up to this long (ms, at most 1000) for QEMU to report a change.
+    #[serde(default)]
+    wait_ms: u64,
+}
+
 async fn migration_status(
     State(a): Shared,
     Path(name): Path<String>,
+    Query(q): Query<StatusParams>,
 ) -> Answer<AgentMigrationStatus> {
-    Ok(Json(a.migration_status(&name).await?))
+    Ok(Json(a.migration_status_after(&name, q.wait_ms).await?))
 }
 
 async fn cancel(State(a): Shared, Path(name): Path<String>) -> Answer<VmRuntime> {

@@ -297,7 +297,7 @@ impl Agent {
     }
 
     /// The VM if its QEMU runs but has not been adopted yet (its monitor does not answer).
-    async fn unadopted(&self, name: &str) -> Option<crate::runtime::Unadopted> {
+    pub(crate) async fn unadopted(&self, name: &str) -> Option<crate::runtime::Unadopted> {
         self.unadopted.lock().await.get(name).cloned()
     }
 

@@ -16,7 +16,8 @@
 //! moving a VM's memory costs, for the evacuation estimate), [`quick`] (saving a paused VM
 //! to a shared pool and restoring it) and [`cold`] (copying a stopped VM's local disks, with
 //! [`disk_sum`] to verify them and [`tools`] to run the helpers), [`frames`] (frames that reach
-//! a paused source, forwarded to the destination; the switch-over as the taps saw it).
+//! a paused source, forwarded to the destination; the switch-over as the taps saw it),
+//! [`status_wait`] (the migration status as a long poll).
 
 pub mod api;
 pub mod boot_paths;
@@ -44,6 +45,7 @@ pub mod probe;
 pub mod qemu_tls;
 pub mod quick;
 pub mod runtime;
+pub mod status_wait;
 pub mod storage;
 pub mod stream_socket;
 pub mod targets;

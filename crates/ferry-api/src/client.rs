@@ -695,8 +695,22 @@ impl AgentClient {
             .await
     }
     pub async fn migration_status(&self, name: &str) -> Result<AgentMigrationStatus, ClientError> {
+        self.migration_status_after(name, 0).await
+    }
+    /// The migration status once QEMU reports a change, or after `wait_ms` (at most 1 s):
+    /// a long poll.
+    pub async fn migration_status_after(
+        &self,
+        name: &str,
+        wait_ms: u64,
+    ) -> Result<AgentMigrationStatus, ClientError> {
+        let q = if wait_ms > 0 {
+            format!("?wait_ms={wait_ms}")
+        } else {
+            String::new()
+        };
         self.http
-            .get(&format!("/v1/vms/{}/migration", seg(name)))
+            .get(&format!("/v1/vms/{}/migration{q}", seg(name)))
             .await
     }
     /// Destination: accept one probe connection on the migration address.

@@ -3,7 +3,8 @@
 //! frames that reached the paused source are forwarded to the destination, so every
 //! request is answered and the client's TCP never waits for a retransmission timeout. The report carries the gap the client saw,
 //! measured on the taps. And the frames route is the one a peer host may call, only as
-//! the VM's source.
+//! the VM's source. In post-copy the frames go over when the guest runs on the destination,
+//! not when the last page has moved.
 
 mod common;
 
@@ -21,6 +22,7 @@ use ferry_lab::probe::{Probe, ProbeStats, TcpCounters};
 use ferry_pki::Material;
 
 const VM: &str = "fwd1";
+const VM_POSTCOPY: &str = "fwd2";
 
 async fn boot_networked_guest(lab: &NetLab, ip: &str) {
     // Small and quiet: the test is about the switch-over, not convergence.
@@ -94,6 +96,7 @@ impl Drop for Datagrams {
 /// over the migration, and the migration.
 async fn migrate_under_client(
     lab: &NetLab,
+    vm: &str,
     ip: &str,
     to: &str,
     extra: &[&str],
@@ -102,7 +105,7 @@ async fn migrate_under_client(
     let _datagrams = Datagrams::start(lab, ip);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = client_tcp(lab);
-    let mut args = vec!["vm", "migrate", VM, "--to", to, "--json"];
+    let mut args = vec!["vm", "migrate", vm, "--to", to, "--json"];
     args.extend_from_slice(extra);
     let out = ferry_net(lab, &args);
     assert!(out.status.success(), "migrate failed: {}", stderr(&out));
@@ -143,7 +146,7 @@ async fn frames_of_the_pause_reach_the_guest_and_the_client_never_times_out() {
     let ip = lab.vm_subnet_ip(110).to_string();
     boot_networked_guest(&lab, &ip).await;
 
-    let (stats, tcp, m) = migrate_under_client(&lab, &ip, "b", &[]).await;
+    let (stats, tcp, m) = migrate_under_client(&lab, VM, &ip, "b", &[]).await;
     let r = m.report.clone().expect("a report");
     let net = r
         .network
@@ -226,7 +229,8 @@ async fn frames_of_the_pause_reach_the_guest_and_the_client_never_times_out() {
 
     // And back without forwarding, for comparison (not asserted: what is lost then
     // depends on where the pause falls between two requests).
-    let (off, off_tcp, m2) = migrate_under_client(&lab, &ip, "a", &["--no-frame-forwarding"]).await;
+    let (off, off_tcp, m2) =
+        migrate_under_client(&lab, VM, &ip, "a", &["--no-frame-forwarding"]).await;
     let r2 = m2.report.expect("a report");
     let net2 = r2.network.clone().expect("network view");
     eprintln!(
@@ -237,4 +241,45 @@ async fn frames_of_the_pause_reach_the_guest_and_the_client_never_times_out() {
     );
     assert!(!net2.forwarding);
     assert_eq!(net2.frames_forwarded, 0);
+
+    // Post-copy: the frames of the pause go over as soon as the guest runs on the
+    // destination, not when the last page has moved. A guest rewriting 96 MiB at
+    // 40 MiB/s cannot converge over 100 Mbit/s, so it switches to post-copy, which must
+    // then move the pages it dirtied over that link: longer than the 5 s a held frame is
+    // kept (forwarded at the last page, as before, they were dropped as stale).
+    for h in ["a", "b"] {
+        lab.shape_migration(h, Shape::Mbit(100)).expect("shaping");
+    }
+    let ip2 = lab.vm_subnet_ip(111).to_string();
+    boot_on_netlab(
+        &lab,
+        "a",
+        networked_vm_spec(VM_POSTCOPY, 256, 96, 40.0, &ip2),
+    )
+    .await;
+    let (pc, pc_tcp, m3) =
+        migrate_under_client(&lab, VM_POSTCOPY, &ip2, "b", &["--postcopy", "automatic"]).await;
+    let r3 = m3.report.expect("a report");
+    let net3 = r3.network.clone().expect("network view");
+    let parts = r3.parts.expect("the report's parts");
+    eprintln!(
+        "post-copy: client {}; TCP {pc_tcp}; {}; {}",
+        pc.summary(),
+        parts.summary(),
+        net3.summary()
+    );
+    assert_eq!(m3.phase, Phase::Completed);
+    assert!(r3.postcopy, "it finished in post-copy: {r3:?}");
+    assert!(
+        parts.postcopy_ms > 5_000,
+        "post-copy ran longer than a held frame is kept: {}",
+        parts.summary()
+    );
+    assert!(
+        net3.frames_forwarded > 0,
+        "frames of the switch were forwarded in post-copy: {net3:?}"
+    );
+    assert_eq!(net3.frames_injected, net3.frames_forwarded, "{net3:?}");
+    assert_eq!(pc.error, None, "the connection never broke");
+    assert_eq!(pc.answered, pc.sent, "every request answered");
 }

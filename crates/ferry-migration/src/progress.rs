@@ -173,15 +173,24 @@ pub struct TimeParts {
     pub prepare_ms: u64,
     /// Local disks copied before the memory stream.
     pub disks_ms: u64,
-    /// The memory stream, until the server saw the source complete it.
+    /// The memory stream, until the server saw the source complete it (or switch to
+    /// post-copy).
     pub stream_ms: u64,
+    /// Post-copy: from the switch to it until the last page arrived, outages included
+    /// (0: the migration stayed pre-copy).
+    pub postcopy_ms: u64,
     /// From there to the destination seen running (the record moves after).
     pub switch_ms: u64,
 }
 
 impl TimeParts {
     pub fn total_ms(&self) -> u64 {
-        self.checks_ms + self.prepare_ms + self.disks_ms + self.stream_ms + self.switch_ms
+        self.checks_ms
+            + self.prepare_ms
+            + self.disks_ms
+            + self.stream_ms
+            + self.postcopy_ms
+            + self.switch_ms
     }
 
     /// `checks 210 + prepare 480 + stream 3010 + switch 90 ms` (disks only when copied).
@@ -190,10 +199,11 @@ impl TimeParts {
         if self.disks_ms > 0 {
             s.push_str(&format!(" + disks {}", self.disks_ms));
         }
-        s.push_str(&format!(
-            " + stream {} + switch {} ms",
-            self.stream_ms, self.switch_ms
-        ));
+        s.push_str(&format!(" + stream {}", self.stream_ms));
+        if self.postcopy_ms > 0 {
+            s.push_str(&format!(" + post-copy {}", self.postcopy_ms));
+        }
+        s.push_str(&format!(" + switch {} ms", self.switch_ms));
         s
     }
 }
@@ -382,5 +392,33 @@ mod tests {
         assert_eq!(r.average_bandwidth_bytes_per_s, 100 << 20);
         assert_eq!(r.passes, 3);
         assert_eq!(r.downtime_ms, 40);
+    }
+
+    #[test]
+    fn time_parts_add_up_and_name_post_copy_only_when_it_ran() {
+        let mut t = TimeParts {
+            checks_ms: 4,
+            prepare_ms: 70,
+            stream_ms: 3000,
+            switch_ms: 8,
+            ..Default::default()
+        };
+        assert_eq!(t.total_ms(), 3082);
+        assert_eq!(
+            t.summary(),
+            "checks 4 + prepare 70 + stream 3000 + switch 8 ms"
+        );
+        t.postcopy_ms = 1200;
+        assert_eq!(t.total_ms(), 4282);
+        assert_eq!(
+            t.summary(),
+            "checks 4 + prepare 70 + stream 3000 + post-copy 1200 + switch 8 ms"
+        );
+        // A record saved before post-copy had its part reads as 0.
+        let old: TimeParts = serde_json::from_str(
+            r#"{"checks_ms":1,"prepare_ms":2,"disks_ms":0,"stream_ms":3,"switch_ms":4}"#,
+        )
+        .unwrap();
+        assert_eq!(old.postcopy_ms, 0);
     }
 }

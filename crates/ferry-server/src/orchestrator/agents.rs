@@ -97,6 +97,17 @@ pub trait Agents: Send + Sync {
     ) -> AgentResult<AgentMigrationStatus>;
     /// Either side: QEMU's migration status and the VM's state.
     async fn migration_status(&self, host: &str, vm: &str) -> AgentResult<AgentMigrationStatus>;
+    /// Source or destination: the migration status once QEMU reports a change (a new
+    /// status or pass), or after `wait_ms` (at most 1 s): a long poll.
+    async fn migration_status_after(
+        &self,
+        host: &str,
+        vm: &str,
+        wait_ms: u64,
+    ) -> AgentResult<AgentMigrationStatus> {
+        let _ = wait_ms;
+        self.migration_status(host, vm).await
+    }
     /// Source: a controller step (throttle, post-copy).
     async fn tune(
         &self,
@@ -328,6 +339,14 @@ impl Agents for HttpAgents {
     }
     async fn migration_status(&self, host: &str, vm: &str) -> AgentResult<AgentMigrationStatus> {
         call!(self, host, QUICK, |c| c.migration_status(vm))
+    }
+    async fn migration_status_after(
+        &self,
+        host: &str,
+        vm: &str,
+        wait_ms: u64,
+    ) -> AgentResult<AgentMigrationStatus> {
+        call!(self, host, QUICK, |c| c.migration_status_after(vm, wait_ms))
     }
     async fn tune(
         &self,

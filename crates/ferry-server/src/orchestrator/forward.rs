@@ -155,15 +155,32 @@ impl Run {
             self.o.config.silence_limit.as_millis() as u64,
             progress_limit,
         );
+        // How long the next look may wait for QEMU to report a change (the agent answers
+        // at the change: the end of the stream is seen when it happens, not a look later).
+        let mut wait_ms = 0u64;
         loop {
             let now = self.ms(clock);
             // Only the source is polled here.
             watch.answered(Role::Destination, now);
+            let asked = Instant::now();
             let answer = tokio::time::timeout(
                 self.o.config.call_timeout,
-                self.agents().migration_status(&self.m.source, &self.m.vm),
+                self.agents()
+                    .migration_status_after(&self.m.source, &self.m.vm, wait_ms),
             )
             .await;
+            let seen = self.m.progress.as_ref();
+            let changed = matches!(&answer, Ok(Ok(s)) if seen.is_none_or(|p| {
+                p.qemu_status != s.progress.qemu_status || s.progress.started_new_pass(Some(p))
+            }));
+            let left = wait_ms.saturating_sub(self.ms(asked));
+            if !changed && left > 0 {
+                // Back early with nothing new (an agent without the long poll, or no
+                // answer): wait out the rest and look again, so this loop never spins.
+                tokio::time::sleep(std::time::Duration::from_millis(left)).await;
+                wait_ms = 0;
+                continue;
+            }
             let status = match answer {
                 Ok(Ok(s)) => {
                     let now = self.ms(clock);
@@ -201,6 +218,11 @@ impl Run {
                 StreamNext::Wait | StreamNext::Decide => {}
                 StreamNext::Ended => {
                     self.m.run.parts.stream_ms = self.lap();
+                    tracing::debug!(
+                        look_ms = self.ms(asked),
+                        wait_ms,
+                        "the source reports the stream ended"
+                    );
                     if let Some(s) = &status {
                         let mut r = MigrationReport::from_final(
                             &s.progress,
@@ -217,7 +239,10 @@ impl Run {
                     }
                     return Ok(Next::Settle(Why::StreamEnded));
                 }
-                StreamNext::Postcopy => return Ok(Next::Postcopy { just_started: true }),
+                StreamNext::Postcopy => {
+                    self.m.run.parts.stream_ms = self.lap();
+                    return Ok(Next::Postcopy { just_started: true });
+                }
                 StreamNext::Fail(reason) => return Ok(Next::Settle(Why::Failure(reason))),
                 StreamNext::Cancel => return Ok(Next::Settle(Why::Cancel)),
             }
@@ -240,7 +265,7 @@ impl Run {
                 unsent = next;
                 self.bound_unsent(bytes).await;
             }
-            tokio::time::sleep(std::time::Duration::from_millis(look)).await;
+            wait_ms = look;
         }
     }
 

@@ -88,6 +88,7 @@ impl Run {
             match postcopy::next(&obs) {
                 postcopy::Next::Wait => {}
                 postcopy::Next::Finish => {
+                    self.m.run.parts.postcopy_ms = self.lap();
                     if let Some(st) = &src {
                         let mut report = MigrationReport::from_final(
                             &st.progress,

@@ -313,9 +313,9 @@ impl Run {
         }
         let mut r = self.m.report.clone().unwrap_or_default();
         r.total_time_ms = self.started.elapsed().as_millis() as u64;
+        self.m.run.parts.switch_ms = self.lap();
+        r.parts = Some(self.m.run.parts);
         if self.m.phase != Phase::PostCopy {
-            self.m.run.parts.switch_ms = self.lap();
-            r.parts = Some(self.m.run.parts);
             r.pause = self.pause_parts().await;
         }
         r.postcopy_pauses = self.m.run.postcopy_pauses;
