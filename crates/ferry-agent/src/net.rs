@@ -98,16 +98,11 @@ pub fn create_tap_from(candidates: &[String], bridge: &str) -> Result<String, Ag
             }
             return Err(AgentError::net(format!("cannot create tap {tap}: {e}")));
         }
-        // From here the tap is ours: undo it on failure.
-        let steps: [&[&str]; 2] = [
-            &["link", "set", tap, "master", bridge],
-            &["link", "set", tap, "up"],
-        ];
-        for step in steps {
-            if let Err(e) = ip(step) {
-                let _ = ip(&["link", "del", tap]);
-                return Err(AgentError::net(format!("cannot set up tap {tap}: {e}")));
-            }
+        // From here the tap is ours: undo it on failure. One `ip` for both settings: each
+        // run is a fork and exec on the way to the VM's start.
+        if let Err(e) = ip(&["link", "set", "dev", tap, "master", bridge, "up"]) {
+            let _ = ip(&["link", "del", tap]);
+            return Err(AgentError::net(format!("cannot set up tap {tap}: {e}")));
         }
         return Ok(tap.clone());
     }

@@ -37,6 +37,9 @@ pub struct SwitchoverConfig {
     pub downtime_limit: u64,
     /// MTU of the lab's migration network.
     pub migration_mtu: u16,
+    /// Runs of every (load, arm) cell, interleaved (1..=5): goals and the plot use each
+    /// cell's median, as one run's figures vary by a few per cent on a shared machine.
+    pub repeat: u32,
     /// Where to write the result files.
     pub out: PathBuf,
     /// Print JSON (for scripts) instead of a table.
@@ -58,6 +61,8 @@ struct Row {
     /// What the guest actually rewrote before the migration, MiB/s.
     achieved_dirty_mib_s: f64,
     arm: &'static str,
+    /// Which run of its cell (1-based, see `--repeat`).
+    run: u32,
     completed: bool,
     outcome: String,
     /// QEMU's own figure of the pause.
@@ -188,12 +193,70 @@ async fn one(
     Ok(row)
 }
 
-/// Each goal of the issue, against the `ferry` arm's rows.
+/// The median of `value` over the rows of cell (`arm`, `rate`) (None: no such row).
+fn median_of(rows: &[Row], arm: &str, rate: f64, value: fn(&Row) -> f64) -> Option<f64> {
+    let mut v: Vec<f64> = rows
+        .iter()
+        .filter(|r| r.arm == arm && r.dirty_mib_s == rate)
+        .map(value)
+        .collect();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(v[n / 2]),
+        _ => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
+    }
+}
+
+/// The loads in the order first given, each once.
+fn distinct_rates(rows: &[Row]) -> Vec<f64> {
+    let mut rates: Vec<f64> = Vec::new();
+    for r in rows {
+        if !rates.contains(&r.dirty_mib_s) {
+            rates.push(r.dirty_mib_s);
+        }
+    }
+    rates
+}
+
+fn pause_of(r: &Row) -> f64 {
+    r.qemu_pause_ms.unwrap_or(0) as f64
+}
+fn gap_of(r: &Row) -> f64 {
+    r.client_longest_gap_ms
+}
+fn ratio_of(r: &Row) -> f64 {
+    r.total_over_link
+}
+
+/// Each cell's medians (what the goals and the plot use).
+fn medians(rows: &[Row]) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    for rate in distinct_rates(rows) {
+        for arm in ARMS {
+            let m = |f| median_of(rows, arm, rate, f);
+            if m(gap_of).is_none() {
+                continue;
+            }
+            out.push(serde_json::json!({
+                "arm": arm,
+                "dirty_mib_s": rate,
+                "runs": rows.iter().filter(|r| r.arm == arm && r.dirty_mib_s == rate).count(),
+                "qemu_pause_ms": m(pause_of),
+                "client_longest_gap_ms": m(gap_of),
+                "client_p99_gap_ms": m(|r| r.client_p99_gap_ms),
+                "tcp_timeouts": m(|r| r.tcp.timeouts as f64),
+                "total_over_link": m(ratio_of),
+            }));
+        }
+    }
+    out
+}
+
+/// Each goal of the issue, against the median of the `ferry` arm's runs.
 fn goals(rows: &[Row]) -> serde_json::Value {
-    let ferry = |rate: f64| {
-        rows.iter()
-            .find(|r| r.arm == "ferry" && r.dirty_mib_s == rate)
-    };
+    let ferry = |rate: f64, f| median_of(rows, "ferry", rate, f);
     let met = |v: Option<f64>, goal: f64| serde_json::json!({"value": v, "goal": goal, "met": v.is_some_and(|v| v <= goal)});
     let busiest = rows
         .iter()
@@ -201,20 +264,39 @@ fn goals(rows: &[Row]) -> serde_json::Value {
         .map(|r| r.dirty_mib_s)
         .fold(0.0, f64::max);
     serde_json::json!({
-        "idle_pause_ms": met(ferry(0.0).and_then(|r| r.qemu_pause_ms).map(|p| p as f64), GOAL_IDLE_PAUSE_MS),
-        "idle_client_gap_ms": met(ferry(0.0).map(|r| r.client_longest_gap_ms), GOAL_IDLE_GAP_MS),
-        "busiest_client_gap_ms": met(ferry(busiest).map(|r| r.client_longest_gap_ms), GOAL_BUSY_GAP_MS),
+        "idle_pause_ms": met(ferry(0.0, pause_of), GOAL_IDLE_PAUSE_MS),
+        "idle_client_gap_ms": met(ferry(0.0, gap_of), GOAL_IDLE_GAP_MS),
+        "busiest_client_gap_ms": met(ferry(busiest, gap_of), GOAL_BUSY_GAP_MS),
         "busiest_dirty_mib_s": busiest,
-        "idle_total_over_link": met(ferry(0.0).map(|r| r.total_over_link), GOAL_IDLE_TOTAL_OVER_LINK),
+        "idle_total_over_link": met(ferry(0.0, ratio_of), GOAL_IDLE_TOTAL_OVER_LINK),
+        "of": "the median of the ferry arm's runs",
     })
 }
 
 pub async fn switchover(a: SwitchoverConfig) -> BenchResult {
+    // Each guest gets its own address on the VM network, from .100 up.
+    let guests = a.rates.len() * a.repeat.max(1) as usize * ARMS.len();
+    if guests > 150 {
+        return Err(BenchError::failed(format!(
+            "{} rates x {} runs x {} arms is {guests} guests; at most 150",
+            a.rates.len(),
+            a.repeat,
+            ARMS.len()
+        )));
+    }
     let lab = start_shaped_lab(vec!["--aux-qmp".to_string()], true).await?;
     lab.set_migration_mtu(a.migration_mtu).map_err(fail)?;
-    let mut rows = Vec::new();
-    for c in matrix("sw", &a.rates, &ARMS, &a.arms) {
-        rows.push(one(&lab, &a, c.arm, &c.vm, c.ip_k, c.load).await?);
+    let loads: Vec<f64> = (0..a.repeat.max(1))
+        .flat_map(|_| a.rates.iter().copied())
+        .collect();
+    let mut rows: Vec<Row> = Vec::new();
+    for c in matrix("sw", &loads, &ARMS, &a.arms) {
+        let mut row = one(&lab, &a, c.arm, &c.vm, c.ip_k, c.load).await?;
+        row.run = 1 + rows
+            .iter()
+            .filter(|r| r.arm == row.arm && r.dirty_mib_s == row.dirty_mib_s)
+            .count() as u32;
+        rows.push(row);
     }
     drop(lab);
     let facts = lab_facts("switchover", a.memory, a.workload_mem, a.downtime_limit);
@@ -236,7 +318,9 @@ pub async fn switchover(a: SwitchoverConfig) -> BenchResult {
                 TCP counters (TCPTimeouts, TCPLossProbes, RetransSegs) of its namespace before and after",
             "total_time": "Ferry: the report's parts (checks + prepare + stream + switch); \
                 QEMU: from `migrate` to the destination running (no checks)",
+            "repeat": a.repeat.max(1),
             "goals": goals(&rows),
+            "medians": medians(&rows),
             "rows": rows,
         }),
     );
@@ -329,23 +413,14 @@ const COLOURS: [&str; 3] = ["#c44e52", "#8c8c8c", "#4c72b0"];
 /// Three grouped bar charts (QEMU's pause, the client's longest gap, total time over the
 /// link bound), one group per dirty rate, one bar per arm, with the issue's goal drawn.
 fn plot_svg(rows: &[Row]) -> String {
-    let mut rates: Vec<f64> = rows.iter().map(|r| r.dirty_mib_s).collect();
-    rates.dedup();
+    let rates = distinct_rates(rows);
     type Value = fn(&Row) -> f64;
     let panels: [(&str, Value, Option<f64>); 3] = [
-        (
-            "QEMU's pause, ms",
-            |r| r.qemu_pause_ms.unwrap_or(0) as f64,
-            Some(GOAL_IDLE_PAUSE_MS),
-        ),
-        (
-            "client's longest gap, ms",
-            |r| r.client_longest_gap_ms,
-            Some(GOAL_IDLE_GAP_MS),
-        ),
+        ("QEMU's pause, ms", pause_of, Some(GOAL_IDLE_PAUSE_MS)),
+        ("client's longest gap, ms", gap_of, Some(GOAL_IDLE_GAP_MS)),
         (
             "total time / (bytes / link)",
-            |r| r.total_over_link,
+            ratio_of,
             Some(GOAL_IDLE_TOTAL_OVER_LINK),
         ),
     ];
@@ -391,13 +466,9 @@ fn plot_svg(rows: &[Row]) -> String {
         for (i, rate) in rates.iter().enumerate() {
             let gx = x0 + i as f64 * group;
             for (j, arm) in ARMS.iter().enumerate() {
-                let Some(r) = rows
-                    .iter()
-                    .find(|r| r.dirty_mib_s == *rate && r.arm == *arm)
-                else {
+                let Some(v) = median_of(rows, arm, *rate, *value) else {
                     continue;
                 };
-                let v = value(r);
                 out.push_str(&format!(
                     "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"{}\"/>\n",
                     gx + (j as f64 + 0.5) * bar,
@@ -468,6 +539,28 @@ mod tests {
         assert_eq!(g["busiest_client_gap_ms"]["met"], false);
         assert_eq!(g["busiest_dirty_mib_s"], 50.0);
         assert_eq!(g["idle_total_over_link"]["met"], false);
+    }
+
+    #[test]
+    fn goals_and_bars_take_the_median_of_a_cells_runs() {
+        let rows = [
+            row("ferry", 0.0, 20, 60.0, 1.04),
+            row("ferry", 0.0, 90, 150.0, 1.09),
+            row("ferry", 0.0, 25, 70.0, 1.05),
+        ];
+        let g = goals(&rows);
+        assert_eq!(g["idle_pause_ms"]["value"], 25.0);
+        assert_eq!(g["idle_client_gap_ms"]["value"], 70.0);
+        assert_eq!(g["idle_client_gap_ms"]["met"], true);
+        assert_eq!(g["idle_total_over_link"]["value"], 1.05);
+        assert_eq!(median_of(&rows[..2], "ferry", 0.0, gap_of), Some(105.0));
+        assert_eq!(median_of(&rows, "qemu-defaults", 0.0, gap_of), None);
+        let m = medians(&rows);
+        assert_eq!(m.len(), 1);
+        assert_eq!(m[0]["runs"], 3);
+        // One bar per cell, not per run.
+        let svg = plot_svg(&rows);
+        assert_eq!(svg.matches("<rect x=").count(), 3 + ARMS.len());
     }
 
     #[test]

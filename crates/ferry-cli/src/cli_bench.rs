@@ -428,6 +428,10 @@ pub struct BenchSwitchoverArgs {
     /// network is usually run; 1500: TCP headers take 4.4 % of the link).
     #[arg(long, default_value_t = 9000, value_parser = clap::value_parser!(u16).range(576..=9000))]
     pub migration_mtu: u16,
+    /// Runs of every (load, arm) cell, interleaved; goals and the plot use each cell's
+    /// median (one run's figures vary by a few per cent on a shared machine).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=5))]
+    pub repeat: u32,
     /// Where to write the result files.
     #[arg(long, default_value = "bench/results")]
     pub out: PathBuf,
@@ -444,6 +448,7 @@ impl From<BenchSwitchoverArgs> for switchover::SwitchoverConfig {
             arms: a.arms,
             downtime_limit: a.downtime_limit,
             migration_mtu: a.migration_mtu,
+            repeat: a.repeat,
             out: a.out,
             json: a.json.json,
         }
