@@ -41,7 +41,7 @@ use crate::tools;
 /// One job of a cold migration on this host.
 struct Slot {
     job: Mutex<ColdJob>,
-    pid: Mutex<Option<u32>>,
+    killer: Mutex<Option<tools::Killer>>,
     stop: AtomicBool,
     /// TLS material of a helper, kept while it runs.
     creds: Mutex<Option<CredsDir>>,
@@ -59,7 +59,7 @@ impl Slot {
                 error: None,
                 sum: None,
             }),
-            pid: Mutex::new(None),
+            killer: Mutex::new(None),
             stop: AtomicBool::new(false),
             creds: Mutex::new(None),
         })
@@ -80,10 +80,16 @@ impl Slot {
     /// Stops the job: its process is killed, a checksum stops at the next block.
     fn stop(&self) -> bool {
         self.stop.store(true, Ordering::SeqCst);
-        let pid = *self.pid.lock().unwrap_or_else(|p| p.into_inner());
-        match pid {
-            Some(pid) if self.running() => {
-                tools::kill(pid);
+        let killer = self
+            .killer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        match killer {
+            Some(k) if self.running() => {
+                // The helper may have ended and been reaped a moment ago: the pidfd makes
+                // that harmless.
+                k.kill();
                 true
             }
             _ => self.running(),
@@ -92,7 +98,7 @@ impl Slot {
 
     /// Watches `tool` to its end and records how it ended.
     fn watch(self: &Arc<Self>, tool: tools::Tool) {
-        *self.pid.lock().unwrap_or_else(|p| p.into_inner()) = Some(tool.pid);
+        *self.killer.lock().unwrap_or_else(|p| p.into_inner()) = Some(tool.killer());
         let slot = self.clone();
         tokio::spawn(async move {
             let progress = slot.clone();
@@ -362,7 +368,7 @@ impl Agent {
             match tools::wait_listening(&mut tool, port, LISTEN_WAIT).await {
                 Ok(()) => return Ok((tool, port)),
                 Err(why) => {
-                    tools::kill(tool.pid);
+                    tool.killer().kill();
                     let end = tool.wait(|_| {}).await;
                     last = format!("qemu-nbd on {address}:{port}: {why}; {}", end.reason);
                     if fixed.is_some() {

@@ -4,7 +4,9 @@
 //! and watched to their end.
 
 use std::ffi::OsString;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
@@ -23,6 +25,48 @@ pub struct Ended {
 pub struct Tool {
     pub pid: u32,
     child: tokio::process::Child,
+    killer: Killer,
+}
+
+/// Kills one helper, and only it: it holds a pidfd taken while the helper was still ours
+/// (not reaped), so a late kill reaches nothing once the helper has gone, never another
+/// process given the same pid since (pids wrap at 32,768 here). Without a pidfd (a kernel
+/// before 5.3) it kills nothing: a helper then runs to its end.
+#[derive(Clone)]
+pub struct Killer {
+    pidfd: Option<Arc<OwnedFd>>,
+}
+
+impl Killer {
+    fn of(pid: u32) -> Killer {
+        // SAFETY: pidfd_open(2) with no flags; a non-negative result is a new descriptor.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+        let pidfd = (fd >= 0).then(|| {
+            // SAFETY: the descriptor pidfd_open just returned, owned by no one else.
+            Arc::new(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+        });
+        if pidfd.is_none() {
+            tracing::warn!(pid, "no pidfd for a helper: it cannot be stopped early");
+        }
+        Killer { pidfd }
+    }
+
+    /// Sends SIGKILL (it is reaped by whoever waits for it).
+    pub fn kill(&self) {
+        if let Some(fd) = &self.pidfd {
+            // SAFETY: pidfd_send_signal(2) on our pidfd, no siginfo, no flags. A helper
+            // already gone answers ESRCH, which is what it should.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    fd.as_raw_fd(),
+                    libc::SIGKILL,
+                    std::ptr::null::<libc::siginfo_t>(),
+                    0u32,
+                );
+            }
+        }
+    }
 }
 
 /// Starts `program` with `args` (stdout and stderr piped: [`Tool::wait`] reads them).
@@ -47,10 +91,17 @@ pub fn spawn(program: &str, args: &[OsString]) -> Result<Tool, AgentError> {
     let pid = child
         .id()
         .ok_or_else(|| AgentError::process(format!("{program} exited at once")))?;
-    Ok(Tool { pid, child })
+    // Still ours: nothing reaps it before `wait`.
+    let killer = Killer::of(pid);
+    Ok(Tool { pid, child, killer })
 }
 
 impl Tool {
+    /// What kills this helper, usable after it was handed to a waiter.
+    pub fn killer(&self) -> Killer {
+        self.killer.clone()
+    }
+
     /// Whether it already exited (and how), without waiting.
     pub fn exited(&mut self) -> Option<String> {
         match self.child.try_wait() {
@@ -105,14 +156,6 @@ impl Tool {
             },
         }
     }
-}
-
-/// Kills a helper by pid (it is reaped by whoever waits for it).
-pub fn kill(pid: u32) {
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    );
 }
 
 /// The last `(x/100%)` progress figure in `text` (`qemu-img -p` writes them with `\r`).
@@ -205,8 +248,12 @@ mod tests {
         assert_eq!(progress_pct(&seen), Some(50.0));
         let mut t = spawn("sleep", &["30".into()]).unwrap();
         assert!(t.exited().is_none());
-        kill(t.pid);
+        let killer = t.killer();
+        killer.kill();
         let end = t.wait(|_| {}).await;
         assert!(!end.success);
+        assert!(end.reason.contains("signal: 9"), "{}", end.reason);
+        // Reaped: a late kill reaches nothing, whatever has this pid now.
+        killer.kill();
     }
 }
