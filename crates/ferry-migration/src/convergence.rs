@@ -581,7 +581,13 @@ pub fn decide(policy: &Policy, history: &History, s: &Sample) -> (Decision, Hist
             h,
         );
     }
-    let exhausted = if current > 0 {
+    let exhausted = if current > 0 && ceiling < policy.max_throttle_pct {
+        format!(
+            "throttle at {current}% (higher would put the vCPUs to sleep for more than a \
+             third of the {} ms budget at a time) and post-copy not allowed by the policy",
+            policy.downtime_budget_ms
+        )
+    } else if current > 0 {
         format!("throttle at its {current}% ceiling and post-copy not allowed by the policy")
     } else {
         "no throttle and no post-copy allowed by the policy".to_string()
