@@ -903,6 +903,18 @@ mod tests {
             .spawn()
             .unwrap();
         std::fs::write(&paths.pidfile, child.id().to_string()).unwrap();
+        // `spawn` returns once the child's execve has begun, not ended: until the kernel
+        // has set up the new arguments, /proc/PID/cmdline reads empty (seen here under load,
+        // with the comm already `sh`). Adoption of a real QEMU never meets that window; the
+        // stand-in must be past it first.
+        let started = std::time::Instant::now();
+        while !ferry_qemu::process::pid_runs_with(child.id(), &paths.qmp_socket) {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "the stand-in never showed its arguments"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         let outcome = QemuVm::adopt(dir.clone(), Duration::from_millis(200)).await;
         let _ = child.kill();
         let _ = child.wait();
